@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# .ci/deps.sh: installs what building, testing, the demo and the benchmark
+# need, from Debian's packages (as root).  Sourced by .ci/run, bench/run and
+# examples/demo.sh.
+set -euo pipefail
+
+paysync_install_deps()
+{
+	if [ "$(id -u)" != 0 ]; then
+		echo "paysync: run as root (apt-get install, then tests as user postgres)" >&2
+		exit 1
+	fi
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends \
+		make gcc pkg-config curl ca-certificates perl \
+		postgresql-15 postgresql-server-dev-15 postgresql-15-cron libpq-dev \
+		libcurl4-openssl-dev libmicrohttpd-dev libjansson-dev \
+		libipc-run-perl >/dev/null
+}
+
+# Copies the tree to a fresh directory owned by postgres (initdb refuses
+# root) and prints its path.
+paysync_copy_for_postgres()
+{
+	local src=$1 dest
+	dest=$(mktemp -d /tmp/paysync.XXXXXX)
+	cp -a "$src"/. "$dest"/
+	chown -R postgres:postgres "$dest"
+	echo "$dest"
+}

@@ -1,0 +1,37 @@
+# paysync: PGXS build of the extension, its tests and the mock channel.
+
+EXTENSION = paysync
+MODULE_big = paysync
+OBJS = \
+	src/paysync.o \
+	src/worker.o \
+	src/checker.o \
+	src/http.o \
+	src/storage.o \
+	src/driver.o \
+	src/driver_http_json.o \
+	src/functions.o
+
+DATA = sql/paysync--0.1.sql
+
+REGRESS = surface errors privileges
+REGRESS_OPTS = --temp-instance=tmp_check_regress --temp-config=expected/regress.conf
+TAP_TESTS = 1
+
+PG_CONFIG ?= pg_config
+PG_CPPFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Isrc
+SHLIB_LINK = -lcurl
+EXTRA_CLEAN = tmp_check_regress
+
+# No LLVM bitcode: JIT inlining of this code is not worth a clang dependency.
+override with_llvm = no
+
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+# The mock channel used by the TAP tests and the benchmark.
+.PHONY: mock
+mock:
+	$(MAKE) -C t/mock
+
+installcheck: mock

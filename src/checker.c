@@ -1,0 +1,547 @@
+/*
+ * checker.c
+ *		The check pipeline shared by the worker and run_once().
+ *
+ *		claim (transaction open)  -> queue of claimed checks
+ *		start (no transaction)    -> requests built by the channel's driver,
+ *		                             handed to the HTTP engine within the
+ *		                             global and per-channel in-flight caps
+ *		wait  (no transaction)    -> latch and curl's sockets together;
+ *		                             finished requests interpreted by the
+ *		                             driver into answers
+ *		record (transaction open) -> answers written by storage.c
+ *
+ *		Channel rows are compiled once and recompiled when they change; a
+ *		compiled channel lives until no request in flight uses it.  This file
+ *		calls storage.c for SQL and http.c for the network, never SPI or
+ *		libcurl itself.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "storage/latch.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+
+#include "paysync.h"
+#include "checker.h"
+#include "driver.h"
+#include "http.h"
+#include "storage.h"
+
+/* A channel row compiled for use; shared by the requests made with it. */
+typedef struct CompiledChannel
+{
+	MemoryContext context;		/* holds this struct and the config */
+	ChannelConfig *config;		/* NULL if the row does not compile */
+	char		broken[200];	/* why not */
+	int			refs;			/* requests in flight made with it */
+	bool		retired;		/* replaced by a newer version of the row */
+} CompiledChannel;
+
+/* What the checker knows of one channel. */
+typedef struct ChannelState
+{
+	char	   *name;
+	char	   *source;			/* driver, base_url and options, to spot changes */
+	CompiledChannel *compiled;
+	int			in_flight;		/* checks claimed and not yet answered */
+	int			requests;		/* of which requests started */
+	bool		at_cap;			/* had no free slot at the last claim */
+	struct ChannelState *next;
+} ChannelState;
+
+/* One claimed check, queued or in flight. */
+typedef struct Check
+{
+	char	   *payment_id;
+	int32		attempts;
+	TimestampTz due_at;
+	ChannelState *channel;
+	CompiledChannel *compiled;	/* set when the request starts */
+} Check;
+
+static MemoryContext checker_context = NULL;	/* channels, checks */
+static MemoryContext answers_context = NULL;	/* answers until recorded */
+static MemoryContext scratch_context = NULL;	/* reset after each use */
+static WaitEventSet *wait_set = NULL;
+
+static ChannelState *channels = NULL;
+
+static Check **queue = NULL;	/* claimed, not yet started */
+static int	queue_len = 0;
+static int	queue_cap = 0;
+static int	requests_in_flight = 0;
+
+static RecordedAnswer *answers = NULL;
+static int	answers_len = 0;
+static int	answers_cap = 0;
+
+static bool slot_freed_for_capped = false;
+
+/* Sets up the HTTP engine, memory and the wait set, once per process. */
+void
+checker_init(void)
+{
+	if (checker_context != NULL)
+		return;
+	http_engine_init();
+	checker_context = AllocSetContextCreate(TopMemoryContext, "paysync checker",
+											ALLOCSET_DEFAULT_SIZES);
+	answers_context = AllocSetContextCreate(TopMemoryContext, "paysync answers",
+											ALLOCSET_DEFAULT_SIZES);
+	scratch_context = AllocSetContextCreate(TopMemoryContext, "paysync scratch",
+											ALLOCSET_DEFAULT_SIZES);
+	wait_set = CreateWaitEventSet(TopMemoryContext, 3);
+	AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	AddWaitEventToSet(wait_set, WL_SOCKET_READABLE, http_engine_fd(), NULL, NULL);
+}
+
+/* Frees a compiled channel that is retired and no longer used. */
+static void
+compiled_release(CompiledChannel *compiled)
+{
+	if (compiled->retired && compiled->refs == 0)
+		MemoryContextDelete(compiled->context);
+}
+
+/*
+ * Compiles a channel row.  A row that does not compile (someone bypassed
+ * the checks) is kept as broken: its payments get an error answer, and the
+ * worker goes on with the other channels.
+ */
+static CompiledChannel *
+compile_channel(const ChannelRow *row)
+{
+	MemoryContext context = AllocSetContextCreate(checker_context, "paysync channel",
+												  ALLOCSET_SMALL_SIZES);
+	CompiledChannel *compiled = MemoryContextAllocZero(context, sizeof(CompiledChannel));
+	MemoryContext caller = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+
+	compiled->context = context;
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(context);
+	PG_TRY();
+	{
+		Jsonb	   *options = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
+																 CStringGetDatum(row->options)));
+
+		compiled->config = channel_compile(row->name, row->driver, row->base_url, options);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(context);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		snprintf(compiled->broken, sizeof(compiled->broken),
+				 "channel \"%s\" is misconfigured: %s", row->name, edata->message);
+		ereport(WARNING,
+				(errmsg("paysync: %s", compiled->broken)));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(caller);
+	CurrentResourceOwner = owner;
+	return compiled;
+}
+
+/* The state of channel name, or NULL. */
+static ChannelState *
+channel_find(const char *name)
+{
+	for (ChannelState *c = channels; c; c = c->next)
+		if (strcmp(c->name, name) == 0)
+			return c;
+	return NULL;
+}
+
+/* Loads the channel rows and compiles the new or changed ones. */
+static void
+refresh_channels(void)
+{
+	ChannelRow *rows;
+	int			n;
+	MemoryContext old = MemoryContextSwitchTo(scratch_context);
+
+	n = storage_load_channels(&rows);
+	for (int i = 0; i < n; i++)
+	{
+		char	   *source = psprintf("%s\n%s\n%s", rows[i].driver, rows[i].base_url,
+									  rows[i].options);
+		ChannelState *state = channel_find(rows[i].name);
+
+		if (state != NULL && strcmp(state->source, source) == 0)
+			continue;
+		if (state == NULL)
+		{
+			state = MemoryContextAllocZero(checker_context, sizeof(ChannelState));
+			state->name = MemoryContextStrdup(checker_context, rows[i].name);
+			state->next = channels;
+			channels = state;
+		}
+		else
+		{
+			pfree(state->source);
+			state->compiled->retired = true;
+			compiled_release(state->compiled);
+		}
+		state->source = MemoryContextStrdup(checker_context, source);
+		state->compiled = compile_channel(&rows[i]);
+	}
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(scratch_context);
+}
+
+/* The request timeout of a compiled channel. */
+static int
+channel_timeout_ms(const CompiledChannel *compiled)
+{
+	if (compiled->config && compiled->config->timeout_ms > 0)
+		return compiled->config->timeout_ms;
+	return paysync_request_timeout_ms;
+}
+
+/*
+ * The channels with a cap of their own and their free slots; with
+ * only_full, just those with none free.
+ */
+static ChannelSlots
+channel_caps(bool only_full)
+{
+	ChannelSlots caps = {0};
+	int			n = 0;
+
+	for (ChannelState *c = channels; c; c = c->next)
+		n++;
+	caps.names = palloc(sizeof(char *) * Max(n, 1));
+	caps.free_slots = palloc(sizeof(int32) * Max(n, 1));
+	for (ChannelState *c = channels; c; c = c->next)
+	{
+		int			cap = c->compiled->config ? c->compiled->config->max_inflight : 0;
+		int			free_slots = Max(cap - c->in_flight, 0);
+
+		if (cap == 0 || (only_full && free_slots > 0))
+			continue;
+		caps.names[caps.n] = c->name;
+		caps.free_slots[caps.n] = free_slots;
+		caps.n++;
+	}
+	return caps;
+}
+
+/* Adds an answer to those waiting to be recorded (strings copied). */
+static void
+answer_add(const Check *check, const CheckAnswer *answer)
+{
+	MemoryContext old = MemoryContextSwitchTo(answers_context);
+	RecordedAnswer *a;
+
+	if (answers_len == answers_cap)
+	{
+		answers_cap = Max(answers_cap * 2, 64);
+		answers = answers ? repalloc(answers, sizeof(RecordedAnswer) * answers_cap) :
+			palloc(sizeof(RecordedAnswer) * answers_cap);
+	}
+	a = &answers[answers_len++];
+	a->payment_id = pstrdup(check->payment_id);
+	a->attempts = check->attempts;
+	a->status = answer->is_error ? NULL : answer->status;
+	a->channel_status = (!answer->is_error && answer->channel_status) ?
+		pstrdup(answer->channel_status) : NULL;
+	a->error = answer->is_error ? pstrdup(answer->error) : NULL;
+	a->retry_after_s = answer->retry_after_s > INT_MAX ? INT_MAX : (int32) answer->retry_after_s;
+	MemoryContextSwitchTo(old);
+}
+
+/* Frees a check that has been answered, releasing its channel slot. */
+static void
+check_done(Check *check)
+{
+	ChannelState *channel = check->channel;
+
+	channel->in_flight--;
+	if (channel->at_cap)
+	{
+		channel->at_cap = false;
+		slot_freed_for_capped = true;
+	}
+	if (check->compiled)
+	{
+		channel->requests--;
+		check->compiled->refs--;
+		compiled_release(check->compiled);
+	}
+	pfree(check->payment_id);
+	pfree(check);
+}
+
+/*
+ * Claims up to limit due payments into the queue.  *maybe_more is set when
+ * the claim was full, so more may be due right now.
+ */
+int
+checker_claim(int limit, bool *maybe_more)
+{
+	ClaimedCheck *claimed;
+	ChannelSlots caps;
+	int			n;
+	MemoryContext old;
+
+	refresh_channels();
+	old = MemoryContextSwitchTo(scratch_context);
+	caps = channel_caps(false);
+	for (int i = 0; i < caps.n; i++)
+		channel_find(caps.names[i])->at_cap = (caps.free_slots[i] == 0);
+	n = storage_claim(limit, paysync_request_timeout_ms, &caps, &claimed);
+	MemoryContextSwitchTo(checker_context);
+	for (int i = 0; i < n; i++)
+	{
+		Check	   *check = palloc0(sizeof(Check));
+
+		check->payment_id = pstrdup(claimed[i].payment_id);
+		check->attempts = claimed[i].attempts;
+		check->due_at = claimed[i].due_at;
+		check->channel = channel_find(claimed[i].channel);
+		if (check->channel == NULL) /* cannot happen: rows were just loaded */
+			elog(ERROR, "paysync: claimed a payment of unknown channel \"%s\"",
+				 claimed[i].channel);
+		check->channel->in_flight++;
+		if (queue_len == queue_cap)
+		{
+			queue_cap = Max(queue_cap * 2, 256);
+			queue = queue ? repalloc(queue, sizeof(Check *) * queue_cap) :
+				palloc(sizeof(Check *) * queue_cap);
+		}
+		queue[queue_len++] = check;
+	}
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(scratch_context);
+	*maybe_more = (n == limit);
+	return n;
+}
+
+/*
+ * When the next check falls due, leaving out channels at their cap (their
+ * turn comes when a slot frees).  False if nothing is pending.
+ */
+bool
+checker_next_due(TimestampTz *due_at)
+{
+	MemoryContext old = MemoryContextSwitchTo(scratch_context);
+	ChannelSlots caps = channel_caps(true);
+	bool		found = storage_next_due(&caps, due_at);
+
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(scratch_context);
+	return found;
+}
+
+/*
+ * Starts queued checks, as many as the global cap (paysync.max_inflight)
+ * and each channel's allow.  Must run with no transaction open in the
+ * worker.  Returns how many started.
+ */
+int
+checker_start_claimed(void)
+{
+	int			started = 0;
+	int			kept = 0;
+	MemoryContext old = MemoryContextSwitchTo(scratch_context);
+
+	http_engine_configure(paysync_max_inflight, (size_t) paysync_max_response_kb * 1024);
+	for (int i = 0; i < queue_len; i++)
+	{
+		Check	   *check = queue[i];
+		CompiledChannel *compiled = check->channel->compiled;
+		HttpRequest request;
+		CheckAnswer answer;
+		char		error[200];
+
+		if (requests_in_flight >= paysync_max_inflight ||
+			(compiled->config && compiled->config->max_inflight > 0 &&
+			 check->channel->requests >= compiled->config->max_inflight))
+		{
+			queue[kept++] = check;
+			continue;
+		}
+
+		memset(&answer, 0, sizeof(answer));
+		answer.retry_after_s = -1;
+		if (compiled->config == NULL)
+		{
+			answer_error(&answer, "%s", compiled->broken);
+			answer_add(check, &answer);
+			check_done(check);
+			continue;
+		}
+
+		memset(&request, 0, sizeof(request));
+		compiled->config->driver->build_request(compiled->config->driver_config,
+												compiled->config->base_url,
+												check->payment_id, &request);
+		request.timeout_ms = channel_timeout_ms(compiled);
+		if (!http_submit(&request, check, error, sizeof(error)))
+		{
+			answer_error(&answer, "%s", error);
+			answer_add(check, &answer);
+			check_done(check);
+			continue;
+		}
+		check->compiled = compiled;
+		compiled->refs++;
+		check->channel->requests++;
+		requests_in_flight++;
+		started++;
+	}
+	queue_len = kept;
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(scratch_context);
+	return started;
+}
+
+/* Turns finished requests into answers. */
+static void
+collect_answers(void)
+{
+	void	   *tag;
+	HttpResult	result;
+
+	while (http_next_done(&tag, &result))
+	{
+		Check	   *check = (Check *) tag;
+		const ChannelConfig *config = check->compiled->config;
+		CheckAnswer answer;
+		MemoryContext old = MemoryContextSwitchTo(scratch_context);
+
+		memset(&answer, 0, sizeof(answer));
+		answer.retry_after_s = -1;
+		config->driver->interpret(config->driver_config, &result, &answer);
+		answer_add(check, &answer);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(scratch_context);
+		http_result_free(&result);
+		requests_in_flight--;
+		check_done(check);
+	}
+}
+
+/*
+ * Waits up to timeout_ms (-1: no limit) for the latch, a socket of a
+ * request, curl's timer or postmaster death, then makes progress on the
+ * requests.  Returns true if the latch was set (it is reset here); the
+ * caller checks for interrupts after every wake.
+ */
+bool
+checker_wait(long timeout_ms, uint32 wait_event_info)
+{
+	WaitEvent	events[3];
+	long		curl_timeout = http_timeout_ms();
+	bool		latch_set = false;
+	int			n;
+
+	if (requests_in_flight > 0 && curl_timeout >= 0 &&
+		(timeout_ms < 0 || curl_timeout < timeout_ms))
+		timeout_ms = curl_timeout;
+
+	n = WaitEventSetWait(wait_set, timeout_ms, events, lengthof(events), wait_event_info);
+	for (int i = 0; i < n; i++)
+		if (events[i].events & WL_LATCH_SET)
+			latch_set = true;
+	if (latch_set)
+		ResetLatch(MyLatch);
+
+	if (requests_in_flight > 0)
+	{
+		http_perform();
+		collect_answers();
+	}
+	return latch_set;
+}
+
+/*
+ * Records up to limit waiting answers in the current transaction.  Returns
+ * how many were recorded.
+ */
+int
+checker_record(int limit)
+{
+	int			n = Min(limit, answers_len);
+
+	if (n == 0)
+		return 0;
+	storage_record(answers, n);
+	memmove(answers, answers + n, sizeof(RecordedAnswer) * (answers_len - n));
+	answers_len -= n;
+	if (answers_len == 0)
+		checker_discard_failed_answers();
+	return n;
+}
+
+/* Drops the answers waiting to be recorded: their claims will lapse. */
+void
+checker_discard_failed_answers(void)
+{
+	MemoryContextReset(answers_context);
+	answers = NULL;
+	answers_len = answers_cap = 0;
+}
+
+/* Drops everything: queued checks, requests in flight, answers. */
+void
+checker_discard_all(void)
+{
+	if (checker_context == NULL)
+		return;
+	http_cancel_all();
+	requests_in_flight = 0;
+	queue_len = 0;
+	channels = NULL;
+	queue = NULL;
+	queue_cap = 0;
+	MemoryContextReset(checker_context);
+	checker_discard_failed_answers();
+}
+
+int
+checker_answers_waiting(void)
+{
+	return answers_len;
+}
+
+int
+checker_queued(void)
+{
+	return queue_len;
+}
+
+int
+checker_in_flight(void)
+{
+	return requests_in_flight;
+}
+
+/* Free places for new requests under paysync.max_inflight. */
+int
+checker_free_slots(void)
+{
+	return Max(paysync_max_inflight - requests_in_flight - queue_len, 0);
+}
+
+/* True (once) if a channel that was at its cap has had a slot freed. */
+bool
+checker_slot_freed_for_capped(void)
+{
+	bool		freed = slot_freed_for_capped;
+
+	slot_freed_for_capped = false;
+	return freed;
+}

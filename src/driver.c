@@ -1,0 +1,426 @@
+/*
+ * driver.c
+ *		The driver registry, the options every channel takes whatever its
+ *		driver (timeout_ms, max_inflight, schedule), schedule checks, and
+ *		helpers drivers share: option access, HTTP error classification and
+ *		finding a scalar in a JSON answer with PostgreSQL's own JSON parser.
+ */
+#include "postgres.h"
+
+#include "common/jsonapi.h"
+#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/fmgrprotos.h"
+
+#include "driver.h"
+
+extern const PaysyncDriver http_json_driver;
+
+static const PaysyncDriver *const all_drivers[] = {
+	&http_json_driver,
+};
+
+/* Options any channel takes, handled here rather than by its driver. */
+static const char *const common_option_names[] = {
+	"timeout_ms", "max_inflight", "schedule", NULL
+};
+
+/* The driver called name, or NULL. */
+const PaysyncDriver *
+driver_lookup(const char *name)
+{
+	for (size_t i = 0; i < lengthof(all_drivers); i++)
+		if (strcmp(all_drivers[i]->name, name) == 0)
+			return all_drivers[i];
+	return NULL;
+}
+
+/* True if key is in the NULL-terminated list names. */
+static bool
+name_in_list(const char *key, const char *const *names)
+{
+	for (int i = 0; names && names[i]; i++)
+		if (strcmp(names[i], key) == 0)
+			return true;
+	return false;
+}
+
+/* The value of top-level key in options, or NULL. */
+JsonbValue *
+option_value(Jsonb *options, const char *key)
+{
+	return getKeyJsonValueFromContainer(&options->root, key, strlen(key), NULL);
+}
+
+/*
+ * Sets *value to the string option key; false if absent.  A value that is
+ * not a string is an ERROR naming the option.
+ */
+bool
+option_string(Jsonb *options, const char *key, char **value, const char *channel)
+{
+	JsonbValue *v = option_value(options, key);
+
+	if (v == NULL)
+		return false;
+	if (v->type != jbvString)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid option \"%s\" for channel \"%s\": it must be a string",
+						key, channel)));
+	*value = pnstrdup(v->val.string.val, v->val.string.len);
+	return true;
+}
+
+/* Reads integer option key into *value if present, checking its range. */
+static void
+option_int(Jsonb *options, const char *key, int min, int max, int *value,
+		   const char *channel)
+{
+	JsonbValue *v = option_value(options, key);
+	char	   *text;
+	char	   *end;
+	long long	n;
+
+	if (v == NULL)
+		return;
+	if (v->type == jbvNumeric)
+		text = DatumGetCString(DirectFunctionCall1(numeric_out,
+												   NumericGetDatum(v->val.numeric)));
+	else
+		text = "";
+	errno = 0;
+	n = strtoll(text, &end, 10);
+	if (text[0] == '\0' || *end != '\0' || errno != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid option \"%s\" for channel \"%s\": it must be a whole number",
+						key, channel)));
+	if (n < min || n > max)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid option \"%s\" for channel \"%s\": %lld is outside %d to %d",
+						key, channel, (long long) n, min, max)));
+	*value = (int) n;
+}
+
+/* Checks the "schedule" option: an array of interval strings. */
+static void
+option_schedule(Jsonb *options, const char *channel)
+{
+	JsonbValue *v = option_value(options, "schedule");
+	JsonbIterator *it;
+	JsonbValue	elem;
+	JsonbIteratorToken tok;
+	Interval  **items;
+	int			n = 0;
+
+	if (v == NULL)
+		return;
+	if (v->type != jbvBinary || !JsonContainerIsArray(v->val.binary.data))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid option \"schedule\" for channel \"%s\": it must be an array of intervals",
+						channel),
+				 errhint("For example: \"schedule\": [\"10s\", \"30s\", \"1min\"].")));
+
+	items = palloc0(sizeof(Interval *) * (JsonContainerSize(v->val.binary.data) + 1));
+	it = JsonbIteratorInit(v->val.binary.data);
+	while ((tok = JsonbIteratorNext(&it, &elem, true)) != WJB_DONE)
+	{
+		char	   *text;
+
+		if (tok != WJB_ELEM)
+			continue;
+		if (elem.type != jbvString)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid option \"schedule\" for channel \"%s\": element %d is not an interval string",
+							channel, n + 1)));
+		text = pnstrdup(elem.val.string.val, elem.val.string.len);
+		items[n++] = DatumGetIntervalP(DirectFunctionCall3(interval_in,
+														   CStringGetDatum(text),
+														   ObjectIdGetDatum(InvalidOid),
+														   Int32GetDatum(-1)));
+	}
+	schedule_check(items, n, "channel option \"schedule\"");
+}
+
+/*
+ * Checks a schedule: 1 to 100 delays, each above zero and at most 7 days.
+ * what names the argument for the message.
+ */
+void
+schedule_check(Interval **items, int n, const char *what)
+{
+	Interval	zero = {0};
+	Interval	week = {0};
+
+	week.day = 7;
+	if (n < 1 || n > 100)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid %s: it has %d delays", what, n),
+				 errhint("A schedule has 1 to 100 delays.")));
+	for (int i = 0; i < n; i++)
+	{
+		if (items[i] == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("invalid %s: delay %d is null", what, i + 1)));
+		if (!DatumGetBool(DirectFunctionCall2(interval_gt, IntervalPGetDatum(items[i]),
+											  IntervalPGetDatum(&zero))) ||
+			DatumGetBool(DirectFunctionCall2(interval_gt, IntervalPGetDatum(items[i]),
+											 IntervalPGetDatum(&week))))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid %s: delay %d (%s) is not above zero and at most 7 days",
+							what, i + 1,
+							DatumGetCString(DirectFunctionCall1(interval_out,
+																IntervalPGetDatum(items[i])))),
+					 errhint("Each delay must be greater than 0 and at most 7 days.")));
+	}
+}
+
+/*
+ * Checks a channel definition and compiles it.  Every problem is an ERROR
+ * saying which part is wrong.
+ */
+ChannelConfig *
+channel_compile(const char *name, const char *driver_name, const char *base_url,
+				Jsonb *options)
+{
+	ChannelConfig *config = palloc0(sizeof(ChannelConfig));
+	const PaysyncDriver *driver = driver_lookup(driver_name);
+	char		urlerr[160];
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+
+	if (driver == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("unknown driver \"%s\" for channel \"%s\"", driver_name, name),
+				 errhint("Available drivers: http_json.")));
+
+	if (!http_url_valid(base_url, urlerr, sizeof(urlerr)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid base_url \"%s\" for channel \"%s\": %s",
+						base_url, name, urlerr),
+				 errhint("Give an absolute http:// or https:// URL, such as https://api.example.com.")));
+
+	if (!JB_ROOT_IS_OBJECT(options) || JB_ROOT_IS_SCALAR(options))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid options for channel \"%s\": they must be a JSON object", name)));
+
+	it = JsonbIteratorInit(&options->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		char	   *key;
+
+		if (tok != WJB_KEY)
+			continue;
+		key = pnstrdup(v.val.string.val, v.val.string.len);
+		if (!name_in_list(key, common_option_names) &&
+			!name_in_list(key, driver->option_names))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("unknown option \"%s\" for channel \"%s\" (driver %s)",
+							key, name, driver->name)));
+	}
+
+	option_int(options, "timeout_ms", 100, 600000, &config->timeout_ms, name);
+	option_int(options, "max_inflight", 1, 10000, &config->max_inflight, name);
+	option_schedule(options, name);
+
+	config->name = pstrdup(name);
+	config->base_url = pstrdup(base_url);
+	config->driver = driver;
+	config->driver_config = driver->compile(name, base_url, options);
+	return config;
+}
+
+/* True for a status a channel may map to: pending or a final one but expired. */
+bool
+is_settable_status(const char *status)
+{
+	static const char *const settable[] = {
+		"pending", "succeeded", "failed", "cancelled", "closed", NULL
+	};
+
+	return name_in_list(status, settable);
+}
+
+/* Makes *answer an error with the given message. */
+void
+answer_error(CheckAnswer *answer, const char *fmt,...)
+{
+	va_list		args;
+
+	answer->is_error = true;
+	answer->status = NULL;
+	va_start(args, fmt);
+	vsnprintf(answer->error, sizeof(answer->error), fmt, args);
+	va_end(args);
+}
+
+/* If the request failed in transport, makes *answer that error. */
+bool
+answer_transport_error(const HttpResult *result, CheckAnswer *answer)
+{
+	answer->retry_after_s = result->retry_after_s;
+	if (result->status != 0)
+		return false;
+	answer_error(answer, "%s", result->error);
+	return true;
+}
+
+/*
+ * If the HTTP status is one the contract treats as an error whatever the
+ * driver (429, 5xx), makes *answer that error.
+ */
+bool
+answer_http_error(const HttpResult *result, CheckAnswer *answer)
+{
+	if (result->status == 429 || result->status >= 500)
+	{
+		answer_error(answer, "HTTP %ld from the channel", result->status);
+		answer->retry_after_s = result->retry_after_s;
+		return true;
+	}
+	return false;
+}
+
+/* Walks a JSON document looking for the scalar at a dot path. */
+typedef struct PathSearch
+{
+	char	  **segments;
+	int			n_segments;
+	int			depth;			/* open containers */
+	bool		in_object[64];	/* per depth: object (true) or array */
+	bool		matches[64];	/* per depth: the path down to here matches */
+	char	   *found;			/* the scalar at the path; NULL if none */
+} PathSearch;
+
+/* An object opens one level deeper. */
+static void
+search_object_start(void *state)
+{
+	PathSearch *s = state;
+
+	s->depth++;
+	if (s->depth >= (int) lengthof(s->in_object))
+		return;
+	s->in_object[s->depth] = true;
+	s->matches[s->depth] = false;
+}
+
+/* An object or array closes. */
+static void
+search_end(void *state)
+{
+	PathSearch *s = state;
+
+	if (s->depth > 0)
+		s->depth--;
+}
+
+/* An array opens one level deeper: nothing inside it is on the path. */
+static void
+search_array_start(void *state)
+{
+	PathSearch *s = state;
+
+	s->depth++;
+	if (s->depth >= (int) lengthof(s->in_object))
+		return;
+	s->in_object[s->depth] = false;
+	s->matches[s->depth] = false;
+}
+
+/* A field starts: it is on the path if its parent is and its name fits. */
+static void
+search_field_start(void *state, char *fname, bool isnull)
+{
+	PathSearch *s = state;
+	bool		parent_matches;
+	int			level = s->depth;	/* the path segment this field stands for */
+
+	if (s->depth >= (int) lengthof(s->in_object))
+		return;
+	parent_matches = (s->depth == 1) ? true : s->matches[s->depth - 1];
+	s->matches[s->depth] = parent_matches && level <= s->n_segments &&
+		s->in_object[s->depth] && strcmp(fname, s->segments[level - 1]) == 0;
+}
+
+/* A scalar: taken if it is the value of the field the path names (not null). */
+static void
+search_scalar(void *state, char *token, JsonTokenType tokentype)
+{
+	PathSearch *s = state;
+
+	if (s->depth == s->n_segments && s->depth < (int) lengthof(s->in_object) &&
+		s->in_object[s->depth] &&
+		s->matches[s->depth] && s->found == NULL &&
+		tokentype != JSON_TOKEN_NULL)
+		s->found = token;
+}
+
+/*
+ * Finds the scalar at dot path in a JSON body.  On success sets *value
+ * (strings unescaped, numbers and booleans as written); otherwise makes
+ * *answer the error (not JSON, missing field) and returns false.
+ */
+bool
+json_scalar_at_path(const char *body, size_t body_len, const char *path,
+					char **value, CheckAnswer *answer)
+{
+	PathSearch	search;
+	JsonSemAction sem;
+	JsonLexContext *lex;
+	JsonParseErrorType rc;
+	char	   *path_copy = pstrdup(path);
+	char	   *segment;
+	char	   *saveptr = NULL;
+
+	memset(&search, 0, sizeof(search));
+	search.segments = palloc(sizeof(char *) * (strlen(path) + 1));
+	for (segment = strtok_r(path_copy, ".", &saveptr); segment;
+		 segment = strtok_r(NULL, ".", &saveptr))
+		search.segments[search.n_segments++] = segment;
+
+	if (strlen(body) != body_len ||
+		!pg_verifymbstr(body, (int) body_len, true))
+	{
+		answer_error(answer, "the answer is not valid JSON text (bad bytes)");
+		return false;
+	}
+
+	memset(&sem, 0, sizeof(sem));
+	sem.semstate = &search;
+	sem.object_start = search_object_start;
+	sem.object_end = search_end;
+	sem.array_start = search_array_start;
+	sem.array_end = search_end;
+	sem.object_field_start = search_field_start;
+	sem.scalar = search_scalar;
+
+	lex = makeJsonLexContextCstringLen(unconstify(char *, body), (int) body_len,
+									   GetDatabaseEncoding(), true);
+	rc = pg_parse_json(lex, &sem);
+	if (rc != JSON_SUCCESS)
+	{
+		answer_error(answer, "the answer is not valid JSON");
+		return false;
+	}
+	if (search.found == NULL)
+	{
+		answer_error(answer, "the answer has no status at \"%s\"", path);
+		return false;
+	}
+	*value = search.found;
+	return true;
+}

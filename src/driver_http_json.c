@@ -1,0 +1,340 @@
+/*
+ * driver_http_json.c
+ *		Driver "http_json": a channel whose status query is one HTTP request
+ *		(GET, or POST with a body template) answered with JSON, the status
+ *		at a dot path mapped to a paysync status by the channel's status_map.
+ */
+#include "postgres.h"
+
+#include "lib/stringinfo.h"
+#include "utils/json.h"
+
+#include "driver.h"
+
+#define PAYMENT_ID_PLACEHOLDER "{payment_id}"
+
+typedef struct HttpJsonConfig
+{
+	char	   *path;			/* appended to base_url, with placeholder */
+	bool		post;
+	char	   *body;			/* POST body template, or NULL */
+	char	  **headers;		/* "Name: value" lines, secrets possibly */
+	int			n_headers;
+	bool		has_content_type;
+	char	   *status_field;	/* dot path into the answer */
+	char	  **map_from;		/* status_map: channel word ... */
+	const char **map_to;		/* ... to paysync status */
+	int			n_map;
+	const char *not_found;		/* paysync status for HTTP 404 */
+} HttpJsonConfig;
+
+static const char *const http_json_option_names[] = {
+	"path", "method", "body", "headers", "status_field", "status_map",
+	"not_found", NULL
+};
+
+/* The canonical spelling of a settable status word, or NULL. */
+static const char *
+settable_status(const char *word)
+{
+	static const char *const words[] = {
+		"pending", "succeeded", "failed", "cancelled", "closed"
+	};
+
+	for (size_t i = 0; i < lengthof(words); i++)
+		if (strcmp(words[i], word) == 0)
+			return words[i];
+	return NULL;
+}
+
+/* Replaces every placeholder in template with replacement. */
+static char *
+fill_placeholder(const char *template, const char *replacement)
+{
+	StringInfoData out;
+	const char *p = template;
+	const char *hit;
+
+	initStringInfo(&out);
+	while ((hit = strstr(p, PAYMENT_ID_PLACEHOLDER)) != NULL)
+	{
+		appendBinaryStringInfo(&out, p, hit - p);
+		appendStringInfoString(&out, replacement);
+		p = hit + strlen(PAYMENT_ID_PLACEHOLDER);
+	}
+	appendStringInfoString(&out, p);
+	return out.data;
+}
+
+/* base_url and path joined with exactly one slash between them. */
+static char *
+join_url(const char *base_url, const char *path)
+{
+	size_t		len = strlen(base_url);
+
+	if (len > 0 && base_url[len - 1] == '/' && path[0] == '/')
+		len--;
+	return psprintf("%.*s%s", (int) len, base_url, path);
+}
+
+/* True if name is an HTTP header name (an RFC 9110 token). */
+static bool
+is_header_name(const char *name)
+{
+	if (*name == '\0')
+		return false;
+	for (const char *p = name; *p; p++)
+		if (!(isalnum((unsigned char) *p) || strchr("!#$%&'*+-.^_`|~", *p)))
+			return false;
+	return true;
+}
+
+/* Reads the "headers" option; error messages name headers, never values. */
+static void
+compile_headers(HttpJsonConfig *config, Jsonb *options, const char *channel)
+{
+	JsonbValue *v = option_value(options, "headers");
+	JsonbIterator *it;
+	JsonbValue	item;
+	JsonbIteratorToken tok;
+	char	   *name = NULL;
+
+	if (v == NULL)
+		return;
+	if (v->type != jbvBinary || !JsonContainerIsObject(v->val.binary.data))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid option \"headers\" for channel \"%s\": it must be an object of header names to values",
+						channel)));
+
+	config->headers = palloc0(sizeof(char *) * (JsonContainerSize(v->val.binary.data) + 1));
+	it = JsonbIteratorInit(v->val.binary.data);
+	while ((tok = JsonbIteratorNext(&it, &item, true)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY)
+		{
+			name = pnstrdup(item.val.string.val, item.val.string.len);
+			if (!is_header_name(name))
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("invalid header name \"%s\" in option \"headers\" of channel \"%s\"",
+								name, channel)));
+		}
+		else if (tok == WJB_VALUE)
+		{
+			char	   *value;
+
+			if (item.type != jbvString)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("invalid value for header \"%s\" of channel \"%s\": it must be a string",
+								name, channel)));
+			value = pnstrdup(item.val.string.val, item.val.string.len);
+			if (strpbrk(value, "\r\n") != NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("invalid value for header \"%s\" of channel \"%s\": it contains a line break",
+								name, channel)));
+			if (pg_strcasecmp(name, "Content-Type") == 0)
+				config->has_content_type = true;
+			config->headers[config->n_headers++] = psprintf("%s: %s", name, value);
+		}
+	}
+}
+
+/* Reads the required "status_map" option. */
+static void
+compile_status_map(HttpJsonConfig *config, Jsonb *options, const char *channel)
+{
+	JsonbValue *v = option_value(options, "status_map");
+	JsonbIterator *it;
+	JsonbValue	item;
+	JsonbIteratorToken tok;
+	char	   *word = NULL;
+	int			size;
+
+	if (v == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("channel \"%s\" needs option \"status_map\"", channel),
+				 errhint("Map each of the channel's status words to pending, succeeded, failed, cancelled or closed, e.g. {\"status_map\": {\"PAID\": \"succeeded\", \"WAIT\": \"pending\"}}.")));
+	if (v->type != jbvBinary || !JsonContainerIsObject(v->val.binary.data) ||
+		JsonContainerSize(v->val.binary.data) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid option \"status_map\" for channel \"%s\": it must be a non-empty object",
+						channel)));
+
+	size = JsonContainerSize(v->val.binary.data);
+	config->map_from = palloc0(sizeof(char *) * size);
+	config->map_to = palloc0(sizeof(char *) * size);
+	it = JsonbIteratorInit(v->val.binary.data);
+	while ((tok = JsonbIteratorNext(&it, &item, true)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY)
+			word = pnstrdup(item.val.string.val, item.val.string.len);
+		else if (tok == WJB_VALUE)
+		{
+			char	   *target = item.type == jbvString ?
+				pnstrdup(item.val.string.val, item.val.string.len) : "(not a string)";
+			const char *status = settable_status(target);
+
+			if (status == NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("invalid option \"status_map\" for channel \"%s\": \"%s\" maps to \"%s\"",
+								channel, word, target),
+						 errhint("Map to pending, succeeded, failed, cancelled or closed.")));
+			config->map_from[config->n_map] = word;
+			config->map_to[config->n_map] = status;
+			config->n_map++;
+		}
+	}
+}
+
+/* Checks and compiles the options of an http_json channel. */
+static void *
+http_json_compile(const char *channel, const char *base_url, Jsonb *options)
+{
+	HttpJsonConfig *config = palloc0(sizeof(HttpJsonConfig));
+	char	   *method = NULL;
+	char	   *not_found = NULL;
+	char	   *sample_url;
+	char		urlerr[160];
+
+	config->path = "/" PAYMENT_ID_PLACEHOLDER;
+	if (option_string(options, "path", &config->path, channel) &&
+		config->path[0] != '/')
+		config->path = psprintf("/%s", config->path);
+
+	sample_url = join_url(base_url, fill_placeholder(config->path, "T0001"));
+	if (!http_url_valid(sample_url, urlerr, sizeof(urlerr)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid option \"path\" for channel \"%s\": %s", channel, urlerr)));
+
+	if (option_string(options, "method", &method, channel))
+	{
+		if (pg_strcasecmp(method, "POST") == 0)
+			config->post = true;
+		else if (pg_strcasecmp(method, "GET") != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid option \"method\" for channel \"%s\": \"%s\"", channel, method),
+					 errhint("Use GET or POST.")));
+	}
+	if (option_string(options, "body", &config->body, channel) && !config->post)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("option \"body\" of channel \"%s\" needs \"method\": \"POST\"", channel)));
+
+	compile_headers(config, options, channel);
+
+	config->status_field = "status";
+	option_string(options, "status_field", &config->status_field, channel);
+	{
+		const char *f = config->status_field;
+		int			segments = 1;
+
+		for (const char *p = f; *p; p++)
+			segments += (*p == '.');
+		if (f[0] == '\0' || f[0] == '.' || f[strlen(f) - 1] == '.' ||
+			strstr(f, "..") != NULL || segments > 32)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid option \"status_field\" for channel \"%s\": \"%s\"", channel, f),
+					 errhint("Give a dot path of at most 32 field names, such as data.trade_state.")));
+	}
+
+	compile_status_map(config, options, channel);
+
+	config->not_found = "pending";
+	if (option_string(options, "not_found", &not_found, channel))
+	{
+		config->not_found = settable_status(not_found);
+		if (config->not_found == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid option \"not_found\" for channel \"%s\": \"%s\"", channel, not_found),
+					 errhint("Use pending, succeeded, failed, cancelled or closed.")));
+	}
+	return config;
+}
+
+/* Builds the status query for one payment. */
+static void
+http_json_build_request(const void *cfg, const char *base_url,
+						const char *payment_id, HttpRequest *request)
+{
+	const HttpJsonConfig *config = cfg;
+	const char **headers = palloc(sizeof(char *) * (config->n_headers + 2));
+	int			n = 0;
+
+	request->url = join_url(base_url, fill_placeholder(config->path, http_escape(payment_id)));
+	request->post = config->post;
+	request->body = NULL;
+	if (config->post)
+	{
+		StringInfoData quoted;
+
+		/* escape_json quotes the text; the template supplies its own quotes */
+		initStringInfo(&quoted);
+		escape_json(&quoted, payment_id);
+		quoted.data[quoted.len - 1] = '\0';
+		request->body = fill_placeholder(config->body ? config->body : "",
+										 quoted.data + 1);
+	}
+
+	headers[n++] = "Accept: application/json";
+	if (config->post && !config->has_content_type)
+		headers[n++] = "Content-Type: application/json";
+	for (int i = 0; i < config->n_headers; i++)
+		headers[n++] = config->headers[i];
+	request->headers = headers;
+	request->n_headers = n;
+}
+
+/* Turns an answer into a status or an error. */
+static void
+http_json_interpret(const void *cfg, const HttpResult *result, CheckAnswer *answer)
+{
+	const HttpJsonConfig *config = cfg;
+	char	   *word;
+
+	if (answer_transport_error(result, answer) || answer_http_error(result, answer))
+		return;
+	if (result->status == 404)
+	{
+		answer->is_error = false;
+		answer->status = config->not_found;
+		answer->channel_status = pstrdup("HTTP 404");
+		return;
+	}
+	if (result->status < 200 || result->status > 299)
+	{
+		answer_error(answer, "unexpected HTTP %ld from the channel", result->status);
+		return;
+	}
+	if (!json_scalar_at_path(result->body, result->body_len, config->status_field,
+							 &word, answer))
+		return;
+	for (int i = 0; i < config->n_map; i++)
+	{
+		if (strcmp(config->map_from[i], word) == 0)
+		{
+			answer->is_error = false;
+			answer->status = config->map_to[i];
+			answer->channel_status = word;
+			return;
+		}
+	}
+	answer_error(answer, "unknown channel status \"%.64s\" (not in status_map)", word);
+}
+
+const PaysyncDriver http_json_driver = {
+	.name = "http_json",
+	.option_names = http_json_option_names,
+	.compile = http_json_compile,
+	.build_request = http_json_build_request,
+	.interpret = http_json_interpret,
+};

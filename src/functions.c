@@ -1,0 +1,128 @@
+/*
+ * functions.c
+ *		SQL-callable C functions: run_once() and the helpers of the SQL
+ *		functions in paysync--0.1.sql (channel and schedule checks, the
+ *		wake-up at commit).
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/wait_event.h"
+#include "utils/timestamp.h"
+
+#include "paysync.h"
+#include "checker.h"
+#include "driver.h"
+
+PG_FUNCTION_INFO_V1(paysync_validate_channel);
+PG_FUNCTION_INFO_V1(paysync_validate_schedule);
+PG_FUNCTION_INFO_V1(paysync_wake_worker_at_commit);
+PG_FUNCTION_INFO_V1(paysync_run_once);
+
+/* _validate_channel(name, driver, base_url, options): ERROR if invalid. */
+Datum
+paysync_validate_channel(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *driver = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	char	   *base_url = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	Jsonb	   *options = PG_GETARG_JSONB_P(3);
+	bool		name_ok = strlen(name) >= 1 && strlen(name) <= 63 &&
+		name[0] >= 'a' && name[0] <= 'z';
+
+	for (const char *p = name; *p && name_ok; p++)
+		name_ok = (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_';
+	if (!name_ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_NAME),
+				 errmsg("invalid channel name \"%s\"", name),
+				 errhint("A channel name starts with a lower-case letter, then up to 62 lower-case letters, digits or underscores.")));
+
+	channel_compile(name, driver, base_url, options);
+	PG_RETURN_VOID();
+}
+
+/* _validate_schedule(interval[]): ERROR unless 1..100 delays in (0, 7 days]. */
+Datum
+paysync_validate_schedule(PG_FUNCTION_ARGS)
+{
+	ArrayType  *schedule;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	Interval  **items;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("schedule must not be null")));
+	schedule = PG_GETARG_ARRAYTYPE_P(0);
+	if (ARR_NDIM(schedule) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("invalid schedule: it must be a one-dimensional array of intervals")));
+	deconstruct_array(schedule, INTERVALOID, sizeof(Interval), false, TYPALIGN_DOUBLE,
+					  &elems, &nulls, &n);
+	items = palloc0(sizeof(Interval *) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+		items[i] = nulls[i] ? NULL : DatumGetIntervalP(elems[i]);
+	schedule_check(items, n, "schedule");
+	PG_RETURN_VOID();
+}
+
+/* _wake_worker_at_commit(due_at): see paysync_request_wake. */
+Datum
+paysync_wake_worker_at_commit(PG_FUNCTION_ARGS)
+{
+	paysync_request_wake(PG_GETARG_TIMESTAMPTZ(0));
+	PG_RETURN_VOID();
+}
+
+/*
+ * run_once(max_checks): the worker's job once, in the calling session.
+ * Claims up to max_checks due payments, checks them concurrently and
+ * records the answers, all within the caller's transaction (rows claimed
+ * stay locked until it ends, so the worker skips them).  Returns how many
+ * were checked.  An interrupt drops the requests in flight and rolls back.
+ */
+Datum
+paysync_run_once(PG_FUNCTION_ARGS)
+{
+	int32		max_checks = PG_ARGISNULL(0) ? -1 : PG_GETARG_INT32(0);
+	volatile int checked = 0;
+
+	if (max_checks < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid max_checks %d: it must be at least 1", max_checks)));
+
+	checker_init();
+	checker_discard_all();
+	PG_TRY();
+	{
+		bool		maybe_more;
+
+		checker_claim(max_checks, &maybe_more);
+		checker_start_claimed();
+		while (checker_queued() > 0 || checker_in_flight() > 0)
+		{
+			checker_wait(1000, PG_WAIT_EXTENSION);
+			CHECK_FOR_INTERRUPTS();
+			checker_start_claimed();
+		}
+		while (checker_answers_waiting() > 0)
+			checked += checker_record(paysync_batch_size);
+	}
+	PG_CATCH();
+	{
+		checker_discard_all();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	PG_RETURN_INT32(checked);
+}

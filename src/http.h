@@ -1,0 +1,48 @@
+/*
+ * http.h
+ *		The HTTP engine: many requests in flight on one libcurl multi handle,
+ *		driven by an epoll set that the caller waits on with its latch.
+ *		No SPI, no palloc in callbacks: memory here is malloc'd.
+ */
+#ifndef PAYSYNC_HTTP_H
+#define PAYSYNC_HTTP_H
+
+#include <stddef.h>
+#include <stdbool.h>
+
+/* One request, as a driver builds it.  The engine copies what it keeps. */
+typedef struct HttpRequest
+{
+	const char *url;
+	bool		post;
+	const char *body;			/* POST body, or NULL */
+	const char *const *headers; /* "Name: value" lines; values may be secret */
+	int			n_headers;
+	long		timeout_ms;		/* total time for the request */
+} HttpRequest;
+
+/* What came back.  body is malloc'd and NUL-terminated; see http_result_free. */
+typedef struct HttpResult
+{
+	long		status;			/* HTTP status, or 0 on a transport error */
+	char	   *body;
+	size_t		body_len;
+	long		retry_after_s;	/* Retry-After in seconds, or -1 */
+	double		elapsed_ms;
+	char		error[160];		/* transport error, never holds a header */
+} HttpResult;
+
+extern void http_engine_init(void);
+extern int	http_engine_fd(void);
+extern void http_engine_configure(int max_connections, size_t max_response_bytes);
+extern bool http_submit(const HttpRequest *request, void *tag, char *error, size_t errlen);
+extern long http_timeout_ms(void);
+extern void http_perform(void);
+extern bool http_next_done(void **tag, HttpResult *result);
+extern int	http_in_flight(void);
+extern void http_cancel_all(void);
+extern void http_result_free(HttpResult *result);
+extern char *http_escape(const char *text);
+extern bool http_url_valid(const char *url, char *error, size_t errlen);
+
+#endif							/* PAYSYNC_HTTP_H */

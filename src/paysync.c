@@ -1,0 +1,180 @@
+/*
+ * paysync.c
+ *		Module load: settings, shared memory, registration of the background
+ *		worker, and the commit-time wake-up of the worker.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "utils/guc.h"
+
+#include "paysync.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+char	   *paysync_database = NULL;
+bool		paysync_enabled = true;
+int			paysync_max_inflight = 256;
+int			paysync_batch_size = 200;
+int			paysync_request_timeout_ms = 10000;
+char	   *paysync_notify_channel = NULL;
+int			paysync_max_response_kb = 1024;
+
+PaysyncShared *paysync_shared = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+/* Earliest due time of work this transaction asked the worker to see. */
+static TimestampTz wake_due_at = 0;
+static bool wake_requested = false;
+
+/* Asks for shared memory for PaysyncShared. */
+static void
+paysync_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(PaysyncShared)));
+}
+
+/* Creates or attaches to PaysyncShared. */
+static void
+paysync_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	paysync_shared = ShmemInitStruct("paysync", sizeof(PaysyncShared), &found);
+	if (!found)
+	{
+		SpinLockInit(&paysync_shared->mutex);
+		paysync_shared->worker_latch = NULL;
+		paysync_shared->worker_pid = 0;
+		pg_atomic_init_u64(&paysync_shared->sleep_until, 0);
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* Sets the worker's latch, if a worker runs. */
+void
+paysync_wake_worker(void)
+{
+	Latch	   *latch;
+
+	if (paysync_shared == NULL)
+		return;
+	SpinLockAcquire(&paysync_shared->mutex);
+	latch = paysync_shared->worker_latch;
+	if (latch)
+		SetLatch(latch);
+	SpinLockRelease(&paysync_shared->mutex);
+}
+
+/*
+ * Remembers that the current transaction made work due at due_at; the
+ * worker is woken at commit if it would otherwise sleep past that.
+ */
+void
+paysync_request_wake(TimestampTz due_at)
+{
+	if (!wake_requested || due_at < wake_due_at)
+		wake_due_at = due_at;
+	wake_requested = true;
+}
+
+/*
+ * At commit, wakes the worker for work made due by this transaction; a
+ * rolled-back transaction wakes nobody.
+ */
+static void
+paysync_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			if (wake_requested && paysync_shared != NULL &&
+				(uint64) wake_due_at < pg_atomic_read_u64(&paysync_shared->sleep_until))
+				paysync_wake_worker();
+			wake_requested = false;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			wake_requested = false;
+			break;
+		default:
+			break;
+	}
+}
+
+/* Registers the settings, and the worker when preloaded. */
+void
+_PG_init(void)
+{
+	BackgroundWorker worker;
+
+	/* a postmaster setting can only be defined while the server starts */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomStringVariable("paysync.database",
+								   "Database the paysync worker works in.",
+								   NULL, &paysync_database, "postgres",
+								   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomBoolVariable("paysync.enabled",
+							 "When off, the worker sends no requests.",
+							 "paysync.run_once() still works.",
+							 &paysync_enabled, true,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("paysync.max_inflight",
+							"Most requests in flight at once, all channels together.",
+							NULL, &paysync_max_inflight, 256, 1, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("paysync.batch_size",
+							"Most payments claimed or recorded in one transaction.",
+							NULL, &paysync_batch_size, 200, 1, 10000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("paysync.request_timeout",
+							"Default total time for one request.",
+							NULL, &paysync_request_timeout_ms, 10000, 100, 600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomStringVariable("paysync.notify_channel",
+							   "NOTIFY channel on which events are sent.",
+							   NULL, &paysync_notify_channel, "paysync",
+							   PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("paysync.max_response_size",
+							"A larger response body is an error.",
+							NULL, &paysync_max_response_kb, 1024, 1, 1024 * 1024,
+							PGC_SIGHUP, GUC_UNIT_KB, NULL, NULL, NULL);
+	MarkGUCPrefixReserved("paysync");
+
+	RegisterXactCallback(paysync_xact_callback, NULL);
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = paysync_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = paysync_shmem_startup;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_ConsistentState;
+	worker.bgw_restart_time = 1;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "paysync");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "paysync_worker_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "paysync worker");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "paysync worker");
+	RegisterBackgroundWorker(&worker);
+}

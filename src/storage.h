@@ -1,0 +1,59 @@
+/*
+ * storage.h
+ *		SQL storage calls (SPI) of the checker: claim due payments, load
+ *		channels, record answers.  Each expects a transaction to be open and
+ *		returns its results allocated in the caller's memory context.
+ */
+#ifndef PAYSYNC_STORAGE_H
+#define PAYSYNC_STORAGE_H
+
+#include "postgres.h"
+
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+/* A payment claimed for one check. */
+typedef struct ClaimedCheck
+{
+	char	   *payment_id;
+	char	   *channel;
+	int32		attempts;		/* the attempt this claim is; the answer must match */
+	TimestampTz due_at;
+} ClaimedCheck;
+
+/* A row of paysync.channels. */
+typedef struct ChannelRow
+{
+	char	   *name;
+	char	   *driver;
+	char	   *base_url;
+	char	   *options;		/* jsonb as text */
+} ChannelRow;
+
+/* An answer to record. */
+typedef struct RecordedAnswer
+{
+	char	   *payment_id;
+	int32		attempts;
+	const char *status;			/* paysync status, or NULL for an error */
+	char	   *channel_status;
+	char	   *error;
+	int32		retry_after_s;	/* -1 if none */
+} RecordedAnswer;
+
+/* Channels whose own max_inflight limits how many may be claimed now. */
+typedef struct ChannelSlots
+{
+	int			n;
+	char	  **names;
+	int32	   *free_slots;
+} ChannelSlots;
+
+extern bool storage_extension_exists(void);
+extern int	storage_claim(int limit, int default_timeout_ms, const ChannelSlots *caps,
+						  ClaimedCheck **claimed);
+extern bool storage_next_due(const ChannelSlots *caps, TimestampTz *due_at);
+extern int	storage_load_channels(ChannelRow **rows);
+extern int	storage_record(const RecordedAnswer *answers, int n);
+
+#endif							/* PAYSYNC_STORAGE_H */

@@ -1,0 +1,224 @@
+/*
+ * worker.c
+ *		The paysync background worker: its main loop.
+ *
+ *		Each pass records the answers that came back (short transactions of
+ *		up to paysync.batch_size), claims due payments if there is room in
+ *		flight (one short transaction), starts their requests with no
+ *		transaction open, then sleeps on its latch and the requests' sockets
+ *		until a request makes progress, the earliest next_check_at comes, or
+ *		a committing track()/check_now() wakes it.
+ */
+#include "postgres.h"
+
+#include <sys/resource.h>
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+
+#include "paysync.h"
+#include "checker.h"
+#include "storage.h"
+
+/* Longest sleep with nothing due: a safety net, never a delay of due work. */
+#define IDLE_RECHECK_MS 10000
+/* How often to look again for the extension or for the end of recovery. */
+#define WAITING_RECHECK_MS 5000
+
+/* Forgets the worker's latch in shared memory as it exits. */
+static void
+worker_detach(int code, Datum arg)
+{
+	SpinLockAcquire(&paysync_shared->mutex);
+	paysync_shared->worker_latch = NULL;
+	paysync_shared->worker_pid = 0;
+	SpinLockRelease(&paysync_shared->mutex);
+	pg_atomic_write_u64(&paysync_shared->sleep_until, 0);
+}
+
+/*
+ * Raises the soft limit on open files to the hard limit: every request in
+ * flight and every kept-alive connection is a socket, on top of the files
+ * PostgreSQL itself keeps open (max_files_per_process).
+ */
+static void
+raise_open_files_limit(void)
+{
+	struct rlimit limit;
+
+	if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max)
+	{
+		limit.rlim_cur = limit.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &limit) != 0)
+			ereport(LOG,
+					(errmsg("paysync worker could not raise its open files limit: %m")));
+	}
+}
+
+/* Starts a short transaction of the worker, showing what it does. */
+static void
+worker_begin(const char *activity)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, activity);
+}
+
+/* Commits the worker's transaction and reports statistics. */
+static void
+worker_commit(void)
+{
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/* Milliseconds from now until t, at least 0, rounded up. */
+static long
+ms_until(TimestampTz t, TimestampTz now)
+{
+	if (t <= now)
+		return 0;
+	return (long) ((t - now + 999) / 1000);
+}
+
+/*
+ * Entry point of the worker.  Errors are not caught: the worker exits
+ * non-zero and the postmaster starts it again a second later; checks it
+ * had in flight are retried once their claims lapse.
+ */
+void
+paysync_worker_main(Datum main_arg)
+{
+	MemoryContext loop_context;
+	TimestampTz next_claim_at = 0;	/* look for due work at or after this */
+	bool		told_waiting = false;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	BackgroundWorkerInitializeConnection(paysync_database, NULL, 0);
+
+	SpinLockAcquire(&paysync_shared->mutex);
+	paysync_shared->worker_latch = MyLatch;
+	paysync_shared->worker_pid = MyProcPid;
+	SpinLockRelease(&paysync_shared->mutex);
+	before_shmem_exit(worker_detach, (Datum) 0);
+
+	raise_open_files_limit();
+	checker_init();
+	loop_context = AllocSetContextCreate(TopMemoryContext, "paysync worker loop",
+										 ALLOCSET_DEFAULT_SIZES);
+	ereport(LOG,
+			(errmsg("paysync worker started in database \"%s\"", paysync_database)));
+
+	for (;;)
+	{
+		TimestampTz now;
+		long		timeout_ms;
+		bool		woken;
+
+		MemoryContextSwitchTo(loop_context);
+		MemoryContextReset(loop_context);
+
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		/* busy: any commit from now on with due work sets the latch */
+		pg_atomic_write_u64(&paysync_shared->sleep_until, PG_UINT64_MAX);
+
+		/*
+		 * 1. record what came back, batch by batch; the answers set new due
+		 * times, so look for due work again
+		 */
+		if (checker_answers_waiting() > 0)
+			next_claim_at = 0;
+		while (checker_answers_waiting() > 0)
+		{
+			worker_begin("paysync: recording answers");
+			if (storage_extension_exists())
+				checker_record(paysync_batch_size);
+			else
+				checker_discard_failed_answers();
+			worker_commit();
+		}
+
+		/* 2. claim due payments and start their requests */
+		now = GetCurrentTimestamp();
+		if (RecoveryInProgress())
+			next_claim_at = now + WAITING_RECHECK_MS * INT64CONST(1000);
+		else if (paysync_enabled && now >= next_claim_at)
+		{
+			int			free_slots = checker_free_slots();
+			int			limit = Min(free_slots, paysync_batch_size);
+
+			if (limit > 0)
+			{
+				bool		maybe_more = false;
+
+				worker_begin("paysync: claiming due payments");
+				if (!storage_extension_exists())
+				{
+					if (!told_waiting)
+						ereport(LOG,
+								(errmsg("paysync worker is waiting for CREATE EXTENSION paysync in database \"%s\"",
+										paysync_database)));
+					told_waiting = true;
+					next_claim_at = now + WAITING_RECHECK_MS * INT64CONST(1000);
+				}
+				else
+				{
+					told_waiting = false;
+					checker_claim(limit, &maybe_more);
+					if (maybe_more)
+						next_claim_at = now;
+					else if (!checker_next_due(&next_claim_at))
+						next_claim_at = now + IDLE_RECHECK_MS * INT64CONST(1000);
+				}
+				worker_commit();
+				checker_start_claimed();
+			}
+		}
+
+		/* 3. sleep until something happens */
+		now = GetCurrentTimestamp();
+		if (!paysync_enabled || RecoveryInProgress())
+		{
+			pg_atomic_write_u64(&paysync_shared->sleep_until, 0);
+			timeout_ms = WAITING_RECHECK_MS;
+		}
+		else if (checker_free_slots() == 0)
+		{
+			/* full: the next finished request wakes us through its socket */
+			pg_atomic_write_u64(&paysync_shared->sleep_until, (uint64) next_claim_at);
+			timeout_ms = IDLE_RECHECK_MS;
+		}
+		else
+		{
+			pg_atomic_write_u64(&paysync_shared->sleep_until, (uint64) next_claim_at);
+			timeout_ms = Min(ms_until(next_claim_at, now), IDLE_RECHECK_MS);
+		}
+		if (checker_answers_waiting() > 0)
+			timeout_ms = 0;
+
+		woken = checker_wait(timeout_ms, PG_WAIT_EXTENSION);
+		CHECK_FOR_INTERRUPTS();
+		if (woken || checker_slot_freed_for_capped())
+			next_claim_at = 0;
+	}
+}
