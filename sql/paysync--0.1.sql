@@ -201,8 +201,20 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	IF name IS NULL OR driver IS NULL OR base_url IS NULL OR options IS NULL THEN
-		RAISE EXCEPTION 'create_channel: name, driver, base_url and options must not be null'
+	IF name IS NULL THEN
+		RAISE EXCEPTION 'create_channel: name must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF driver IS NULL THEN
+		RAISE EXCEPTION 'create_channel: driver must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF base_url IS NULL THEN
+		RAISE EXCEPTION 'create_channel: base_url must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF options IS NULL THEN
+		RAISE EXCEPTION 'create_channel: options must not be null'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
 	IF EXISTS (SELECT 1 FROM paysync.channels c WHERE c.name = create_channel.name) THEN
@@ -306,8 +318,12 @@ AS $$
 DECLARE
 	current		paysync.payments;
 BEGIN
-	IF payment_id IS NULL OR status IS NULL THEN
-		RAISE EXCEPTION 'report: payment_id and status must not be null'
+	IF payment_id IS NULL THEN
+		RAISE EXCEPTION 'report: payment_id must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF status IS NULL THEN
+		RAISE EXCEPTION 'report: status must not be null'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
 	IF status IN ('pending', 'expired') THEN

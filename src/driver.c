@@ -7,11 +7,13 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "common/jsonapi.h"
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/fmgrprotos.h"
+#include "utils/resowner.h"
 
 #include "driver.h"
 
@@ -105,6 +107,40 @@ option_int(Jsonb *options, const char *key, int min, int max, int *value,
 	*value = (int) n;
 }
 
+/*
+ * Parses text as an interval; NULL if it is not one.  The parser's ERROR is
+ * caught in a subtransaction so the caller can say which option was wrong.
+ */
+static Interval *
+parse_interval(const char *text)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	Interval   *volatile result = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(caller);
+	PG_TRY();
+	{
+		result = DatumGetIntervalP(DirectFunctionCall3(interval_in,
+													   CStringGetDatum(text),
+													   ObjectIdGetDatum(InvalidOid),
+													   Int32GetDatum(-1)));
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(caller);
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		result = NULL;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(caller);
+	CurrentResourceOwner = owner;
+	return result;
+}
+
 /* Checks the "schedule" option: an array of interval strings. */
 static void
 option_schedule(Jsonb *options, const char *channel)
@@ -139,10 +175,13 @@ option_schedule(Jsonb *options, const char *channel)
 					 errmsg("invalid option \"schedule\" for channel \"%s\": element %d is not an interval string",
 							channel, n + 1)));
 		text = pnstrdup(elem.val.string.val, elem.val.string.len);
-		items[n++] = DatumGetIntervalP(DirectFunctionCall3(interval_in,
-														   CStringGetDatum(text),
-														   ObjectIdGetDatum(InvalidOid),
-														   Int32GetDatum(-1)));
+		items[n] = parse_interval(text);
+		if (items[n] == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid option \"schedule\" for channel \"%s\": element %d (\"%s\") is not an interval",
+							channel, n + 1, text)));
+		n++;
 	}
 	schedule_check(items, n, "channel option \"schedule\"");
 }

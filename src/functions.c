@@ -93,9 +93,14 @@ paysync_wake_worker_at_commit(PG_FUNCTION_ARGS)
 Datum
 paysync_run_once(PG_FUNCTION_ARGS)
 {
-	int32		max_checks = PG_ARGISNULL(0) ? -1 : PG_GETARG_INT32(0);
+	int32		max_checks;
 	volatile int checked = 0;
 
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid max_checks null: it must be at least 1")));
+	max_checks = PG_GETARG_INT32(0);
 	if (max_checks < 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

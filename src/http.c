@@ -498,7 +498,13 @@ http_url_valid(const char *url, char *error, size_t errlen)
 	if (parsed == NULL)
 		elog(ERROR, "paysync: out of memory parsing a URL");
 	rc = curl_url_set(parsed, CURLUPART_URL, url, 0);
-	if (rc != CURLUE_OK)
+	/* libcurl forgives "http:/host" and "https:///host"; we do not */
+	if (pg_strncasecmp(url, "http://", 7) != 0 && pg_strncasecmp(url, "https://", 8) != 0)
+		snprintf(error, errlen, "only http:// and https:// URLs are allowed");
+	else if (url[pg_strncasecmp(url, "http://", 7) == 0 ? 7 : 8] == '/' ||
+			 url[pg_strncasecmp(url, "http://", 7) == 0 ? 7 : 8] == '\0')
+		snprintf(error, errlen, "the URL has no host");
+	else if (rc != CURLUE_OK)
 		snprintf(error, errlen, "%s", curl_url_strerror(rc));
 	else if (curl_url_get(parsed, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
 			 (pg_strcasecmp(scheme, "http") != 0 && pg_strcasecmp(scheme, "https") != 0))
