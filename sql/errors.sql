@@ -184,6 +184,8 @@ SELECT pg_temp.try($$SELECT paysync.report('T-1', 'paid')$$);
 SELECT pg_temp.try($$SELECT paysync.report('T-404', 'succeeded')$$);
 SELECT pg_temp.try($$SELECT paysync.report(NULL, 'succeeded')$$);
 SELECT pg_temp.try($$SELECT paysync.report('T-1', NULL)$$);
+SELECT pg_temp.try($$SELECT paysync.report('T-1', 'succeeded', repeat('x', 8000))$$);
+SELECT status FROM paysync.payments WHERE payment_id = 'T-1';
 -- a different final status after a final one changes nothing
 SELECT paysync.report('T-1', 'succeeded', 'PAID') AS changed;
 SELECT pg_temp.try($$SELECT paysync.report('T-1', 'failed', 'NOT_PAID')$$);

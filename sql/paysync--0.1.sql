@@ -326,6 +326,10 @@ BEGIN
 		RAISE EXCEPTION 'report: status must not be null'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
+	IF octet_length(channel_status) > 256 THEN
+		RAISE EXCEPTION 'report: channel_status "%..." is longer than 256 bytes', left(channel_status, 32)
+			USING ERRCODE = 'string_data_right_truncation';
+	END IF;
 	IF status IN ('pending', 'expired') THEN
 		RAISE EXCEPTION 'report: status "%" cannot be reported', status
 			USING ERRCODE = 'invalid_parameter_value',

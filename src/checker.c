@@ -19,6 +19,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/latch.h"
 #include "utils/builtins.h"
@@ -31,6 +32,9 @@
 #include "driver.h"
 #include "http.h"
 #include "storage.h"
+
+/* The most of a channel's status word kept in channel_status and events. */
+#define CHANNEL_STATUS_MAX_BYTES 256
 
 /* A channel row compiled for use; shared by the requests made with it. */
 typedef struct CompiledChannel
@@ -255,8 +259,15 @@ answer_add(const Check *check, const CheckAnswer *answer)
 	a->payment_id = pstrdup(check->payment_id);
 	a->attempts = check->attempts;
 	a->status = answer->is_error ? NULL : answer->status;
-	a->channel_status = (!answer->is_error && answer->channel_status) ?
-		pstrdup(answer->channel_status) : NULL;
+	a->channel_status = NULL;
+	if (!answer->is_error && answer->channel_status)
+	{
+		/* the channel's word, cut to a size that always fits a NOTIFY */
+		int			len = strlen(answer->channel_status);
+
+		len = pg_mbcliplen(answer->channel_status, len, CHANNEL_STATUS_MAX_BYTES);
+		a->channel_status = pnstrdup(answer->channel_status, len);
+	}
 	a->error = answer->is_error ? pstrdup(answer->error) : NULL;
 	a->retry_after_s = answer->retry_after_s > INT_MAX ? INT_MAX : (int32) answer->retry_after_s;
 	MemoryContextSwitchTo(old);
@@ -285,20 +296,23 @@ check_done(Check *check)
 }
 
 /*
- * Claims up to limit due payments into the queue.  *maybe_more is set when
- * the claim was full, so more may be due right now.
+ * Claims up to limit due payments into the queue.  With honour_caps, no
+ * more per channel than its free in-flight slots (the worker); without, the
+ * queue alone keeps each channel within its cap (run_once).  *maybe_more is
+ * set when the claim was full, so more may be due right now.
  */
 int
-checker_claim(int limit, bool *maybe_more)
+checker_claim(int limit, bool honour_caps, bool *maybe_more)
 {
 	ClaimedCheck *claimed;
-	ChannelSlots caps;
+	ChannelSlots caps = {0};
 	int			n;
 	MemoryContext old;
 
 	refresh_channels();
 	old = MemoryContextSwitchTo(scratch_context);
-	caps = channel_caps(false);
+	if (honour_caps)
+		caps = channel_caps(false);
 	for (int i = 0; i < caps.n; i++)
 		channel_find(caps.names[i])->at_cap = (caps.free_slots[i] == 0);
 	n = storage_claim(limit, paysync_request_timeout_ms, &caps, &claimed);

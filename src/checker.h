@@ -14,7 +14,7 @@
 #include "utils/timestamp.h"
 
 extern void checker_init(void);
-extern int	checker_claim(int limit, bool *maybe_more);
+extern int	checker_claim(int limit, bool honour_caps, bool *maybe_more);
 extern bool checker_next_due(TimestampTz *due_at);
 extern int	checker_start_claimed(void);
 extern bool checker_wait(long timeout_ms, uint32 wait_event_info);

@@ -112,7 +112,7 @@ paysync_run_once(PG_FUNCTION_ARGS)
 	{
 		bool		maybe_more;
 
-		checker_claim(max_checks, &maybe_more);
+		checker_claim(max_checks, false, &maybe_more);
 		checker_start_claimed();
 		while (checker_queued() > 0 || checker_in_flight() > 0)
 		{

@@ -184,7 +184,7 @@ paysync_worker_main(Datum main_arg)
 				else
 				{
 					told_waiting = false;
-					checker_claim(limit, &maybe_more);
+					checker_claim(limit, true, &maybe_more);
 					if (maybe_more)
 						next_claim_at = now;
 					else if (!checker_next_due(&next_claim_at))

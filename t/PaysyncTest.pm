@@ -6,6 +6,7 @@ use strict;
 use warnings;
 
 use Exporter 'import';
+use File::Basename qw(basename);
 use FindBin;
 use IPC::Run;
 use Time::HiRes qw(time usleep);
@@ -31,7 +32,8 @@ sub start_mock
 	my $bin = "$FindBin::Bin/mock/mock_channel";
 	die "mock channel not built: run make -C t/mock" unless -x $bin;
 	$mock_count++;
-	my $log = "$PostgreSQL::Test::Utils::tmp_check/mock_$mock_count.log";
+	my $test = basename($0, '.pl');
+	my $log = "$PostgreSQL::Test::Utils::tmp_check/mock_${test}_$mock_count.log";
 	my @cmd = ($bin, '--port', '0', '--log', $log);
 	push @cmd, '--latency-ms', $opt{latency_ms} if $opt{latency_ms};
 	push @cmd, '--require-header', $_ for @{ $opt{require_header} || [] };
