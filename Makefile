@@ -10,6 +10,7 @@ OBJS = \
 	src/storage.o \
 	src/driver.o \
 	src/driver_http_json.o \
+	src/crypto.o \
 	src/functions.o
 
 DATA = sql/paysync--0.1.sql
@@ -20,7 +21,7 @@ TAP_TESTS = 1
 
 PG_CONFIG ?= pg_config
 PG_CPPFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Isrc
-SHLIB_LINK = -lcurl
+SHLIB_LINK = -lcurl -lcrypto
 EXTRA_CLEAN = tmp_check_regress
 
 # No LLVM bitcode: JIT inlining of this code is not worth a clang dependency.

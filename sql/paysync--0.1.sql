@@ -72,6 +72,8 @@ CREATE TABLE paysync.payments (
 	finalized_at	timestamptz,
 	/* while a check is in flight: when its claim lapses */
 	claimed_until	timestamptz,
+	/* given up on: the trade is being closed at the channel (close_on_expiry) */
+	closing			boolean NOT NULL DEFAULT false,
 	CONSTRAINT payments_payment_id_check
 		CHECK (length(payment_id) BETWEEN 1 AND 128
 			   AND payment_id !~ '[[:cntrl:]]'),

@@ -44,6 +44,12 @@ typedef struct CompiledChannel
 	char		broken[200];	/* why not */
 	int			refs;			/* requests in flight made with it */
 	bool		retired;		/* replaced by a newer version of the row */
+
+	/* the channel's access token, for drivers that use one */
+	char	   *token;			/* secret; NULL until fetched */
+	TimestampTz token_valid_until;
+	bool		token_requested;	/* a token request is in flight */
+	char		token_error[200];	/* why the last token request failed */
 } CompiledChannel;
 
 /* What the checker knows of one channel. */
@@ -58,10 +64,11 @@ typedef struct ChannelState
 	struct ChannelState *next;
 } ChannelState;
 
-/* One claimed check, queued or in flight. */
+/* One claimed check, queued or in flight (or a channel's token request). */
 typedef struct Check
 {
-	char	   *payment_id;
+	CheckKind	kind;
+	char	   *payment_id;		/* NULL for CHECK_TOKEN */
 	int32		attempts;
 	TimestampTz due_at;
 	ChannelState *channel;
@@ -270,6 +277,13 @@ answer_add(const Check *check, const CheckAnswer *answer)
 	}
 	a->error = answer->is_error ? pstrdup(answer->error) : NULL;
 	a->retry_after_s = answer->retry_after_s > INT_MAX ? INT_MAX : (int32) answer->retry_after_s;
+	a->has_paid_amount = !answer->is_error && answer->has_paid_amount;
+	a->paid_amount_minor = answer->paid_amount_minor;
+	a->paid_currency = (a->has_paid_amount && answer->paid_currency[0]) ?
+		pstrdup(answer->paid_currency) : NULL;
+	a->is_close = (check->kind == CHECK_CLOSE);
+	a->close_on_expiry = check->channel->compiled->config &&
+		check->channel->compiled->config->close_on_expiry;
 	MemoryContextSwitchTo(old);
 }
 
@@ -279,19 +293,24 @@ check_done(Check *check)
 {
 	ChannelState *channel = check->channel;
 
-	channel->in_flight--;
-	if (channel->at_cap)
+	if (check->kind != CHECK_TOKEN)
 	{
-		channel->at_cap = false;
-		slot_freed_for_capped = true;
+		channel->in_flight--;
+		if (check->compiled)
+			channel->requests--;
+		if (channel->at_cap)
+		{
+			channel->at_cap = false;
+			slot_freed_for_capped = true;
+		}
 	}
 	if (check->compiled)
 	{
-		channel->requests--;
 		check->compiled->refs--;
 		compiled_release(check->compiled);
 	}
-	pfree(check->payment_id);
+	if (check->payment_id)
+		pfree(check->payment_id);
 	pfree(check);
 }
 
@@ -321,6 +340,7 @@ checker_claim(int limit, bool honour_caps, bool *maybe_more)
 	{
 		Check	   *check = palloc0(sizeof(Check));
 
+		check->kind = claimed[i].closing ? CHECK_CLOSE : CHECK_QUERY;
 		check->payment_id = pstrdup(claimed[i].payment_id);
 		check->attempts = claimed[i].attempts;
 		check->due_at = claimed[i].due_at;
@@ -360,6 +380,61 @@ checker_next_due(TimestampTz *due_at)
 }
 
 /*
+ * Starts the request for a channel's access token.  The checks waiting for
+ * it stay queued.
+ */
+static void
+start_token_request(ChannelState *channel, CompiledChannel *compiled)
+{
+	MemoryContext old = MemoryContextSwitchTo(checker_context);
+	Check	   *fetch = palloc0(sizeof(Check));
+	HttpRequest request;
+
+	fetch->kind = CHECK_TOKEN;
+	fetch->channel = channel;
+	MemoryContextSwitchTo(scratch_context);
+	memset(&request, 0, sizeof(request));
+	compiled->config->driver->build_token_request(compiled->config->driver_config,
+												  compiled->config->base_url, &request);
+	request.timeout_ms = channel_timeout_ms(compiled);
+	MemoryContextSwitchTo(old);
+	if (!http_submit(&request, fetch, compiled->token_error, sizeof(compiled->token_error)))
+	{
+		pfree(fetch);
+		return;
+	}
+	fetch->compiled = compiled;
+	compiled->refs++;
+	compiled->token_requested = true;
+	compiled->token_error[0] = '\0';
+	requests_in_flight++;
+}
+
+/*
+ * For a channel that needs an access token: true if a valid one is at hand;
+ * otherwise starts fetching one (once) and returns false.  If the last
+ * fetch failed, *failed says why (once; the next call tries again).
+ */
+static bool
+token_ready(ChannelState *channel, CompiledChannel *compiled, const char **failed)
+{
+	*failed = NULL;
+	if (compiled->token && GetCurrentTimestamp() < compiled->token_valid_until)
+		return true;
+	if (compiled->token_requested)
+		return false;
+	if (compiled->token_error[0])
+	{
+		*failed = compiled->token_error;
+		return false;
+	}
+	start_token_request(channel, compiled);
+	if (compiled->token_error[0])
+		*failed = compiled->token_error;
+	return false;
+}
+
+/*
  * Starts queued checks, as many as the global cap (paysync.max_inflight)
  * and each channel's allow.  Must run with no transaction open in the
  * worker.  Returns how many started.
@@ -370,6 +445,7 @@ checker_start_claimed(void)
 	int			started = 0;
 	int			kept = 0;
 	MemoryContext old = MemoryContextSwitchTo(scratch_context);
+	CompiledChannel *token_failed = NULL;
 
 	http_engine_configure(paysync_max_inflight, (size_t) paysync_max_response_kb * 1024);
 	for (int i = 0; i < queue_len; i++)
@@ -379,6 +455,7 @@ checker_start_claimed(void)
 		HttpRequest request;
 		CheckAnswer answer;
 		char		error[200];
+		const char *token = NULL;
 
 		if (requests_in_flight >= paysync_max_inflight ||
 			(compiled->config && compiled->config->max_inflight > 0 &&
@@ -398,10 +475,32 @@ checker_start_claimed(void)
 			continue;
 		}
 
+		if (compiled->config->driver->build_token_request)
+		{
+			const char *failed;
+
+			if (!token_ready(check->channel, compiled, &failed))
+			{
+				if (failed == NULL)
+				{
+					queue[kept++] = check;
+					continue;
+				}
+				/* the token request failed: these checks are errors */
+				answer_error(&answer, "access token request failed: %s", failed);
+				answer_add(check, &answer);
+				check_done(check);
+				token_failed = compiled;
+				continue;
+			}
+			token = compiled->token;
+		}
+
 		memset(&request, 0, sizeof(request));
 		compiled->config->driver->build_request(compiled->config->driver_config,
 												compiled->config->base_url,
-												check->payment_id, &request);
+												check->payment_id, check->kind,
+												token, &request);
 		request.timeout_ms = channel_timeout_ms(compiled);
 		if (!http_submit(&request, check, error, sizeof(error)))
 		{
@@ -417,6 +516,9 @@ checker_start_claimed(void)
 		started++;
 	}
 	queue_len = kept;
+	/* the next checks of a channel whose token request failed try again */
+	if (token_failed)
+		token_failed->token_error[0] = '\0';
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(scratch_context);
 	return started;
@@ -432,13 +534,49 @@ collect_answers(void)
 	while (http_next_done(&tag, &result))
 	{
 		Check	   *check = (Check *) tag;
-		const ChannelConfig *config = check->compiled->config;
+		CompiledChannel *compiled = check->compiled;
+		const ChannelConfig *config = compiled->config;
 		CheckAnswer answer;
 		MemoryContext old = MemoryContextSwitchTo(scratch_context);
 
+		if (check->kind == CHECK_TOKEN)
+		{
+			char	   *token = NULL;
+			int			expires_in_s = 0;
+
+			compiled->token_requested = false;
+			if (config->driver->interpret_token(config->driver_config, &result, &token,
+												&expires_in_s, compiled->token_error,
+												sizeof(compiled->token_error)))
+			{
+				if (compiled->token)
+					pfree(compiled->token);
+				compiled->token = MemoryContextStrdup(compiled->context, token);
+				/* renew a minute early, so no request carries a dying token */
+				compiled->token_valid_until = GetCurrentTimestamp() +
+					(int64) Max(expires_in_s - 60, 1) * USECS_PER_SEC;
+				compiled->token_error[0] = '\0';
+			}
+			else if (compiled->token_error[0] == '\0')
+				snprintf(compiled->token_error, sizeof(compiled->token_error),
+						 "the token answer could not be read");
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(scratch_context);
+			http_result_free(&result);
+			requests_in_flight--;
+			check_done(check);
+			continue;
+		}
+
 		memset(&answer, 0, sizeof(answer));
 		answer.retry_after_s = -1;
-		config->driver->interpret(config->driver_config, &result, &answer);
+		config->driver->interpret(config->driver_config, check->kind, &result, &answer);
+		/* a refused token is dropped: the retry fetches a new one */
+		if (answer.credentials_rejected && compiled->token)
+		{
+			pfree(compiled->token);
+			compiled->token = NULL;
+		}
 		answer_add(check, &answer);
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(scratch_context);

@@ -25,7 +25,7 @@ static const PaysyncDriver *const all_drivers[] = {
 
 /* Options any channel takes, handled here rather than by its driver. */
 static const char *const common_option_names[] = {
-	"timeout_ms", "max_inflight", "schedule", NULL
+	"timeout_ms", "max_inflight", "schedule", "close_on_expiry", NULL
 };
 
 /* The driver called name, or NULL. */
@@ -72,6 +72,26 @@ option_string(Jsonb *options, const char *key, char **value, const char *channel
 				 errmsg("invalid option \"%s\" for channel \"%s\": it must be a string",
 						key, channel)));
 	*value = pnstrdup(v->val.string.val, v->val.string.len);
+	return true;
+}
+
+/*
+ * Sets *value to the boolean option key; false if absent.  A value that is
+ * not a boolean is an ERROR naming the option.
+ */
+bool
+option_bool(Jsonb *options, const char *key, bool *value, const char *channel)
+{
+	JsonbValue *v = option_value(options, key);
+
+	if (v == NULL)
+		return false;
+	if (v->type != jbvBool)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid option \"%s\" for channel \"%s\": it must be true or false",
+						key, channel)));
+	*value = v->val.boolean;
 	return true;
 }
 
@@ -275,6 +295,14 @@ channel_compile(const char *name, const char *driver_name, const char *base_url,
 	option_int(options, "max_inflight", 1, 10000, &config->max_inflight, name);
 	option_schedule(options, name);
 
+	config->close_on_expiry = driver->close_on_expiry_default;
+	if (option_bool(options, "close_on_expiry", &config->close_on_expiry, name) &&
+		config->close_on_expiry && !driver->can_close)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid option \"close_on_expiry\" for channel \"%s\": driver %s cannot close a trade",
+						name, driver->name)));
+
 	config->name = pstrdup(name);
 	config->base_url = pstrdup(base_url);
 	config->driver = driver;
@@ -291,6 +319,98 @@ is_settable_status(const char *status)
 	};
 
 	return name_in_list(status, settable);
+}
+
+/* Frees an OpenSSL key when the memory context holding its user goes. */
+static void
+key_free_callback(void *arg)
+{
+	crypto_key_free((CryptoKey *) arg);
+}
+
+/*
+ * Loads the required key option key (PEM, or a bare base64 body): a key
+ * that does not parse is an ERROR here, at create_channel, not a failure at
+ * 3 a.m.  The key lives as long as CurrentMemoryContext.  Errors name the
+ * option, never its value.
+ */
+CryptoKey *
+option_key(Jsonb *options, const char *key, bool private_key, const char *channel)
+{
+	char	   *text;
+	char		error[160];
+	CryptoKey  *loaded;
+	MemoryContextCallback *cb;
+
+	if (!option_string(options, key, &text, channel))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("channel \"%s\" needs option \"%s\"", channel, key)));
+	loaded = private_key ? crypto_private_key(text, error, sizeof(error)) :
+		crypto_public_key(text, error, sizeof(error));
+	if (loaded == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid option \"%s\" for channel \"%s\": %s", key, channel, error)));
+	cb = palloc0(sizeof(MemoryContextCallback));
+	cb->func = key_free_callback;
+	cb->arg = loaded;
+	MemoryContextRegisterResetCallback(CurrentMemoryContext, cb);
+	return loaded;
+}
+
+/* Digits after the decimal point of a currency's minor unit (ISO 4217). */
+static int
+currency_exponent(const char *currency)
+{
+	static const char *const zero[] = {
+		"BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF",
+		"UGX", "UYI", "VND", "VUV", "XAF", "XOF", "XPF", NULL
+	};
+	static const char *const three[] = {
+		"BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND", NULL
+	};
+
+	for (int i = 0; zero[i]; i++)
+		if (pg_strcasecmp(currency, zero[i]) == 0)
+			return 0;
+	for (int i = 0; three[i]; i++)
+		if (pg_strcasecmp(currency, three[i]) == 0)
+			return 3;
+	return 2;
+}
+
+/*
+ * Converts a decimal amount in major units ("88.88") to minor units of
+ * currency (8888).  False if it is not a plain non-negative decimal with
+ * at most the currency's digits after the point.
+ */
+bool
+amount_to_minor(const char *decimal, const char *currency, int64 *minor)
+{
+	int			exponent = currency_exponent(currency);
+	int64		value = 0;
+	int			fraction_digits = -1;
+
+	if (decimal == NULL || *decimal == '\0')
+		return false;
+	for (const char *p = decimal; *p; p++)
+	{
+		if (*p == '.' && fraction_digits < 0)
+		{
+			fraction_digits = 0;
+			continue;
+		}
+		if (*p < '0' || *p > '9' || value > PG_INT64_MAX / 100)
+			return false;
+		value = value * 10 + (*p - '0');
+		if (fraction_digits >= 0 && ++fraction_digits > exponent)
+			return false;
+	}
+	for (int i = Max(fraction_digits, 0); i < exponent; i++)
+		value *= 10;
+	*minor = value;
+	return true;
 }
 
 /* Makes *answer an error with the given message. */

@@ -14,7 +14,16 @@
 #include "datatype/timestamp.h"
 #include "utils/jsonb.h"
 
+#include "crypto.h"
 #include "http.h"
+
+/* What a request asks the channel. */
+typedef enum CheckKind
+{
+	CHECK_QUERY,				/* what became of the payment? */
+	CHECK_CLOSE,				/* close the unpaid trade (close_on_expiry) */
+	CHECK_TOKEN					/* an access token for the channel (OAuth2) */
+} CheckKind;
 
 /* What one check found out. */
 typedef struct CheckAnswer
@@ -24,6 +33,14 @@ typedef struct CheckAnswer
 	char	   *channel_status; /* the channel's own word, or NULL */
 	long		retry_after_s;	/* the channel's Retry-After, or -1 */
 	char		error[200];		/* when is_error; never holds a secret */
+
+	/* the amount the channel says was paid, when it says so */
+	bool		has_paid_amount;
+	int64		paid_amount_minor;
+	char		paid_currency[4];	/* ISO 4217, upper case, or "" */
+
+	/* the channel refused the credentials (an expired token, say) */
+	bool		credentials_rejected;
 } CheckAnswer;
 
 typedef struct PaysyncDriver
@@ -41,15 +58,37 @@ typedef struct PaysyncDriver
 	void	   *(*compile) (const char *channel, const char *base_url, Jsonb *options);
 
 	/*
-	 * Builds the request for one payment, in CurrentMemoryContext.  The
-	 * request's timeout is set by the caller.
+	 * Builds the request for one payment, in CurrentMemoryContext: a status
+	 * query, or for CHECK_CLOSE the channel's "close this trade" call.  token
+	 * is the channel's current access token (drivers with
+	 * build_token_request), else NULL.  The caller sets the timeout.
 	 */
 	void		(*build_request) (const void *config, const char *base_url,
-								  const char *payment_id, HttpRequest *request);
+								  const char *payment_id, CheckKind kind,
+								  const char *token, HttpRequest *request);
 
-	/* Interprets an answer (a transport error included) into *answer. */
-	void		(*interpret) (const void *config, const HttpResult *result,
-							  CheckAnswer *answer);
+	/*
+	 * Interprets an answer (a transport error included) into *answer.  For
+	 * CHECK_CLOSE: "closed" if the trade is closed now, "succeeded" if the
+	 * channel says it was paid meanwhile, else an error.
+	 */
+	void		(*interpret) (const void *config, CheckKind kind,
+							  const HttpResult *result, CheckAnswer *answer);
+
+	/* Whether the channel can close an unpaid trade, and the default. */
+	bool		can_close;
+	bool		close_on_expiry_default;
+
+	/*
+	 * For channels with access tokens (NULL otherwise): the token request,
+	 * and reading its answer into a palloc'd *token valid *expires_in_s
+	 * seconds; false with a message (never a secret) on failure.
+	 */
+	void		(*build_token_request) (const void *config, const char *base_url,
+										HttpRequest *request);
+	bool		(*interpret_token) (const void *config, const HttpResult *result,
+									char **token, int *expires_in_s,
+									char *error, size_t errlen);
 } PaysyncDriver;
 
 /* A channel row, compiled: what the checker needs to talk to it. */
@@ -61,6 +100,7 @@ typedef struct ChannelConfig
 	void	   *driver_config;
 	int			timeout_ms;		/* 0: paysync.request_timeout */
 	int			max_inflight;	/* 0: no cap of its own */
+	bool		close_on_expiry;	/* close the trade before expiring */
 } ChannelConfig;
 
 extern const PaysyncDriver *driver_lookup(const char *name);
@@ -78,5 +118,9 @@ extern bool json_scalar_at_path(const char *body, size_t body_len, const char *p
 								char **value, CheckAnswer *answer);
 extern bool is_settable_status(const char *status);
 extern void schedule_check(Interval **items, int n, const char *what);
+extern bool option_bool(Jsonb *options, const char *key, bool *value, const char *channel);
+extern bool amount_to_minor(const char *decimal, const char *currency, int64 *minor);
+extern CryptoKey *option_key(Jsonb *options, const char *key, bool private_key,
+							 const char *channel);
 
 #endif							/* PAYSYNC_DRIVER_H */

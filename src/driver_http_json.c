@@ -264,7 +264,8 @@ http_json_compile(const char *channel, const char *base_url, Jsonb *options)
 /* Builds the status query for one payment. */
 static void
 http_json_build_request(const void *cfg, const char *base_url,
-						const char *payment_id, HttpRequest *request)
+						const char *payment_id, CheckKind kind,
+						const char *token, HttpRequest *request)
 {
 	const HttpJsonConfig *config = cfg;
 	const char **headers = palloc(sizeof(char *) * (config->n_headers + 2));
@@ -296,7 +297,8 @@ http_json_build_request(const void *cfg, const char *base_url,
 
 /* Turns an answer into a status or an error. */
 static void
-http_json_interpret(const void *cfg, const HttpResult *result, CheckAnswer *answer)
+http_json_interpret(const void *cfg, CheckKind kind, const HttpResult *result,
+					CheckAnswer *answer)
 {
 	const HttpJsonConfig *config = cfg;
 	char	   *word;

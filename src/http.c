@@ -30,6 +30,8 @@ typedef struct Transfer
 	char	   *body;
 	size_t		body_len;
 	size_t		body_cap;
+	char	   *headers_raw;	/* response header lines of the last response */
+	size_t		headers_len;
 	bool		too_large;
 	long		timeout_ms;
 	CURLcode	result;
@@ -153,6 +155,31 @@ write_callback(char *data, size_t size, size_t nmemb, void *userp)
 	return n;
 }
 
+/*
+ * Keeps the response's header lines ("Name: value\r\n"); a new status line
+ * (after a 100 Continue, say) starts over.  Capped like the body.
+ */
+static size_t
+header_callback(char *data, size_t size, size_t nitems, void *userp)
+{
+	Transfer   *t = (Transfer *) userp;
+	size_t		n = size * nitems;
+	char	   *grown;
+
+	if (n >= 5 && strncmp(data, "HTTP/", 5) == 0)
+		t->headers_len = 0;
+	if (t->headers_len + n > 65536)
+		return n;				/* ignore what is past 64 kB of headers */
+	grown = realloc(t->headers_raw, t->headers_len + n + 1);
+	if (grown == NULL)
+		return 0;
+	t->headers_raw = grown;
+	memcpy(t->headers_raw + t->headers_len, data, n);
+	t->headers_len += n;
+	t->headers_raw[t->headers_len] = '\0';
+	return n;
+}
+
 /* Creates the multi handle and the epoll set, once per process. */
 void
 http_engine_init(void)
@@ -213,6 +240,8 @@ transfer_get(void)
 	t->headers = NULL;
 	t->body = NULL;
 	t->body_len = t->body_cap = 0;
+	t->headers_raw = NULL;
+	t->headers_len = 0;
 	t->too_large = false;
 	t->result = CURLE_OK;
 	t->errbuf[0] = '\0';
@@ -228,6 +257,8 @@ transfer_put(Transfer *t)
 	t->headers = NULL;
 	free(t->body);
 	t->body = NULL;
+	free(t->headers_raw);
+	t->headers_raw = NULL;
 	t->next = free_transfers;
 	free_transfers = t;
 }
@@ -280,6 +311,8 @@ http_submit(const HttpRequest *request, void *tag, char *error, size_t errlen)
 	curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers);
 	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_callback);
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
+	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_callback);
+	curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
 	curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) max_response_bytes);
 	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf);
 	curl_easy_setopt(e, CURLOPT_PRIVATE, t);
@@ -408,6 +441,8 @@ http_next_done(void **tag, HttpResult *result)
 		result->body = t->body ? t->body : strdup("");
 		result->body_len = t->body_len;
 		t->body = NULL;
+		result->headers = t->headers_raw;
+		t->headers_raw = NULL;
 	}
 	else if (t->too_large || t->result == CURLE_FILESIZE_EXCEEDED)
 		snprintf(result->error, sizeof(result->error),
@@ -466,6 +501,40 @@ http_result_free(HttpResult *result)
 {
 	free(result->body);
 	result->body = NULL;
+	free(result->headers);
+	result->headers = NULL;
+}
+
+/*
+ * The value of response header name (case-insensitive), palloc'd, or NULL.
+ * Surrounding blanks are trimmed; the first occurrence wins.
+ */
+char *
+http_header(const HttpResult *result, const char *name)
+{
+	size_t		name_len = strlen(name);
+	const char *line = result->headers;
+
+	while (line && *line)
+	{
+		const char *end = strstr(line, "\r\n");
+		size_t		len = end ? (size_t) (end - line) : strlen(line);
+
+		if (len > name_len && line[name_len] == ':' &&
+			pg_strncasecmp(line, name, name_len) == 0)
+		{
+			const char *v = line + name_len + 1;
+			const char *v_end = line + len;
+
+			while (v < v_end && (*v == ' ' || *v == '\t'))
+				v++;
+			while (v_end > v && (v_end[-1] == ' ' || v_end[-1] == '\t'))
+				v_end--;
+			return pnstrdup(v, v_end - v);
+		}
+		line = end ? end + 2 : NULL;
+	}
+	return NULL;
 }
 
 /* URL-encodes text (palloc'd result) with libcurl. */

@@ -27,6 +27,7 @@ typedef struct HttpResult
 	long		status;			/* HTTP status, or 0 on a transport error */
 	char	   *body;
 	size_t		body_len;
+	char	   *headers;		/* raw "Name: value\r\n" lines, malloc'd, or NULL */
 	long		retry_after_s;	/* Retry-After in seconds, or -1 */
 	double		elapsed_ms;
 	char		error[160];		/* transport error, never holds a header */
@@ -42,6 +43,7 @@ extern bool http_next_done(void **tag, HttpResult *result);
 extern int	http_in_flight(void);
 extern void http_cancel_all(void);
 extern void http_result_free(HttpResult *result);
+extern char *http_header(const HttpResult *result, const char *name);
 extern char *http_escape(const char *text);
 extern bool http_url_valid(const char *url, char *error, size_t errlen);
 

@@ -45,7 +45,7 @@ static const char *claim_sql =
 "     next_check_at = now() + make_interval(secs => cand.claim_ms / 1000.0)"
 " FROM cand"
 " WHERE p.payment_id = cand.payment_id"
-" RETURNING p.payment_id, p.channel, p.attempts, cand.due_at";
+" RETURNING p.payment_id, p.channel, p.attempts, cand.due_at, p.closing";
 
 /* When the next check falls due, over channels not at their cap. */
 static const char *next_due_sql =
@@ -68,41 +68,67 @@ static const char *lock_events_sql = "SELECT paysync._lock_events()";
  * lapsed, wins), write the event of each status change, all in one
  * statement.  The events trigger sends the NOTIFYs.
  *
- * A status answer: a final one is taken (source poll); pending moves to
- * the next step of the schedule, or makes the payment expired when the
- * schedule is used up with no deadline ahead, or when the answer came at
- * or after expires_at (source expiry).  An error: errors + 1, step kept,
- * retried after min(2^(errors-1) s, 5 min) +-20%, or after Retry-After if
- * later; an error never expires a payment.
+ * A status answer: a final one is taken (source poll), except that a
+ * "succeeded" whose paid amount or currency differs from the payment's is
+ * "failed" with last_error saying so.  "pending" moves to the next step of
+ * the schedule; when the schedule is used up with no deadline ahead, or the
+ * answer came at or after expires_at, paysync gives up: the payment becomes
+ * expired (source expiry), or, on a channel that closes trades it gives up
+ * on, it is marked closing and due now, and the answer to that close makes
+ * it closed (source expiry) or succeeded (paid meanwhile).  An error:
+ * errors + 1, step kept, retried after min(2^(errors-1) s, 5 min) +-20%,
+ * or after Retry-After if later; an error never expires a payment.
  */
 static const char *record_sql =
 "WITH answer AS ("
-"  SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::int[])"
-"    AS a(payment_id, attempts, status, channel_status, error, retry_after)"
+"  SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[],"
+"                       $6::int[], $7::int8[], $8::text[], $9::bool[], $10::bool[])"
+"    AS a(payment_id, attempts, status, channel_status, error,"
+"         retry_after, paid_amount, paid_currency, is_close, close_on_expiry)"
 "), current AS ("
-"  SELECT p.payment_id, p.step, p.schedule, p.expires_at,"
-"         a.status::paysync.payment_status AS answered, a.channel_status, a.error, a.retry_after"
+"  SELECT p.payment_id, p.step, p.schedule, p.expires_at, p.amount_minor, p.currency,"
+"         a.status::paysync.payment_status AS answered, a.channel_status, a.error,"
+"         a.retry_after, a.paid_amount, upper(a.paid_currency) AS paid_currency,"
+"         a.is_close, a.close_on_expiry"
 "  FROM paysync.payments p JOIN answer a USING (payment_id)"
 "  WHERE p.status = 'pending' AND p.attempts = a.attempts"
 "  ORDER BY p.payment_id"
 "  FOR UPDATE OF p"
-"), decided AS ("
-"  SELECT c.*, CASE"
-"    WHEN c.error IS NOT NULL THEN 'pending'"
-"    WHEN c.answered <> 'pending' THEN c.answered"
-"    WHEN c.expires_at <= now() THEN 'expired'"
-"    WHEN c.step + 1 >= cardinality(c.schedule) AND c.expires_at IS NULL THEN 'expired'"
-"    ELSE 'pending' END::paysync.payment_status AS new_status"
+"), judged AS ("
+"  SELECT c.*,"
+"    coalesce(c.error IS NULL AND c.answered = 'succeeded' AND c.amount_minor IS NOT NULL"
+"      AND c.paid_amount IS NOT NULL"
+"      AND (c.paid_amount <> c.amount_minor"
+"           OR (c.currency IS NOT NULL AND c.paid_currency IS NOT NULL"
+"               AND c.paid_currency <> c.currency)), false)"
+"      AS mismatch,"
+"    coalesce(c.error IS NULL AND NOT c.is_close AND c.answered = 'pending'"
+"      AND (c.expires_at <= now()"
+"           OR (c.step + 1 >= cardinality(c.schedule) AND c.expires_at IS NULL)), false)"
+"      AS gives_up"
 "  FROM current c"
+"), decided AS ("
+"  SELECT j.*, CASE"
+"    WHEN j.error IS NOT NULL THEN 'pending'"
+"    WHEN j.mismatch THEN 'failed'"
+"    WHEN j.gives_up AND j.close_on_expiry THEN 'pending'"
+"    WHEN j.gives_up THEN 'expired'"
+"    ELSE j.answered END::paysync.payment_status AS new_status,"
+"    CASE WHEN j.mismatch THEN format('amount mismatch: expected %s %s, channel reports %s %s',"
+"      j.amount_minor, coalesce(j.currency, ''), j.paid_amount, coalesce(j.paid_currency, ''))"
+"    END AS mismatch_error"
+"  FROM judged j"
 "), changed AS ("
 "  UPDATE paysync.payments p SET"
 "    status = d.new_status,"
-"    channel_status = CASE WHEN d.error IS NULL THEN d.channel_status ELSE p.channel_status END,"
-"    step = CASE WHEN d.error IS NULL THEN p.step + 1 ELSE p.step END,"
+"    channel_status = CASE WHEN d.error IS NULL"
+"      THEN coalesce(d.channel_status, p.channel_status) ELSE p.channel_status END,"
+"    step = CASE WHEN d.error IS NULL AND NOT d.is_close THEN p.step + 1 ELSE p.step END,"
 "    errors = CASE WHEN d.error IS NULL THEN 0 ELSE p.errors + 1 END,"
-"    last_error = coalesce(d.error, p.last_error),"
+"    last_error = coalesce(d.error, d.mismatch_error, p.last_error),"
 "    last_checked_at = now(),"
 "    claimed_until = NULL,"
+"    closing = p.closing OR (d.gives_up AND d.close_on_expiry),"
 "    updated_at = now(),"
 "    finalized_at = CASE WHEN d.new_status <> 'pending' THEN now() END,"
 "    next_check_at = CASE"
@@ -110,16 +136,18 @@ static const char *record_sql =
 "      WHEN d.error IS NOT NULL THEN now() + greatest("
 "        make_interval(secs => least(power(2, p.errors), 300) * (0.8 + random() * 0.4)),"
 "        make_interval(secs => coalesce(d.retry_after, 0)))"
+"      WHEN d.gives_up THEN now()"
 "      ELSE least(now() + p.schedule[least(p.step + 2, cardinality(p.schedule))],"
 "                 coalesce(p.expires_at, 'infinity'))"
 "      END"
 "  FROM decided d"
 "  WHERE p.payment_id = d.payment_id AND p.status = 'pending'"
-"  RETURNING p.payment_id, p.channel, p.status, p.channel_status"
+"  RETURNING p.payment_id, p.channel, p.status, p.channel_status, d.is_close"
 "), event AS ("
 "  INSERT INTO paysync.events (payment_id, channel, previous, status, channel_status, source)"
 "  SELECT payment_id, channel, 'pending', status, channel_status,"
-"         CASE WHEN status = 'expired' THEN 'expiry' ELSE 'poll' END"
+"         CASE WHEN status = 'expired' OR (is_close AND status = 'closed')"
+"              THEN 'expiry' ELSE 'poll' END"
 "  FROM changed WHERE status <> 'pending'"
 "  ORDER BY payment_id"
 "  RETURNING event_id"
@@ -237,6 +265,7 @@ storage_claim(int limit, int default_timeout_ms, const ChannelSlots *caps,
 		(*claimed)[i].channel = MemoryContextStrdup(caller, SPI_getvalue(tuple, desc, 2));
 		(*claimed)[i].attempts = DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull));
 		(*claimed)[i].due_at = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 4, &isnull));
+		(*claimed)[i].closing = DatumGetBool(SPI_getbinval(tuple, desc, 5, &isnull));
 	}
 	SPI_finish();
 	return n;
@@ -304,15 +333,22 @@ storage_load_channels(ChannelRow **rows)
 int
 storage_record(const RecordedAnswer *answers, int n)
 {
-	Oid			argtypes[6] = {TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
-	TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID};
-	Datum		args[6];
+	Oid			argtypes[10] = {TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, BOOLARRAYOID, BOOLARRAYOID};
+	Datum		args[10];
 	const char **ids = palloc(sizeof(char *) * n);
 	const char **statuses = palloc(sizeof(char *) * n);
 	const char **channel_statuses = palloc(sizeof(char *) * n);
 	const char **errors = palloc(sizeof(char *) * n);
+	const char **currencies = palloc(sizeof(char *) * n);
 	int32	   *attempts = palloc(sizeof(int32) * n);
 	int32	   *retry_after = palloc(sizeof(int32) * n);
+	Datum	   *amounts = palloc(sizeof(Datum) * n);
+	bool	   *amount_nulls = palloc(sizeof(bool) * n);
+	Datum	   *is_close = palloc(sizeof(Datum) * n);
+	Datum	   *close_on_expiry = palloc(sizeof(Datum) * n);
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
 	int			changed = 0;
 
 	if (n == 0)
@@ -323,8 +359,13 @@ storage_record(const RecordedAnswer *answers, int n)
 		statuses[i] = answers[i].status;
 		channel_statuses[i] = answers[i].channel_status;
 		errors[i] = answers[i].error;
+		currencies[i] = answers[i].paid_currency;
 		attempts[i] = answers[i].attempts;
 		retry_after[i] = answers[i].retry_after_s;
+		amounts[i] = Int64GetDatum(answers[i].paid_amount_minor);
+		amount_nulls[i] = !answers[i].has_paid_amount;
+		is_close[i] = BoolGetDatum(answers[i].is_close);
+		close_on_expiry[i] = BoolGetDatum(answers[i].close_on_expiry);
 	}
 
 	SPI_connect();
@@ -334,11 +375,16 @@ storage_record(const RecordedAnswer *answers, int n)
 	args[3] = nullable_text_array(channel_statuses, n);
 	args[4] = nullable_text_array(errors, n);
 	args[5] = int_array(retry_after, n, true);
+	args[6] = PointerGetDatum(construct_md_array(amounts, amount_nulls, 1, dims, lbs,
+												 INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[7] = nullable_text_array(currencies, n);
+	args[8] = PointerGetDatum(construct_array(is_close, n, BOOLOID, 1, true, TYPALIGN_CHAR));
+	args[9] = PointerGetDatum(construct_array(close_on_expiry, n, BOOLOID, 1, true, TYPALIGN_CHAR));
 
 	if (SPI_execute_plan(kept_plan(&lock_events_plan, lock_events_sql, 0, NULL),
 						 NULL, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "paysync: taking the events lock failed");
-	if (SPI_execute_plan(kept_plan(&record_plan, record_sql, 6, argtypes),
+	if (SPI_execute_plan(kept_plan(&record_plan, record_sql, 10, argtypes),
 						 args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "paysync: recording answers failed");
 	if (SPI_processed == 1)

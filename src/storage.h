@@ -19,6 +19,7 @@ typedef struct ClaimedCheck
 	char	   *channel;
 	int32		attempts;		/* the attempt this claim is; the answer must match */
 	TimestampTz due_at;
+	bool		closing;		/* close the trade rather than ask about it */
 } ClaimedCheck;
 
 /* A row of paysync.channels. */
@@ -39,6 +40,11 @@ typedef struct RecordedAnswer
 	char	   *channel_status;
 	char	   *error;
 	int32		retry_after_s;	/* -1 if none */
+	bool		has_paid_amount;
+	int64		paid_amount_minor;
+	char	   *paid_currency;	/* or NULL */
+	bool		is_close;		/* the answer to a close request */
+	bool		close_on_expiry;	/* the channel closes trades it gives up on */
 } RecordedAnswer;
 
 /* Channels whose own max_inflight limits how many may be claimed now. */

@@ -195,6 +195,10 @@ paysync_worker_main(Datum main_arg)
 			}
 		}
 
+		/* checks that waited for a free slot or an access token */
+		if (checker_queued() > 0)
+			checker_start_claimed();
+
 		/* 3. sleep until something happens */
 		now = GetCurrentTimestamp();
 		if (!paysync_enabled || RecoveryInProgress())

@@ -1,0 +1,236 @@
+/*
+ * crypto.c
+ *		RSA-SHA256 (SHA256withRSA, PKCS#1 v1.5) signatures, key loading and
+ *		base64 through OpenSSL.  Keys are accepted as PEM (PKCS#8, PKCS#1,
+ *		public keys and X.509 certificates) or, as Alipay hands them out, as
+ *		the bare base64 body of a PEM; RSA keys shorter than 2048 bits are
+ *		refused.  Never logs and never puts key material in an error.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/x509.h>
+
+#include "crypto.h"
+
+#define MIN_RSA_BITS 2048
+
+/* Wraps a bare base64 key body in PEM armour; NULL if text is PEM already. */
+static char *
+armour(const char *text, const char *label)
+{
+	size_t		len = strlen(text);
+	size_t		size = len + len / 64 + 128;
+	char	   *pem;
+	size_t		at;
+	size_t		col = 0;
+
+	if (strstr(text, "-----BEGIN") != NULL)
+		return NULL;
+	pem = malloc(size);
+	if (pem == NULL)
+		return NULL;
+	at = (size_t) snprintf(pem, size, "-----BEGIN %s-----\n", label);
+	for (const char *p = text; *p; p++)
+	{
+		if (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')
+			continue;
+		pem[at++] = *p;
+		if (++col == 64)
+		{
+			pem[at++] = '\n';
+			col = 0;
+		}
+	}
+	at += (size_t) snprintf(pem + at, size - at, "\n-----END %s-----\n", label);
+	return pem;
+}
+
+/* Refuses keys that are not RSA of at least MIN_RSA_BITS. */
+static CryptoKey *
+checked_key(EVP_PKEY *key, char *error, size_t errlen)
+{
+	if (key == NULL)
+		return NULL;
+	if (EVP_PKEY_base_id(key) != EVP_PKEY_RSA)
+	{
+		snprintf(error, errlen, "the key is not an RSA key");
+		EVP_PKEY_free(key);
+		return NULL;
+	}
+	if (EVP_PKEY_bits(key) < MIN_RSA_BITS)
+	{
+		snprintf(error, errlen, "the RSA key has %d bits; at least %d are needed",
+				 EVP_PKEY_bits(key), MIN_RSA_BITS);
+		EVP_PKEY_free(key);
+		return NULL;
+	}
+	return key;
+}
+
+/* Loads a private key; NULL with a message if it does not parse. */
+CryptoKey *
+crypto_private_key(const char *pem, char *error, size_t errlen)
+{
+	char	   *wrapped = armour(pem, "PRIVATE KEY");
+	BIO		   *bio = BIO_new_mem_buf(wrapped ? wrapped : pem, -1);
+	EVP_PKEY   *key = bio ? PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL) : NULL;
+
+	BIO_free(bio);
+	free(wrapped);
+	ERR_clear_error();
+	if (key == NULL)
+	{
+		snprintf(error, errlen, "not a PEM private key (PKCS#8 or PKCS#1) without a passphrase");
+		return NULL;
+	}
+	return checked_key(key, error, errlen);
+}
+
+/* Loads a public key, or the public key of a certificate. */
+CryptoKey *
+crypto_public_key(const char *pem, char *error, size_t errlen)
+{
+	char	   *wrapped = armour(pem, "PUBLIC KEY");
+	const char *text = wrapped ? wrapped : pem;
+	BIO		   *bio = BIO_new_mem_buf(text, -1);
+	EVP_PKEY   *key = NULL;
+
+	if (bio && strstr(text, "CERTIFICATE") != NULL)
+	{
+		X509	   *cert = PEM_read_bio_X509(bio, NULL, NULL, NULL);
+
+		if (cert)
+		{
+			key = X509_get_pubkey(cert);
+			X509_free(cert);
+		}
+	}
+	else if (bio)
+		key = PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL);
+	BIO_free(bio);
+	free(wrapped);
+	ERR_clear_error();
+	if (key == NULL)
+	{
+		snprintf(error, errlen, "not a PEM public key or certificate");
+		return NULL;
+	}
+	return checked_key(key, error, errlen);
+}
+
+void
+crypto_key_free(CryptoKey *key)
+{
+	EVP_PKEY_free(key);
+}
+
+/* Base64 of data, without line breaks, malloc'd. */
+char *
+crypto_b64_encode(const unsigned char *data, size_t len)
+{
+	char	   *out = malloc(4 * ((len + 2) / 3) + 1);
+
+	if (out != NULL)
+		EVP_EncodeBlock((unsigned char *) out, data, (int) len);
+	return out;
+}
+
+/* Decodes base64 into a malloc'd buffer; NULL if it is not base64. */
+static unsigned char *
+b64_decode(const char *text, size_t *out_len)
+{
+	size_t		len = strlen(text);
+	unsigned char *out;
+	int			n;
+
+	if (len == 0 || len % 4 != 0)
+		return NULL;
+	out = malloc(len / 4 * 3 + 1);
+	if (out == NULL)
+		return NULL;
+	n = EVP_DecodeBlock(out, (const unsigned char *) text, (int) len);
+	if (n < 0)
+	{
+		free(out);
+		return NULL;
+	}
+	/* EVP_DecodeBlock counts the padding as data */
+	if (text[len - 1] == '=')
+		n--;
+	if (text[len - 2] == '=')
+		n--;
+	*out_len = (size_t) n;
+	return out;
+}
+
+/* SHA256withRSA signature of data, base64, malloc'd; NULL on failure. */
+char *
+crypto_sign_b64(CryptoKey *key, const char *data, size_t len, char *error, size_t errlen)
+{
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	unsigned char *signature = NULL;
+	size_t		sig_len = 0;
+	char	   *result = NULL;
+
+	if (ctx != NULL &&
+		EVP_DigestSignInit(ctx, NULL, EVP_sha256(), NULL, key) == 1 &&
+		EVP_DigestSign(ctx, NULL, &sig_len, (const unsigned char *) data, len) == 1 &&
+		(signature = malloc(sig_len)) != NULL &&
+		EVP_DigestSign(ctx, signature, &sig_len, (const unsigned char *) data, len) == 1)
+		result = crypto_b64_encode(signature, sig_len);
+	if (result == NULL)
+		snprintf(error, errlen, "signing failed");
+	free(signature);
+	EVP_MD_CTX_free(ctx);
+	ERR_clear_error();
+	return result;
+}
+
+/* True if signature_b64 is a valid SHA256withRSA signature of data by key. */
+bool
+crypto_verify_b64(CryptoKey *key, const char *data, size_t len, const char *signature_b64)
+{
+	EVP_MD_CTX *ctx;
+	unsigned char *signature;
+	size_t		sig_len;
+	bool		ok = false;
+
+	if (signature_b64 == NULL)
+		return false;
+	signature = b64_decode(signature_b64, &sig_len);
+	if (signature == NULL)
+		return false;
+	ctx = EVP_MD_CTX_new();
+	if (ctx != NULL &&
+		EVP_DigestVerifyInit(ctx, NULL, EVP_sha256(), NULL, key) == 1)
+		ok = EVP_DigestVerify(ctx, signature, sig_len,
+							  (const unsigned char *) data, len) == 1;
+	EVP_MD_CTX_free(ctx);
+	free(signature);
+	ERR_clear_error();
+	return ok;
+}
+
+/* Writes 2 * nbytes random hex digits and a NUL into out. */
+bool
+crypto_random_hex(char *out, size_t nbytes)
+{
+	unsigned char buf[64];
+	static const char digits[] = "0123456789ABCDEF";
+
+	if (nbytes > sizeof(buf) || RAND_bytes(buf, (int) nbytes) != 1)
+		return false;
+	for (size_t i = 0; i < nbytes; i++)
+	{
+		out[2 * i] = digits[buf[i] >> 4];
+		out[2 * i + 1] = digits[buf[i] & 15];
+	}
+	out[2 * nbytes] = '\0';
+	return true;
+}
