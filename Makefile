@@ -10,6 +10,10 @@ OBJS = \
 	src/storage.o \
 	src/driver.o \
 	src/driver_http_json.o \
+	src/driver_stripe.o \
+	src/driver_wechatpay.o \
+	src/driver_alipay.o \
+	src/driver_paypal.o \
 	src/crypto.o \
 	src/functions.o
 

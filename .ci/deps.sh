@@ -15,7 +15,7 @@ paysync_install_deps()
 	apt-get install -y -qq --no-install-recommends \
 		make gcc pkg-config curl ca-certificates perl \
 		postgresql-15 postgresql-server-dev-15 postgresql-15-cron libpq-dev \
-		libcurl4-openssl-dev libmicrohttpd-dev libjansson-dev \
+		libcurl4-openssl-dev libmicrohttpd-dev libjansson-dev libssl-dev openssl \
 		libipc-run-perl >/dev/null
 }
 

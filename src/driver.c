@@ -18,9 +18,17 @@
 #include "driver.h"
 
 extern const PaysyncDriver http_json_driver;
+extern const PaysyncDriver stripe_driver;
+extern const PaysyncDriver wechatpay_driver;
+extern const PaysyncDriver alipay_driver;
+extern const PaysyncDriver paypal_driver;
 
 static const PaysyncDriver *const all_drivers[] = {
 	&http_json_driver,
+	&stripe_driver,
+	&wechatpay_driver,
+	&alipay_driver,
+	&paypal_driver,
 };
 
 /* Options any channel takes, handled here rather than by its driver. */
@@ -261,7 +269,7 @@ channel_compile(const char *name, const char *driver_name, const char *base_url,
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("unknown driver \"%s\" for channel \"%s\"", driver_name, name),
-				 errhint("Available drivers: http_json.")));
+				 errhint("Available drivers: http_json, stripe, wechatpay, alipay, paypal.")));
 
 	if (!http_url_valid(base_url, urlerr, sizeof(urlerr)))
 		ereport(ERROR,
