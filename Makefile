@@ -26,7 +26,7 @@ TAP_TESTS = 1
 PG_CONFIG ?= pg_config
 PG_CPPFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Isrc
 SHLIB_LINK = -lcurl -lcrypto
-EXTRA_CLEAN = tmp_check_regress
+EXTRA_CLEAN = tmp_check_regress t/unit/crypto_test
 
 # No LLVM bitcode: JIT inlining of this code is not worth a clang dependency.
 override with_llvm = no
@@ -34,9 +34,15 @@ override with_llvm = no
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
-# The mock channel used by the TAP tests and the benchmark.
-.PHONY: mock
+# The mock channels used by the TAP tests and the benchmark.
+.PHONY: mock unit
 mock:
 	$(MAKE) -C t/mock
 
-installcheck: mock
+# Unit tests of the parts that need no server.
+unit: t/unit/crypto_test
+
+t/unit/crypto_test: t/unit/crypto_test.c src/crypto.c src/crypto.h
+	$(CC) -Wall -Wextra -Werror -O2 -o $@ t/unit/crypto_test.c src/crypto.c -lcrypto
+
+installcheck: mock unit
