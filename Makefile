@@ -15,9 +15,10 @@ OBJS = \
 	src/driver_alipay.o \
 	src/driver_paypal.o \
 	src/crypto.o \
+	src/stats.o \
 	src/functions.o
 
-DATA = sql/paysync--0.1.sql
+DATA = sql/paysync--0.1.sql sql/paysync--0.1--0.2.sql
 
 REGRESS = surface errors privileges
 REGRESS_OPTS = --temp-instance=tmp_check_regress --temp-config=expected/regress.conf

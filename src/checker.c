@@ -31,6 +31,7 @@
 #include "checker.h"
 #include "driver.h"
 #include "http.h"
+#include "stats.h"
 #include "storage.h"
 
 /* The most of a channel's status word kept in channel_status and events. */
@@ -513,6 +514,7 @@ checker_start_claimed(void)
 		compiled->refs++;
 		check->channel->requests++;
 		requests_in_flight++;
+		stats_in_flight(check->channel->name, 1);
 		started++;
 	}
 	queue_len = kept;
@@ -571,6 +573,8 @@ collect_answers(void)
 		memset(&answer, 0, sizeof(answer));
 		answer.retry_after_s = -1;
 		config->driver->interpret(config->driver_config, check->kind, &result, &answer);
+		stats_check_done(check->channel->name, answer.is_error, result.elapsed_ms,
+						 answer.is_error ? answer.error : NULL);
 		/* a refused token is dropped: the retry fetches a new one */
 		if (answer.credentials_rejected && compiled->token)
 		{
@@ -627,10 +631,14 @@ int
 checker_record(int limit)
 {
 	int			n = Min(limit, answers_len);
+	FinalCount *finals;
+	int			n_finals;
 
 	if (n == 0)
 		return 0;
-	storage_record(answers, n);
+	n_finals = storage_record(answers, n, &finals);
+	for (int i = 0; i < n_finals; i++)
+		stats_final(finals[i].channel, finals[i].status, finals[i].count);
 	memmove(answers, answers + n, sizeof(RecordedAnswer) * (answers_len - n));
 	answers_len -= n;
 	if (answers_len == 0)
@@ -653,6 +661,9 @@ checker_discard_all(void)
 {
 	if (checker_context == NULL)
 		return;
+	for (ChannelState *c = channels; c; c = c->next)
+		if (c->requests > 0)
+			stats_in_flight(c->name, -c->requests);
 	http_cancel_all();
 	requests_in_flight = 0;
 	queue_len = 0;

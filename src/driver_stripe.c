@@ -1,25 +1,643 @@
 /*
  * driver_stripe.c
- *		Driver "stripe" (being written).
+ *		Driver "stripe": asks Stripe what became of a PaymentIntent with
+ *		GET /v1/payment_intents/{id}, authenticated by the merchant's secret
+ *		(or restricted) key as a Bearer token.
+ *
+ *		"succeeded" is succeeded, "canceled" is cancelled, and every other
+ *		documented PaymentIntent status (requires_payment_method,
+ *		requires_confirmation, requires_action, processing, requires_capture,
+ *		and the older requires_source and requires_source_action) is pending.
+ *		Anything else, Stripe's error bodies ({"error": {...}}) included, is an
+ *		error: a 404 (resource_missing) too, since a PaymentIntent id Stripe
+ *		does not know is a wrong id, a key of the wrong mode or account, never
+ *		Stripe saying "not paid".
+ *
+ *		Stripe signs none of these answers, and a PaymentIntent cannot be
+ *		"closed" the way WeChat Pay and Alipay close trades (cancelling it is
+ *		the merchant's decision, not a poller's), so can_close is false.
+ *
+ *		Paid amounts are reported in ISO 4217 minor units, as paysync's
+ *		amount_minor is: Stripe's own unit agrees for every currency but ISK
+ *		(Stripe counts hundredths of a krona) and MGA (Stripe counts whole
+ *		ariary), which are converted.
  */
 #include "postgres.h"
 
+#include <limits.h>
+
+#include "common/jsonapi.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+
 #include "driver.h"
 
-static const char *const stripe_option_names[] = {NULL};
+/* The most of Stripe's error message kept in last_error, in bytes. */
+#define STRIPE_MESSAGE_MAX_BYTES 100
 
-/* Not written yet: refuses every channel. */
+typedef struct StripeConfig
+{
+	char	   *url_prefix;		/* ".../v1/payment_intents/" */
+	char	   *auth_header;	/* "Authorization: Bearer ..."; a secret */
+	char	   *version_header; /* "Stripe-Version: ...", or NULL */
+	char	   *account_header; /* "Stripe-Account: acct_...", or NULL */
+} StripeConfig;
+
+/* The fields of a Stripe answer the driver reads, found in one pass. */
+typedef struct StripeFields
+{
+	int			depth;			/* containers open */
+	bool		root_is_object;
+	bool		duplicate;		/* a field read here appears twice */
+	char	   *top_field;		/* the name of the depth-1 field being read */
+	char	   *error_field;	/* the same inside the top-level "error" */
+	bool		in_error;		/* inside the top-level "error" object */
+	bool		has_error;		/* the answer has an "error" object */
+
+	char	   *object;
+	char	   *status;
+	char	   *amount_received;
+	bool		amount_is_number;
+	char	   *currency;
+	char	   *error_type;
+	char	   *error_code;
+	char	   *error_message;
+} StripeFields;
+
+static const char *const stripe_option_names[] = {
+	"secret_key", "api_version", "stripe_account", NULL
+};
+
+/* PaymentIntent statuses that mean "not paid yet, maybe later". */
+static const char *const stripe_pending_statuses[] = {
+	"requires_payment_method", "requires_confirmation", "requires_action",
+	"processing", "requires_capture",
+	/* API versions before 2019-02-11 */
+	"requires_source", "requires_source_action",
+	NULL
+};
+
+/* True if every character of text is an ASCII letter, digit or '_'. */
+static bool
+is_key_text(const char *text)
+{
+	for (const char *p = text; *p; p++)
+		if (!(isalnum((unsigned char) *p) || *p == '_') || IS_HIGHBIT_SET(*p))
+			return false;
+	return true;
+}
+
+/*
+ * Checks the shape of the secret_key option: a secret key (sk_) or a
+ * restricted key (rk_), nothing around it.  Messages never show the key.
+ */
+static void
+check_secret_key(const char *key, const char *channel)
+{
+	const char *problem = NULL;
+	const char *hint = NULL;
+
+	if (key[0] == '\0')
+		problem = "it is empty";
+	else if (strpbrk(key, " \t\r\n\v\f") != NULL)
+	{
+		problem = "it contains white space";
+		hint = "Copy the key alone, without spaces or line breaks around it.";
+	}
+	else if (strncmp(key, "pk_", 3) == 0)
+	{
+		problem = "it is a publishable key (pk_), which cannot read PaymentIntents";
+		hint = "Use the secret key (sk_live_... or sk_test_...) or a restricted key (rk_...) with read access to PaymentIntents.";
+	}
+	else if (strncmp(key, "sk_", 3) != 0 && strncmp(key, "rk_", 3) != 0)
+	{
+		problem = "it must start with sk_ or rk_";
+		hint = "Use the secret key (sk_live_... or sk_test_...) or a restricted key (rk_...) with read access to PaymentIntents.";
+	}
+	else if (key[3] == '\0')
+		problem = "it is incomplete";
+	else if (!is_key_text(key))
+		problem = "it contains characters a Stripe key never has";
+
+	if (problem)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid option \"secret_key\" for channel \"%s\": %s",
+						channel, problem),
+				 hint ? errhint("%s", hint) : 0));
+}
+
+/* True if text is a Stripe API version: YYYY-MM-DD, maybe ".release". */
+static bool
+is_api_version(const char *text)
+{
+	static const char pattern[] = "dddd-dd-dd";
+	size_t		i;
+
+	for (i = 0; pattern[i]; i++)
+	{
+		if (pattern[i] == 'd' ? !isdigit((unsigned char) text[i]) : text[i] != pattern[i])
+			return false;
+	}
+	if (text[i] == '\0')
+		return true;
+	if (text[i] != '.' || text[i + 1] == '\0')
+		return false;
+	for (i++; text[i]; i++)
+		if (!(text[i] >= 'a' && text[i] <= 'z'))
+			return false;
+	return strlen(text) <= 64;
+}
+
+/* Checks and compiles the options of a stripe channel. */
 static void *
 stripe_compile(const char *channel, const char *base_url, Jsonb *options)
 {
-	ereport(ERROR,
-			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-			 errmsg("driver \"stripe\" is not available yet")));
-	return NULL;
+	StripeConfig *config = palloc0(sizeof(StripeConfig));
+	char	   *key;
+	char	   *version;
+	char	   *account;
+	size_t		len = strlen(base_url);
+
+	if (!option_string(options, "secret_key", &key, channel))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("channel \"%s\" needs option \"secret_key\"", channel),
+				 errhint("Give the Stripe secret key (sk_live_... or sk_test_...) or a restricted key (rk_...) with read access to PaymentIntents.")));
+	check_secret_key(key, channel);
+	config->auth_header = psprintf("Authorization: Bearer %s", key);
+
+	if (option_string(options, "api_version", &version, channel))
+	{
+		if (!is_api_version(version))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid option \"api_version\" for channel \"%s\": \"%s\" is not a Stripe API version",
+							channel, version),
+					 errhint("Give a version such as \"2024-06-20\" or \"2024-09-30.acacia\", or leave the option out to use the account's default.")));
+		config->version_header = psprintf("Stripe-Version: %s", version);
+	}
+
+	if (option_string(options, "stripe_account", &account, channel))
+	{
+		if (strncmp(account, "acct_", 5) != 0 || account[5] == '\0' ||
+			!is_key_text(account) || strlen(account) > 64)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid option \"stripe_account\" for channel \"%s\": \"%s\" is not a Stripe account id",
+							channel, account),
+					 errhint("Give the connected account's id, such as \"acct_1032D82eZvKYlo2C\".")));
+		config->account_header = psprintf("Stripe-Account: %s", account);
+	}
+
+	/* "https://api.stripe.com", with or without a trailing "/" or "/v1" */
+	while (len > 0 && base_url[len - 1] == '/')
+		len--;
+	if (len >= 3 && strncmp(base_url + len - 3, "/v1", 3) == 0)
+		len -= 3;
+	config->url_prefix = psprintf("%.*s/v1/payment_intents/", (int) len, base_url);
+	return config;
+}
+
+/* Builds the request retrieving one PaymentIntent. */
+static void
+stripe_build_request(const void *cfg, const char *base_url,
+					 const char *payment_id, CheckKind kind,
+					 const char *token, HttpRequest *request)
+{
+	const StripeConfig *config = cfg;
+	const char **headers = palloc(sizeof(char *) * 4);
+	int			n = 0;
+
+	request->url = psprintf("%s%s", config->url_prefix, http_escape(payment_id));
+	request->post = false;
+	request->body = NULL;
+	headers[n++] = "Accept: application/json";
+	headers[n++] = config->auth_header;
+	if (config->version_header)
+		headers[n++] = config->version_header;
+	if (config->account_header)
+		headers[n++] = config->account_header;
+	request->headers = headers;
+	request->n_headers = n;
+}
+
+/* An object opens: the root, or the top-level "error". */
+static void
+fields_object_start(void *state)
+{
+	StripeFields *f = state;
+
+	f->depth++;
+	if (f->depth == 1)
+		f->root_is_object = true;
+	else if (f->depth == 2 && f->top_field && strcmp(f->top_field, "error") == 0)
+		f->in_error = f->has_error = true;
+}
+
+/* An object closes. */
+static void
+fields_object_end(void *state)
+{
+	StripeFields *f = state;
+
+	if (f->depth == 2)
+		f->in_error = false;
+	f->depth--;
+}
+
+/* An array opens: nothing in it is read. */
+static void
+fields_array_start(void *state)
+{
+	StripeFields *f = state;
+
+	f->depth++;
+}
+
+/* An array closes. */
+static void
+fields_array_end(void *state)
+{
+	StripeFields *f = state;
+
+	f->depth--;
+}
+
+/* A field starts: remember its name at the levels the driver reads. */
+static void
+fields_field_start(void *state, char *fname, bool isnull)
+{
+	StripeFields *f = state;
+
+	if (f->depth == 1)
+		f->top_field = fname;
+	else if (f->depth == 2 && f->in_error)
+		f->error_field = fname;
+}
+
+/* Keeps token in *slot, noting a second value for the same field. */
+static void
+fields_keep(StripeFields *f, char **slot, char *token)
+{
+	if (*slot != NULL)
+		f->duplicate = true;
+	else
+		*slot = token;
+}
+
+/* A scalar: kept if it is the value of a field the driver reads. */
+static void
+fields_scalar(void *state, char *token, JsonTokenType tokentype)
+{
+	StripeFields *f = state;
+
+	if (tokentype == JSON_TOKEN_NULL)
+		return;
+	if (f->depth == 1 && f->top_field)
+	{
+		if (strcmp(f->top_field, "object") == 0)
+			fields_keep(f, &f->object, token);
+		else if (strcmp(f->top_field, "status") == 0)
+			fields_keep(f, &f->status, token);
+		else if (strcmp(f->top_field, "currency") == 0)
+			fields_keep(f, &f->currency, token);
+		else if (strcmp(f->top_field, "amount_received") == 0)
+		{
+			fields_keep(f, &f->amount_received, token);
+			f->amount_is_number = (tokentype == JSON_TOKEN_NUMBER);
+		}
+	}
+	else if (f->depth == 2 && f->in_error && f->error_field)
+	{
+		if (strcmp(f->error_field, "type") == 0)
+			fields_keep(f, &f->error_type, token);
+		else if (strcmp(f->error_field, "code") == 0)
+			fields_keep(f, &f->error_code, token);
+		else if (strcmp(f->error_field, "message") == 0)
+			fields_keep(f, &f->error_message, token);
+	}
+}
+
+/*
+ * Reads the fields the driver needs from a JSON body in one pass with
+ * PostgreSQL's JSON parser.  False if the body is not JSON text.
+ */
+static bool
+stripe_read_fields(const char *body, size_t body_len, StripeFields *fields)
+{
+	JsonSemAction sem;
+	JsonLexContext *lex;
+
+	memset(fields, 0, sizeof(StripeFields));
+	if (body == NULL || body_len > INT_MAX || strlen(body) != body_len ||
+		!pg_verifymbstr(body, (int) body_len, true))
+		return false;
+
+	memset(&sem, 0, sizeof(sem));
+	sem.semstate = fields;
+	sem.object_start = fields_object_start;
+	sem.object_end = fields_object_end;
+	sem.array_start = fields_array_start;
+	sem.array_end = fields_array_end;
+	sem.object_field_start = fields_field_start;
+	sem.scalar = fields_scalar;
+	lex = makeJsonLexContextCstringLen(unconstify(char *, body), (int) body_len,
+									   GetDatabaseEncoding(), true);
+	return pg_parse_json(lex, &sem) == JSON_SUCCESS;
+}
+
+/* True if word is one of the NULL-terminated words. */
+static bool
+word_in_list(const char *word, const char *const *words)
+{
+	for (int i = 0; words[i]; i++)
+		if (strcmp(words[i], word) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * Stripe's error message made fit for last_error: clipped, control
+ * characters blanked, and left out altogether if it might show a key
+ * (Stripe's own messages about keys show a redacted key's prefix and end).
+ */
+static char *
+stripe_safe_message(const char *message)
+{
+	char	   *copy;
+	int			len;
+
+	if (message == NULL || strstr(message, "sk_") || strstr(message, "rk_") ||
+		strstr(message, "pk_") || strstr(message, "***"))
+		return NULL;
+	len = pg_mbcliplen(message, strlen(message), STRIPE_MESSAGE_MAX_BYTES);
+	copy = pnstrdup(message, len);
+	for (char *p = copy; *p; p++)
+		if ((unsigned char) *p < 0x20 || *p == 0x7f)
+			*p = ' ';
+	return copy;
+}
+
+/*
+ * Makes *answer the error for a non-2xx answer: what Stripe said (type and
+ * code, and its message unless it may be about a key), whether Stripe says
+ * the request is worth retrying, and its request id for Stripe's support.
+ * Every such answer is an error the checker retries with backoff.
+ */
+static void
+stripe_answer_http_error(const HttpResult *result, const StripeFields *fields,
+						 bool parsed, CheckAnswer *answer)
+{
+	StringInfoData msg;
+	const char *what;
+	char	   *message = NULL;
+	char	   *should_retry = http_header(result, "Stripe-Should-Retry");
+	char	   *request_id = http_header(result, "Request-Id");
+	int			len;
+
+	switch (result->status)
+	{
+		case 401:
+			what = "Stripe refused the secret key";
+			answer->credentials_rejected = true;
+			break;
+		case 403:
+			what = "Stripe refused access (a restricted key needs read access to PaymentIntents)";
+			break;
+		case 404:
+			what = "Stripe has no such PaymentIntent (wrong id, or a key of another mode or account)";
+			break;
+		case 429:
+			what = "Stripe rate limit";
+			break;
+		default:
+			what = result->status >= 500 ? "Stripe server error" :
+				"unexpected answer from Stripe";
+			break;
+	}
+
+	initStringInfo(&msg);
+	appendStringInfo(&msg, "%s: HTTP %ld", what, result->status);
+	if (parsed && fields->has_error)
+	{
+		if (fields->error_type)
+			appendStringInfo(&msg, " %.40s", fields->error_type);
+		if (fields->error_code)
+			appendStringInfo(&msg, "/%.40s", fields->error_code);
+		/* messages about keys quote the key (redacted): never kept */
+		if (result->status != 401 && result->status != 403)
+			message = stripe_safe_message(fields->error_message);
+		if (message)
+			appendStringInfo(&msg, ": %s", message);
+	}
+	else if (!parsed)
+		appendStringInfoString(&msg, " (not a Stripe error body)");
+	if (should_retry && pg_strcasecmp(should_retry, "false") == 0)
+		appendStringInfoString(&msg, "; Stripe says a retry will not help");
+	if (request_id && is_key_text(request_id) && strlen(request_id) <= 40)
+		appendStringInfo(&msg, " [%s]", request_id);
+
+	len = pg_mbcliplen(msg.data, msg.len, sizeof(answer->error) - 1);
+	answer_error(answer, "%.*s", len, msg.data);
+	answer->retry_after_s = result->retry_after_s;
+}
+
+/*
+ * Converts Stripe's amount (Stripe's smallest unit of currency) to ISO 4217
+ * minor units, as paysync keeps amounts; false if it cannot be.
+ */
+static bool
+stripe_amount_to_iso(int64 amount, const char *currency, int64 *minor)
+{
+	/* ISK: Stripe counts hundredths (100 is 1 krona), ISO whole kronur */
+	if (strcmp(currency, "ISK") == 0)
+	{
+		if (amount % 100 != 0)
+			return false;
+		*minor = amount / 100;
+		return true;
+	}
+	/* MGA: Stripe counts whole ariary, ISO hundredths */
+	if (strcmp(currency, "MGA") == 0)
+	{
+		if (amount > PG_INT64_MAX / 100)
+			return false;
+		*minor = amount * 100;
+		return true;
+	}
+	*minor = amount;
+	return true;
+}
+
+/*
+ * Fills the paid amount of a succeeded PaymentIntent from amount_received
+ * and currency.  False (with *answer the error) if they are missing or not
+ * what Stripe sends: a success whose amount cannot be checked is no success.
+ */
+static bool
+stripe_paid_amount(const StripeFields *fields, CheckAnswer *answer)
+{
+	int64		amount = 0;
+	int64		minor;
+
+	if (fields->amount_received == NULL || fields->currency == NULL)
+	{
+		answer_error(answer, "the succeeded PaymentIntent has no %s",
+					 fields->amount_received == NULL ? "amount_received" : "currency");
+		return false;
+	}
+	if (!fields->amount_is_number || fields->amount_received[0] == '\0' ||
+		strspn(fields->amount_received, "0123456789") != strlen(fields->amount_received) ||
+		strlen(fields->amount_received) > 18)
+	{
+		answer_error(answer, "the PaymentIntent's amount_received \"%.40s\" is not a whole number",
+					 fields->amount_received);
+		return false;
+	}
+	for (const char *p = fields->amount_received; *p; p++)
+		amount = amount * 10 + (*p - '0');
+
+	if (strlen(fields->currency) != 3 ||
+		!isalpha((unsigned char) fields->currency[0]) ||
+		!isalpha((unsigned char) fields->currency[1]) ||
+		!isalpha((unsigned char) fields->currency[2]))
+	{
+		answer_error(answer, "the PaymentIntent's currency \"%.40s\" is not an ISO 4217 code",
+					 fields->currency);
+		return false;
+	}
+	for (int i = 0; i < 3; i++)
+		answer->paid_currency[i] = pg_toupper((unsigned char) fields->currency[i]);
+	answer->paid_currency[3] = '\0';
+
+	if (!stripe_amount_to_iso(amount, answer->paid_currency, &minor))
+	{
+		answer_error(answer, "Stripe's amount_received %lld %s has no ISO 4217 equivalent",
+					 (long long) amount, answer->paid_currency);
+		answer->paid_currency[0] = '\0';
+		return false;
+	}
+	answer->has_paid_amount = true;
+	answer->paid_amount_minor = minor;
+	return true;
+}
+
+/* Turns Stripe's answer about a PaymentIntent into a status or an error. */
+static void
+stripe_interpret(const void *cfg, CheckKind kind, const HttpResult *result,
+				 CheckAnswer *answer)
+{
+	StripeFields fields;
+	bool		parsed;
+
+	if (kind != CHECK_QUERY)
+	{
+		answer_error(answer, "driver stripe cannot close a PaymentIntent");
+		return;
+	}
+	if (answer_transport_error(result, answer))
+		return;
+
+	parsed = stripe_read_fields(result->body, result->body_len, &fields);
+	if (result->status < 200 || result->status > 299)
+	{
+		stripe_answer_http_error(result, &fields, parsed, answer);
+		return;
+	}
+	if (!parsed || !fields.root_is_object)
+	{
+		answer_error(answer, "Stripe's answer (HTTP %ld) is not a JSON object", result->status);
+		return;
+	}
+	if (fields.duplicate)
+	{
+		answer_error(answer, "Stripe's answer has a field twice");
+		return;
+	}
+	if (fields.object == NULL || strcmp(fields.object, "payment_intent") != 0)
+	{
+		answer_error(answer, "Stripe's answer is not a PaymentIntent (object \"%.40s\")",
+					 fields.object ? fields.object : "");
+		return;
+	}
+	if (fields.status == NULL)
+	{
+		answer_error(answer, "the PaymentIntent has no status");
+		return;
+	}
+
+	if (strcmp(fields.status, "succeeded") == 0)
+	{
+		if (!stripe_paid_amount(&fields, answer))
+			return;
+		answer->status = "succeeded";
+	}
+	else if (strcmp(fields.status, "canceled") == 0)
+		answer->status = "cancelled";
+	else if (word_in_list(fields.status, stripe_pending_statuses))
+		answer->status = "pending";
+	else
+	{
+		answer_error(answer, "unknown PaymentIntent status \"%.64s\"", fields.status);
+		return;
+	}
+	answer->is_error = false;
+	answer->channel_status = fields.status;
 }
 
 const PaysyncDriver stripe_driver = {
 	.name = "stripe",
 	.option_names = stripe_option_names,
 	.compile = stripe_compile,
+	.build_request = stripe_build_request,
+	.interpret = stripe_interpret,
+	.can_close = false,
+	.close_on_expiry_default = false,
 };
+
+/*
+ * Tests only (not in the install script): interprets a canned Stripe answer
+ * (HTTP status, body, raw header lines) and returns what the driver made of
+ * it: "status|channel_status|amount|currency|credentials_rejected" or
+ * "error|message|retry_after|credentials_rejected".
+ */
+PG_FUNCTION_INFO_V1(paysync_test_stripe_interpret);
+
+Datum
+paysync_test_stripe_interpret(PG_FUNCTION_ARGS)
+{
+	HttpResult	result;
+	CheckAnswer answer;
+	char	   *headers;
+
+	memset(&result, 0, sizeof(result));
+	result.status = PG_GETARG_INT32(0);
+	result.body = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	result.body_len = strlen(result.body);
+	headers = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
+	result.headers = headers;
+	result.retry_after_s = -1;
+	if (headers && http_header(&result, "Retry-After"))
+		result.retry_after_s = atol(http_header(&result, "Retry-After"));
+	if (result.status == 0)
+		strlcpy(result.error, result.body, sizeof(result.error));
+
+	memset(&answer, 0, sizeof(answer));
+	answer.retry_after_s = -1;
+	stripe_interpret(NULL, CHECK_QUERY, &result, &answer);
+
+	if (answer.is_error)
+		PG_RETURN_TEXT_P(cstring_to_text(psprintf("error|%s|%ld|%s", answer.error,
+												  answer.retry_after_s,
+												  answer.credentials_rejected ? "t" : "f")));
+	PG_RETURN_TEXT_P(cstring_to_text(psprintf("%s|%s|%s|%s|%s", answer.status,
+											  answer.channel_status ? answer.channel_status : "",
+											  answer.has_paid_amount ?
+											  psprintf("%lld", (long long) answer.paid_amount_minor) : "",
+											  answer.paid_currency,
+											  answer.credentials_rejected ? "t" : "f")));
+}

@@ -8,6 +8,7 @@
 
 #include "catalog/pg_type.h"
 #include "fmgr.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -18,11 +19,14 @@
 #include "paysync.h"
 #include "checker.h"
 #include "driver.h"
+#include "stats.h"
 
 PG_FUNCTION_INFO_V1(paysync_validate_channel);
 PG_FUNCTION_INFO_V1(paysync_validate_schedule);
 PG_FUNCTION_INFO_V1(paysync_wake_worker_at_commit);
 PG_FUNCTION_INFO_V1(paysync_run_once);
+PG_FUNCTION_INFO_V1(paysync_worker_status);
+PG_FUNCTION_INFO_V1(paysync_channel_counters);
 
 /* _validate_channel(name, driver, base_url, options): ERROR if invalid. */
 Datum
@@ -130,4 +134,83 @@ paysync_run_once(PG_FUNCTION_ARGS)
 	}
 	PG_END_TRY();
 	PG_RETURN_INT32(checked);
+}
+
+/*
+ * worker_status(): one row on the worker, from shared memory.  Without the
+ * preload, or when no worker runs: state "not running".
+ */
+Datum
+paysync_worker_status(PG_FUNCTION_ARGS)
+{
+	static const char *const state_names[] = {
+		[WORKER_NOT_RUNNING] = "not running",
+		[WORKER_RUNNING] = "running",
+		[WORKER_IDLE] = "idle",
+		[WORKER_WAITING_FOR_EXTENSION] = "waiting for extension",
+		[WORKER_DISABLED] = "disabled",
+	};
+	TupleDesc	desc;
+	Datum		values[6];
+	bool		nulls[6] = {0};
+	WorkerState state = WORKER_NOT_RUNNING;
+	pid_t		pid = 0;
+	TimestampTz started_at = 0;
+	int			in_flight = 0;
+	char		last_error[256] = "";
+	TimestampTz last_error_at = 0;
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "paysync: worker_status must return a row");
+	stats_read_worker(&state, &pid, &started_at, &in_flight, last_error,
+					  sizeof(last_error), &last_error_at);
+	if (pid == 0)
+		state = WORKER_NOT_RUNNING;
+
+	values[0] = Int32GetDatum(pid);
+	nulls[0] = (state == WORKER_NOT_RUNNING);
+	values[1] = CStringGetTextDatum(state_names[state]);
+	values[2] = TimestampTzGetDatum(started_at);
+	nulls[2] = (state == WORKER_NOT_RUNNING);
+	values[3] = Int32GetDatum(state == WORKER_NOT_RUNNING ? 0 : in_flight);
+	values[4] = CStringGetTextDatum(last_error);
+	nulls[4] = (last_error[0] == '\0');
+	values[5] = TimestampTzGetDatum(last_error_at);
+	nulls[5] = (last_error[0] == '\0');
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+}
+
+/*
+ * _channel_counters(): the shared-memory counters of each channel, for the
+ * view paysync.stats (which adds what it reads from the payments index).
+ */
+Datum
+paysync_channel_counters(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	ChannelFigures *figures;
+	int			n;
+
+	InitMaterializedSRF(fcinfo, 0);
+	n = stats_read(&figures);
+	for (int i = 0; i < n; i++)
+	{
+		Datum		values[9];
+		bool		nulls[9] = {0};
+		ChannelFigures *f = &figures[i];
+
+		values[0] = CStringGetTextDatum(f->name);
+		values[1] = Int32GetDatum(f->in_flight);
+		values[2] = Int64GetDatum(f->checks_1m);
+		values[3] = Int64GetDatum(f->errors_1m);
+		values[4] = Float8GetDatum(f->latency_p50_ms);
+		nulls[4] = f->latency_p50_ms < 0;
+		values[5] = Float8GetDatum(f->latency_p99_ms);
+		nulls[5] = f->latency_p99_ms < 0;
+		values[6] = Int64GetDatum(f->succeeded_1h);
+		values[7] = Int64GetDatum(f->failed_1h);
+		values[8] = Int64GetDatum(f->expired_1h);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
 }

@@ -15,6 +15,7 @@
 #include "utils/guc.h"
 
 #include "paysync.h"
+#include "stats.h"
 
 PG_MODULE_MAGIC;
 
@@ -44,6 +45,7 @@ paysync_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(MAXALIGN(sizeof(PaysyncShared)));
+	RequestAddinShmemSpace(stats_shmem_size());
 }
 
 /* Creates or attaches to PaysyncShared. */
@@ -64,6 +66,7 @@ paysync_shmem_startup(void)
 		paysync_shared->worker_pid = 0;
 		pg_atomic_init_u64(&paysync_shared->sleep_until, 0);
 	}
+	stats_shmem_init(ShmemInitStruct("paysync stats", stats_shmem_size(), &found), found);
 	LWLockRelease(AddinShmemInitLock);
 }
 

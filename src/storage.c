@@ -152,7 +152,8 @@ static const char *record_sql =
 "  ORDER BY payment_id"
 "  RETURNING event_id"
 ")"
-" SELECT (SELECT count(*) FROM changed), (SELECT count(*) FROM event)";
+" SELECT channel, status::text, count(*) FROM changed"
+" WHERE status <> 'pending' GROUP BY channel, status";
 
 static SPIPlanPtr claim_plan = NULL;
 static SPIPlanPtr next_due_plan = NULL;
@@ -326,13 +327,15 @@ storage_load_channels(ChannelRow **rows)
 }
 
 /*
- * Records n answers in one statement; returns how many payments changed
- * status.  Takes the events lock first, as report() does, so the two never
- * wait on each other in opposite orders.
+ * Records n answers in one statement; returns how many (channel, final
+ * status) pairs were reached, with their counts in *finals (caller's
+ * context).  Takes the events lock first, as report() does, so the two
+ * never wait on each other in opposite orders.
  */
 int
-storage_record(const RecordedAnswer *answers, int n)
+storage_record(const RecordedAnswer *answers, int n, FinalCount **finals)
 {
+	MemoryContext caller = CurrentMemoryContext;
 	Oid			argtypes[10] = {TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
 		TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, BOOLARRAYOID, BOOLARRAYOID};
 	Datum		args[10];
@@ -349,8 +352,9 @@ storage_record(const RecordedAnswer *answers, int n)
 	Datum	   *close_on_expiry = palloc(sizeof(Datum) * n);
 	int			dims[1] = {n};
 	int			lbs[1] = {1};
-	int			changed = 0;
+	int			rows;
 
+	*finals = NULL;
 	if (n == 0)
 		return 0;
 	for (int i = 0; i < n; i++)
@@ -387,13 +391,18 @@ storage_record(const RecordedAnswer *answers, int n)
 	if (SPI_execute_plan(kept_plan(&record_plan, record_sql, 10, argtypes),
 						 args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "paysync: recording answers failed");
-	if (SPI_processed == 1)
+	rows = (int) SPI_processed;
+	*finals = MemoryContextAllocZero(caller, sizeof(FinalCount) * Max(rows, 1));
+	for (int i = 0; i < rows; i++)
 	{
+		HeapTuple	tuple = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
 
-		changed = (int) DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-													SPI_tuptable->tupdesc, 2, &isnull));
+		(*finals)[i].channel = MemoryContextStrdup(caller, SPI_getvalue(tuple, desc, 1));
+		(*finals)[i].status = MemoryContextStrdup(caller, SPI_getvalue(tuple, desc, 2));
+		(*finals)[i].count = DatumGetInt64(SPI_getbinval(tuple, desc, 3, &isnull));
 	}
 	SPI_finish();
-	return changed;
+	return rows;
 }

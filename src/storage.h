@@ -60,6 +60,14 @@ extern int	storage_claim(int limit, int default_timeout_ms, const ChannelSlots *
 						  ClaimedCheck **claimed);
 extern bool storage_next_due(const ChannelSlots *caps, TimestampTz *due_at);
 extern int	storage_load_channels(ChannelRow **rows);
-extern int	storage_record(const RecordedAnswer *answers, int n);
+/* How many payments of a channel reached a final status in one record. */
+typedef struct FinalCount
+{
+	char	   *channel;
+	char	   *status;
+	int64		count;
+} FinalCount;
+
+extern int	storage_record(const RecordedAnswer *answers, int n, FinalCount **finals);
 
 #endif							/* PAYSYNC_STORAGE_H */

@@ -27,6 +27,7 @@
 
 #include "paysync.h"
 #include "checker.h"
+#include "stats.h"
 #include "storage.h"
 
 /* Longest sleep with nothing due: a safety net, never a delay of due work. */
@@ -43,6 +44,7 @@ worker_detach(int code, Datum arg)
 	paysync_shared->worker_pid = 0;
 	SpinLockRelease(&paysync_shared->mutex);
 	pg_atomic_write_u64(&paysync_shared->sleep_until, 0);
+	stats_worker_state(WORKER_NOT_RUNNING, 0);
 }
 
 /*
@@ -64,10 +66,14 @@ raise_open_files_limit(void)
 	}
 }
 
+/* What pg_stat_activity shows of the worker while it waits. */
+static const char *shown = NULL;
+
 /* Starts a short transaction of the worker, showing what it does. */
 static void
 worker_begin(const char *activity)
 {
+	shown = NULL;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -94,36 +100,31 @@ ms_until(TimestampTz t, TimestampTz now)
 }
 
 /*
- * Entry point of the worker.  Errors are not caught: the worker exits
- * non-zero and the postmaster starts it again a second later; checks it
- * had in flight are retried once their claims lapse.
+ * Shows in pg_stat_activity what the worker waits for (PostgreSQL 15 has no
+ * custom wait event names: wait_event says only "Extension") and keeps the
+ * worker's state for paysync.worker_status().
  */
-void
-paysync_worker_main(Datum main_arg)
+static void
+report_waiting(WorkerState state, const char *what)
+{
+	stats_worker_state(state, checker_in_flight());
+	if (what != shown)
+	{
+		pgstat_report_activity(STATE_IDLE, what);
+		shown = what;
+	}
+}
+
+/* The worker's loop; see the file header.  Never returns. */
+static void
+worker_loop(void)
 {
 	MemoryContext loop_context;
 	TimestampTz next_claim_at = 0;	/* look for due work at or after this */
-	bool		told_waiting = false;
+	bool		waiting_for_extension = false;
 
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
-	BackgroundWorkerUnblockSignals();
-
-	BackgroundWorkerInitializeConnection(paysync_database, NULL, 0);
-
-	SpinLockAcquire(&paysync_shared->mutex);
-	paysync_shared->worker_latch = MyLatch;
-	paysync_shared->worker_pid = MyProcPid;
-	SpinLockRelease(&paysync_shared->mutex);
-	before_shmem_exit(worker_detach, (Datum) 0);
-
-	raise_open_files_limit();
-	checker_init();
 	loop_context = AllocSetContextCreate(TopMemoryContext, "paysync worker loop",
 										 ALLOCSET_DEFAULT_SIZES);
-	ereport(LOG,
-			(errmsg("paysync worker started in database \"%s\"", paysync_database)));
-
 	for (;;)
 	{
 		TimestampTz now;
@@ -174,16 +175,16 @@ paysync_worker_main(Datum main_arg)
 				worker_begin("paysync: claiming due payments");
 				if (!storage_extension_exists())
 				{
-					if (!told_waiting)
+					if (!waiting_for_extension)
 						ereport(LOG,
 								(errmsg("paysync worker is waiting for CREATE EXTENSION paysync in database \"%s\"",
 										paysync_database)));
-					told_waiting = true;
+					waiting_for_extension = true;
 					next_claim_at = now + WAITING_RECHECK_MS * INT64CONST(1000);
 				}
 				else
 				{
-					told_waiting = false;
+					waiting_for_extension = false;
 					checker_claim(limit, true, &maybe_more);
 					if (maybe_more)
 						next_claim_at = now;
@@ -220,9 +221,64 @@ paysync_worker_main(Datum main_arg)
 		if (checker_answers_waiting() > 0)
 			timeout_ms = 0;
 
+		if (waiting_for_extension)
+			report_waiting(WORKER_WAITING_FOR_EXTENSION,
+						   "paysync: waiting for CREATE EXTENSION paysync");
+		else if (!paysync_enabled)
+			report_waiting(WORKER_DISABLED, "paysync: disabled (paysync.enabled = off)");
+		else if (RecoveryInProgress())
+			report_waiting(WORKER_IDLE, "paysync: standby, waiting for promotion");
+		else if (checker_in_flight() > 0 || checker_queued() > 0)
+			report_waiting(WORKER_RUNNING, "paysync: waiting for channel answers and due checks");
+		else
+			report_waiting(WORKER_IDLE, "paysync: waiting for the next due check");
+
 		woken = checker_wait(timeout_ms, PG_WAIT_EXTENSION);
 		CHECK_FOR_INTERRUPTS();
 		if (woken || checker_slot_freed_for_capped())
 			next_claim_at = 0;
 	}
+}
+
+/*
+ * Entry point of the worker.  Errors are not caught: the worker exits
+ * non-zero and the postmaster starts it again a second later; checks it
+ * had in flight are retried once their claims lapse.  The error is kept for
+ * paysync.worker_status() on the way out.
+ */
+void
+paysync_worker_main(Datum main_arg)
+{
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	BackgroundWorkerInitializeConnection(paysync_database, NULL, 0);
+
+	SpinLockAcquire(&paysync_shared->mutex);
+	paysync_shared->worker_latch = MyLatch;
+	paysync_shared->worker_pid = MyProcPid;
+	SpinLockRelease(&paysync_shared->mutex);
+	before_shmem_exit(worker_detach, (Datum) 0);
+	stats_worker_started();
+
+	raise_open_files_limit();
+	checker_init();
+	ereport(LOG,
+			(errmsg("paysync worker started in database \"%s\"", paysync_database)));
+
+	PG_TRY();
+	{
+		worker_loop();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(TopMemoryContext);
+		edata = CopyErrorData();
+		stats_worker_error(edata->message);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 }
