@@ -48,6 +48,7 @@ typedef struct CompiledChannel
 
 	/* the channel's access token, for drivers that use one */
 	char	   *token;			/* secret; NULL until fetched */
+	uint32		token_generation;	/* counts the tokens fetched */
 	TimestampTz token_valid_until;
 	bool		token_requested;	/* a token request is in flight */
 	char		token_error[200];	/* why the last token request failed */
@@ -74,6 +75,7 @@ typedef struct Check
 	TimestampTz due_at;
 	ChannelState *channel;
 	CompiledChannel *compiled;	/* set when the request starts */
+	uint32		token_generation;	/* of the token the request carried */
 } Check;
 
 static MemoryContext checker_context = NULL;	/* channels, checks */
@@ -495,6 +497,7 @@ checker_start_claimed(void)
 				continue;
 			}
 			token = compiled->token;
+			check->token_generation = compiled->token_generation;
 		}
 
 		memset(&request, 0, sizeof(request));
@@ -526,6 +529,39 @@ checker_start_claimed(void)
 	return started;
 }
 
+/*
+ * Runs the driver's interpret().  An ERROR it raises (the JSON parser's
+ * stack depth check on a hostile answer, say) becomes an error answer, not
+ * the end of the worker: interpret() only parses and allocates, so there is
+ * nothing to clean up but the error state.  A cancel is passed on.
+ */
+static void
+interpret_safely(const ChannelConfig *config, CheckKind kind,
+				 const HttpResult *result, CheckAnswer *answer)
+{
+	MemoryContext context = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		config->driver->interpret(config->driver_config, kind, result, answer);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(context);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+			PG_RE_THROW();
+		FlushErrorState();
+		memset(answer, 0, sizeof(*answer));
+		answer->retry_after_s = -1;
+		answer_error(answer, "the answer could not be read: %s", edata->message);
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+}
+
 /* Turns finished requests into answers. */
 static void
 collect_answers(void)
@@ -554,6 +590,7 @@ collect_answers(void)
 				if (compiled->token)
 					pfree(compiled->token);
 				compiled->token = MemoryContextStrdup(compiled->context, token);
+				compiled->token_generation++;
 				/* renew a minute early, so no request carries a dying token */
 				compiled->token_valid_until = GetCurrentTimestamp() +
 					(int64) Max(expires_in_s - 60, 1) * USECS_PER_SEC;
@@ -572,11 +609,15 @@ collect_answers(void)
 
 		memset(&answer, 0, sizeof(answer));
 		answer.retry_after_s = -1;
-		config->driver->interpret(config->driver_config, check->kind, &result, &answer);
+		interpret_safely(config, check->kind, &result, &answer);
 		stats_check_done(check->channel->name, answer.is_error, result.elapsed_ms,
 						 answer.is_error ? answer.error : NULL);
-		/* a refused token is dropped: the retry fetches a new one */
-		if (answer.credentials_rejected && compiled->token)
+		/*
+		 * a refused token is dropped, unless a newer one came meanwhile: the
+		 * retry fetches a new one
+		 */
+		if (answer.credentials_rejected && compiled->token &&
+			check->token_generation == compiled->token_generation)
 		{
 			pfree(compiled->token);
 			compiled->token = NULL;

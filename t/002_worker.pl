@@ -157,6 +157,16 @@ for my $how ('sigkill', 'immediate')
 		'>=', 1, "$how: attempts recorded");
 }
 
+# --- a hostile answer (JSON nested past the parser's stack limit) ------------
+# is an error answer for that payment; the worker goes on.
+my $pid_before = worker_pid($node);
+$node->safe_psql('postgres', q{SELECT paysync.track('deep~D400000,S', 'mock', schedule => '{1s}')});
+wait_for_sql($node, q{SELECT status FROM paysync.payments WHERE payment_id = 'deep~D400000,S'},
+	'succeeded', 'after the hostile answer the payment is checked again and completes');
+like($node->safe_psql('postgres', q{SELECT last_error FROM paysync.payments WHERE payment_id = 'deep~D400000,S'}),
+	qr/could not be read: stack depth limit exceeded/, 'the hostile answer was an error, never a status');
+is(worker_pid($node), $pid_before, 'the worker did not die on it');
+
 # --- pg_terminate_backend: the worker comes back -----------------------------
 my $old_pid = worker_pid($node);
 $node->safe_psql('postgres', "SELECT pg_terminate_backend($old_pid)");

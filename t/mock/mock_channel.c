@@ -482,6 +482,11 @@ script_action(const char *p, uint64_t attempt, Action *out)
 					cur.arg > MAX_PAD_BYTES)
 					return false;
 				break;
+			case 'D':
+				if (!parse_script_number(&p, &cur.arg) ||
+					cur.arg < 1 || cur.arg > MAX_PAD_BYTES / 2)
+					return false;
+				break;
 			default:
 				return false;
 		}
@@ -698,6 +703,33 @@ status_response(const char *id, const char *word, long min_len)
 		MHD_destroy_response(r);
 		return NULL;
 	}
+	return r;
+}
+
+/*
+ * A hostile answer: valid JSON nested depth arrays deep before its status,
+ * {"deep":[[[...]]],"status":"PAID"}.
+ */
+static struct MHD_Response *
+deep_response(long depth)
+{
+	static const char head[] = "{\"deep\":";
+	static const char tail[] = ",\"status\":\"PAID\"}";
+	size_t		len = sizeof(head) - 1 + 2 * (size_t) depth + sizeof(tail) - 1;
+	char	   *buf = malloc(len);
+	struct MHD_Response *r;
+
+	if (buf == NULL)
+		return NULL;
+	memcpy(buf, head, sizeof(head) - 1);
+	memset(buf + sizeof(head) - 1, '[', (size_t) depth);
+	memset(buf + sizeof(head) - 1 + depth, ']', (size_t) depth);
+	memcpy(buf + sizeof(head) - 1 + 2 * depth, tail, sizeof(tail) - 1);
+	r = MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_FREE);
+	if (r == NULL)
+		free(buf);
+	else
+		MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
 	return r;
 }
 
@@ -1100,6 +1132,10 @@ handle_scripted(struct MHD_Connection *conn, ReqState *rs, const char *url,
 				case 'N':
 					status = MHD_HTTP_NOT_FOUND;
 					resp = resp_not_found;
+					break;
+				case 'D':
+					resp = deep_response(act.arg);
+					owned = true;
 					break;
 			}
 		}
