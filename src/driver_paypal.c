@@ -1,25 +1,805 @@
 /*
  * driver_paypal.c
- *		Driver "paypal" (being written).
+ *		Driver "paypal": PayPal Checkout orders (REST API v2).
+ *
+ *		Access: OAuth2 client credentials.  POST /v1/oauth2/token with HTTP
+ *		Basic authentication (client_id:client_secret) and the form body
+ *		grant_type=client_credentials answers an access token and its
+ *		lifetime; the checker keeps the token per channel, asks for a new
+ *		one when it has none or it is about to expire, and drops it when an
+ *		answer here says it was refused (HTTP 401).
+ *
+ *		Query: GET /v2/checkout/orders/{id} with "Authorization: Bearer".
+ *		The order status decides, except for a COMPLETED order, where the
+ *		first capture of the first purchase unit decides (a completed order
+ *		may carry a declined capture):
+ *
+ *			CREATED, SAVED, APPROVED, PAYER_ACTION_REQUIRED    pending
+ *			VOIDED                                             cancelled
+ *			COMPLETED, capture COMPLETED, PARTIALLY_REFUNDED
+ *			  or REFUNDED                                      succeeded
+ *			COMPLETED, capture PENDING                         pending
+ *			COMPLETED, capture DECLINED or FAILED              failed
+ *			HTTP 404 RESOURCE_NOT_FOUND                        pending
+ *
+ *		Anything else (another status, no capture, a 401, 429 or 5xx, a body
+ *		that is not the expected JSON) is an error.  A succeeded answer
+ *		carries the capture's amount for the core's amount check.  PayPal
+ *		cannot close an order from here: can_close is false.
+ *
+ *		PayPal's REST answers are not signed (TLS only); there is no
+ *		signature to verify on this path.
+ *
+ *		JSON is read with PostgreSQL's own parser (common/jsonapi.h), which
+ *		reports bad JSON as a result, not an ERROR; nesting is bounded before
+ *		parsing because PostgreSQL 15's parser raises "stack depth limit
+ *		exceeded" on deep input, and the checker calls interpret() outside
+ *		any transaction.  The paysync_test_paypal_* functions at the end expose
+ *		the request building and answer reading to the TAP tests; they are
+ *		not in the install script.
  */
 #include "postgres.h"
 
+#include "common/jsonapi.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+
 #include "driver.h"
 
-static const char *const paypal_option_names[] = {NULL};
+/* Longest client_id or client_secret accepted. */
+#define PAYPAL_MAX_CREDENTIAL 1024
 
-/* Not written yet: refuses every channel. */
+/* Longest access token accepted from the token endpoint. */
+#define PAYPAL_MAX_TOKEN 8192
+
+/* Deepest nesting of containers read in an answer; deeper is an error. */
+#define PAYPAL_MAX_NESTING 64
+
+/* Most paths looked up in one parse of an answer. */
+#define PAYPAL_MAX_PATHS 8
+
+typedef struct PaypalConfig
+{
+	char	   *orders_url;		/* base_url + "/v2/checkout/orders/" */
+	char	   *token_url;		/* base_url + "/v1/oauth2/token" */
+	char	   *basic_header;	/* "Authorization: Basic ..." (secret) */
+} PaypalConfig;
+
+static const char *const paypal_option_names[] = {
+	"client_id", "client_secret", NULL
+};
+
+/* Paths into an order that the query reads. */
+#define CAPTURE_PATH "purchase_units.0.payments.captures.0"
+enum
+{
+	ORDER_STATUS,
+	CAPTURE_STATUS,
+	CAPTURE_VALUE,
+	CAPTURE_CURRENCY,
+	AUTHORIZATION_STATUS,
+	N_ORDER_FIELDS
+};
+static const char *const order_paths[N_ORDER_FIELDS] = {
+	"status",
+	CAPTURE_PATH ".status",
+	CAPTURE_PATH ".amount.value",
+	CAPTURE_PATH ".amount.currency_code",
+	"purchase_units.0.payments.authorizations.0.status",
+};
+
+/* ---------------------------------------------------------------- JSON */
+
+/*
+ * Looks for several scalars in one JSON document.  A path is a dot list of
+ * object field names and array indexes ("purchase_units.0.status"): a
+ * segment of digits picks that element (from 0) of an array.
+ */
+typedef struct PaypalJsonSearch
+{
+	int			n_paths;
+	char	   *segments[PAYPAL_MAX_PATHS][PAYPAL_MAX_NESTING];
+	int			n_segments[PAYPAL_MAX_PATHS];
+	int			index_of[PAYPAL_MAX_PATHS][PAYPAL_MAX_NESTING]; /* -1: a name */
+	char	   *found[PAYPAL_MAX_PATHS];
+	JsonTokenType found_type[PAYPAL_MAX_PATHS];
+
+	int			depth;			/* open containers */
+	/* per depth (1 = the root container), bit i standing for path i: */
+	uint32		leads_here[PAYPAL_MAX_NESTING + 1]; /* paths through this container */
+	uint32		matching[PAYPAL_MAX_NESTING + 1];	/* paths through the member being read */
+	int			element[PAYPAL_MAX_NESTING + 1];	/* array: index of the element being read */
+} PaypalJsonSearch;
+
+/* A container opens: paths through the member holding it lead into it. */
+static void
+search_container_start(void *state)
+{
+	PaypalJsonSearch *s = state;
+
+	s->depth++;
+	if (s->depth > PAYPAL_MAX_NESTING)
+		return;
+	s->leads_here[s->depth] = (s->depth == 1) ?
+		((uint32) 1 << s->n_paths) - 1 : s->matching[s->depth - 1];
+	s->matching[s->depth] = 0;
+	s->element[s->depth] = -1;
+}
+
+/* A container closes. */
+static void
+search_container_end(void *state)
+{
+	PaypalJsonSearch *s = state;
+
+	s->depth--;
+}
+
+/* An object member starts: the paths whose next segment is its name. */
+static void
+search_field_start(void *state, char *fname, bool isnull)
+{
+	PaypalJsonSearch *s = state;
+	int			d = s->depth;
+	uint32		m = 0;
+
+	if (d > PAYPAL_MAX_NESTING)
+		return;
+	for (int i = 0; i < s->n_paths; i++)
+		if ((s->leads_here[d] & ((uint32) 1 << i)) && d <= s->n_segments[i] &&
+			s->index_of[i][d - 1] < 0 && strcmp(s->segments[i][d - 1], fname) == 0)
+			m |= (uint32) 1 << i;
+	s->matching[d] = m;
+}
+
+/* An array element starts: the paths whose next segment is its index. */
+static void
+search_element_start(void *state, bool isnull)
+{
+	PaypalJsonSearch *s = state;
+	int			d = s->depth;
+	uint32		m = 0;
+
+	if (d > PAYPAL_MAX_NESTING)
+		return;
+	s->element[d]++;
+	for (int i = 0; i < s->n_paths; i++)
+		if ((s->leads_here[d] & ((uint32) 1 << i)) && d <= s->n_segments[i] &&
+			s->index_of[i][d - 1] == s->element[d])
+			m |= (uint32) 1 << i;
+	s->matching[d] = m;
+}
+
+/* A scalar: taken for the paths that end at the member holding it. */
+static void
+search_scalar(void *state, char *token, JsonTokenType tokentype)
+{
+	PaypalJsonSearch *s = state;
+	int			d = s->depth;
+
+	if (d < 1 || d > PAYPAL_MAX_NESTING || tokentype == JSON_TOKEN_NULL)
+		return;
+	for (int i = 0; i < s->n_paths; i++)
+		if ((s->matching[d] & ((uint32) 1 << i)) && s->n_segments[i] == d &&
+			s->found[i] == NULL)
+		{
+			s->found[i] = token;
+			s->found_type[i] = tokentype;
+		}
+}
+
+/*
+ * The deepest nesting of containers in body, strings skipped.  Measured
+ * before parsing so that a hostile answer never drives the recursive
+ * parser deep.
+ */
+static int
+json_nesting(const char *body, size_t len)
+{
+	int			depth = 0;
+	int			deepest = 0;
+	bool		in_string = false;
+
+	for (size_t i = 0; i < len; i++)
+	{
+		char		c = body[i];
+
+		if (in_string)
+		{
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				in_string = false;
+		}
+		else if (c == '"')
+			in_string = true;
+		else if (c == '{' || c == '[')
+			deepest = Max(deepest, ++depth);
+		else if (c == '}' || c == ']')
+			depth--;
+	}
+	return deepest;
+}
+
+/*
+ * Finds the scalars at n paths in a JSON object: values[i] is the i-th
+ * (strings unescaped, numbers as written), or NULL when it is missing, null
+ * or not a scalar; types[i] (if types is not NULL) its token type.  False
+ * with a message in error if body is not a JSON object this can read.
+ */
+static bool
+paypal_json_fields(const char *body, size_t len, const char *const *paths, int n,
+				   char **values, JsonTokenType *types, char *error, size_t errlen)
+{
+	PaypalJsonSearch *s = palloc0(sizeof(PaypalJsonSearch));
+	JsonSemAction sem;
+	JsonLexContext *lex;
+	const char *p;
+
+	Assert(n <= PAYPAL_MAX_PATHS);
+	if (body == NULL || strlen(body) != len ||
+		!pg_verifymbstr(body, (int) len, true))
+	{
+		snprintf(error, errlen, "the answer is not valid JSON text (bad bytes)");
+		return false;
+	}
+	for (p = body; *p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'; p++)
+		;
+	if (*p != '{')
+	{
+		snprintf(error, errlen, "the answer is not a JSON object");
+		return false;
+	}
+	if (json_nesting(body, len) > PAYPAL_MAX_NESTING)
+	{
+		snprintf(error, errlen, "the answer nests deeper than %d levels", PAYPAL_MAX_NESTING);
+		return false;
+	}
+
+	s->n_paths = n;
+	for (int i = 0; i < n; i++)
+	{
+		char	   *copy = pstrdup(paths[i]);
+		char	   *saveptr = NULL;
+
+		for (char *seg = strtok_r(copy, ".", &saveptr); seg;
+			 seg = strtok_r(NULL, ".", &saveptr))
+		{
+			int			k = s->n_segments[i]++;
+
+			Assert(k < PAYPAL_MAX_NESTING);
+			s->segments[i][k] = seg;
+			s->index_of[i][k] = strspn(seg, "0123456789") == strlen(seg) ? atoi(seg) : -1;
+		}
+	}
+
+	memset(&sem, 0, sizeof(sem));
+	sem.semstate = s;
+	sem.object_start = search_container_start;
+	sem.object_end = search_container_end;
+	sem.array_start = search_container_start;
+	sem.array_end = search_container_end;
+	sem.object_field_start = search_field_start;
+	sem.array_element_start = search_element_start;
+	sem.scalar = search_scalar;
+
+	lex = makeJsonLexContextCstringLen(unconstify(char *, body), (int) len,
+									   GetDatabaseEncoding(), true);
+	if (pg_parse_json(lex, &sem) != JSON_SUCCESS)
+	{
+		snprintf(error, errlen, "the answer is not valid JSON");
+		return false;
+	}
+	for (int i = 0; i < n; i++)
+	{
+		values[i] = s->found[i];
+		if (types)
+			types[i] = s->found_type[i];
+	}
+	return true;
+}
+
+/*
+ * PayPal's name for an error answer ("name" of a REST error, "error" of an
+ * OAuth2 one), if it is a plain word that may be quoted in a message;
+ * otherwise "no error name".
+ */
+static const char *
+paypal_error_name(const HttpResult *result)
+{
+	static const char *const paths[] = {"name", "error"};
+	char	   *values[2];
+	char		error[100];
+
+	if (!paypal_json_fields(result->body, result->body_len, paths, 2, values, NULL,
+							error, sizeof(error)))
+		return "no error name";
+	for (int i = 0; i < 2; i++)
+	{
+		if (values[i] == NULL || values[i][0] == '\0' || strlen(values[i]) > 64)
+			continue;
+		if (strspn(values[i], "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-") ==
+			strlen(values[i]))
+			return values[i];
+	}
+	return "no error name";
+}
+
+/* ---------------------------------------------------------------- options */
+
+/*
+ * Reads the required credential option key: a non-empty string of at most
+ * PAYPAL_MAX_CREDENTIAL printable characters.  Messages name the option,
+ * never its value.
+ */
+static char *
+credential_option(Jsonb *options, const char *key, const char *channel)
+{
+	char	   *value;
+
+	if (!option_string(options, key, &value, channel))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("channel \"%s\" needs option \"%s\"", channel, key),
+				 errhint("Give the client ID and secret of a PayPal REST app (Apps & Credentials in the PayPal developer dashboard).")));
+	if (value[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid option \"%s\" for channel \"%s\": it is empty", key, channel)));
+	if (strlen(value) > PAYPAL_MAX_CREDENTIAL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid option \"%s\" for channel \"%s\": it is longer than %d bytes",
+						key, channel, PAYPAL_MAX_CREDENTIAL)));
+	for (const char *p = value; *p; p++)
+		if ((unsigned char) *p < 0x20 || *p == 0x7f)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid option \"%s\" for channel \"%s\": it contains a control character",
+							key, channel)));
+	return value;
+}
+
+/* base_url and path (starting with "/") joined with one slash between. */
+static char *
+join_url(const char *base_url, const char *path)
+{
+	size_t		len = strlen(base_url);
+
+	while (len > 0 && base_url[len - 1] == '/')
+		len--;
+	return psprintf("%.*s%s", (int) len, base_url, path);
+}
+
+/* The Basic credentials header for client_id and client_secret. */
+static char *
+basic_header(const char *client_id, const char *client_secret)
+{
+	char	   *pair = psprintf("%s:%s", client_id, client_secret);
+	size_t		pair_len = strlen(pair);
+	char	   *encoded = crypto_b64_encode((const unsigned char *) pair, pair_len);
+	char	   *header;
+
+	explicit_bzero(pair, pair_len);
+	pfree(pair);
+	if (encoded == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory")));
+	header = psprintf("Authorization: Basic %s", encoded);
+	explicit_bzero(encoded, strlen(encoded));
+	free(encoded);
+	return header;
+}
+
+/* Checks and compiles the options of a paypal channel. */
 static void *
 paypal_compile(const char *channel, const char *base_url, Jsonb *options)
 {
-	ereport(ERROR,
-			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-			 errmsg("driver \"paypal\" is not available yet")));
-	return NULL;
+	PaypalConfig *config = palloc0(sizeof(PaypalConfig));
+	char	   *client_id = credential_option(options, "client_id", channel);
+	char	   *client_secret = credential_option(options, "client_secret", channel);
+	char		urlerr[160];
+
+	/* RFC 7617: the user-id of Basic credentials cannot hold a colon */
+	if (strchr(client_id, ':') != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid option \"client_id\" for channel \"%s\": it contains \":\"",
+						channel)));
+
+	config->orders_url = join_url(base_url, "/v2/checkout/orders/");
+	config->token_url = join_url(base_url, "/v1/oauth2/token");
+	if (!http_url_valid(config->token_url, urlerr, sizeof(urlerr)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid base_url for channel \"%s\": %s", channel, urlerr),
+				 errhint("Use https://api-m.paypal.com, or https://api-m.sandbox.paypal.com for the sandbox.")));
+
+	config->basic_header = basic_header(client_id, client_secret);
+	explicit_bzero(client_secret, strlen(client_secret));
+	return config;
+}
+
+/* ---------------------------------------------------------------- token */
+
+/* Builds the token request: client credentials grant, Basic auth. */
+static void
+paypal_build_token_request(const void *cfg, const char *base_url, HttpRequest *request)
+{
+	const PaypalConfig *config = cfg;
+	const char **headers = palloc(sizeof(char *) * 3);
+
+	headers[0] = "Accept: application/json";
+	headers[1] = "Content-Type: application/x-www-form-urlencoded";
+	headers[2] = config->basic_header;
+	request->url = config->token_url;
+	request->post = true;
+	request->body = "grant_type=client_credentials";
+	request->headers = headers;
+	request->n_headers = 3;
+}
+
+/*
+ * Reads the token answer {"access_token": ..., "token_type": "Bearer",
+ * "expires_in": seconds, ...}.  False with a message (never a secret) in
+ * error on anything else.
+ */
+static bool
+paypal_interpret_token(const void *cfg, const HttpResult *result, char **token,
+					   int *expires_in_s, char *error, size_t errlen)
+{
+	static const char *const paths[] = {"access_token", "token_type", "expires_in"};
+	char	   *values[3];
+	JsonTokenType types[3];
+	char		jsonerr[100];
+	char	   *end;
+	long		expires;
+
+	if (result->status == 0)
+	{
+		snprintf(error, errlen, "%s", result->error);
+		return false;
+	}
+	if (result->status == 401)
+	{
+		snprintf(error, errlen,
+				 "PayPal refused the client credentials (HTTP 401, %s): check client_id and client_secret",
+				 paypal_error_name(result));
+		return false;
+	}
+	if (result->status == 429 || result->status >= 500)
+	{
+		snprintf(error, errlen, "HTTP %ld from the PayPal token endpoint", result->status);
+		return false;
+	}
+	if (result->status != 200)
+	{
+		snprintf(error, errlen, "unexpected HTTP %ld from the PayPal token endpoint (%s)",
+				 result->status, paypal_error_name(result));
+		return false;
+	}
+	if (!paypal_json_fields(result->body, result->body_len, paths, 3, values, types,
+							jsonerr, sizeof(jsonerr)))
+	{
+		snprintf(error, errlen, "token answer: %s", jsonerr);
+		return false;
+	}
+	if (values[0] == NULL || types[0] != JSON_TOKEN_STRING)
+	{
+		snprintf(error, errlen, "the token answer has no access_token");
+		return false;
+	}
+	if (values[0][0] == '\0' || strlen(values[0]) > PAYPAL_MAX_TOKEN)
+	{
+		snprintf(error, errlen, "the token answer's access_token is empty or too long");
+		return false;
+	}
+	/* it goes into a header line: printable ASCII only */
+	for (const char *p = values[0]; *p; p++)
+		if ((unsigned char) *p < 0x21 || (unsigned char) *p > 0x7e)
+		{
+			snprintf(error, errlen, "the token answer's access_token has characters a header cannot carry");
+			return false;
+		}
+	if (values[1] != NULL && pg_strcasecmp(values[1], "Bearer") != 0)
+	{
+		snprintf(error, errlen, "the token answer's token_type is not Bearer");
+		return false;
+	}
+	if (values[2] == NULL || types[2] != JSON_TOKEN_NUMBER)
+	{
+		snprintf(error, errlen, "the token answer has no expires_in");
+		return false;
+	}
+	errno = 0;
+	expires = strtol(values[2], &end, 10);
+	if (*end != '\0' || errno != 0 || expires <= 0)
+	{
+		snprintf(error, errlen, "the token answer's expires_in is not a positive whole number");
+		return false;
+	}
+	*token = values[0];
+	*expires_in_s = (int) Min(expires, (long) PG_INT32_MAX);
+	return true;
+}
+
+/* ---------------------------------------------------------------- query */
+
+/* Builds the order query (GET /v2/checkout/orders/{id}), bearer token. */
+static void
+paypal_build_request(const void *cfg, const char *base_url, const char *payment_id,
+					 CheckKind kind, const char *token, HttpRequest *request)
+{
+	const PaypalConfig *config = cfg;
+	const char **headers = palloc(sizeof(char *) * 2);
+	int			n = 0;
+
+	headers[n++] = "Accept: application/json";
+	if (token != NULL)
+		headers[n++] = psprintf("Authorization: Bearer %s", token);
+	request->url = psprintf("%s%s", config->orders_url, http_escape(payment_id));
+	request->post = false;
+	request->body = NULL;
+	request->headers = headers;
+	request->n_headers = n;
+}
+
+/* Makes *answer a status with the channel's word. */
+static void
+answer_status(CheckAnswer *answer, const char *status, char *channel_status)
+{
+	answer->is_error = false;
+	answer->status = status;
+	answer->channel_status = channel_status;
+}
+
+/*
+ * The answer for a COMPLETED order: its first capture decides.  A
+ * succeeded answer carries the captured amount.
+ */
+static void
+interpret_capture(char **fields, CheckAnswer *answer)
+{
+	const char *capture = fields[CAPTURE_STATUS];
+	const char *value = fields[CAPTURE_VALUE];
+	const char *currency = fields[CAPTURE_CURRENCY];
+	char	   *word;
+
+	if (capture == NULL)
+	{
+		if (fields[AUTHORIZATION_STATUS] != NULL)
+			answer_error(answer, "order COMPLETED with an authorization and no capture: orders with intent AUTHORIZE are not supported");
+		else
+			answer_error(answer, "order COMPLETED but the answer has no purchase_units[0].payments.captures[0].status");
+		return;
+	}
+	word = strcmp(capture, "COMPLETED") == 0 ? pstrdup("COMPLETED") :
+		psprintf("COMPLETED/%.64s", capture);
+
+	/* the funds are still on their way (eCheck, review...) */
+	if (strcmp(capture, "PENDING") == 0)
+	{
+		answer_status(answer, "pending", word);
+		return;
+	}
+	/* PayPal could not capture the funds: the payment did not happen */
+	if (strcmp(capture, "DECLINED") == 0 || strcmp(capture, "FAILED") == 0)
+	{
+		answer_status(answer, "failed", word);
+		return;
+	}
+	/* paid; a refund the merchant made later does not undo the payment */
+	if (strcmp(capture, "COMPLETED") != 0 && strcmp(capture, "PARTIALLY_REFUNDED") != 0 &&
+		strcmp(capture, "REFUNDED") != 0)
+	{
+		answer_error(answer, "unknown PayPal capture status \"%.64s\"", capture);
+		return;
+	}
+	if (value == NULL || currency == NULL)
+	{
+		answer_error(answer, "the capture has no amount.value or amount.currency_code");
+		return;
+	}
+	if (strlen(currency) != 3 || strspn(currency, "ABCDEFGHIJKLMNOPQRSTUVWXYZ") != 3)
+	{
+		answer_error(answer, "the capture's currency_code \"%.16s\" is not an ISO 4217 code", currency);
+		return;
+	}
+	if (!amount_to_minor(value, currency, &answer->paid_amount_minor))
+	{
+		answer_error(answer, "the capture's amount \"%.32s\" is not a valid %s amount", value, currency);
+		return;
+	}
+	answer->has_paid_amount = true;
+	memcpy(answer->paid_currency, currency, 4);
+	answer_status(answer, "succeeded", word);
+}
+
+/* Turns an answer of the order query into a status or an error. */
+static void
+paypal_interpret(const void *cfg, CheckKind kind, const HttpResult *result,
+				 CheckAnswer *answer)
+{
+	char	   *fields[N_ORDER_FIELDS];
+	char		jsonerr[100];
+	const char *status;
+
+	if (kind != CHECK_QUERY)
+	{
+		answer_error(answer, "driver paypal cannot close an order");
+		return;
+	}
+	if (answer_transport_error(result, answer) || answer_http_error(result, answer))
+		return;
+	if (result->status == 401)
+	{
+		/* expired or revoked: the checker drops it and the retry fetches another */
+		answer->credentials_rejected = true;
+		answer_error(answer, "HTTP 401 from PayPal (%s): the access token was refused, a new one will be fetched",
+					 paypal_error_name(result));
+		return;
+	}
+	if (result->status == 404)
+	{
+		const char *name = paypal_error_name(result);
+
+		/* PayPal's own "no such order": not paid (unknown id, or long gone) */
+		if (strcmp(name, "RESOURCE_NOT_FOUND") == 0)
+			answer_status(answer, "pending", pstrdup("RESOURCE_NOT_FOUND"));
+		else
+			answer_error(answer, "HTTP 404 from PayPal (%s)", name);
+		return;
+	}
+	if (result->status != 200)
+	{
+		answer_error(answer, "unexpected HTTP %ld from PayPal (%s)", result->status,
+					 paypal_error_name(result));
+		return;
+	}
+
+	if (!paypal_json_fields(result->body, result->body_len, order_paths, N_ORDER_FIELDS,
+							fields, NULL, jsonerr, sizeof(jsonerr)))
+	{
+		answer_error(answer, "%s", jsonerr);
+		return;
+	}
+	status = fields[ORDER_STATUS];
+	if (status == NULL)
+		answer_error(answer, "the answer has no order status");
+	else if (strcmp(status, "COMPLETED") == 0)
+		interpret_capture(fields, answer);
+	else if (strcmp(status, "VOIDED") == 0)
+		answer_status(answer, "cancelled", fields[ORDER_STATUS]);
+	else if (strcmp(status, "CREATED") == 0 || strcmp(status, "SAVED") == 0 ||
+			 strcmp(status, "APPROVED") == 0 || strcmp(status, "PAYER_ACTION_REQUIRED") == 0)
+		answer_status(answer, "pending", fields[ORDER_STATUS]);
+	else
+		answer_error(answer, "unknown PayPal order status \"%.64s\"", status);
 }
 
 const PaysyncDriver paypal_driver = {
 	.name = "paypal",
 	.option_names = paypal_option_names,
 	.compile = paypal_compile,
+	.build_request = paypal_build_request,
+	.interpret = paypal_interpret,
+	.can_close = false,
+	.close_on_expiry_default = false,
+	.build_token_request = paypal_build_token_request,
+	.interpret_token = paypal_interpret_token,
 };
+
+/* ---------------------------------------------------------------- tests */
+
+/*
+ * SQL-callable for the TAP tests only (not in the install script; the
+ * test creates them).
+ */
+PG_FUNCTION_INFO_V1(paysync_test_paypal_interpret);
+PG_FUNCTION_INFO_V1(paysync_test_paypal_token);
+PG_FUNCTION_INFO_V1(paysync_test_paypal_requests);
+
+/* An HttpResult holding HTTP status and body as a channel's answer. */
+static HttpResult
+test_result(int32 status, text *body)
+{
+	HttpResult	result;
+
+	memset(&result, 0, sizeof(result));
+	result.status = status;
+	result.retry_after_s = -1;
+	result.body = text_to_cstring(body);
+	result.body_len = strlen(result.body);
+	if (status == 0)
+		snprintf(result.error, sizeof(result.error), "Couldn't connect to server");
+	return result;
+}
+
+/*
+ * paysync_test_paypal_interpret(http_status int, body text) RETURNS text:
+ * how the driver reads an order answer: "status|channel_status|amount|
+ * currency", or "error: message", prefixed "rejected " when the token
+ * would be dropped.
+ */
+Datum
+paysync_test_paypal_interpret(PG_FUNCTION_ARGS)
+{
+	HttpResult	result = test_result(PG_GETARG_INT32(0), PG_GETARG_TEXT_PP(1));
+	CheckAnswer answer;
+	char	   *out;
+
+	memset(&answer, 0, sizeof(answer));
+	answer.retry_after_s = -1;
+	paypal_interpret(NULL, CHECK_QUERY, &result, &answer);
+	if (answer.is_error)
+		out = psprintf("%serror: %s", answer.credentials_rejected ? "rejected " : "",
+					   answer.error);
+	else if (answer.has_paid_amount)
+		out = psprintf("%s|%s|" INT64_FORMAT "|%s", answer.status,
+					   answer.channel_status ? answer.channel_status : "",
+					   answer.paid_amount_minor, answer.paid_currency);
+	else
+		out = psprintf("%s|%s||", answer.status,
+					   answer.channel_status ? answer.channel_status : "");
+	PG_RETURN_TEXT_P(cstring_to_text(out));
+}
+
+/*
+ * paysync_test_paypal_token(http_status int, body text) RETURNS text: how
+ * the driver reads a token answer: "token|expires_in" or "error: message".
+ */
+Datum
+paysync_test_paypal_token(PG_FUNCTION_ARGS)
+{
+	HttpResult	result = test_result(PG_GETARG_INT32(0), PG_GETARG_TEXT_PP(1));
+	char	   *token = NULL;
+	int			expires_in = 0;
+	char		error[200];
+
+	error[0] = '\0';
+	if (!paypal_interpret_token(NULL, &result, &token, &expires_in, error, sizeof(error)))
+		PG_RETURN_TEXT_P(cstring_to_text(psprintf("error: %s", error)));
+	PG_RETURN_TEXT_P(cstring_to_text(psprintf("%s|%d", token, expires_in)));
+}
+
+/* Appends a request as text: method and URL, headers, body. */
+static void
+append_request(StringInfo out, const HttpRequest *request)
+{
+	appendStringInfo(out, "%s %s\n", request->post ? "POST" : "GET", request->url);
+	for (int i = 0; i < request->n_headers; i++)
+		appendStringInfo(out, "%s\n", request->headers[i]);
+	if (request->body)
+		appendStringInfo(out, "\n%s\n", request->body);
+}
+
+/*
+ * paysync_test_paypal_requests(base_url text, options jsonb, payment_id
+ * text, token text) RETURNS text: the token request and the order query
+ * the driver builds for a channel with these options, as text.
+ */
+Datum
+paysync_test_paypal_requests(PG_FUNCTION_ARGS)
+{
+	char	   *base_url = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	Jsonb	   *options = PG_GETARG_JSONB_P(1);
+	char	   *payment_id = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	char	   *token = text_to_cstring(PG_GETARG_TEXT_PP(3));
+	void	   *config = paypal_compile("test", base_url, options);
+	HttpRequest request;
+	StringInfoData out;
+
+	initStringInfo(&out);
+	memset(&request, 0, sizeof(request));
+	paypal_build_token_request(config, base_url, &request);
+	append_request(&out, &request);
+	appendStringInfoString(&out, "--\n");
+	memset(&request, 0, sizeof(request));
+	paypal_build_request(config, base_url, payment_id, CHECK_QUERY, token, &request);
+	append_request(&out, &request);
+	PG_RETURN_TEXT_P(cstring_to_text(out.data));
+}

@@ -1,0 +1,571 @@
+# 014_paypal.pl: the "paypal" driver, end to end through the worker against
+# t/mock/mock_paypal, and its request building and answer reading unit by
+# unit through the test-only functions paysync_test_paypal_*.
+#
+# End to end: pending then COMPLETED is succeeded, VOIDED cancelled, a
+# declined capture failed, amounts checked; the access token is fetched once
+# for many checks, renewed before it expires, fetched again after a 401
+# (expired or revoked token) with the payment still completing; a bad client
+# secret makes every check an error, never a status; the secret, its Basic
+# encoding and the tokens never show in the server log or in last_error.
+use strict;
+use warnings;
+
+use FindBin;
+use lib $FindBin::Bin;
+use File::Basename qw(basename);
+use IPC::Run;
+use MIME::Base64 qw(encode_base64);
+use PaysyncTest;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+
+# The secrets are spelled out only here and on the mocks' command lines;
+# SQL builds them from pieces so that no statement text (all are logged)
+# carries them.
+my $CLIENT_ID = 'AYpaysync-test-client_01';
+my $SECRET = 'EKsecret_PAYPAL_mock_9f2c';
+my $SECRET_SQL = q{'EKsecret_' || upper('paypal') || '_mock_9f2c'};
+my $WRONG = 'EKwrong_PAYPAL_mock_77aa';
+my $WRONG_SQL = q{'EKwrong_' || upper('paypal') || '_mock_77aa'};
+
+# ---------------------------------------------------------------- mocks
+
+my $mock_count = 0;
+
+# Starts t/mock/mock_paypal with extra arguments; returns port, log, handle.
+sub start_paypal_mock
+{
+	my (@args) = @_;
+	my $bin = "$FindBin::Bin/mock/mock_paypal";
+	die "mock_paypal not built: run make -C t/mock" unless -x $bin;
+	$mock_count++;
+	my $log = "$PostgreSQL::Test::Utils::tmp_check/mock_paypal_$mock_count.log";
+	my @cmd = ($bin, '--port', '0', '--log', $log, '--client-id', $CLIENT_ID,
+		'--client-secret', $SECRET, @args);
+	my ($out, $err) = ('', '');
+	my $handle = IPC::Run::start(\@cmd, '>', \$out, '2>', \$err);
+	my $deadline = time + 10;
+	while ($out !~ /port=(\d+)/ && time < $deadline)
+	{
+		$handle->pump_nb;
+		usleep(10_000);
+	}
+	die "mock_paypal did not start: $err" unless $out =~ /port=(\d+)/;
+	return { handle => $handle, port => $1, log => $log };
+}
+
+# The mock's counters: token_requests, tokens_issued, orders_requests,
+# unauthorized.
+sub stats
+{
+	my ($mock) = @_;
+	my $json = `curl -s http://127.0.0.1:$mock->{port}/_stats`;
+	my %stats = $json =~ /"(\w+)":(\d+)/g;
+	return \%stats;
+}
+
+# The mock's log: [unix_us, method, path, payment_id, http_status, token].
+sub paypal_log
+{
+	my ($mock) = @_;
+	return () unless -e $mock->{log};
+	open my $fh, '<', $mock->{log} or die $!;
+	my @lines = map { chomp; [ split / / ] } <$fh>;
+	close $fh;
+	return @lines;
+}
+
+my $good = start_paypal_mock();    # a token for 9 hours
+my $renew = start_paypal_mock('--token-ttl', '62');    # renewed after ~2 s
+my $expire = start_paypal_mock('--token-ttl', '2', '--expires-in', '3600');
+my $revoke = start_paypal_mock('--revoke-after', '3');
+my $badcred = start_paypal_mock();
+
+# Every message level and every statement is logged, so that a secret
+# logged anywhere shows.
+my $node = new_paysync_node('paypal',
+	conf => "log_min_messages = debug5\nlog_statement = 'all'\n");
+
+sub sql
+{
+	my ($query) = @_;
+	return $node->safe_psql('postgres', $query);
+}
+
+sub lit
+{
+	my ($s) = @_;
+	$s =~ s/'/''/g;
+	return "'$s'";
+}
+
+sub create_paypal_channel
+{
+	my ($name, $mock, $secret_sql) = @_;
+	sql("SELECT paysync.create_channel('$name', 'paypal', 'http://127.0.0.1:$mock->{port}',
+		jsonb_build_object('client_id', '$CLIENT_ID', 'client_secret', $secret_sql))");
+}
+
+sub wait_status
+{
+	my ($id, $status) = @_;
+	return wait_for_sql($node,
+		'SELECT status FROM paysync.payments WHERE payment_id = ' . lit($id),
+		$status, "$id becomes $status");
+}
+
+sub row_of
+{
+	my ($id, $cols) = @_;
+	return sql("SELECT $cols FROM paysync.payments WHERE payment_id = " . lit($id));
+}
+
+# ---------------------------------------------------------------- create_channel
+
+# An invalid definition is refused, naming the option and never its value.
+{
+	my $base = "'http://127.0.0.1:$good->{port}'";
+	my @bad = (
+		[ "'{\"client_id\": \"$CLIENT_ID\"}'", qr/needs option "client_secret"/,
+			'no client_secret' ],
+		[ "jsonb_build_object('client_secret', $SECRET_SQL)", qr/needs option "client_id"/,
+			'no client_id' ],
+		[ "jsonb_build_object('client_id', '$CLIENT_ID', 'client_secret', 42)",
+			qr/"client_secret".*must be a string/, 'a client_secret that is not a string' ],
+		[ "jsonb_build_object('client_id', '$CLIENT_ID', 'client_secret', '')",
+			qr/"client_secret".*is empty/, 'an empty client_secret' ],
+		[ "jsonb_build_object('client_id', '$CLIENT_ID', 'client_secret', $SECRET_SQL || chr(10))",
+			qr/"client_secret".*control character/, 'a client_secret with a line break' ],
+		[ "jsonb_build_object('client_id', 'a:b', 'client_secret', $SECRET_SQL)",
+			qr/"client_id".*":"/, 'a client_id with a colon' ],
+		[ "jsonb_build_object('client_id', '$CLIENT_ID', 'client_secret', $SECRET_SQL, 'close_on_expiry', true)",
+			qr/close_on_expiry.*cannot close/, 'close_on_expiry' ],
+		[ "jsonb_build_object('client_id', '$CLIENT_ID', 'client_secret', $SECRET_SQL, 'webhook_id', 'x')",
+			qr/unknown option "webhook_id"/, 'an unknown option' ],
+	);
+	for my $case (@bad)
+	{
+		my ($options, $re, $what) = @$case;
+		my ($ret, $out, $err) = $node->psql('postgres',
+			"\\set VERBOSITY verbose\nSELECT paysync.create_channel('bad', 'paypal', $base, $options)");
+		isnt($ret, 0, "create_channel refuses $what");
+		like($err, qr/ERROR:  22023: /, '... with SQLSTATE 22023');
+		like($err, $re, "... saying which option");
+		unlike($err, qr/\Q$SECRET\E/, '... never showing the secret');
+	}
+	is(sql("SELECT count(*) FROM paysync.channels WHERE name = 'bad'"), '0',
+		'no refused channel was created');
+	my ($ret, $out, $err) = $node->psql('postgres',
+		"SELECT paysync.create_channel('bad', 'paypal', 'ftp://127.0.0.1', jsonb_build_object('client_id', 'x', 'client_secret', 'y'))");
+	like($err, qr/base_url/, 'a base_url that is not http(s) is refused');
+}
+
+create_paypal_channel('pp', $good, $SECRET_SQL);
+create_paypal_channel('pp_renew', $renew, $SECRET_SQL);
+create_paypal_channel('pp_expire', $expire, $SECRET_SQL);
+create_paypal_channel('pp_revoke', $revoke, $SECRET_SQL);
+create_paypal_channel('pp_bad', $badcred, $WRONG_SQL);
+is(sql("SELECT count(*) FROM paysync.channels WHERE driver = 'paypal'"), '5',
+	'five paypal channels created');
+
+# ---------------------------------------------------------------- tracking
+
+my $S1 = '{1s,1s,1s,1s,1s,1s,1s,1s,1s,1s}';
+# [payment_id, channel, amount_minor, currency, schedule]
+my @tracked = (
+	[ 'ps~C,A,P', 'pp', 1000, 'USD', $S1 ],
+	[ 'pr~R,H,P~25.50EUR', 'pp', 2550, 'EUR', $S1 ],
+	[ 'sv~S,P', 'pp', undef, undef, $S1 ],
+	[ 'v~C,V', 'pp', 1000, 'USD', $S1 ],
+	[ 'd~A,D', 'pp', 1000, 'USD', $S1 ],
+	[ 'f~F', 'pp', undef, undef, $S1 ],
+	[ 'rf~B', 'pp', 1000, 'USD', $S1 ],
+	[ 'mm~C,P~12.00USD', 'pp', 1000, 'USD', $S1 ],
+	[ 'mc~P~10.00EUR', 'pp', 1000, 'USD', $S1 ],
+	[ 'jp~P~1500JPY', 'pp', 1500, 'JPY', $S1 ],
+	[ 'e5~E503,P', 'pp', 1000, 'USD', $S1 ],
+	[ 'nf~N', 'pp', undef, undef, '{1s,1s}' ],
+	[ 'u~U', 'pp', undef, undef, $S1 ],
+	[ 'z~Z', 'pp', undef, undef, $S1 ],
+	[ 'j~J', 'pp', undef, undef, $S1 ],
+	[ 'renew~C,C,C,C,C,C,P', 'pp_renew', 1000, 'USD', $S1 ],
+	[ 'exp~C,C,C,C,P', 'pp_expire', 1000, 'USD', $S1 ],
+	[ 'rv~C,A,C,A,C,P', 'pp_revoke', 1000, 'USD', $S1 ],
+	[ 'rv2~C,C,C,P', 'pp_revoke', 1000, 'USD', $S1 ],
+	[ 'bad~P', 'pp_bad', 1000, 'USD', $S1 ],
+);
+sql(join ";\n", map {
+	my ($id, $channel, $amount, $currency, $schedule) = @$_;
+	"SELECT 1 FROM paysync.track(" . lit($id) . ", '$channel', "
+	  . (defined $amount ? $amount : 'NULL') . ', '
+	  . (defined $currency ? lit($currency) : 'NULL')
+	  . ", schedule => '$schedule')"
+} @tracked);
+
+# ---------------------------------------------------------------- statuses
+
+wait_status('ps~C,A,P', 'succeeded');
+is(row_of('ps~C,A,P', 'channel_status'), 'COMPLETED', '... channel_status COMPLETED');
+is(sql("SELECT string_agg(previous || '>' || status || '/' || source, ',') FROM paysync.events WHERE payment_id = 'ps~C,A,P'"),
+	'pending>succeeded/poll', '... one event, pending to succeeded');
+is(scalar(grep { $_->[3] eq 'ps~C,A,P' && $_->[4] eq '200' } paypal_log($good)), 3,
+	'... after three answers (CREATED, APPROVED, COMPLETED)');
+
+wait_status('pr~R,H,P~25.50EUR', 'succeeded');
+is(row_of('pr~R,H,P~25.50EUR', 'step'), '3',
+	'PAYER_ACTION_REQUIRED and a PENDING capture were pending, then succeeded');
+wait_status('sv~S,P', 'succeeded');
+
+wait_status('v~C,V', 'cancelled');
+is(row_of('v~C,V', 'channel_status'), 'VOIDED', '... channel_status VOIDED');
+
+wait_status('d~A,D', 'failed');
+is(row_of('d~A,D', 'channel_status'), 'COMPLETED/DECLINED',
+	'a declined capture of a COMPLETED order is failed');
+wait_status('f~F', 'failed');
+is(row_of('f~F', 'channel_status'), 'COMPLETED/FAILED', '... and so is a FAILED capture');
+
+wait_status('rf~B', 'succeeded');
+is(row_of('rf~B', 'channel_status'), 'COMPLETED/REFUNDED',
+	'a capture refunded since is still a payment that succeeded');
+
+wait_status('mm~C,P~12.00USD', 'failed');
+like(row_of('mm~C,P~12.00USD', 'last_error'),
+	qr/^amount mismatch: expected 1000 USD, channel reports 1200 USD$/,
+	'... amount mismatch: failed, last_error says so');
+is(sql("SELECT status FROM paysync.events WHERE payment_id = 'mm~C,P~12.00USD'"), 'failed',
+	'... and the event says failed');
+wait_status('mc~P~10.00EUR', 'failed');
+like(row_of('mc~P~10.00EUR', 'last_error'), qr/expected 1000 USD, channel reports 1000 EUR/,
+	'a currency mismatch is failed too');
+wait_status('jp~P~1500JPY', 'succeeded');
+
+wait_status('e5~E503,P', 'succeeded');
+is(row_of('e5~E503,P', 'errors || \'|\' || last_error'), '0|HTTP 503 from the channel',
+	'a 503 was an error, then the next answer counted');
+
+wait_status('nf~N', 'expired');
+is(row_of('nf~N', 'channel_status'), 'RESOURCE_NOT_FOUND',
+	'an order PayPal does not know is not paid: expired when the schedule ends');
+
+# Answers the driver cannot map are errors, never statuses.
+for my $case ([ 'u~U', qr/unknown PayPal order status "WEIRD"/ ],
+	[ 'z~Z', qr/intent AUTHORIZE/ ],
+	[ 'j~J', qr/not a JSON object/ ])
+{
+	my ($id, $re) = @$case;
+	wait_for_sql($node,
+		"SELECT errors >= 2 FROM paysync.payments WHERE payment_id = " . lit($id),
+		't', "$id: errors");
+	is(row_of($id, 'status || \'|\' || coalesce(channel_status, \'-\')'), 'pending|-',
+		"... $id stays pending with no channel status");
+	like(row_of($id, 'last_error'), $re, "... $id: last_error says why");
+	is(sql("SELECT count(*) FROM paysync.events WHERE payment_id = " . lit($id)), '0',
+		"... $id: no event");
+}
+
+# ---------------------------------------------------------------- tokens
+
+# One token served every check of channel pp.
+{
+	my $s = stats($good);
+	is($s->{token_requests}, 1, 'pp: one token request for all its checks');
+	is($s->{tokens_issued}, 1, '... one token issued');
+	is($s->{unauthorized}, 0, '... no order request refused');
+	cmp_ok($s->{orders_requests}, '>=', 20, "... for $s->{orders_requests} order requests");
+	my @log = paypal_log($good);
+	is($log[0][2], '/v1/oauth2/token', '... and it came first');
+}
+
+# A token is renewed before it expires: no request is ever refused.
+wait_status('renew~C,C,C,C,C,C,P', 'succeeded');
+{
+	my $s = stats($renew);
+	cmp_ok($s->{tokens_issued}, '>=', 2, "pp_renew: the token was renewed ($s->{tokens_issued} issued)");
+	is($s->{unauthorized}, 0, '... before it expired: no request refused');
+	is(row_of('renew~C,C,C,C,C,C,P', 'errors'), '0', '... and no error');
+}
+
+# A token that expired at PayPal before its announced lifetime: 401, dropped,
+# fetched again, and the payment still completes.
+wait_status('exp~C,C,C,C,P', 'succeeded');
+{
+	my $s = stats($expire);
+	cmp_ok($s->{unauthorized}, '>=', 1, "pp_expire: the expired token was refused ($s->{unauthorized} times)");
+	cmp_ok($s->{tokens_issued}, '>=', 2, "... and a new one fetched ($s->{tokens_issued} issued)");
+	my @log = paypal_log($expire);
+	my ($refused) = grep { $log[$_][4] eq '401' } 0 .. $#log;
+	ok(defined $refused
+		  && grep({ $_->[2] eq '/v1/oauth2/token' && $_->[4] eq '200' } @log[ $refused + 1 .. $#log ]),
+		'... the new token was fetched after the 401');
+	is(sql("SELECT string_agg(status::text, ',') FROM paysync.events WHERE payment_id = 'exp~C,C,C,C,P'"),
+		'succeeded', '... the 401 made no event');
+}
+
+# A revoked token (after 3 requests each): 401, fetched again, completes.
+wait_status('rv~C,A,C,A,C,P', 'succeeded');
+wait_status('rv2~C,C,C,P', 'succeeded');
+{
+	my $s = stats($revoke);
+	cmp_ok($s->{unauthorized}, '>=', 1, "pp_revoke: revoked tokens were refused ($s->{unauthorized} times)");
+	cmp_ok($s->{tokens_issued}, '>=', 3, "... and new ones fetched ($s->{tokens_issued} issued)");
+	is($s->{tokens_issued}, $s->{token_requests}, '... every token request was answered with a token');
+}
+
+# ---------------------------------------------------------------- bad secret
+
+wait_for_sql($node, "SELECT errors >= 2 FROM paysync.payments WHERE payment_id = 'bad~P'",
+	't', 'pp_bad: the checks are errors');
+is(status_of($node, 'bad~P'), 'pending', '... the payment stays pending');
+like(row_of('bad~P', 'last_error'),
+	qr/^access token request failed: PayPal refused the client credentials \(HTTP 401, invalid_client\)/,
+	'... last_error: the credentials were refused');
+is(sql("SELECT count(*) FROM paysync.events WHERE payment_id = 'bad~P'"), '0', '... no event');
+{
+	my $s = stats($badcred);
+	is($s->{tokens_issued}, 0, '... no token was issued');
+	is($s->{orders_requests}, 0, '... and the order was never asked for without one');
+	cmp_ok($s->{token_requests}, '>=', 2, '... the token was asked for again at each retry');
+}
+
+# The right secret, and the payment goes through.
+sql("UPDATE paysync.channels SET options = jsonb_set(options, '{client_secret}', to_jsonb($SECRET_SQL)) WHERE name = 'pp_bad'");
+sql("SELECT paysync.check_now('bad~P')");
+wait_status('bad~P', 'succeeded');
+is(stats($badcred)->{tokens_issued}, 1, '... with the token fetched once the secret is right');
+
+# ---------------------------------------------------------------- secrets
+
+{
+	my @tokens = map { my $m = $_; map { $_->[5] } grep { defined $_->[5] } paypal_log($m) }
+	  ($good, $renew, $expire, $revoke, $badcred);
+	cmp_ok(scalar @tokens, '>=', 8, scalar(@tokens) . ' tokens were issued in all');
+	my %secrets = (
+		'the client secret' => $SECRET,
+		'the wrong client secret' => $WRONG,
+		'the Basic credentials' => encode_base64("$CLIENT_ID:$SECRET", ''),
+		'the wrong Basic credentials' => encode_base64("$CLIENT_ID:$WRONG", ''),
+		map { ("token $_" => $_) } @tokens);
+	my $server_log = slurp_file($node->logfile);
+	my $errors = sql("SELECT string_agg(coalesce(last_error, '') || coalesce(channel_status, ''), ' ') FROM paysync.payments")
+	  . sql("SELECT string_agg(coalesce(channel_status, ''), ' ') FROM paysync.events");
+	my @leaks = grep { index($server_log, $secrets{$_}) >= 0 || index($errors, $secrets{$_}) >= 0 }
+	  sort keys %secrets;
+	is_deeply(\@leaks, [], 'no secret or token in the server log, last_error or events');
+	like($server_log, qr/EKsecret_/, '... (the log does hold the statements that built the secret)');
+}
+
+# ---------------------------------------------------------------- units
+
+sql(q{
+CREATE FUNCTION paypal_interpret(int, text) RETURNS text
+	AS '$libdir/paysync', 'paysync_test_paypal_interpret' LANGUAGE C STRICT;
+CREATE FUNCTION paypal_token(int, text) RETURNS text
+	AS '$libdir/paysync', 'paysync_test_paypal_token' LANGUAGE C STRICT;
+CREATE FUNCTION paypal_requests(text, jsonb, text, text) RETURNS text
+	AS '$libdir/paysync', 'paysync_test_paypal_requests' LANGUAGE C STRICT;
+});
+
+sub interpret
+{
+	my ($status, $body) = @_;
+	return sql("SELECT paypal_interpret($status, " . lit($body) . ")");
+}
+
+sub token
+{
+	my ($status, $body) = @_;
+	return sql("SELECT paypal_token($status, " . lit($body) . ")");
+}
+
+# An order body: status, and captures (each [status, value, currency]).
+sub order
+{
+	my ($status, @captures) = @_;
+	my $caps = join ',', map {
+		my ($s, $v, $c) = @$_;
+		qq({"id":"3C6","status":"$s","amount":{"currency_code":"$c","value":"$v"}})
+	} @captures;
+	my $payments = @captures ? qq(,"payments":{"captures":[$caps]}) : '';
+	return qq({"id":"5O1","purchase_units":[{"reference_id":"default","amount":{"currency_code":"USD","value":"10.00"}$payments}],"status":"$status"});
+}
+
+# Order statuses.
+is(interpret(200, order($_)), "pending|$_||", "$_ is pending")
+  for qw(CREATED SAVED APPROVED PAYER_ACTION_REQUIRED);
+is(interpret(200, order('VOIDED')), 'cancelled|VOIDED||', 'VOIDED is cancelled');
+like(interpret(200, order('PARTIALLY_COMPLETED')), qr/^error: unknown PayPal order status "PARTIALLY_COMPLETED"/,
+	'an unknown order status is an error');
+like(interpret(200, '{"id":"5O1"}'), qr/^error: the answer has no order status/, 'no status is an error');
+like(interpret(200, '{"status":null}'), qr/^error: the answer has no order status/, 'a null status is an error');
+like(interpret(200, '{"status":{"value":"COMPLETED"}}'), qr/^error: the answer has no order status/,
+	'a status that is an object is an error');
+
+# Captures of a COMPLETED order.
+is(interpret(200, order('COMPLETED', [ 'COMPLETED', '10.00', 'USD' ])), 'succeeded|COMPLETED|1000|USD',
+	'COMPLETED with a completed capture: succeeded, with the amount');
+is(interpret(200, order('COMPLETED', [ 'PENDING', '10.00', 'USD' ])), 'pending|COMPLETED/PENDING||',
+	'a PENDING capture is pending');
+is(interpret(200, order('COMPLETED', [ 'DECLINED', '10.00', 'USD' ])), 'failed|COMPLETED/DECLINED||',
+	'a DECLINED capture is failed');
+is(interpret(200, order('COMPLETED', [ 'FAILED', '10.00', 'USD' ])), 'failed|COMPLETED/FAILED||',
+	'a FAILED capture is failed');
+is(interpret(200, order('COMPLETED', [ 'REFUNDED', '10.00', 'USD' ])), 'succeeded|COMPLETED/REFUNDED|1000|USD',
+	'a REFUNDED capture was paid');
+is(interpret(200, order('COMPLETED', [ 'PARTIALLY_REFUNDED', '7.5', 'USD' ])),
+	'succeeded|COMPLETED/PARTIALLY_REFUNDED|750|USD', 'so was a PARTIALLY_REFUNDED one');
+like(interpret(200, order('COMPLETED', [ 'REVERSED', '10.00', 'USD' ])), qr/^error: unknown PayPal capture status "REVERSED"/,
+	'an unknown capture status is an error');
+is(interpret(200, order('COMPLETED', [ 'COMPLETED', '1500', 'JPY' ])), 'succeeded|COMPLETED|1500|JPY',
+	'JPY has no minor unit');
+is(interpret(200, order('COMPLETED', [ 'COMPLETED', '1.234', 'KWD' ])), 'succeeded|COMPLETED|1234|KWD',
+	'KWD has three digits');
+like(interpret(200, order('COMPLETED', [ 'COMPLETED', '10.001', 'USD' ])), qr/^error: .*not a valid USD amount/,
+	'an amount with too many digits is an error');
+like(interpret(200, order('COMPLETED', [ 'COMPLETED', '-1.00', 'USD' ])), qr/^error: .*not a valid USD amount/,
+	'a negative amount is an error');
+like(interpret(200, order('COMPLETED', [ 'COMPLETED', '10.00', 'usd' ])), qr/^error: .*not an ISO 4217 code/,
+	'a currency that is not an ISO code is an error');
+like(interpret(200, order('COMPLETED')), qr/^error: order COMPLETED but the answer has no purchase_units\[0\]\.payments\.captures\[0\]\.status/,
+	'COMPLETED without a capture is an error');
+like(interpret(200, '{"status":"COMPLETED","purchase_units":[{"payments":{"authorizations":[{"status":"CREATED"}]}}]}'),
+	qr/^error: .*intent AUTHORIZE/, 'COMPLETED with only an authorization is an error');
+like(interpret(200, '{"status":"COMPLETED","purchase_units":[{"payments":{"captures":[{"status":"COMPLETED"}]}}]}'),
+	qr/^error: the capture has no amount/, 'a completed capture without an amount is an error');
+
+# The first capture of the first purchase unit decides, wherever members
+# are and whatever else carries a "status".
+is(interpret(200,
+		'{"links":[{"status":"VOIDED"}],"purchase_units":[{"status":"VOIDED","payments":{"captures":['
+		  . '{"amount":{"value":"10.00","currency_code":"USD"},"status":"COMPLETED","status_details":{"status":"X"}},'
+		  . '{"status":"DECLINED","amount":{"value":"99.00","currency_code":"EUR"}}]}},'
+		  . '{"payments":{"captures":[{"status":"DECLINED"}]}}],"status":"COMPLETED"}'),
+	'succeeded|COMPLETED|1000|USD', 'the first capture of the first unit decides');
+is(interpret(200,
+		'{"status":"COMPLETED","purchase_units":[{"payments":{"captures":['
+		  . '{"status":"DECLINED","amount":{"value":"10.00","currency_code":"USD"}},'
+		  . '{"status":"COMPLETED","amount":{"value":"10.00","currency_code":"USD"}}]}}]}'),
+	'failed|COMPLETED/DECLINED||', '... not a later one');
+like(interpret(200,
+		'{"status":"COMPLETED","purchase_units":{"0":{"payments":{"captures":{"0":{"status":"COMPLETED",'
+		  . '"amount":{"value":"10.00","currency_code":"USD"}}}}}}}'),
+	qr/^error: order COMPLETED but the answer has no/, 'an object with a member "0" is not an array');
+is(interpret(200, "  \n" . order('COMPLETED', [ 'COMPLETED', '10.00', 'USD' ]) . "\n"),
+	'succeeded|COMPLETED|1000|USD', 'blanks around the JSON are fine');
+
+# HTTP statuses.
+like(interpret(401, '{"name":"AUTHENTICATION_FAILURE","message":"Authentication failed"}'),
+	qr/^rejected error: HTTP 401 from PayPal \(AUTHENTICATION_FAILURE\)/,
+	'401: an error that drops the token');
+like(interpret(401, '{"error":"invalid_token","error_description":"Token signature verification failed"}'),
+	qr/^rejected error: HTTP 401 from PayPal \(invalid_token\)/, '... whatever its body');
+like(interpret(401, 'Unauthorized'), qr/^rejected error: HTTP 401 from PayPal \(no error name\)/,
+	'... even when it is not JSON');
+is(interpret(404, '{"name":"RESOURCE_NOT_FOUND","details":[{"issue":"INVALID_RESOURCE_ID"}]}'),
+	'pending|RESOURCE_NOT_FOUND||', "404 RESOURCE_NOT_FOUND: PayPal has no such order, not paid");
+like(interpret(404, '<html>Not Found</html>'), qr/^error: HTTP 404 from PayPal \(no error name\)/,
+	'another 404 is an error');
+like(interpret(403, '{"name":"NOT_AUTHORIZED"}'), qr/^error: unexpected HTTP 403 from PayPal \(NOT_AUTHORIZED\)/,
+	'403 is an error that keeps the token');
+like(interpret(400, '{"name":"INVALID_REQUEST <b>"}'), qr/^error: unexpected HTTP 400 from PayPal \(no error name\)/,
+	'an error name that is not a plain word is not quoted');
+like(interpret(201, order('CREATED')), qr/^error: unexpected HTTP 201/, '201 is an error');
+like(interpret($_, '{}'), qr/^error: HTTP $_ from the channel/, "$_ is an error") for (429, 500, 503);
+like(interpret(0, ''), qr/^error: Couldn't connect/, 'a transport error is an error');
+
+# Bodies.
+like(interpret(200, 'not json'), qr/^error: the answer is not a JSON object/, 'not JSON');
+like(interpret(200, '[' . order('COMPLETED', [ 'COMPLETED', '10.00', 'USD' ]) . ']'),
+	qr/^error: the answer is not a JSON object/, 'an array');
+like(interpret(200, '{"status":"COMPLETED"'), qr/^error: the answer is not valid JSON/, 'truncated JSON');
+like(interpret(200, '{"status":"APPROVED"} x'), qr/^error: the answer is not valid JSON/, 'trailing garbage');
+like(interpret(200, '{"a":' . ('[' x 100000) . (']' x 100000) . ',"status":"APPROVED"}'),
+	qr/^error: the answer nests deeper than 64 levels/, 'a deeply nested answer');
+is(interpret(200, '{"a":"[[[[' . ('[' x 100) . '","status":"APPROVED"}'), 'pending|APPROVED||',
+	'brackets inside strings are not nesting');
+
+# Token answers.
+is(token(200, '{"scope":"x","access_token":"A21AAbc-_.9","token_type":"Bearer","app_id":"APP-1","expires_in":32400,"nonce":"n"}'),
+	'A21AAbc-_.9|32400', 'a token answer gives the token and its lifetime');
+is(token(200, '{"access_token":"A21AAx","expires_in":3600}'), 'A21AAx|3600', 'token_type may be left out');
+like(token(401, '{"error":"invalid_client","error_description":"Client Authentication failed"}'),
+	qr/^error: PayPal refused the client credentials \(HTTP 401, invalid_client\): check client_id and client_secret$/,
+	'401 invalid_client: the credentials were refused');
+like(token(400, '{"error":"unsupported_grant_type"}'),
+	qr/^error: unexpected HTTP 400 from the PayPal token endpoint \(unsupported_grant_type\)/, '400 is an error');
+like(token(503, ''), qr/^error: HTTP 503 from the PayPal token endpoint/, '503 is an error');
+like(token(0, ''), qr/^error: Couldn't connect/, 'a transport error is an error');
+like(token(200, '{"expires_in":3600}'), qr/^error: the token answer has no access_token/, 'no access_token');
+like(token(200, '{"access_token":42,"expires_in":3600}'), qr/^error: the token answer has no access_token/,
+	'an access_token that is not a string');
+like(token(200, '{"access_token":"","expires_in":3600}'), qr/^error: .*empty/, 'an empty access_token');
+like(token(200, '{"access_token":"A21 AA","expires_in":3600}'), qr/^error: .*characters a header cannot carry/,
+	'an access_token with a blank');
+like(token(200, '{"access_token":"A21AA\r\nX-Evil: 1","expires_in":3600}'),
+	qr/^error: .*characters a header cannot carry/, 'an access_token with a line break');
+like(token(200, '{"access_token":"A21AA","token_type":"MAC","expires_in":3600}'), qr/^error: .*not Bearer/,
+	'a token that is not a bearer token');
+like(token(200, '{"access_token":"A21AA"}'), qr/^error: the token answer has no expires_in/, 'no expires_in');
+like(token(200, '{"access_token":"A21AA","expires_in":"3600"}'), qr/^error: the token answer has no expires_in/,
+	'an expires_in that is a string');
+like(token(200, '{"access_token":"A21AA","expires_in":0}'), qr/^error: .*not a positive whole number/,
+	'expires_in 0');
+like(token(200, '{"access_token":"A21AA","expires_in":1.5}'), qr/^error: .*not a positive whole number/,
+	'a fractional expires_in');
+like(token(200, '{"access_token":"A21AA","expires_in":-60}'), qr/^error: .*not a positive whole number/,
+	'a negative expires_in');
+is(token(200, '{"access_token":"A21AA","expires_in":99999999999}'), 'A21AA|2147483647',
+	'a huge expires_in is capped');
+like(token(200, 'oops'), qr/^error: token answer: the answer is not a JSON object/, 'a token answer that is not JSON');
+
+# Requests: Basic credentials checked against an independent base64
+# (openssl base64), the bearer token, the URL-encoded order id.
+sub openssl_base64
+{
+	my ($text) = @_;
+	my $file = "$PostgreSQL::Test::Utils::tmp_check/paypal_b64_in";
+	open my $fh, '>:raw', $file or die $!;
+	print $fh $text;
+	close $fh;
+	my $out = `openssl base64 -A -in $file`;
+	die "openssl base64 failed" if $?;
+	return $out;
+}
+
+for my $case ([ 'AYshort', 'EKs' ],
+	[ 'AZaB9_-long-client-id-' . ('x' x 60), 'EK-' . ('y' x 70) . '+/=' ],
+	[ 'id', "s\x{e9}cr\x{e8}t" ])
+{
+	my ($id, $secret) = @$case;
+	my $bytes = $secret;
+	utf8::encode($bytes);
+	my $want = openssl_base64("$id:$bytes");
+	my $got = sql("SELECT paypal_requests('http://127.0.0.1:9/', jsonb_build_object('client_id', "
+		  . lit($id) . ", 'client_secret', convert_from(decode('" . unpack('H*', $bytes) . "', 'hex'), 'UTF8')), 'ORD1', 'TOK')");
+	like($got, qr/^Authorization: Basic \Q$want\E$/m,
+		'Basic credentials for a ' . length($id . $secret) . '-character pair match openssl base64');
+}
+
+is(sql(q{SELECT paypal_requests('http://127.0.0.1:9/api/', '{"client_id":"ID","client_secret":"SEC"}', 'ord a/b~1,ä', 'A21AAtok')}),
+	"POST http://127.0.0.1:9/api/v1/oauth2/token
+Accept: application/json
+Content-Type: application/x-www-form-urlencoded
+Authorization: Basic " . encode_base64('ID:SEC', '') . "
+
+grant_type=client_credentials
+--
+GET http://127.0.0.1:9/api/v2/checkout/orders/ord%20a%2Fb~1%2C%C3%A4
+Accept: application/json
+Authorization: Bearer A21AAtok
+", 'the token request and the order query, as sent');
+
+for my $m ($good, $renew, $expire, $revoke, $badcred)
+{
+	$m->{handle}->signal('TERM');
+	$m->{handle}->finish;
+}
+$node->stop;
+done_testing();
