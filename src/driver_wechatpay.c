@@ -1,25 +1,848 @@
 /*
  * driver_wechatpay.c
- *		Driver "wechatpay" (being written).
+ *		Driver "wechatpay": WeChat Pay API v3, query by merchant order number
+ *		(GET /v3/pay/transactions/out-trade-no/{id}?mchid=) and close an
+ *		unpaid trade (POST .../{id}/close).
+ *
+ *		Every request carries an Authorization header of scheme
+ *		WECHATPAY2-SHA256-RSA2048: a SHA256withRSA signature, by the
+ *		merchant's private key, of "METHOD\nPATH?QUERY\nTIMESTAMP\nNONCE\n
+ *		BODY\n", with the merchant id, the merchant certificate's serial
+ *		number, the timestamp and a fresh nonce.  Every answer that could
+ *		give a status is verified first: its Wechatpay-Signature must be a
+ *		signature by the platform key of "TIMESTAMP\nNONCE\nBODY\n" (from
+ *		the Wechatpay-Timestamp and Wechatpay-Nonce headers and the raw
+ *		body), its timestamp within five minutes of the clock, and, when
+ *		platform_serial is set, its Wechatpay-Serial that serial.  An answer
+ *		that fails any of this is an error, never a status.
+ *
+ *		Also here: SQL-callable functions for the tests only (not in the
+ *		install script), paysync_test_wechatpay_*.
  */
 #include "postgres.h"
 
+#include <time.h>
+
+#include "common/jsonapi.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+
 #include "driver.h"
 
-static const char *const wechatpay_option_names[] = {NULL};
+#define WECHATPAY_SCHEME "WECHATPAY2-SHA256-RSA2048"
 
-/* Not written yet: refuses every channel. */
+/* How far an answer's timestamp may be from the clock, in seconds. */
+#define WECHATPAY_MAX_SKEW_S 300
+
+/* The largest unverified error answer whose code is read. */
+#define WECHATPAY_REFUSAL_MAX 4096
+
+/* The longest channel word (error code, trade state) copied from an answer. */
+#define WECHATPAY_WORD_MAX 64
+
+typedef struct WechatpayConfig
+{
+	char	   *mchid;			/* merchant id */
+	char	   *merchant_serial_no; /* merchant API certificate serial */
+	CryptoKey  *merchant_key;	/* signs requests; secret */
+	CryptoKey  *platform_key;	/* verifies answers */
+	char	   *platform_serial;	/* the answers' Wechatpay-Serial, or NULL */
+	char	   *base;			/* base_url without trailing slashes */
+	char	   *base_path;		/* its path part ("" if none), signed too */
+} WechatpayConfig;
+
+/* What a WeChat Pay JSON answer says, as far as this driver cares. */
+typedef struct WechatpayAnswer
+{
+	char	   *trade_state;
+	char	   *mchid;
+	char	   *code;			/* error answers */
+	char	   *total;			/* amount.total, as written */
+	char	   *currency;		/* amount.currency */
+	JsonTokenType total_type;
+} WechatpayAnswer;
+
+static const char *const wechatpay_option_names[] = {
+	"mchid", "merchant_serial_no", "merchant_private_key",
+	"platform_public_key", "platform_serial", NULL
+};
+
+/* trade_state to paysync status. */
+static const struct
+{
+	const char *trade_state;
+	const char *status;
+}			trade_states[] = {
+	{"SUCCESS", "succeeded"},
+	{"REFUND", "succeeded"},
+	{"NOTPAY", "pending"},
+	{"USERPAYING", "pending"},
+	{"CLOSED", "closed"},
+	{"REVOKED", "cancelled"},
+	{"PAYERROR", "failed"},
+};
+
+/*
+ * True if text is 1 to max_len characters, each an ASCII letter or digit
+ * or one of extra.
+ */
+static bool
+is_plain_word(const char *text, size_t max_len, const char *extra)
+{
+	size_t		len = strlen(text);
+
+	if (len == 0 || len > max_len)
+		return false;
+	for (const char *p = text; *p; p++)
+		if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z') ||
+			  (*p >= 'A' && *p <= 'Z') || (*extra && strchr(extra, *p))))
+			return false;
+	return true;
+}
+
+/*
+ * A copy of a word from an answer that is safe in last_error: at most
+ * WECHATPAY_WORD_MAX ASCII letters, digits and underscores; anything else
+ * becomes '?'.
+ */
+static char *
+safe_word(const char *text)
+{
+	size_t		len = Min(strlen(text), WECHATPAY_WORD_MAX);
+	char	   *out = palloc(len + 1);
+
+	for (size_t i = 0; i < len; i++)
+	{
+		char		c = text[i];
+
+		out[i] = ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+				  (c >= 'A' && c <= 'Z') || c == '_' || c == '-') ? c : '?';
+	}
+	out[len] = '\0';
+	return out;
+}
+
+/* Reads a required string option that must be a plain word. */
+static char *
+word_option(Jsonb *options, const char *key, size_t max_len, const char *extra,
+			const char *what, const char *channel)
+{
+	char	   *value;
+
+	if (!option_string(options, key, &value, channel))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("channel \"%s\" needs option \"%s\"", channel, key),
+				 errhint("%s", what)));
+	if (!is_plain_word(value, max_len, extra))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid option \"%s\" for channel \"%s\"", key, channel),
+				 errhint("%s", what)));
+	return value;
+}
+
+/*
+ * Splits base_url into the part requests start with (no trailing slash)
+ * and its path, which is part of the signed message.  A query or fragment
+ * in base_url, or dot segments curl would rewrite, are an ERROR: the path
+ * signed must be the path sent.
+ */
+static void
+split_base_url(WechatpayConfig *config, const char *base_url, const char *channel)
+{
+	const char *host;
+	const char *path;
+	size_t		len = strlen(base_url);
+
+	if (strpbrk(base_url, "?#") != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid base_url for channel \"%s\": driver wechatpay takes no query or fragment in it",
+						channel),
+				 errhint("Use https://api.mch.weixin.qq.com.")));
+	while (len > 0 && base_url[len - 1] == '/')
+		len--;
+	config->base = pnstrdup(base_url, len);
+	host = strstr(config->base, "://");
+	path = strchr(host ? host + 3 : config->base, '/');
+	config->base_path = pstrdup(path ? path : "");
+	if (strstr(config->base_path, "/./") || strstr(config->base_path, "/../") ||
+		strstr(config->base_path, "//") ||
+		(len >= 2 && strcmp(config->base + len - 2, "/.") == 0) ||
+		(len >= 3 && strcmp(config->base + len - 3, "/..") == 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid base_url for channel \"%s\": its path has empty or dot segments",
+						channel)));
+}
+
+/* Checks and compiles the options of a wechatpay channel. */
 static void *
 wechatpay_compile(const char *channel, const char *base_url, Jsonb *options)
 {
-	ereport(ERROR,
-			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-			 errmsg("driver \"wechatpay\" is not available yet")));
-	return NULL;
+	WechatpayConfig *config = palloc0(sizeof(WechatpayConfig));
+	char	   *serial;
+
+	split_base_url(config, base_url, channel);
+	config->mchid = word_option(options, "mchid", 32, "",
+								"mchid is the merchant id WeChat Pay issued, digits such as \"1900009191\".",
+								channel);
+	config->merchant_serial_no =
+		word_option(options, "merchant_serial_no", 64, "",
+					"merchant_serial_no is the serial number of the merchant API certificate, 40 hex digits.",
+					channel);
+	config->merchant_key = option_key(options, "merchant_private_key", true, channel);
+	config->platform_key = option_key(options, "platform_public_key", false, channel);
+	if (option_string(options, "platform_serial", &serial, channel))
+	{
+		if (!is_plain_word(serial, 64, "_"))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid option \"platform_serial\" for channel \"%s\"", channel),
+					 errhint("platform_serial is the serial of the platform certificate or the WeChat Pay public key ID (PUB_KEY_ID_...).")));
+		config->platform_serial = serial;
+	}
+	return config;
+}
+
+/*
+ * The Authorization header value for a request: the merchant's signature
+ * of method, path (with query), timestamp, nonce and body.  NULL if signing
+ * failed (error says why).
+ */
+static char *
+wechatpay_authorization(CryptoKey *key, const char *mchid, const char *serial_no,
+						const char *method, const char *path, const char *timestamp,
+						const char *nonce, const char *body, char *error, size_t errlen)
+{
+	char	   *message = psprintf("%s\n%s\n%s\n%s\n%s\n", method, path, timestamp,
+								   nonce, body ? body : "");
+	char	   *signature = crypto_sign_b64(key, message, strlen(message), error, errlen);
+	char	   *header;
+
+	if (signature == NULL)
+		return NULL;
+	header = psprintf(WECHATPAY_SCHEME " mchid=\"%s\",nonce_str=\"%s\",signature=\"%s\","
+					  "timestamp=\"%s\",serial_no=\"%s\"",
+					  mchid, nonce, signature, timestamp, serial_no);
+	free(signature);
+	return header;
+}
+
+/* Builds the status query, or the close call, for one payment. */
+static void
+wechatpay_build_request(const void *cfg, const char *base_url,
+						const char *payment_id, CheckKind kind,
+						const char *token, HttpRequest *request)
+{
+	const WechatpayConfig *config = cfg;
+	const char **headers = palloc(sizeof(char *) * 4);
+	const char *method;
+	char	   *path;
+	char	   *timestamp;
+	char		nonce[33];
+	char		error[160];
+	char	   *authorization;
+	int			n = 0;
+
+	if (kind == CHECK_CLOSE)
+	{
+		method = "POST";
+		path = psprintf("%s/v3/pay/transactions/out-trade-no/%s/close",
+						config->base_path, http_escape(payment_id));
+		/* mchid is letters and digits only: nothing to escape */
+		request->body = psprintf("{\"mchid\":\"%s\"}", config->mchid);
+		request->post = true;
+	}
+	else
+	{
+		method = "GET";
+		path = psprintf("%s/v3/pay/transactions/out-trade-no/%s?mchid=%s",
+						config->base_path, http_escape(payment_id), config->mchid);
+		request->body = NULL;
+		request->post = false;
+	}
+	request->url = psprintf("%s%s", config->base, path + strlen(config->base_path));
+
+	timestamp = psprintf("%lld", (long long) time(NULL));
+	if (!crypto_random_hex(nonce, 16))
+		nonce[0] = '\0';
+	authorization = nonce[0] ?
+		wechatpay_authorization(config->merchant_key, config->mchid,
+								config->merchant_serial_no, method, path, timestamp,
+								nonce, request->body, error, sizeof(error)) : NULL;
+
+	/*
+	 * Without a signature the request still goes out: WeChat Pay refuses it
+	 * (401 SIGN_ERROR), which is an error answer, retried like any other.
+	 */
+	if (authorization)
+		headers[n++] = psprintf("Authorization: %s", authorization);
+	headers[n++] = "Accept: application/json";
+	if (request->post)
+		headers[n++] = "Content-Type: application/json";
+	request->headers = headers;
+	request->n_headers = n;
+}
+
+/*
+ * Verifies that an answer comes from WeChat Pay: the signature headers are
+ * there, the signature of "timestamp\nnonce\nbody\n" verifies with the
+ * platform key, the serial is the configured one (if any), and the
+ * timestamp is within WECHATPAY_MAX_SKEW_S of now.  False with a message
+ * (never a secret) otherwise.
+ */
+static bool
+wechatpay_verify(CryptoKey *platform_key, const char *platform_serial,
+				 const HttpResult *result, int64 now, char *error, size_t errlen)
+{
+	char	   *timestamp = http_header(result, "Wechatpay-Timestamp");
+	char	   *nonce = http_header(result, "Wechatpay-Nonce");
+	char	   *signature = http_header(result, "Wechatpay-Signature");
+	char	   *serial = http_header(result, "Wechatpay-Serial");
+	char	   *type = http_header(result, "Wechatpay-Signature-Type");
+	StringInfoData message;
+	int64		stamp = 0;
+
+	if (timestamp == NULL || nonce == NULL || signature == NULL ||
+		timestamp[0] == '\0' || nonce[0] == '\0' || signature[0] == '\0')
+	{
+		snprintf(error, errlen, "the answer is not signed (no %s header)",
+				 (timestamp == NULL || timestamp[0] == '\0') ? "Wechatpay-Timestamp" :
+				 (nonce == NULL || nonce[0] == '\0') ? "Wechatpay-Nonce" :
+				 "Wechatpay-Signature");
+		return false;
+	}
+	if (type != NULL && strcmp(type, WECHATPAY_SCHEME) != 0)
+	{
+		snprintf(error, errlen, "the answer is signed with %s, not " WECHATPAY_SCHEME,
+				 safe_word(type));
+		return false;
+	}
+	if (platform_serial != NULL)
+	{
+		if (serial == NULL)
+		{
+			snprintf(error, errlen, "the answer has no Wechatpay-Serial header");
+			return false;
+		}
+		if (pg_strcasecmp(serial, platform_serial) != 0)
+		{
+			snprintf(error, errlen,
+					 "the answer is signed by platform key %s, not platform_serial %s",
+					 safe_word(serial), platform_serial);
+			return false;
+		}
+	}
+
+	for (const char *p = timestamp; *p; p++)
+	{
+		if (*p < '0' || *p > '9' || p - timestamp >= 15)
+		{
+			snprintf(error, errlen, "the answer's Wechatpay-Timestamp is not a number");
+			return false;
+		}
+		stamp = stamp * 10 + (*p - '0');
+	}
+
+	initStringInfo(&message);
+	appendStringInfo(&message, "%s\n%s\n", timestamp, nonce);
+	appendBinaryStringInfo(&message, result->body ? result->body : "",
+						   result->body ? (int) result->body_len : 0);
+	appendStringInfoChar(&message, '\n');
+	if (!crypto_verify_b64(platform_key, message.data, message.len, signature))
+	{
+		snprintf(error, errlen,
+				 "the answer's Wechatpay-Signature does not verify with platform_public_key%s",
+				 strncmp(signature, "WECHATPAY/SIGNTEST/", 19) == 0 ?
+				 " (a WeChat Pay signature test)" : "");
+		return false;
+	}
+	if (stamp < now - WECHATPAY_MAX_SKEW_S || stamp > now + WECHATPAY_MAX_SKEW_S)
+	{
+		snprintf(error, errlen,
+				 "the answer's Wechatpay-Timestamp is %lld s off the clock (at most %d allowed)",
+				 (long long) (stamp - now), WECHATPAY_MAX_SKEW_S);
+		return false;
+	}
+	return true;
+}
+
+/* Parser state: the fields of a WeChat Pay answer this driver reads. */
+typedef struct AnswerParse
+{
+	WechatpayAnswer *answer;
+	int			depth;
+	bool		in_object[4];	/* per depth up to 3: object (true) or array */
+	char	   *top_field;		/* current field at depth 1 */
+	char	   *sub_field;		/* current field at depth 2 */
+} AnswerParse;
+
+/* An object opens. */
+static void
+parse_object_start(void *state)
+{
+	AnswerParse *s = state;
+
+	s->depth++;
+	if (s->depth < (int) lengthof(s->in_object))
+		s->in_object[s->depth] = true;
+}
+
+/* An array opens. */
+static void
+parse_array_start(void *state)
+{
+	AnswerParse *s = state;
+
+	s->depth++;
+	if (s->depth < (int) lengthof(s->in_object))
+		s->in_object[s->depth] = false;
+}
+
+/* An object or array closes. */
+static void
+parse_end(void *state)
+{
+	AnswerParse *s = state;
+
+	s->depth--;
+}
+
+/* A field starts: remember its name at depths 1 and 2. */
+static void
+parse_field_start(void *state, char *fname, bool isnull)
+{
+	AnswerParse *s = state;
+
+	if (s->depth == 1)
+	{
+		s->top_field = fname;
+		s->sub_field = NULL;
+	}
+	else if (s->depth == 2)
+		s->sub_field = fname;
+}
+
+/* Sets *slot to token unless already set. */
+static void
+take(char **slot, char *token)
+{
+	if (*slot == NULL)
+		*slot = token;
+}
+
+/* A scalar: kept if it is one of the fields this driver reads. */
+static void
+parse_scalar(void *state, char *token, JsonTokenType tokentype)
+{
+	AnswerParse *s = state;
+	WechatpayAnswer *a = s->answer;
+
+	if (tokentype == JSON_TOKEN_NULL || s->depth < 1 || s->depth > 2 ||
+		!s->in_object[s->depth])
+		return;
+	if (s->depth == 1 && s->top_field)
+	{
+		if (strcmp(s->top_field, "trade_state") == 0 && tokentype == JSON_TOKEN_STRING)
+			take(&a->trade_state, token);
+		else if (strcmp(s->top_field, "mchid") == 0 && tokentype == JSON_TOKEN_STRING)
+			take(&a->mchid, token);
+		else if (strcmp(s->top_field, "code") == 0 && tokentype == JSON_TOKEN_STRING)
+			take(&a->code, token);
+	}
+	else if (s->depth == 2 && s->in_object[1] && s->top_field && s->sub_field &&
+			 strcmp(s->top_field, "amount") == 0)
+	{
+		if (strcmp(s->sub_field, "total") == 0 && a->total == NULL)
+		{
+			a->total = token;
+			a->total_type = tokentype;
+		}
+		else if (strcmp(s->sub_field, "currency") == 0 && tokentype == JSON_TOKEN_STRING)
+			take(&a->currency, token);
+	}
+}
+
+/*
+ * Reads a WeChat Pay JSON answer (an object) into *parsed.  False with the
+ * error in *answer if the body is not a JSON object.
+ */
+static bool
+wechatpay_parse(const HttpResult *result, WechatpayAnswer *parsed, CheckAnswer *answer)
+{
+	AnswerParse state;
+	JsonSemAction sem;
+	JsonLexContext *lex;
+
+	memset(parsed, 0, sizeof(*parsed));
+	if (result->body == NULL || result->body_len == 0 ||
+		strlen(result->body) != result->body_len ||
+		!pg_verifymbstr(result->body, (int) result->body_len, true))
+	{
+		answer_error(answer, "the answer is not valid JSON text (HTTP %ld)", result->status);
+		return false;
+	}
+	memset(&state, 0, sizeof(state));
+	state.answer = parsed;
+	memset(&sem, 0, sizeof(sem));
+	sem.semstate = &state;
+	sem.object_start = parse_object_start;
+	sem.object_end = parse_end;
+	sem.array_start = parse_array_start;
+	sem.array_end = parse_end;
+	sem.object_field_start = parse_field_start;
+	sem.scalar = parse_scalar;
+	lex = makeJsonLexContextCstringLen(result->body, (int) result->body_len,
+									   GetDatabaseEncoding(), true);
+	if (pg_parse_json(lex, &sem) != JSON_SUCCESS ||
+		result->body[strspn(result->body, " \t\r\n")] != '{')
+	{
+		answer_error(answer, "the answer is not a JSON object (HTTP %ld)", result->status);
+		return false;
+	}
+	return true;
+}
+
+/*
+ * Fills the paid amount of a paid trade from amount.total (in the
+ * currency's minor unit, fen for CNY) and amount.currency.  False with the
+ * error in *answer if it is missing or not a whole number.
+ */
+static bool
+paid_amount(const WechatpayAnswer *parsed, CheckAnswer *answer)
+{
+	int64		total = 0;
+
+	if (parsed->total == NULL)
+	{
+		answer_error(answer, "the answer for a paid trade has no amount.total");
+		return false;
+	}
+	if (parsed->total_type != JSON_TOKEN_NUMBER || parsed->total[0] == '\0' ||
+		strlen(parsed->total) > 18 ||
+		strspn(parsed->total, "0123456789") != strlen(parsed->total))
+	{
+		answer_error(answer, "the answer's amount.total is not a whole number of minor units");
+		return false;
+	}
+	for (const char *p = parsed->total; *p; p++)
+		total = total * 10 + (*p - '0');
+	answer->paid_currency[0] = '\0';
+	if (parsed->currency != NULL)
+	{
+		if (strlen(parsed->currency) != 3 || !is_plain_word(parsed->currency, 3, ""))
+		{
+			answer_error(answer, "the answer's amount.currency is not a currency code");
+			return false;
+		}
+		for (int i = 0; i < 3; i++)
+			answer->paid_currency[i] = pg_toupper((unsigned char) parsed->currency[i]);
+		answer->paid_currency[3] = '\0';
+	}
+	answer->has_paid_amount = true;
+	answer->paid_amount_minor = total;
+	return true;
+}
+
+/* Makes *answer a status with the channel's word. */
+static void
+answer_status(CheckAnswer *answer, const char *status, const char *word)
+{
+	answer->is_error = false;
+	answer->status = status;
+	answer->channel_status = pstrdup(word);
+}
+
+/*
+ * Reads the error code of an answer that gives no status, to say it in the
+ * error; parsed is NULL if there is none.  Such answers are not verified
+ * (a 401 is not even signed), so only a small body is parsed.
+ */
+static bool
+parse_refusal(const HttpResult *result, WechatpayAnswer *parsed)
+{
+	CheckAnswer ignored;
+
+	memset(&ignored, 0, sizeof(ignored));
+	return result->body_len <= WECHATPAY_REFUSAL_MAX &&
+		wechatpay_parse(result, parsed, &ignored);
+}
+
+/* Makes *answer the error for an HTTP status that gives no status. */
+static void
+answer_refusal(const HttpResult *result, const WechatpayAnswer *parsed,
+			   CheckAnswer *answer)
+{
+	const char *code = parsed && parsed->code ? safe_word(parsed->code) : NULL;
+
+	if (result->status == 401)
+		answer_error(answer,
+					 "HTTP 401 from the channel%s%s: it refused the request signature (check mchid, merchant_serial_no and merchant_private_key)",
+					 code ? ": " : "", code ? code : "");
+	else
+		answer_error(answer, "unexpected HTTP %ld from the channel%s%s",
+					 result->status, code ? ": " : "", code ? code : "");
+}
+
+/* Interprets the answer to a status query. */
+static void
+interpret_query(const WechatpayConfig *config, const HttpResult *result,
+				CheckAnswer *answer)
+{
+	WechatpayAnswer parsed;
+	char		error[200];
+
+	if (result->status != 200 && result->status != 404)
+	{
+		answer_refusal(result, parse_refusal(result, &parsed) ? &parsed : NULL, answer);
+		return;
+	}
+	if (!wechatpay_verify(config->platform_key, config->platform_serial, result,
+						  (int64) time(NULL), error, sizeof(error)))
+	{
+		answer_error(answer, "%s", error);
+		return;
+	}
+	if (!wechatpay_parse(result, &parsed, answer))
+		return;
+
+	if (result->status == 404)
+	{
+		/* a trade WeChat Pay does not know (yet): not paid */
+		if (parsed.code && strcmp(parsed.code, "ORDER_NOT_EXIST") == 0)
+			answer_status(answer, "pending", "ORDER_NOT_EXIST");
+		else
+			answer_refusal(result, &parsed, answer);
+		return;
+	}
+
+	if (parsed.trade_state == NULL)
+	{
+		answer_error(answer, "the answer has no trade_state");
+		return;
+	}
+	if (parsed.mchid != NULL && strcmp(parsed.mchid, config->mchid) != 0)
+	{
+		answer_error(answer, "the answer is about merchant %s, not mchid %s",
+					 safe_word(parsed.mchid), config->mchid);
+		return;
+	}
+	for (size_t i = 0; i < lengthof(trade_states); i++)
+	{
+		if (strcmp(parsed.trade_state, trade_states[i].trade_state) != 0)
+			continue;
+		if (strcmp(trade_states[i].status, "succeeded") == 0 &&
+			!paid_amount(&parsed, answer))
+			return;
+		answer_status(answer, trade_states[i].status, trade_states[i].trade_state);
+		return;
+	}
+	answer_error(answer, "unknown trade_state \"%s\"", safe_word(parsed.trade_state));
+}
+
+/*
+ * Interprets the answer to a close call: 204 is closed; an error code
+ * saying the trade was paid meanwhile (ORDERPAID) is succeeded, one saying
+ * it is closed already (ORDER_CLOSED) is closed; anything else an error.
+ */
+static void
+interpret_close(const WechatpayConfig *config, const HttpResult *result,
+				CheckAnswer *answer)
+{
+	WechatpayAnswer parsed;
+	bool		parsed_ok = false;
+	const char *status = NULL;
+	const char *word = NULL;
+	char		error[200];
+
+	if (result->status == 204)
+	{
+		status = "closed";
+		word = "CLOSED";
+	}
+	else if (result->status >= 400 && result->status < 500)
+	{
+		parsed_ok = parse_refusal(result, &parsed);
+		if (parsed_ok && parsed.code && strcmp(parsed.code, "ORDERPAID") == 0)
+		{
+			status = "succeeded";
+			word = "ORDERPAID";
+		}
+		else if (parsed_ok && parsed.code && strcmp(parsed.code, "ORDER_CLOSED") == 0)
+		{
+			status = "closed";
+			word = "ORDER_CLOSED";
+		}
+	}
+	if (status == NULL)
+	{
+		if (result->status >= 200 && result->status < 300)
+			answer_error(answer, "unexpected HTTP %ld from the channel to a close (204 expected)",
+						 result->status);
+		else
+			answer_refusal(result, parsed_ok ? &parsed : NULL, answer);
+		return;
+	}
+	if (!wechatpay_verify(config->platform_key, config->platform_serial, result,
+						  (int64) time(NULL), error, sizeof(error)))
+	{
+		answer_error(answer, "%s", error);
+		return;
+	}
+	answer_status(answer, status, word);
+}
+
+/* Turns an answer into a status or an error. */
+static void
+wechatpay_interpret(const void *cfg, CheckKind kind, const HttpResult *result,
+					CheckAnswer *answer)
+{
+	const WechatpayConfig *config = cfg;
+
+	if (answer_transport_error(result, answer) || answer_http_error(result, answer))
+		return;
+	if (kind == CHECK_CLOSE)
+		interpret_close(config, result, answer);
+	else
+		interpret_query(config, result, answer);
 }
 
 const PaysyncDriver wechatpay_driver = {
 	.name = "wechatpay",
 	.option_names = wechatpay_option_names,
 	.compile = wechatpay_compile,
+	.build_request = wechatpay_build_request,
+	.interpret = wechatpay_interpret,
+	.can_close = true,
+	.close_on_expiry_default = true,
 };
+
+/* ---------------------------------------------------------------------
+ * For the tests only: SQL-callable, not in the install script.  The TAP
+ * test creates them with CREATE FUNCTION ... AS '$libdir/paysync', ...
+ * ---------------------------------------------------------------------
+ */
+
+PG_FUNCTION_INFO_V1(paysync_test_wechatpay_authorization);
+PG_FUNCTION_INFO_V1(paysync_test_wechatpay_verify);
+PG_FUNCTION_INFO_V1(paysync_test_wechatpay_request);
+
+/* Frees a key loaded by a test function when its memory context goes. */
+static void
+test_key_free(void *arg)
+{
+	crypto_key_free((CryptoKey *) arg);
+}
+
+/* Loads a key for a test function; ERROR if it does not parse. */
+static CryptoKey *
+test_key(text *pem, bool private_key)
+{
+	char	   *text = text_to_cstring(pem);
+	char		error[160];
+	CryptoKey  *key = private_key ? crypto_private_key(text, error, sizeof(error)) :
+		crypto_public_key(text, error, sizeof(error));
+	MemoryContextCallback *cb;
+
+	if (key == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid key: %s", error)));
+	cb = palloc0(sizeof(MemoryContextCallback));
+	cb->func = test_key_free;
+	cb->arg = key;
+	MemoryContextRegisterResetCallback(CurrentMemoryContext, cb);
+	return key;
+}
+
+/*
+ * paysync_test_wechatpay_authorization(private_key, mchid, serial_no,
+ * method, path, timestamp, nonce, body): the Authorization header value
+ * the driver would send.
+ */
+Datum
+paysync_test_wechatpay_authorization(PG_FUNCTION_ARGS)
+{
+	CryptoKey  *key = test_key(PG_GETARG_TEXT_PP(0), true);
+	char		error[160];
+	char	   *header;
+
+	header = wechatpay_authorization(key,
+									 text_to_cstring(PG_GETARG_TEXT_PP(1)),
+									 text_to_cstring(PG_GETARG_TEXT_PP(2)),
+									 text_to_cstring(PG_GETARG_TEXT_PP(3)),
+									 text_to_cstring(PG_GETARG_TEXT_PP(4)),
+									 text_to_cstring(PG_GETARG_TEXT_PP(5)),
+									 text_to_cstring(PG_GETARG_TEXT_PP(6)),
+									 text_to_cstring(PG_GETARG_TEXT_PP(7)),
+									 error, sizeof(error));
+	if (header == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("%s", error)));
+	PG_RETURN_TEXT_P(cstring_to_text(header));
+}
+
+/*
+ * paysync_test_wechatpay_verify(public_key, platform_serial or NULL,
+ * headers, body, now): 'ok' if an answer with these raw headers ("Name:
+ * value" lines) and body verifies at unix time now, else why not.
+ */
+Datum
+paysync_test_wechatpay_verify(PG_FUNCTION_ARGS)
+{
+	CryptoKey  *key = test_key(PG_GETARG_TEXT_PP(0), false);
+	char	   *serial = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
+	char	   *lines = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	HttpResult	result;
+	StringInfoData headers;
+	char		error[200];
+	char	   *saveptr = NULL;
+
+	/* the engine's form: "Name: value\r\n" lines */
+	initStringInfo(&headers);
+	for (char *line = strtok_r(lines, "\r\n", &saveptr); line;
+		 line = strtok_r(NULL, "\r\n", &saveptr))
+		appendStringInfo(&headers, "%s\r\n", line);
+
+	memset(&result, 0, sizeof(result));
+	result.status = 200;
+	result.body = text_to_cstring(PG_GETARG_TEXT_PP(3));
+	result.body_len = strlen(result.body);
+	result.headers = headers.data;
+	if (!wechatpay_verify(key, serial, &result, PG_GETARG_INT64(4), error, sizeof(error)))
+		PG_RETURN_TEXT_P(cstring_to_text(error));
+	PG_RETURN_TEXT_P(cstring_to_text("ok"));
+}
+
+/*
+ * paysync_test_wechatpay_request(base_url, options, payment_id, close):
+ * the request the driver builds, as text: "METHOD URL", the header lines,
+ * an empty line and the body.
+ */
+Datum
+paysync_test_wechatpay_request(PG_FUNCTION_ARGS)
+{
+	char	   *base_url = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	Jsonb	   *options = PG_GETARG_JSONB_P(1);
+	char	   *payment_id = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	bool		is_close = PG_GETARG_BOOL(3);
+	void	   *config = wechatpay_compile("test", base_url, options);
+	HttpRequest request;
+	StringInfoData out;
+
+	memset(&request, 0, sizeof(request));
+	wechatpay_build_request(config, base_url, payment_id,
+							is_close ? CHECK_CLOSE : CHECK_QUERY, NULL, &request);
+	initStringInfo(&out);
+	appendStringInfo(&out, "%s %s\n", request.post ? "POST" : "GET", request.url);
+	for (int i = 0; i < request.n_headers; i++)
+		appendStringInfo(&out, "%s\n", request.headers[i]);
+	appendStringInfo(&out, "\n%s", request.body ? request.body : "");
+	PG_RETURN_TEXT_P(cstring_to_text(out.data));
+}

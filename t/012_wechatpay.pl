@@ -1,0 +1,586 @@
+# 012_wechatpay.pl: driver "wechatpay" (WeChat Pay API v3).
+#
+# Unit level, through test-only SQL functions: the request signature (checked
+# with openssl dgst -verify, an independent implementation), the request as
+# built (URL, headers, body), and the verification of answers (good, bad
+# signature, wrong key, tampered body, stale or future timestamp, missing
+# headers, another platform serial).  Then create_channel's checks of the
+# options, and end to end through the worker against t/mock/mock_wechatpay,
+# which verifies the merchant's request signatures and signs its answers
+# with the platform key: every trade_state, ORDER_NOT_EXIST, the amount
+# check, close on expiry (closed, paid meanwhile, close failing), and each
+# answer that fails verification staying an error, never a status.
+# Keys are made here with openssl; the private keys reach the server only
+# through pg_read_file(), so no statement text holds them, and the server
+# log is checked for them at the end.
+use strict;
+use warnings;
+
+use FindBin;
+use lib $FindBin::Bin;
+use File::Basename qw(basename);
+use IPC::Run;
+use MIME::Base64 qw(encode_base64 decode_base64);
+use PaysyncTest;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+
+my $MCHID = '1900009191';
+my $MERCHANT_SERIAL = '3775B6A45ACD588826D15E583A95F5DD2B0A1B2C';
+my $PLATFORM_SERIAL = '5157F09EFDC096DE15EBE81A47057A7232F1B8E1';
+
+my $dir = PostgreSQL::Test::Utils::tempdir();
+
+# ---------------------------------------------------------------- keys
+
+sub run_ok_quiet
+{
+	my @cmd = @_;
+	my ($out, $err) = ('', '');
+	IPC::Run::run(\@cmd, '>', \$out, '2>', \$err)
+	  or die "@cmd failed: $err";
+	return $out;
+}
+
+for my $name (qw(merchant platform other short))
+{
+	my $bits = $name eq 'short' ? 1024 : 2048;
+	run_ok_quiet('openssl', 'genpkey', '-algorithm', 'RSA', '-pkeyopt',
+		"rsa_keygen_bits:$bits", '-out', "$dir/$name.key");
+	run_ok_quiet('openssl', 'pkey', '-in', "$dir/$name.key", '-pubout',
+		'-out', "$dir/$name.pub");
+}
+# the platform key as WeChat Pay hands it out: in a certificate
+run_ok_quiet('openssl', 'req', '-x509', '-new', '-key', "$dir/platform.key",
+	'-subj', '/CN=Tenpay.com Root CA mock', '-days', '2', '-out', "$dir/platform.crt");
+
+sub slurp
+{
+	my ($path) = @_;
+	open my $fh, '<', $path or die "$path: $!";
+	local $/;
+	my $text = <$fh>;
+	close $fh;
+	return $text;
+}
+
+sub spew
+{
+	my ($path, $text) = @_;
+	open my $fh, '>', $path or die "$path: $!";
+	binmode $fh;
+	print $fh $text;
+	close $fh;
+}
+
+# SQL that reads a file on the server: keys never appear in statement text.
+sub file_sql
+{
+	my ($name) = @_;
+	return "pg_read_file('$dir/$name')";
+}
+
+# base64 SHA256withRSA signature of text by a key file, made by openssl.
+sub openssl_sign
+{
+	my ($key, $text) = @_;
+	spew("$dir/to_sign", $text);
+	run_ok_quiet('openssl', 'dgst', '-sha256', '-sign', "$dir/$key", '-out',
+		"$dir/signed.bin", "$dir/to_sign");
+	return encode_base64(slurp_bin("$dir/signed.bin"), '');
+}
+
+sub slurp_bin
+{
+	my ($path) = @_;
+	open my $fh, '<', $path or die "$path: $!";
+	binmode $fh;
+	local $/;
+	my $data = <$fh>;
+	close $fh;
+	return $data;
+}
+
+# True if openssl dgst -verify accepts signature_b64 of text by a public key.
+sub openssl_verifies
+{
+	my ($pub, $text, $signature_b64) = @_;
+	spew("$dir/to_verify", $text);
+	spew("$dir/signature.bin", decode_base64($signature_b64));
+	my ($out, $err) = ('', '');
+	IPC::Run::run(
+		[
+			'openssl', 'dgst', '-sha256', '-verify', "$dir/$pub",
+			'-signature', "$dir/signature.bin", "$dir/to_verify"
+		],
+		'>', \$out, '2>', \$err);
+	return $out =~ /Verified OK/ ? 1 : 0;
+}
+
+# ---------------------------------------------------------------- mock
+
+# Starts mock_wechatpay; returns port, log and handle.
+sub start_wechat_mock
+{
+	my $bin = "$FindBin::Bin/mock/mock_wechatpay";
+	die "mock not built: run make -C t/mock" unless -x $bin;
+	my $log = "$dir/mock.log";
+	my @cmd = (
+		$bin, '--port', '0', '--log', $log,
+		'--mchid', $MCHID,
+		'--merchant-serial', $MERCHANT_SERIAL,
+		'--merchant-public-key', "$dir/merchant.pub",
+		'--platform-private-key', "$dir/platform.key",
+		'--platform-serial', $PLATFORM_SERIAL,
+		'--amount', '100');
+	my ($out, $err) = ('', '');
+	my $handle = IPC::Run::start(\@cmd, '>', \$out, '2>', \$err);
+	my $deadline = time + 10;
+	while ($out !~ /port=(\d+)/ && time < $deadline)
+	{
+		$handle->pump_nb;
+		usleep(10_000);
+	}
+	die "mock_wechatpay did not start: $err" unless $out =~ /port=(\d+)/;
+	return { handle => $handle, port => $1, log => $log };
+}
+
+# The mock's log lines for a payment id: [us, method, path, id, status].
+sub mock_lines
+{
+	my ($mock, $id) = @_;
+	return () unless -e $mock->{log};
+	open my $fh, '<', $mock->{log} or die $!;
+	my @lines = grep { $_->[3] eq $id } map { chomp; [ split / / ] } <$fh>;
+	close $fh;
+	return @lines;
+}
+
+my $mock = start_wechat_mock();
+# Every statement and debug message is logged, so a key that leaked into
+# either would show in the check at the end.
+my $node = new_paysync_node('wechatpay',
+	conf => "log_statement = 'all'\nlog_min_messages = debug1\n");
+
+sub sql
+{
+	my ($query) = @_;
+	return $node->safe_psql('postgres', $query);
+}
+
+sub lit
+{
+	my ($s) = @_;
+	$s =~ s/'/''/g;
+	return "'$s'";
+}
+
+# ---------------------------------------------------------------- unit: request signature
+
+sql(q{
+CREATE FUNCTION public.wx_authorization(text, text, text, text, text, text, text, text)
+	RETURNS text AS '$libdir/paysync', 'paysync_test_wechatpay_authorization' LANGUAGE C STRICT;
+CREATE FUNCTION public.wx_verify(text, text, text, text, bigint)
+	RETURNS text AS '$libdir/paysync', 'paysync_test_wechatpay_verify' LANGUAGE C;
+CREATE FUNCTION public.wx_request(text, jsonb, text, boolean)
+	RETURNS text AS '$libdir/paysync', 'paysync_test_wechatpay_request' LANGUAGE C STRICT;
+});
+
+# Splits an Authorization value into its fields; undef if the form is wrong.
+sub auth_fields
+{
+	my ($header) = @_;
+	return undef
+	  unless $header =~ /^WECHATPAY2-SHA256-RSA2048 ((?:\w+="[^"]*",?)+)$/;
+	my %f = $1 =~ /(\w+)="([^"]*)"/g;
+	return \%f;
+}
+
+{
+	my $path = "/v3/pay/transactions/out-trade-no/T20261126001?mchid=$MCHID";
+	my $header = sql(
+		"SELECT wx_authorization(@{[file_sql('merchant.key')]}, '$MCHID', '$MERCHANT_SERIAL',"
+		  . " 'GET', '$path', '1554208460', '593BEC0C930BF1AFEB40B4A08C8FB242', '')");
+	my $f = auth_fields($header);
+	ok($f, 'the Authorization header has the WECHATPAY2-SHA256-RSA2048 form');
+	is_deeply(
+		[ @{$f}{qw(mchid nonce_str timestamp serial_no)} ],
+		[ $MCHID, '593BEC0C930BF1AFEB40B4A08C8FB242', '1554208460', $MERCHANT_SERIAL ],
+		'... with mchid, nonce_str, timestamp and serial_no');
+	my $message = "GET\n$path\n1554208460\n593BEC0C930BF1AFEB40B4A08C8FB242\n\n";
+	ok(openssl_verifies('merchant.pub', $message, $f->{signature}),
+		'a GET signature verifies with openssl dgst -verify and the merchant public key');
+	ok(!openssl_verifies('merchant.pub', "POST" . substr($message, 3), $f->{signature}),
+		'... and not for another message');
+	ok(!openssl_verifies('other.pub', $message, $f->{signature}),
+		'... nor with another public key');
+
+	my $body = qq{{"mchid":"$MCHID"}};
+	$header = sql(
+		"SELECT wx_authorization(@{[file_sql('merchant.key')]}, '$MCHID', '$MERCHANT_SERIAL',"
+		  . " 'POST', '/v3/pay/transactions/out-trade-no/T1/close', '1554208460', 'N1', "
+		  . lit($body) . ")");
+	$f = auth_fields($header);
+	ok( openssl_verifies(
+			'merchant.pub',
+			"POST\n/v3/pay/transactions/out-trade-no/T1/close\n1554208460\nN1\n$body\n",
+			$f->{signature}),
+		'a POST signature (body included) verifies with openssl');
+}
+
+# The request as the driver builds it for a channel.
+my $unit_options = "jsonb_build_object('mchid', '$MCHID', 'merchant_serial_no', '$MERCHANT_SERIAL',"
+  . " 'merchant_private_key', @{[file_sql('merchant.key')]},"
+  . " 'platform_public_key', @{[file_sql('platform.pub')]})";
+
+sub built_request
+{
+	my ($base, $id, $close) = @_;
+	my $text = sql("SELECT wx_request('$base', $unit_options, " . lit($id) . ", $close)");
+	my ($head, $body) = split /\n\n/, $text, 2;
+	my ($first, @headers) = split /\n/, $head;
+	my %h = map { /^([^:]+): (.*)$/ ? ($1, $2) : () } @headers;
+	return ($first, \%h, $body // '');
+}
+
+{
+	my $before = time;
+	my ($first, $h, $body) = built_request('http://127.0.0.1:1/proxy/', 'T 1/x~N', 'false');
+	is($first,
+		"GET http://127.0.0.1:1/proxy/v3/pay/transactions/out-trade-no/T%201%2Fx~N?mchid=$MCHID",
+		'the query goes to /v3/pay/transactions/out-trade-no/{id}?mchid= (id URL-encoded)');
+	is($h->{Accept}, 'application/json', '... with Accept: application/json');
+	is($body, '', '... and no body');
+	my $f = auth_fields($h->{Authorization} // '');
+	ok($f && $f->{nonce_str} =~ /^[0-9A-F]{32}$/, '... a fresh 32-digit nonce');
+	ok($f && abs($f->{timestamp} - $before) < 30, '... the current timestamp');
+	ok( $f && openssl_verifies('merchant.pub',
+			"GET\n/proxy/v3/pay/transactions/out-trade-no/T%201%2Fx~N?mchid=$MCHID\n"
+			  . "$f->{timestamp}\n$f->{nonce_str}\n\n", $f->{signature}),
+		'... signed over the path as sent (base_url path included), verified by openssl');
+	my (undef, $h2) = built_request('http://127.0.0.1:1/proxy/', 'T 1/x~N', 'false');
+	isnt(auth_fields($h2->{Authorization})->{nonce_str}, $f->{nonce_str},
+		'each request has its own nonce');
+
+	($first, $h, $body) = built_request('http://127.0.0.1:1', 'T2', 'true');
+	is($first, 'POST http://127.0.0.1:1/v3/pay/transactions/out-trade-no/T2/close',
+		'the close goes to POST .../out-trade-no/{id}/close');
+	is($body, qq{{"mchid":"$MCHID"}}, '... with body {"mchid": ...}');
+	is($h->{'Content-Type'}, 'application/json', '... as application/json');
+	$f = auth_fields($h->{Authorization} // '');
+	ok( $f && openssl_verifies('merchant.pub',
+			"POST\n/v3/pay/transactions/out-trade-no/T2/close\n$f->{timestamp}\n$f->{nonce_str}\n$body\n",
+			$f->{signature}),
+		'... signed with the body, verified by openssl');
+}
+
+# ---------------------------------------------------------------- unit: answer verification
+
+# Headers of an answer signed by key over (timestamp, nonce, signed_body).
+sub answer_headers
+{
+	my (%o) = @_;
+	my $ts = $o{timestamp} // int(time);
+	my $nonce = $o{nonce} // 'c5ac7061fccab6bf3e254dcf98995b8c';
+	my $sig = $o{signature}
+	  // openssl_sign($o{key} // 'platform.key', "$ts\n$nonce\n$o{signed_body}\n");
+	my %h = (
+		'Wechatpay-Timestamp' => $ts,
+		'Wechatpay-Nonce' => $nonce,
+		'Wechatpay-Signature' => $sig,
+		'Wechatpay-Serial' => $o{serial} // $PLATFORM_SERIAL,
+		'Wechatpay-Signature-Type' => $o{type} // 'WECHATPAY2-SHA256-RSA2048');
+	delete $h{$_} for @{ $o{drop} || [] };
+	return join("\n", map { "$_: $h{$_}" } sort keys %h);
+}
+
+sub verify_answer
+{
+	my ($headers, $body, %o) = @_;
+	my $serial = exists $o{serial} ? (defined $o{serial} ? lit($o{serial}) : 'NULL') : 'NULL';
+	my $now = $o{now} // int(time);
+	return sql("SELECT wx_verify(@{[file_sql($o{pub} // 'platform.pub')]}, $serial, "
+		  . lit($headers) . ', ' . lit($body) . ", $now)");
+}
+
+{
+	my $body = qq{{"mchid":"$MCHID","trade_state":"SUCCESS","trade_state_desc":"支付成功","amount":{"total":100,"currency":"CNY"}}};
+	my $now = int(time);
+	my $good = answer_headers(signed_body => $body, timestamp => $now);
+
+	is(verify_answer($good, $body), 'ok', 'a signed answer verifies');
+	is(verify_answer($good, $body, pub => 'platform.crt'), 'ok',
+		'... also with the platform certificate as platform_public_key');
+	is(verify_answer($good, $body, serial => $PLATFORM_SERIAL), 'ok',
+		'... and with platform_serial set to its Wechatpay-Serial');
+	like(verify_answer($good, $body, serial => 'PUB_KEY_ID_0000000001'),
+		qr/not platform_serial/, 'another Wechatpay-Serial than platform_serial is refused');
+	like(verify_answer($good, $body, pub => 'other.pub'),
+		qr/does not verify with platform_public_key/, 'a signature by another key is refused (wrong key)');
+	like(
+		verify_answer(
+			answer_headers(signed_body => $body, key => 'other.key', timestamp => $now), $body),
+		qr/does not verify/, 'an answer signed with the wrong private key is refused');
+	(my $tampered = $body) =~ s/"total":100/"total":1/;
+	like(verify_answer($good, $tampered), qr/does not verify/, 'a tampered body is refused');
+	like(verify_answer($good, "$body "), qr/does not verify/, '... even by one trailing space');
+	like(
+		verify_answer(
+			answer_headers(signed_body => $body, signature => 'WECHATPAY/SIGNTEST/' . ('A' x 40)),
+			$body),
+		qr/does not verify.*signature test/, 'a WeChat Pay signature test probe is refused');
+	like(
+		verify_answer(
+			answer_headers(signed_body => $body, signature => encode_base64('x' x 256, '')), $body),
+		qr/does not verify/, 'a bad signature is refused');
+	like(
+		verify_answer(
+			answer_headers(signed_body => $body, timestamp => $now - 600), $body, now => $now),
+		qr/Timestamp is -600 s off/, 'a correctly signed answer ten minutes old is refused (stale)');
+	like(
+		verify_answer(
+			answer_headers(signed_body => $body, timestamp => $now + 400), $body, now => $now),
+		qr/Timestamp is 400 s off/, '... as is one from the future');
+	is( verify_answer(
+			answer_headers(signed_body => $body, timestamp => $now - 290), $body, now => $now),
+		'ok', '... but 290 s is within the five minutes');
+	for my $h (qw(Wechatpay-Timestamp Wechatpay-Nonce Wechatpay-Signature))
+	{
+		like(verify_answer(answer_headers(signed_body => $body, drop => [$h]), $body),
+			qr/not signed \(no $h header\)/, "an answer without $h is refused");
+	}
+	like(
+		verify_answer(answer_headers(signed_body => $body, drop => ['Wechatpay-Serial']),
+			$body, serial => $PLATFORM_SERIAL),
+		qr/no Wechatpay-Serial/, 'no Wechatpay-Serial with platform_serial set is refused');
+	like(
+		verify_answer(answer_headers(signed_body => $body, type => 'WECHATPAY2-SM2-WITH-SM3'),
+			$body),
+		qr/signed with WECHATPAY2-SM2-WITH-SM3/, 'another signature type is refused');
+	is(verify_answer(answer_headers(signed_body => '', timestamp => $now), ''),
+		'ok', 'an empty body (204) verifies over "timestamp\\nnonce\\n\\n"');
+}
+
+# ---------------------------------------------------------------- create_channel
+
+my $base = "http://127.0.0.1:$mock->{port}";
+
+sub options_sql
+{
+	my (%o) = @_;
+	my %v = (
+		mchid => lit($MCHID),
+		merchant_serial_no => lit($MERCHANT_SERIAL),
+		merchant_private_key => file_sql('merchant.key'),
+		platform_public_key => file_sql('platform.pub'),
+		%o);
+	return 'jsonb_build_object('
+	  . join(', ', map { lit($_) . ", $v{$_}" } grep { defined $v{$_} } sort keys %v) . ')';
+}
+
+sub create_channel
+{
+	my ($name, %o) = @_;
+	return $node->psql('postgres',
+		"SELECT paysync.create_channel('$name', 'wechatpay', '$base', " . options_sql(%o) . ')');
+}
+
+{
+	my $merchant_key = slurp("$dir/merchant.key");
+	my ($key_line) = grep { length($_) > 40 && !/-----/ } split /\n/, $merchant_key;
+	my @bad = (
+		[ 'a key that does not parse', merchant_private_key => lit('-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----'), qr/invalid option "merchant_private_key"/ ],
+		[ 'a public key as the private key', merchant_private_key => file_sql('merchant.pub'), qr/invalid option "merchant_private_key"/ ],
+		[ 'a 1024-bit key', merchant_private_key => file_sql('short.key'), qr/invalid option "merchant_private_key".*1024 bits/ ],
+		[ 'a platform key that does not parse', platform_public_key => lit('garbage'), qr/invalid option "platform_public_key"/ ],
+		[ 'a private key as the platform key', platform_public_key => file_sql('platform.key'), qr/invalid option "platform_public_key"/ ],
+		[ 'no merchant_private_key', merchant_private_key => undef, qr/needs option "merchant_private_key"/ ],
+		[ 'no platform_public_key', platform_public_key => undef, qr/needs option "platform_public_key"/ ],
+		[ 'no mchid', mchid => undef, qr/needs option "mchid"/ ],
+		[ 'a mchid with a quote', mchid => lit('19"00'), qr/invalid option "mchid"/ ],
+		[ 'no merchant_serial_no', merchant_serial_no => undef, qr/needs option "merchant_serial_no"/ ],
+		[ 'a bad platform_serial', platform_serial => lit('a b'), qr/invalid option "platform_serial"/ ],
+		[ 'an unknown option', appid => lit('wx1'), qr/unknown option "appid"/ ],
+	);
+	for my $case (@bad)
+	{
+		my ($what, $key, $value, $re) = @$case;
+		my ($ret, $out, $err) = create_channel('wx_bad', $key => $value);
+		isnt($ret, 0, "create_channel refuses $what");
+		like($err, $re, "... the ERROR names the option ($what)");
+		like($err, qr/channel "wx_bad"/, "... and the channel ($what)");
+		unlike($err, qr/\Q$key_line\E|not a key|garbage/, "... and shows no key material ($what)");
+	}
+	my ($ret, $out, $err) = $node->psql('postgres',
+		"SELECT paysync.create_channel('wx_bad', 'wechatpay', '$base?x=1', " . options_sql() . ')');
+	like($err, qr/no query or fragment/, 'a base_url with a query is refused (it would not be signed)');
+	($ret, $out, $err) = $node->psql('postgres',
+		"SELECT paysync.create_channel('wx_bad', 'wechatpay', '$base', "
+		  . options_sql() . " || '{\"close_on_expiry\": \"yes\"}')");
+	like($err, qr/close_on_expiry/, 'close_on_expiry must be a boolean');
+	is(sql(q{SELECT count(*) FROM paysync.channels WHERE name = 'wx_bad'}), '0',
+		'no refused channel was created');
+}
+
+# ---------------------------------------------------------------- end to end
+
+is((create_channel('wx', platform_serial => lit($PLATFORM_SERIAL)))[0], 0,
+	'channel wx created (close_on_expiry by default)');
+is((create_channel('wx_cert', platform_public_key => file_sql('platform.crt')))[0], 0,
+	'channel wx_cert created with the platform certificate');
+is((create_channel('wx_keep', close_on_expiry => 'false'))[0], 0,
+	'channel wx_keep created with close_on_expiry false');
+is((create_channel('wx_badkey', merchant_private_key => file_sql('other.key')))[0], 0,
+	'channel wx_badkey created with a key the channel does not know');
+
+# [id, channel, schedule, amount_minor, currency]; a one-delay schedule is
+# used up by the first NOTPAY, so the exp_ ones are closed (or expired) then
+my @tracked = (
+	[ 'pay~N,N,S', 'wx', '{1s,1s,1s,1s,1s}' , 100, 'CNY' ],
+	[ 'pay_cert~U,S', 'wx_cert', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
+	[ 'notexist~O,N,S', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
+	[ 'refund~R', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
+	[ 'failed~F', 'wx', '{1s,1s,1s,1s,1s}' ],
+	[ 'closed~C', 'wx', '{1s,1s,1s,1s,1s}' ],
+	[ 'revoked~V', 'wx', '{1s,1s,1s,1s,1s}' ],
+	[ 'mismatch~A', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
+	[ 'currency~Y', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
+	[ 'err500~E500,S', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
+	[ 'unknown~Q', 'wx', '{1s,1s,1s,1s,1s}' ],
+	[ 'exp_close~N,X', 'wx', '{1s}' ],
+	[ 'exp_paid~N,P', 'wx', '{1s}' ],
+	[ 'exp_closed~N,D', 'wx', '{1s}' ],
+	[ 'exp_retry~N,E503,X', 'wx', '{1s}' ],
+	[ 'exp_badsig~N,Xt', 'wx', '{1s}' ],
+	[ 'exp_keep~N', 'wx_keep', '{1s}' ],
+	[ 'v_tampered~St', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
+	[ 'v_wrongkey~Sk', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
+	[ 'v_garbage~Sg', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
+	[ 'v_stale~Sz', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
+	[ 'v_noheaders~Sh', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
+	[ 'v_serial~Sw', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
+	[ 'v_notexist~Ot', 'wx', '{1s,1s,1s,1s,1s}' ],
+	[ 'v_paid~N,Pk', 'wx', '{1s}' ],
+	[ 'badkey~S', 'wx_badkey', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
+);
+sql(join(";\n",
+	map {
+		my ($id, $ch, $sched, $amount, $cur) = @$_;
+		"SELECT paysync.track(" . lit($id) . ", '$ch', "
+		  . ($amount ? "$amount, '$cur'" : 'NULL, NULL')
+		  . ", schedule => '$sched')"
+	} @tracked));
+
+sub wait_row
+{
+	my ($id, $cols, $expected, $what) = @_;
+	return wait_for_sql($node,
+		"SELECT $cols FROM paysync.payments WHERE payment_id = " . lit($id),
+		$expected, $what);
+}
+
+sub events_of
+{
+	my ($id) = @_;
+	return sql("SELECT string_agg(previous || '>' || status || '|' || coalesce(channel_status, '') || '|' || source, ' ' ORDER BY event_id)"
+		  . " FROM paysync.events WHERE payment_id = " . lit($id));
+}
+
+wait_row('pay~N,N,S', 'status, channel_status', 'succeeded|SUCCESS',
+	'NOTPAY, NOTPAY, SUCCESS -> succeeded');
+is(events_of('pay~N,N,S'), 'pending>succeeded|SUCCESS|poll', '... one event, source poll');
+is(scalar(grep { $_->[4] eq '200' } mock_lines($mock, 'pay~N,N,S')), 3,
+	'... three queries, each accepted by the mock\'s signature check');
+wait_row('pay_cert~U,S', 'status', 'succeeded',
+	'USERPAYING then SUCCESS -> succeeded (platform key given as a certificate)');
+wait_row('notexist~O,N,S', 'status, step', 'succeeded|3',
+	'ORDER_NOT_EXIST (HTTP 404) is pending, then NOTPAY, then SUCCESS');
+wait_row('refund~R', 'status, channel_status', 'succeeded|REFUND', 'REFUND -> succeeded');
+wait_row('failed~F', 'status, channel_status', 'failed|PAYERROR', 'PAYERROR -> failed');
+wait_row('closed~C', 'status, channel_status', 'closed|CLOSED', 'CLOSED -> closed');
+is(events_of('closed~C'), 'pending>closed|CLOSED|poll', '... source poll');
+wait_row('revoked~V', 'status, channel_status', 'cancelled|REVOKED', 'REVOKED -> cancelled');
+wait_row('mismatch~A', 'status, last_error',
+	'failed|amount mismatch: expected 100 CNY, channel reports 101 CNY',
+	'SUCCESS with another amount.total -> failed, amount mismatch');
+is(events_of('mismatch~A'), 'pending>failed|SUCCESS|poll', '... with its event');
+wait_row('currency~Y', 'status, last_error',
+	'failed|amount mismatch: expected 100 CNY, channel reports 100 USD',
+	'SUCCESS in another currency -> failed');
+wait_row('err500~E500,S', 'status, errors, attempts', 'succeeded|0|2',
+	'HTTP 500 is an error, retried, then succeeded');
+wait_row('unknown~Q', q{status || '|' || (errors >= 1) || '|' || last_error},
+	'pending|true|unknown trade_state "BRAND_NEW"', 'an unknown trade_state is an error');
+
+# close on expiry
+wait_row('exp_close~N,X', 'status, channel_status', 'closed|CLOSED',
+	'schedule used up: the trade is closed at the channel -> closed');
+is(events_of('exp_close~N,X'), 'pending>closed|CLOSED|expiry', '... event source expiry');
+is( join(',', map { "$_->[1] $_->[4]" } mock_lines($mock, 'exp_close~N,X')),
+	'GET 200,POST 204', '... one query, then one close (POST .../close, 204)');
+like((mock_lines($mock, 'exp_close~N,X'))[1][2], qr{/out-trade-no/exp_close~N%2CX/close$},
+	'... to the close endpoint of that order');
+wait_row('exp_paid~N,P', 'status, channel_status', 'succeeded|ORDERPAID',
+	'paid meanwhile (close answers ORDERPAID) -> succeeded');
+wait_row('exp_closed~N,D', 'status, channel_status', 'closed|ORDER_CLOSED',
+	'closed already (close answers ORDER_CLOSED) -> closed');
+wait_row('exp_retry~N,E503,X', 'status, errors', 'closed|0',
+	'a failed close (HTTP 503) is retried as an error, then closed');
+is(scalar(grep { $_->[1] eq 'POST' } mock_lines($mock, 'exp_retry~N,E503,X')), 2,
+	'... two close requests');
+wait_row('exp_keep~N', 'status', 'expired', 'close_on_expiry false: expired');
+is(events_of('exp_keep~N'), 'pending>expired|NOTPAY|expiry', '... source expiry');
+is(scalar(grep { $_->[1] eq 'POST' } mock_lines($mock, 'exp_keep~N')), 0,
+	'... and no close request');
+
+# answers that fail verification: errors, never a status
+my @unverified = (
+	[ 'v_tampered~St', qr/does not verify with platform_public_key/, 'tampered body' ],
+	[ 'v_wrongkey~Sk', qr/does not verify with platform_public_key/, 'signed with the wrong key' ],
+	[ 'v_garbage~Sg', qr/does not verify.*signature test/, 'a garbage signature' ],
+	[ 'v_stale~Sz', qr/Timestamp is -60\d s off/, 'a stale timestamp (10 minutes)' ],
+	[ 'v_noheaders~Sh', qr/not signed \(no Wechatpay-Timestamp header\)/, 'no signature headers' ],
+	[ 'v_serial~Sw', qr/not platform_serial/, 'another Wechatpay-Serial' ],
+	[ 'v_notexist~Ot', qr/does not verify/, 'a tampered ORDER_NOT_EXIST' ],
+	[ 'v_paid~N,Pk', qr/does not verify/, 'an ORDERPAID close answer by the wrong key' ],
+	[ 'exp_badsig~N,Xt', qr/does not verify/, 'a tampered 204 close answer' ],
+	[ 'badkey~S', qr/HTTP 401 from the channel: SIGN_ERROR: it refused the request signature/,
+		'a request signed with a key the channel does not know (401 SIGN_ERROR)' ],
+);
+for my $case (@unverified)
+{
+	my ($id, $re, $what) = @$case;
+	wait_row($id, 'errors >= 2', 't', "$what: retried as an error");
+	my ($status, $error) = split /\|/, sql(
+		'SELECT status, last_error FROM paysync.payments WHERE payment_id = ' . lit($id)), 2;
+	is($status, 'pending', "$what: never a status");
+	like($error, $re, "$what: last_error says why");
+	is(events_of($id), '', "$what: no event");
+}
+ok( (grep { $_->[4] eq '200' } mock_lines($mock, 'v_tampered~St')),
+	'the tampered answers were 200s from the mock (refused by the driver, not the mock)');
+ok(!(grep { $_->[4] ne '401' } mock_lines($mock, 'badkey~S')),
+	'the mock refused every request signed with the unknown key');
+is(sql(q{SELECT closing FROM paysync.payments WHERE payment_id = 'exp_badsig~N,Xt'}), 't',
+	'the payment whose close answer fails verification is still closing');
+
+# ---------------------------------------------------------------- secrets
+
+$node->stop;
+my $log = slurp($node->logfile);
+my $leaks = 0;
+for my $key (qw(merchant other))
+{
+	for my $line (grep { length($_) > 40 && !/-----/ } split /\n/, slurp("$dir/$key.key"))
+	{
+		$leaks++ if index($log, $line) >= 0;
+	}
+}
+is($leaks, 0, 'no line of a private key is in the server log');
+
+$mock->{handle}->signal('TERM');
+$mock->{handle}->finish;
+
+done_testing();

@@ -1,0 +1,932 @@
+/*-------------------------------------------------------------------------
+ *
+ * mock_wechatpay.c
+ *	  A mock of WeChat Pay API v3 for the paysync tests of driver
+ *	  "wechatpay": query by merchant order number and close order.
+ *
+ * Requests are checked the way WeChat Pay checks them:
+ *
+ *	  Authorization: WECHATPAY2-SHA256-RSA2048 mchid="..",nonce_str="..",
+ *		  signature="..",timestamp="..",serial_no=".."
+ *
+ * the signature (SHA256withRSA, base64) of "METHOD\nURI\nTIMESTAMP\nNONCE\n
+ * BODY\n" (URI: the request target as sent, query included) must verify
+ * with the merchant's public key (--merchant-public-key), mchid and
+ * serial_no must be --mchid and --merchant-serial, and the timestamp within
+ * five minutes of the clock; otherwise the answer is 401
+ * {"code":"SIGN_ERROR",...}, unsigned.  Accept (and for POST Content-Type)
+ * must be application/json, else 400 INVALID_REQUEST.  Routes:
+ *
+ *	  GET  /v3/pay/transactions/out-trade-no/{id}?mchid={mchid}
+ *	  POST /v3/pay/transactions/out-trade-no/{id}/close  {"mchid":"{mchid}"}
+ *
+ * (another mchid: 400 PARAM_ERROR; another path: 404 NOT_FOUND).  Every
+ * answer to a request whose signature verified is signed with the platform
+ * private key (--platform-private-key): headers Wechatpay-Timestamp,
+ * Wechatpay-Nonce, Wechatpay-Signature (of "TIMESTAMP\nNONCE\nBODY\n"),
+ * Wechatpay-Serial (--platform-serial) and Wechatpay-Signature-Type.
+ *
+ * Script: the payment id is "<anything>~<steps>" (split at the last "~";
+ * no "~" means "S").  The Nth request for an id, query or close, performs
+ * the Nth step; after the last step the last one repeats.
+ *
+ *	  steps := step { "," step }
+ *	  step  := letter [ code ] { modifier } [ "*" N ]
+ *
+ *	  letters for a query (200 with that trade_state unless said):
+ *		N NOTPAY		U USERPAYING	S SUCCESS		R REFUND
+ *		C CLOSED		V REVOKED		F PAYERROR		Q BRAND_NEW (unknown)
+ *		A SUCCESS, amount.total one more than --amount
+ *		Y SUCCESS, amount.currency USD
+ *		O 404 {"code":"ORDER_NOT_EXIST",...}
+ *	  letters for a close:
+ *		X 204 (closed)	P 400 ORDERPAID	D 400 ORDER_CLOSED
+ *	  for either:
+ *		E<code>  that HTTP status, {"code":"SYSTEM_ERROR"} (5xx) or
+ *				 {"code":"PARAM_ERROR"} (others)
+ *	  a query letter for a close or a close letter for a query answers
+ *	  400 {"code":"INVALID_REQUEST"} (the script did not expect it).
+ *
+ *	  modifiers (lower case), spoiling the answer's signature:
+ *		t  tampered body: the signature is over other bytes
+ *		k  signed with another key (made at start-up)
+ *		g  garbage signature (like WeChat Pay's WECHATPAY/SIGNTEST/ probes)
+ *		h  no Wechatpay-* headers at all
+ *		w  Wechatpay-Serial of another certificate
+ *		z  stale: Wechatpay-Timestamp ten minutes old (correctly signed)
+ *
+ *	  e.g. "T1~N,N,S" NOTPAY twice then SUCCESS; "T2~N,X" NOTPAY then a
+ *	  close that succeeds; "T3~St" a SUCCESS whose signature is over other
+ *	  bytes.
+ *
+ * Log (--log FILE): one line per request (control-free), written at once:
+ *	  <unix_us> <METHOD> <path> <id or -> <HTTP status>
+ *
+ * Threads: one per connection; --latency-ms delays each answer.
+ *
+ * IDENTIFICATION
+ *	  t/mock/mock_wechatpay.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#define _GNU_SOURCE
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/rsa.h>
+
+#define MAX_BODY		(64 * 1024)
+#define QUERY_PREFIX	"/v3/pay/transactions/out-trade-no/"
+#define SCHEME			"WECHATPAY2-SHA256-RSA2048"
+#define MAX_SKEW_S		300
+#define STALE_S			600
+
+/* Per-request state; the URI log callback creates it. */
+typedef struct Request
+{
+	char	   *uri;			/* request target as sent */
+	struct timeval arrival;
+	bool		started;
+	char	   *body;
+	size_t		body_len;
+	bool		body_overflow;
+} Request;
+
+/* One step of a script. */
+typedef struct Step
+{
+	char		letter;
+	long		code;			/* E<code> */
+	char		modifiers[8];
+} Step;
+
+/* An answer before it is signed and sent. */
+typedef struct Answer
+{
+	unsigned int status;
+	char	   *body;			/* malloc'd, "" for none */
+	bool		sign;			/* add the Wechatpay-* headers */
+	const char *modifiers;
+} Answer;
+
+static unsigned int opt_port = 0;
+static const char *opt_log = NULL;
+static const char *opt_mchid = NULL;
+static const char *opt_merchant_serial = NULL;
+static const char *opt_platform_serial = NULL;
+static long opt_amount = 100;
+static long opt_latency_ms = 0;
+static EVP_PKEY *merchant_public_key = NULL;
+static EVP_PKEY *platform_private_key = NULL;
+static EVP_PKEY *other_private_key = NULL;
+static int	log_fd = -1;
+
+/* Attempts per payment id: id -> integer. */
+static json_t *attempts;
+static pthread_mutex_t attempts_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Prints a message and exits with status 2. */
+static void
+die(const char *msg, const char *detail)
+{
+	fprintf(stderr, "mock_wechatpay: %s%s%s\n", msg, detail ? ": " : "", detail ? detail : "");
+	exit(2);
+}
+
+/* Loads a PEM key file: a private key, or a public key. */
+static EVP_PKEY *
+load_key(const char *path, bool private_key)
+{
+	FILE	   *f = fopen(path, "r");
+	EVP_PKEY   *key;
+
+	if (f == NULL)
+		die("cannot open key file", path);
+	key = private_key ? PEM_read_PrivateKey(f, NULL, NULL, NULL) :
+		PEM_read_PUBKEY(f, NULL, NULL, NULL);
+	fclose(f);
+	if (key == NULL)
+		die("cannot read key", path);
+	return key;
+}
+
+/* Base64 of data, malloc'd. */
+static char *
+b64_encode(const unsigned char *data, size_t len)
+{
+	char	   *out = malloc(4 * ((len + 2) / 3) + 1);
+
+	if (out == NULL)
+		die("out of memory", NULL);
+	EVP_EncodeBlock((unsigned char *) out, data, (int) len);
+	return out;
+}
+
+/* SHA256withRSA signature of data by key, base64, malloc'd. */
+static char *
+sign_b64(EVP_PKEY *key, const char *data, size_t len)
+{
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	unsigned char sig[1024];
+	size_t		sig_len = sizeof(sig);
+
+	if (ctx == NULL ||
+		EVP_DigestSignInit(ctx, NULL, EVP_sha256(), NULL, key) != 1 ||
+		EVP_DigestSign(ctx, sig, &sig_len, (const unsigned char *) data, len) != 1)
+		die("signing failed", NULL);
+	EVP_MD_CTX_free(ctx);
+	return b64_encode(sig, sig_len);
+}
+
+/* True if signature_b64 is key's SHA256withRSA signature of data. */
+static bool
+verify_b64(EVP_PKEY *key, const char *data, size_t len, const char *signature_b64)
+{
+	size_t		b64_len = strlen(signature_b64);
+	unsigned char sig[1024];
+	int			n;
+	EVP_MD_CTX *ctx;
+	bool		ok;
+
+	if (b64_len == 0 || b64_len % 4 != 0 || b64_len / 4 * 3 > sizeof(sig))
+		return false;
+	n = EVP_DecodeBlock(sig, (const unsigned char *) signature_b64, (int) b64_len);
+	if (n < 0)
+		return false;
+	if (signature_b64[b64_len - 1] == '=')
+		n--;
+	if (signature_b64[b64_len - 2] == '=')
+		n--;
+	ctx = EVP_MD_CTX_new();
+	ok = ctx != NULL &&
+		EVP_DigestVerifyInit(ctx, NULL, EVP_sha256(), NULL, key) == 1 &&
+		EVP_DigestVerify(ctx, sig, (size_t) n, (const unsigned char *) data, len) == 1;
+	EVP_MD_CTX_free(ctx);
+	return ok;
+}
+
+/* Random hex of nbytes bytes into out (2 * nbytes + 1 chars). */
+static void
+random_hex(char *out, size_t nbytes)
+{
+	unsigned char buf[32];
+
+	if (nbytes > sizeof(buf) || RAND_bytes(buf, (int) nbytes) != 1)
+		die("no random bytes", NULL);
+	for (size_t i = 0; i < nbytes; i++)
+		sprintf(out + 2 * i, "%02X", buf[i]);
+}
+
+/* malloc'd printf. */
+static char *
+format(const char *fmt,...)
+{
+	va_list		args;
+	char	   *out;
+
+	va_start(args, fmt);
+	if (vasprintf(&out, fmt, args) < 0)
+		die("out of memory", NULL);
+	va_end(args);
+	return out;
+}
+
+/* Value of a hex digit, or -1. */
+static int
+hex_value(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* Percent-decodes len bytes of src into a malloc'd string. */
+static char *
+percent_decode(const char *src, size_t len)
+{
+	char	   *out = malloc(len + 1);
+	size_t		o = 0;
+
+	if (out == NULL)
+		die("out of memory", NULL);
+	for (size_t i = 0; i < len; i++)
+	{
+		if (src[i] == '%' && i + 2 < len &&
+			hex_value(src[i + 1]) >= 0 && hex_value(src[i + 2]) >= 0)
+		{
+			out[o++] = (char) (hex_value(src[i + 1]) * 16 + hex_value(src[i + 2]));
+			i += 2;
+		}
+		else
+			out[o++] = src[i];
+	}
+	out[o] = '\0';
+	return out;
+}
+
+/* Counts one more request for id; returns its number, from 1. */
+static long
+next_attempt(const char *id)
+{
+	json_t	   *count;
+	long		n;
+
+	pthread_mutex_lock(&attempts_lock);
+	count = json_object_get(attempts, id);
+	n = count ? (long) json_integer_value(count) + 1 : 1;
+	json_object_set_new(attempts, id, json_integer(n));
+	pthread_mutex_unlock(&attempts_lock);
+	return n;
+}
+
+/*
+ * Picks the step of script for attempt (from 1).  False if the script does
+ * not parse.
+ */
+static bool
+script_step(const char *script, long attempt, Step *out)
+{
+	const char *p = script;
+	long		index = attempt - 1;
+	bool		chosen = false;
+	Step		cur;
+
+	for (;;)
+	{
+		long		repeat = 1;
+		size_t		m = 0;
+
+		memset(&cur, 0, sizeof(cur));
+		if (!strchr("NUSRCVFQAYOXPDE", *p) || *p == '\0')
+			return false;
+		cur.letter = *p++;
+		if (cur.letter == 'E')
+		{
+			char	   *end;
+
+			cur.code = strtol(p, &end, 10);
+			if (end == p || cur.code < 100 || cur.code > 599)
+				return false;
+			p = end;
+		}
+		while (*p && strchr("tkghwz", *p))
+		{
+			if (m + 1 >= sizeof(cur.modifiers))
+				return false;
+			cur.modifiers[m++] = *p++;
+		}
+		if (*p == '*')
+		{
+			char	   *end;
+
+			repeat = strtol(p + 1, &end, 10);
+			if (end == p + 1 || repeat < 1)
+				return false;
+			p = end;
+		}
+		if (!chosen)
+		{
+			if (index < repeat)
+			{
+				*out = cur;
+				chosen = true;
+			}
+			else
+				index -= repeat;
+		}
+		if (*p == '\0')
+			break;
+		if (*p != ',')
+			return false;
+		p++;
+	}
+	if (!chosen)
+		*out = cur;
+	return true;
+}
+
+/* An answer with a JSON error body {"code":..,"message":..}. */
+static Answer
+error_answer(unsigned int status, const char *code, const char *message, bool sign)
+{
+	Answer		a = {status, NULL, sign, ""};
+	json_t	   *o = json_pack("{s:s,s:s}", "code", code, "message", message);
+
+	a.body = json_dumps(o, JSON_COMPACT);
+	json_decref(o);
+	return a;
+}
+
+/* A query answer with trade_state for id. */
+static Answer
+trade_answer(const char *id, const char *state, long total, const char *currency)
+{
+	Answer		a = {200, NULL, true, ""};
+	bool		paid = strcmp(state, "SUCCESS") == 0 || strcmp(state, "REFUND") == 0;
+	json_t	   *amount = json_pack("{s:I,s:s}", "total", (json_int_t) total,
+								   "currency", currency);
+	json_t	   *o;
+
+	if (paid)
+	{
+		json_object_set_new(amount, "payer_total", json_integer(total));
+		json_object_set_new(amount, "payer_currency", json_string(currency));
+	}
+	o = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:o}",
+				  "appid", "wxd678efh567hg6787",
+				  "mchid", opt_mchid,
+				  "out_trade_no", id,
+				  "trade_type", "NATIVE",
+				  "trade_state", state,
+				  "trade_state_desc", paid ? "支付成功" : "订单状态",
+				  "attach", "",
+				  "amount", amount);
+	if (paid)
+	{
+		json_object_set_new(o, "transaction_id", json_string("4200000000202611260000000001"));
+		json_object_set_new(o, "success_time", json_string("2026-11-26T10:34:56+08:00"));
+		json_object_set_new(o, "bank_type", json_string("OTHERS"));
+	}
+	a.body = json_dumps(o, JSON_COMPACT);
+	json_decref(o);
+	return a;
+}
+
+/* The answer the script gives to a query (is_close false) or a close. */
+static Answer
+scripted_answer(const char *id, bool is_close, const Step *step)
+{
+	Answer		a;
+	bool		close_letter = strchr("XPD", step->letter) != NULL;
+
+	if (step->letter == 'E')
+		a = error_answer((unsigned int) step->code,
+						 step->code >= 500 ? "SYSTEM_ERROR" : "PARAM_ERROR",
+						 "scripted error", true);
+	else if (close_letter != is_close)
+		a = error_answer(400, "INVALID_REQUEST",
+						 is_close ? "mock script: no close expected here" :
+						 "mock script: a close was expected here", true);
+	else
+	{
+		switch (step->letter)
+		{
+			case 'N':
+				a = trade_answer(id, "NOTPAY", opt_amount, "CNY");
+				break;
+			case 'U':
+				a = trade_answer(id, "USERPAYING", opt_amount, "CNY");
+				break;
+			case 'S':
+				a = trade_answer(id, "SUCCESS", opt_amount, "CNY");
+				break;
+			case 'A':
+				a = trade_answer(id, "SUCCESS", opt_amount + 1, "CNY");
+				break;
+			case 'Y':
+				a = trade_answer(id, "SUCCESS", opt_amount, "USD");
+				break;
+			case 'R':
+				a = trade_answer(id, "REFUND", opt_amount, "CNY");
+				break;
+			case 'C':
+				a = trade_answer(id, "CLOSED", opt_amount, "CNY");
+				break;
+			case 'V':
+				a = trade_answer(id, "REVOKED", opt_amount, "CNY");
+				break;
+			case 'F':
+				a = trade_answer(id, "PAYERROR", opt_amount, "CNY");
+				break;
+			case 'Q':
+				a = trade_answer(id, "BRAND_NEW", opt_amount, "CNY");
+				break;
+			case 'O':
+				a = error_answer(404, "ORDER_NOT_EXIST", "订单不存在", true);
+				break;
+			case 'X':
+				a = (Answer) {204, strdup(""), true, ""};
+				break;
+			case 'P':
+				a = error_answer(400, "ORDERPAID", "订单已支付", true);
+				break;
+			default:			/* 'D' */
+				a = error_answer(400, "ORDER_CLOSED", "订单已关闭", true);
+				break;
+		}
+	}
+	a.modifiers = step->modifiers;
+	return a;
+}
+
+/*
+ * Checks the request's Authorization the way WeChat Pay does; NULL if it
+ * is good, else why not.
+ */
+static const char *
+check_authorization(struct MHD_Connection *conn, const char *method,
+					const Request *req)
+{
+	const char *auth = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization");
+	char		mchid[64] = "",
+				nonce[128] = "",
+				signature[1024] = "",
+				timestamp[32] = "",
+				serial[128] = "";
+	const char *p;
+	char	   *message;
+	bool		ok;
+	long long	stamp;
+
+	if (auth == NULL || strncmp(auth, SCHEME " ", strlen(SCHEME) + 1) != 0)
+		return "Authorization is missing or not " SCHEME;
+	p = auth + strlen(SCHEME) + 1;
+	while (*p)
+	{
+		const char *eq = strchr(p, '=');
+		const char *end;
+		char	   *slot = NULL;
+		size_t		size = 0;
+		size_t		name_len;
+
+		if (eq == NULL || eq[1] != '"' || (end = strchr(eq + 2, '"')) == NULL)
+			return "Authorization does not parse";
+		name_len = (size_t) (eq - p);
+#define FIELD(name, buf) \
+		if (name_len == strlen(name) && strncmp(p, name, name_len) == 0) \
+			slot = buf, size = sizeof(buf)
+		FIELD("mchid", mchid);
+		FIELD("nonce_str", nonce);
+		FIELD("signature", signature);
+		FIELD("timestamp", timestamp);
+		FIELD("serial_no", serial);
+#undef FIELD
+		if (slot != NULL && (size_t) (end - eq - 2) < size)
+		{
+			memcpy(slot, eq + 2, end - eq - 2);
+			slot[end - eq - 2] = '\0';
+		}
+		p = end + 1;
+		if (*p == ',')
+			p++;
+		while (*p == ' ')
+			p++;
+	}
+	if (!mchid[0] || !nonce[0] || !signature[0] || !timestamp[0] || !serial[0])
+		return "Authorization lacks a field";
+	if (strcmp(mchid, opt_mchid) != 0)
+		return "mchid is not the merchant's";
+	if (strcmp(serial, opt_merchant_serial) != 0)
+		return "serial_no is not the merchant certificate's";
+	stamp = strtoll(timestamp, NULL, 10);
+	if (llabs(stamp - (long long) time(NULL)) > MAX_SKEW_S)
+		return "timestamp is too far from the clock";
+	message = format("%s\n%s\n%s\n%s\n%.*s\n", method, req->uri, timestamp, nonce,
+					 (int) req->body_len, req->body ? req->body : "");
+	ok = verify_b64(merchant_public_key, message, strlen(message), signature);
+	free(message);
+	return ok ? NULL : "signature does not verify";
+}
+
+/* Queues answer a, signed as its modifiers say; frees its body. */
+static enum MHD_Result
+send_answer(struct MHD_Connection *conn, Answer *a)
+{
+	struct MHD_Response *r;
+	enum MHD_Result ret;
+	size_t		len = strlen(a->body);
+
+	r = MHD_create_response_from_buffer(len, a->body, MHD_RESPMEM_MUST_FREE);
+	if (r == NULL)
+		return MHD_NO;
+	if (len > 0)
+		MHD_add_response_header(r, "Content-Type", "application/json; charset=utf-8");
+	MHD_add_response_header(r, "Request-ID", "08F8B5A8-mock");
+	if (a->sign && !strchr(a->modifiers, 'h'))
+	{
+		long long	stamp = (long long) time(NULL) - (strchr(a->modifiers, 'z') ? STALE_S : 0);
+		char		timestamp[32];
+		char		nonce[33];
+		char	   *message;
+		char	   *signature;
+
+		snprintf(timestamp, sizeof(timestamp), "%lld", stamp);
+		random_hex(nonce, 16);
+		/* t: the signature is over the body with one more byte */
+		message = format("%s\n%s\n%s%s\n", timestamp, nonce, a->body,
+						 strchr(a->modifiers, 't') ? " " : "");
+		if (strchr(a->modifiers, 'g'))
+			signature = strdup("WECHATPAY/SIGNTEST/c2lnbmF0dXJlIHRlc3Q=");
+		else
+			signature = sign_b64(strchr(a->modifiers, 'k') ? other_private_key :
+								 platform_private_key, message, strlen(message));
+		MHD_add_response_header(r, "Wechatpay-Timestamp", timestamp);
+		MHD_add_response_header(r, "Wechatpay-Nonce", nonce);
+		MHD_add_response_header(r, "Wechatpay-Signature", signature);
+		MHD_add_response_header(r, "Wechatpay-Signature-Type", SCHEME);
+		MHD_add_response_header(r, "Wechatpay-Serial",
+								strchr(a->modifiers, 'w') ? "5157F09EFDC096DE15EBE81A47057A72" :
+								opt_platform_serial);
+		free(message);
+		free(signature);
+	}
+	ret = MHD_queue_response(conn, a->status, r);
+	MHD_destroy_response(r);
+	return ret;
+}
+
+/* A malloc'd copy of len bytes of text with bytes outside 0x21-0x7e as '_'. */
+static char *
+log_word(const char *text, size_t len)
+{
+	char	   *out = strndup(text, len);
+
+	if (out == NULL)
+		die("out of memory", NULL);
+	for (char *p = out; *p; p++)
+		if ((unsigned char) *p <= 0x20 || (unsigned char) *p > 0x7e)
+			*p = '_';
+	return out;
+}
+
+/* Appends the log line of a request, with one write(). */
+static void
+log_request(const Request *req, const char *method, const char *id, unsigned int status)
+{
+	char	   *path;
+	char	   *logged_id;
+	char	   *line;
+
+	if (log_fd < 0)
+		return;
+	path = log_word(req->uri, strcspn(req->uri, "?"));
+	logged_id = log_word(id ? id : "-", strlen(id ? id : "-"));
+	line = format("%lld %s %s %s %u\n",
+				  (long long) req->arrival.tv_sec * 1000000LL + req->arrival.tv_usec,
+				  method, path, logged_id, status);
+	if (write(log_fd, line, strlen(line)) < 0)
+		perror("mock_wechatpay: log");
+	free(path);
+	free(logged_id);
+	free(line);
+}
+
+/* Answers one whole request. */
+static enum MHD_Result
+answer_request(struct MHD_Connection *conn, const char *method, Request *req)
+{
+	const char *uri = req->uri;
+	size_t		path_len = strcspn(uri, "?");
+	bool		is_post = strcmp(method, "POST") == 0;
+	bool		is_close = false;
+	char	   *id = NULL;
+	const char *why;
+	const char *accept = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Accept");
+	const char *ctype = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");
+	Answer		a;
+	enum MHD_Result ret;
+
+	/* the order id: the segment after the prefix, "/close" after it for POST */
+	if (strncmp(uri, QUERY_PREFIX, strlen(QUERY_PREFIX)) == 0)
+	{
+		const char *start = uri + strlen(QUERY_PREFIX);
+		size_t		len = path_len - strlen(QUERY_PREFIX);
+
+		if (is_post && len > 6 && strncmp(start + len - 6, "/close", 6) == 0)
+		{
+			is_close = true;
+			len -= 6;
+		}
+		if (len > 0 && memchr(start, '/', len) == NULL)
+			id = percent_decode(start, len);
+	}
+
+	if ((why = check_authorization(conn, method, req)) != NULL)
+		a = error_answer(401, "SIGN_ERROR", why, false);
+	else if (accept == NULL || strstr(accept, "application/json") == NULL ||
+			 (is_post && (ctype == NULL || strstr(ctype, "application/json") == NULL)))
+		a = error_answer(400, "INVALID_REQUEST", "Accept and Content-Type must be application/json", true);
+	else if (id == NULL || (strcmp(method, "GET") != 0 && !is_close) ||
+			 (is_post && !is_close) || req->body_overflow)
+		a = error_answer(404, "NOT_FOUND", "no such API", true);
+	else
+	{
+		bool		mchid_ok;
+
+		if (is_close)
+		{
+			json_t	   *o = json_loadb(req->body ? req->body : "", req->body_len, 0, NULL);
+			json_t	   *m = json_object_get(o, "mchid");
+
+			mchid_ok = json_is_string(m) && strcmp(json_string_value(m), opt_mchid) == 0 &&
+				json_object_size(o) == 1;
+			json_decref(o);
+		}
+		else
+		{
+			const char *m = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "mchid");
+
+			mchid_ok = m != NULL && strcmp(m, opt_mchid) == 0;
+		}
+		if (!mchid_ok)
+			a = error_answer(400, "PARAM_ERROR", "mchid is missing or not the merchant's", true);
+		else
+		{
+			const char *tilde = strrchr(id, '~');
+			Step		step;
+
+			if (!script_step(tilde ? tilde + 1 : "S", next_attempt(id), &step))
+				a = error_answer(400, "PARAM_ERROR", "mock script does not parse", true);
+			else
+				a = scripted_answer(id, is_close, &step);
+		}
+	}
+
+	log_request(req, method, id, a.status);
+	if (opt_latency_ms > 0)
+	{
+		struct timespec ts = {opt_latency_ms / 1000, (opt_latency_ms % 1000) * 1000000L};
+
+		nanosleep(&ts, NULL);
+	}
+	ret = send_answer(conn, &a);
+	free(id);
+	return ret;
+}
+
+/* MHD access handler: collects the body, then answers. */
+static enum MHD_Result
+handle_request(void *cls, struct MHD_Connection *conn, const char *url,
+			   const char *method, const char *version, const char *upload_data,
+			   size_t *upload_data_size, void **req_cls)
+{
+	Request    *req = *req_cls;
+
+	(void) cls;
+	(void) url;
+	(void) version;
+	if (req == NULL)
+		return MHD_NO;
+	if (!req->started)
+	{
+		req->started = true;
+		return MHD_YES;
+	}
+	if (*upload_data_size > 0)
+	{
+		if (req->body_len + *upload_data_size > MAX_BODY)
+			req->body_overflow = true;
+		else
+		{
+			char	   *grown = realloc(req->body, req->body_len + *upload_data_size + 1);
+
+			if (grown == NULL)
+				return MHD_NO;
+			req->body = grown;
+			memcpy(req->body + req->body_len, upload_data, *upload_data_size);
+			req->body_len += *upload_data_size;
+			req->body[req->body_len] = '\0';
+		}
+		*upload_data_size = 0;
+		return MHD_YES;
+	}
+	return answer_request(conn, method, req);
+}
+
+/* MHD URI log callback: keeps the request target as sent. */
+static void *
+remember_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+	Request    *req = calloc(1, sizeof(Request));
+
+	(void) cls;
+	(void) conn;
+	if (req == NULL || (req->uri = strdup(uri)) == NULL)
+		die("out of memory", NULL);
+	gettimeofday(&req->arrival, NULL);
+	return req;
+}
+
+/* MHD completion callback: frees the request state. */
+static void
+request_done(void *cls, struct MHD_Connection *conn, void **req_cls,
+			 enum MHD_RequestTerminationCode toe)
+{
+	Request    *req = *req_cls;
+
+	(void) cls;
+	(void) conn;
+	(void) toe;
+	if (req == NULL)
+		return;
+	free(req->uri);
+	free(req->body);
+	free(req);
+	*req_cls = NULL;
+}
+
+/* Prints the usage. */
+static void
+usage(FILE *out)
+{
+	fprintf(out,
+			"Usage: mock_wechatpay --mchid ID --merchant-serial SERIAL\n"
+			"         --merchant-public-key FILE --platform-private-key FILE\n"
+			"         --platform-serial SERIAL [--amount FEN] [--port N]\n"
+			"         [--log FILE] [--latency-ms N]\n");
+}
+
+/* Reads the command line. */
+static void
+parse_args(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{"port", required_argument, NULL, 'p'},
+		{"log", required_argument, NULL, 'l'},
+		{"mchid", required_argument, NULL, 'm'},
+		{"merchant-serial", required_argument, NULL, 's'},
+		{"merchant-public-key", required_argument, NULL, 'k'},
+		{"platform-private-key", required_argument, NULL, 'K'},
+		{"platform-serial", required_argument, NULL, 'S'},
+		{"amount", required_argument, NULL, 'a'},
+		{"latency-ms", required_argument, NULL, 'L'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0}
+	};
+	int			c;
+
+	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1)
+	{
+		switch (c)
+		{
+			case 'p':
+				opt_port = (unsigned int) atoi(optarg);
+				break;
+			case 'l':
+				opt_log = optarg;
+				break;
+			case 'm':
+				opt_mchid = optarg;
+				break;
+			case 's':
+				opt_merchant_serial = optarg;
+				break;
+			case 'k':
+				merchant_public_key = load_key(optarg, false);
+				break;
+			case 'K':
+				platform_private_key = load_key(optarg, true);
+				break;
+			case 'S':
+				opt_platform_serial = optarg;
+				break;
+			case 'a':
+				opt_amount = atol(optarg);
+				break;
+			case 'L':
+				opt_latency_ms = atol(optarg);
+				break;
+			case 'h':
+				usage(stdout);
+				exit(0);
+			default:
+				usage(stderr);
+				exit(2);
+		}
+	}
+	if (optind < argc || !opt_mchid || !opt_merchant_serial || !merchant_public_key ||
+		!platform_private_key || !opt_platform_serial || opt_port > 65535 ||
+		opt_latency_ms < 0)
+	{
+		usage(stderr);
+		exit(2);
+	}
+}
+
+/* Starts the server, prints port=N, runs until SIGTERM or SIGINT. */
+int
+main(int argc, char **argv)
+{
+	struct MHD_Daemon *daemon;
+	const union MHD_DaemonInfo *info;
+	struct sockaddr_in sa;
+	sigset_t	sigs;
+	int			sig;
+	struct rlimit rl;
+
+	parse_args(argc, argv);
+	if (opt_log != NULL &&
+		(log_fd = open(opt_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644)) < 0)
+		die("cannot open log file", opt_log);
+	other_private_key = EVP_RSA_gen(2048);
+	if (other_private_key == NULL)
+		die("cannot make the other key", NULL);
+	attempts = json_object();
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max)
+	{
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	signal(SIGPIPE, SIG_IGN);
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sin_family = AF_INET;
+	sa.sin_port = htons((uint16_t) opt_port);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
+							  MHD_USE_POLL | MHD_USE_ERROR_LOG,
+							  (uint16_t) opt_port, NULL, NULL, handle_request, NULL,
+							  MHD_OPTION_SOCK_ADDR, (struct sockaddr *) &sa,
+							  MHD_OPTION_CONNECTION_LIMIT, (unsigned int) 4096,
+							  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) 600,
+							  MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int) 1024,
+							  MHD_OPTION_URI_LOG_CALLBACK, remember_uri, NULL,
+							  MHD_OPTION_NOTIFY_COMPLETED, request_done, NULL,
+							  MHD_OPTION_END);
+	if (daemon == NULL)
+		die("cannot start HTTP daemon", NULL);
+	info = MHD_get_daemon_info(daemon, MHD_DAEMON_INFO_BIND_PORT);
+	if (info == NULL || info->port == 0)
+		die("cannot determine listening port", NULL);
+	printf("port=%u\n", (unsigned int) info->port);
+	fflush(stdout);
+
+	while (sigwait(&sigs, &sig) != 0 || (sig != SIGTERM && sig != SIGINT))
+		;
+	MHD_stop_daemon(daemon);
+	if (log_fd >= 0)
+		close(log_fd);
+	return 0;
+}
