@@ -432,6 +432,9 @@ answer_error(CheckAnswer *answer, const char *fmt,...)
 	va_start(args, fmt);
 	vsnprintf(answer->error, sizeof(answer->error), fmt, args);
 	va_end(args);
+	/* never keep half a multibyte character where the message was cut */
+	answer->error[pg_mbcliplen(answer->error, strlen(answer->error),
+							   sizeof(answer->error) - 1)] = '\0';
 }
 
 /* If the request failed in transport, makes *answer that error. */

@@ -7,6 +7,7 @@
 #include "postgres.h"
 
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "utils/json.h"
 
 #include "driver.h"
@@ -330,7 +331,8 @@ http_json_interpret(const void *cfg, CheckKind kind, const HttpResult *result,
 			return;
 		}
 	}
-	answer_error(answer, "unknown channel status \"%.64s\" (not in status_map)", word);
+	answer_error(answer, "unknown channel status \"%.*s\" (not in status_map)",
+				 pg_mbcliplen(word, strlen(word), 64), word);
 }
 
 const PaysyncDriver http_json_driver = {

@@ -75,7 +75,9 @@ static const char *lock_events_sql = "SELECT paysync._lock_events()";
  * answer came at or after expires_at, paysync gives up: the payment becomes
  * expired (source expiry), or, on a channel that closes trades it gives up
  * on, it is marked closing and due now, and the answer to that close makes
- * it closed (source expiry) or succeeded (paid meanwhile).  An error:
+ * it closed (source expiry) or succeeded (paid meanwhile; if the close's
+ * answer carries no amount and the payment has one, it is queried again at
+ * once instead, so the amount is checked).  An error:
  * errors + 1, step kept, retried after min(2^(errors-1) s, 5 min) +-20%,
  * or after Retry-After if later; an error never expires a payment.
  */
@@ -105,11 +107,15 @@ static const char *record_sql =
 "    coalesce(c.error IS NULL AND NOT c.is_close AND c.answered = 'pending'"
 "      AND (c.expires_at <= now()"
 "           OR (c.step + 1 >= cardinality(c.schedule) AND c.expires_at IS NULL)), false)"
-"      AS gives_up"
+"      AS gives_up,"
+"    coalesce(c.error IS NULL AND c.is_close AND c.answered = 'succeeded'"
+"      AND c.paid_amount IS NULL AND c.amount_minor IS NOT NULL, false)"
+"      AS requery"
 "  FROM current c"
 "), decided AS ("
 "  SELECT j.*, CASE"
 "    WHEN j.error IS NOT NULL THEN 'pending'"
+"    WHEN j.requery THEN 'pending'"
 "    WHEN j.mismatch THEN 'failed'"
 "    WHEN j.gives_up AND j.close_on_expiry THEN 'pending'"
 "    WHEN j.gives_up THEN 'expired'"
@@ -128,7 +134,7 @@ static const char *record_sql =
 "    last_error = coalesce(d.error, d.mismatch_error, p.last_error),"
 "    last_checked_at = now(),"
 "    claimed_until = NULL,"
-"    closing = p.closing OR (d.gives_up AND d.close_on_expiry),"
+"    closing = NOT d.requery AND (p.closing OR (d.gives_up AND d.close_on_expiry)),"
 "    updated_at = now(),"
 "    finalized_at = CASE WHEN d.new_status <> 'pending' THEN now() END,"
 "    next_check_at = CASE"
@@ -136,7 +142,7 @@ static const char *record_sql =
 "      WHEN d.error IS NOT NULL THEN now() + greatest("
 "        make_interval(secs => least(power(2, p.errors), 300) * (0.8 + random() * 0.4)),"
 "        make_interval(secs => coalesce(d.retry_after, 0)))"
-"      WHEN d.gives_up THEN now()"
+"      WHEN d.gives_up OR d.requery THEN now()"
 "      ELSE least(now() + p.schedule[least(p.step + 2, cardinality(p.schedule))],"
 "                 coalesce(p.expires_at, 'infinity'))"
 "      END"

@@ -451,6 +451,8 @@ my @tracked = (
 	[ 'unknown~Q', 'wx', '{1s,1s,1s,1s,1s}' ],
 	[ 'exp_close~N,X', 'wx', '{1s}' ],
 	[ 'exp_paid~N,P', 'wx', '{1s}' ],
+	[ 'exp_paid_amount~N,P,S', 'wx', '{1s}', 100, 'CNY' ],
+	[ 'exp_paid_more~N,P,A', 'wx', '{1s}', 100, 'CNY' ],
 	[ 'exp_closed~N,D', 'wx', '{1s}' ],
 	[ 'exp_retry~N,E503,X', 'wx', '{1s}' ],
 	[ 'exp_badsig~N,Xt', 'wx', '{1s}' ],
@@ -524,6 +526,13 @@ like((mock_lines($mock, 'exp_close~N,X'))[1][2], qr{/out-trade-no/exp_close~N%2C
 	'... to the close endpoint of that order');
 wait_row('exp_paid~N,P', 'status, channel_status', 'succeeded|ORDERPAID',
 	'paid meanwhile (close answers ORDERPAID) -> succeeded');
+wait_row('exp_paid_amount~N,P,S', 'status, channel_status', 'succeeded|SUCCESS',
+	'paid meanwhile with an amount tracked: queried again, then succeeded');
+is(join(',', map { "$_->[1] $_->[4]" } mock_lines($mock, 'exp_paid_amount~N,P,S')),
+	'GET 200,POST 400,GET 200', '... query, close (ORDERPAID), query');
+wait_row('exp_paid_more~N,P,A', 'status, last_error',
+	'failed|amount mismatch: expected 100 CNY, channel reports 101 CNY',
+	'paid meanwhile, but another amount -> failed (the amount is checked)');
 wait_row('exp_closed~N,D', 'status, channel_status', 'closed|ORDER_CLOSED',
 	'closed already (close answers ORDER_CLOSED) -> closed');
 wait_row('exp_retry~N,E503,X', 'status, errors', 'closed|0',
