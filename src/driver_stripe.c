@@ -82,7 +82,7 @@ static const char *const stripe_pending_statuses[] = {
 
 /* True if every character of text is an ASCII letter, digit or '_'. */
 static bool
-is_key_text(const char *text)
+is_word_text(const char *text)
 {
 	for (const char *p = text; *p; p++)
 		if (!(isalnum((unsigned char) *p) || *p == '_') || IS_HIGHBIT_SET(*p))
@@ -119,7 +119,7 @@ check_secret_key(const char *key, const char *channel)
 	}
 	else if (key[3] == '\0')
 		problem = "it is incomplete";
-	else if (!is_key_text(key))
+	else if (!is_word_text(key))
 		problem = "it contains characters a Stripe key never has";
 
 	if (problem)
@@ -184,7 +184,7 @@ stripe_compile(const char *channel, const char *base_url, Jsonb *options)
 	if (option_string(options, "stripe_account", &account, channel))
 	{
 		if (strncmp(account, "acct_", 5) != 0 || account[5] == '\0' ||
-			!is_key_text(account) || strlen(account) > 64)
+			!is_word_text(account) || strlen(account) > 64)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("invalid option \"stripe_account\" for channel \"%s\": \"%s\" is not a Stripe account id",
@@ -360,6 +360,13 @@ word_in_list(const char *word, const char *const *words)
 	return false;
 }
 
+/* The longest head of text within bytes that ends on a whole character. */
+static char *
+clip(const char *text, int bytes)
+{
+	return pnstrdup(text, pg_mbcliplen(text, strlen(text), bytes));
+}
+
 /*
  * Stripe's error message made fit for last_error: clipped, control
  * characters blanked, and left out altogether if it might show a key
@@ -369,13 +376,11 @@ static char *
 stripe_safe_message(const char *message)
 {
 	char	   *copy;
-	int			len;
 
 	if (message == NULL || strstr(message, "sk_") || strstr(message, "rk_") ||
 		strstr(message, "pk_") || strstr(message, "***"))
 		return NULL;
-	len = pg_mbcliplen(message, strlen(message), STRIPE_MESSAGE_MAX_BYTES);
-	copy = pnstrdup(message, len);
+	copy = clip(message, STRIPE_MESSAGE_MAX_BYTES);
 	for (char *p = copy; *p; p++)
 		if ((unsigned char) *p < 0x20 || *p == 0x7f)
 			*p = ' ';
@@ -383,8 +388,8 @@ stripe_safe_message(const char *message)
 }
 
 /*
- * Makes *answer the error for a non-2xx answer: what Stripe said (type and
- * code, and its message unless it may be about a key), whether Stripe says
+ * Makes *answer the error for a non-2xx answer: what Stripe said (error
+ * code or type, and its message unless it may be about a key), whether Stripe says
  * the request is worth retrying, and its request id for Stripe's support.
  * Every such answer is an error the checker retries with backoff.
  */
@@ -409,7 +414,7 @@ stripe_answer_http_error(const HttpResult *result, const StripeFields *fields,
 			what = "Stripe refused access (a restricted key needs read access to PaymentIntents)";
 			break;
 		case 404:
-			what = "Stripe has no such PaymentIntent (wrong id, or a key of another mode or account)";
+			what = "Stripe has no such PaymentIntent (wrong id, or key of another mode/account)";
 			break;
 		case 429:
 			what = "Stripe rate limit";
@@ -424,22 +429,24 @@ stripe_answer_http_error(const HttpResult *result, const StripeFields *fields,
 	appendStringInfo(&msg, "%s: HTTP %ld", what, result->status);
 	if (parsed && fields->has_error)
 	{
-		if (fields->error_type)
-			appendStringInfo(&msg, " %.40s", fields->error_type);
+		/* the code says more than the type, when there is one */
 		if (fields->error_code)
-			appendStringInfo(&msg, "/%.40s", fields->error_code);
+			appendStringInfo(&msg, " %s", clip(fields->error_code, 40));
+		else if (fields->error_type)
+			appendStringInfo(&msg, " %s", clip(fields->error_type, 40));
 		/* messages about keys quote the key (redacted): never kept */
 		if (result->status != 401 && result->status != 403)
 			message = stripe_safe_message(fields->error_message);
-		if (message)
-			appendStringInfo(&msg, ": %s", message);
 	}
 	else if (!parsed)
 		appendStringInfoString(&msg, " (not a Stripe error body)");
 	if (should_retry && pg_strcasecmp(should_retry, "false") == 0)
-		appendStringInfoString(&msg, "; Stripe says a retry will not help");
-	if (request_id && is_key_text(request_id) && strlen(request_id) <= 40)
+		appendStringInfoString(&msg, ", Stripe-Should-Retry false");
+	if (request_id && is_word_text(request_id) && strlen(request_id) <= 40)
 		appendStringInfo(&msg, " [%s]", request_id);
+	/* last, as the part clipped if need be */
+	if (message)
+		appendStringInfo(&msg, ": %s", message);
 
 	len = pg_mbcliplen(msg.data, msg.len, sizeof(answer->error) - 1);
 	answer_error(answer, "%.*s", len, msg.data);
@@ -494,8 +501,8 @@ stripe_paid_amount(const StripeFields *fields, CheckAnswer *answer)
 		strspn(fields->amount_received, "0123456789") != strlen(fields->amount_received) ||
 		strlen(fields->amount_received) > 18)
 	{
-		answer_error(answer, "the PaymentIntent's amount_received \"%.40s\" is not a whole number",
-					 fields->amount_received);
+		answer_error(answer, "the PaymentIntent's amount_received \"%s\" is not a whole number",
+					 clip(fields->amount_received, 40));
 		return false;
 	}
 	for (const char *p = fields->amount_received; *p; p++)
@@ -506,8 +513,8 @@ stripe_paid_amount(const StripeFields *fields, CheckAnswer *answer)
 		!isalpha((unsigned char) fields->currency[1]) ||
 		!isalpha((unsigned char) fields->currency[2]))
 	{
-		answer_error(answer, "the PaymentIntent's currency \"%.40s\" is not an ISO 4217 code",
-					 fields->currency);
+		answer_error(answer, "the PaymentIntent's currency \"%s\" is not an ISO 4217 code",
+					 clip(fields->currency, 40));
 		return false;
 	}
 	for (int i = 0; i < 3; i++)
@@ -560,8 +567,8 @@ stripe_interpret(const void *cfg, CheckKind kind, const HttpResult *result,
 	}
 	if (fields.object == NULL || strcmp(fields.object, "payment_intent") != 0)
 	{
-		answer_error(answer, "Stripe's answer is not a PaymentIntent (object \"%.40s\")",
-					 fields.object ? fields.object : "");
+		answer_error(answer, "Stripe's answer is not a PaymentIntent (object \"%s\")",
+					 clip(fields.object ? fields.object : "", 40));
 		return;
 	}
 	if (fields.status == NULL)
@@ -582,7 +589,7 @@ stripe_interpret(const void *cfg, CheckKind kind, const HttpResult *result,
 		answer->status = "pending";
 	else
 	{
-		answer_error(answer, "unknown PaymentIntent status \"%.64s\"", fields.status);
+		answer_error(answer, "unknown PaymentIntent status \"%s\"", clip(fields.status, 64));
 		return;
 	}
 	answer->is_error = false;

@@ -1,0 +1,421 @@
+# 011_stripe.pl: the stripe driver end to end against t/mock/mock_stripe,
+# which checks the Bearer secret key the way Stripe does: option checks at
+# create_channel (a bad key is an ERROR naming the option, never showing
+# the key); PaymentIntent statuses (pending then succeeded with the tracked
+# amount, requires_capture, canceled, not paid until the schedule runs out);
+# amount and currency mismatches; ISK converted to ISO minor units; 429
+# with Stripe-Should-Retry and Retry-After, 500, 404 (resource_missing),
+# unknown statuses and bodies that are not JSON as errors, never statuses;
+# a refused key (401) as an error; Stripe-Version and Stripe-Account sent;
+# the secret key nowhere in the server log or in paysync's tables but
+# paysync.channels.  Plus unit-level checks of the driver's reading of
+# Stripe's answers through paysync_test_stripe_interpret().
+#
+# Stripe signs none of these answers, so there is no signature to test.
+use strict;
+use warnings;
+
+use FindBin;
+use lib $FindBin::Bin;
+use File::Basename qw(basename);
+use IPC::Run;
+use PaysyncTest;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+
+# The keys are spelled out only here and on the mock's command line; SQL
+# builds them with upper() so that no logged statement carries them.
+sub random_hex
+{
+	return join '', map { sprintf '%02x', int(rand(256)) } 1 .. 12;
+}
+my $hex = random_hex();
+my $SECRET = 'sk_test_' . uc($hex);
+my $SECRET_SQL = "'sk_test_' || upper('$hex')";
+my $wrong_hex = random_hex();
+my $WRONG = 'sk_test_' . uc($wrong_hex) . 'QZQZ';
+my $WRONG_SQL = "'sk_test_' || upper('$wrong_hex') || upper('qzqz')";
+
+# ---------------------------------------------------------------- the mock
+
+# Starts mock_stripe with the secret key; returns port, log and handle.
+sub start_stripe_mock
+{
+	my $bin = "$FindBin::Bin/mock/mock_stripe";
+	die "mock_stripe not built: run make -C t/mock" unless -x $bin;
+	my $log = "$PostgreSQL::Test::Utils::tmp_check/mock_stripe.log";
+	my ($out, $err) = ('', '');
+	my $handle = IPC::Run::start([ $bin, '--port', '0', '--log', $log, '--secret-key', $SECRET ],
+		'>', \$out, '2>', \$err);
+	my $deadline = time + 10;
+	while ($out !~ /port=(\d+)/ && time < $deadline)
+	{
+		$handle->pump_nb;
+		usleep(10_000);
+	}
+	die "mock_stripe did not start: $err" unless $out =~ /port=(\d+)/;
+	return { handle => $handle, port => $1, log => $log };
+}
+
+# The mock's log lines for a payment id, each a hash (us, method, path, id,
+# v, acct, auth).
+sub stripe_log
+{
+	my ($mock, $id) = @_;
+	return () unless -e $mock->{log};
+	open my $fh, '<', $mock->{log} or die $!;
+	my @lines;
+	while (<$fh>)
+	{
+		chomp;
+		my ($us, $method, $path, $logged_id, @kv) = split / /;
+		next unless $logged_id eq $id;
+		my %line = (us => $us, method => $method, path => $path, id => $logged_id);
+		%line = (%line, map { split /=/, $_, 2 } @kv);
+		push @lines, \%line;
+	}
+	close $fh;
+	return @lines;
+}
+
+my $mock = start_stripe_mock();
+
+# The mock stops with the test, even one that dies half way.
+END
+{
+	if ($mock && $mock->{handle})
+	{
+		eval { $mock->{handle}->signal('TERM'); $mock->{handle}->finish; };
+	}
+}
+my $base = "http://127.0.0.1:$mock->{port}";
+
+# Every message level and every statement is logged, so that a key logged
+# anywhere shows.
+my $node = new_paysync_node('stripe',
+	conf => "log_min_messages = debug5\nlog_statement = all\n");
+
+# ---------------------------------------------------------------- helpers
+
+sub lit
+{
+	my ($s) = @_;
+	$s =~ s/'/''/g;
+	return "'$s'";
+}
+
+sub sql
+{
+	my ($query) = @_;
+	return $node->safe_psql('postgres', $query);
+}
+
+sub row_of
+{
+	my ($id, $cols) = @_;
+	return sql("SELECT $cols FROM paysync.payments WHERE payment_id = " . lit($id));
+}
+
+sub wait_true
+{
+	my ($id, $cond, $what) = @_;
+	return wait_for_sql($node,
+		"SELECT coalesce(bool_and($cond), false) FROM paysync.payments WHERE payment_id = "
+		  . lit($id),
+		't', $what);
+}
+
+# create_channel with options (SQL jsonb); returns (ok, stderr with SQLSTATE).
+sub try_channel
+{
+	my ($name, $options) = @_;
+	my ($ret, $out, $err) = $node->psql('postgres',
+		"\\set VERBOSITY verbose\nSELECT paysync.create_channel('$name', 'stripe', '$base', $options)");
+	return ($ret == 0, $err);
+}
+
+# ---------------------------------------------------------------- options
+
+{
+	my @refused = (
+		[ 'no secret_key', q{'{}'}, qr/22023: channel "s1" needs option "secret_key"/, undef ],
+		[ 'a publishable key', q{jsonb_build_object('secret_key', 'pk_test_' || upper('visiblekey1'))},
+			qr/22023: invalid option "secret_key" for channel "s1": it is a publishable key/, 'VISIBLEKEY1' ],
+		[ 'a key with white space', q{jsonb_build_object('secret_key', 'sk_test_' || upper('hiddenkey2') || chr(10))},
+			qr/22023: invalid option "secret_key" for channel "s1": it contains white space/, 'HIDDENKEY2' ],
+		[ 'a key of no known kind', q{jsonb_build_object('secret_key', 'xk_test_' || upper('hiddenkey3'))},
+			qr/22023: invalid option "secret_key" for channel "s1": it must start with sk_ or rk_/, 'HIDDENKEY3' ],
+		[ 'a key with odd characters', q{jsonb_build_object('secret_key', 'sk_test_' || upper('hiddenkey4') || '!')},
+			qr/22023: invalid option "secret_key" for channel "s1": it contains characters/, 'HIDDENKEY4' ],
+		[ 'a bare prefix', q{jsonb_build_object('secret_key', 'sk_')},
+			qr/22023: invalid option "secret_key" for channel "s1": it is incomplete/, undef ],
+		[ 'a key that is not a string', q{'{"secret_key": 42}'},
+			qr/22023: invalid option "secret_key" for channel "s1": it must be a string/, undef ],
+		[ 'a bad api_version', qq{jsonb_build_object('secret_key', $SECRET_SQL, 'api_version', 'latest')},
+			qr/22023: invalid option "api_version" for channel "s1"/, $SECRET ],
+		[ 'a bad stripe_account', qq{jsonb_build_object('secret_key', $SECRET_SQL, 'stripe_account', 'bob')},
+			qr/22023: invalid option "stripe_account" for channel "s1"/, $SECRET ],
+		[ 'close_on_expiry', qq{jsonb_build_object('secret_key', $SECRET_SQL, 'close_on_expiry', true)},
+			qr/22023: invalid option "close_on_expiry" for channel "s1": driver stripe cannot close/, $SECRET ],
+		[ 'an unknown option', qq{jsonb_build_object('secret_key', $SECRET_SQL, 'publishable_key', 'pk_x')},
+			qr/22023: unknown option "publishable_key" for channel "s1"/, $SECRET ],
+	);
+	for my $case (@refused)
+	{
+		my ($what, $options, $expected, $hidden) = @$case;
+		my ($ok, $err) = try_channel('s1', $options);
+		ok(!$ok, "create_channel refuses $what");
+		like($err, $expected, "... with an error naming the option");
+		unlike($err, qr/\Q$hidden\E/, '... never showing the key') if defined $hidden;
+	}
+	is(sql("SELECT count(*) FROM paysync.channels WHERE name = 's1'"), '0',
+		'no refused channel was created');
+
+	my ($ok, $err) = try_channel('s_restricted',
+		q{jsonb_build_object('secret_key', 'rk_test_' || upper('restricted5'))});
+	ok($ok, 'a restricted key (rk_) is taken') or diag($err);
+	sql("DELETE FROM paysync.channels WHERE name = 's_restricted'");
+}
+
+# ---------------------------------------------------------------- answers, unit level
+
+sql(q{CREATE FUNCTION paysync_test_stripe_interpret(int, text, text) RETURNS text
+	AS '$libdir/paysync', 'paysync_test_stripe_interpret' LANGUAGE C});
+
+# What the driver makes of an answer (HTTP status, body, header lines).
+sub interpret
+{
+	my ($status, $body, $headers) = @_;
+	my $h = defined $headers ? 'E' . lit($headers) : 'NULL';
+	return sql("SELECT paysync_test_stripe_interpret($status, " . lit($body) . ", $h)");
+}
+
+# A PaymentIntent body; extra is JSON text of more members.
+sub pi_body
+{
+	my ($status, $extra) = @_;
+	$extra = defined $extra ? ", $extra" : '';
+	return qq({"id": "pi_1", "object": "payment_intent", "amount": 1999,
+		"last_payment_error": {"type": "card_error", "code": "card_declined", "message": "m", "status": "x"},
+		"charges": {"data": [{"status": "failed", "amount_received": 5}]},
+		"status": "$status"$extra});
+}
+
+{
+	my $paid = q{"amount_received": 1999, "currency": "usd"};
+	is(interpret(200, pi_body('succeeded', $paid)), 'succeeded|succeeded|1999|USD|f',
+		'succeeded: the paid amount and upper-cased currency');
+	is(interpret(200, pi_body('canceled')), 'cancelled|canceled|||f', 'canceled is cancelled');
+	for my $s (qw(requires_payment_method requires_confirmation requires_action processing
+		requires_capture requires_source requires_source_action))
+	{
+		is(interpret(200, pi_body($s)), "pending|$s|||f", "$s is pending");
+	}
+	like(interpret(200, pi_body('unheard_of')), qr/^error\|unknown PaymentIntent status "unheard_of"/,
+		'an unknown status is an error');
+	like(interpret(200, pi_body('succeeded')), qr/^error\|the succeeded PaymentIntent has no amount_received/,
+		'succeeded without amount_received is an error');
+	like(interpret(200, pi_body('succeeded', q{"amount_received": 1999})),
+		qr/^error\|the succeeded PaymentIntent has no currency/, '... and without currency');
+	like(interpret(200, pi_body('succeeded', q{"amount_received": "1999", "currency": "usd"})),
+		qr/^error\|.*not a whole number/, '... and with the amount as a string');
+	like(interpret(200, pi_body('succeeded', q{"amount_received": -5, "currency": "usd"})),
+		qr/^error\|.*not a whole number/, '... and with a negative amount');
+	like(interpret(200, pi_body('succeeded', q{"amount_received": 19.99, "currency": "usd"})),
+		qr/^error\|.*not a whole number/, '... and with a fraction');
+	like(interpret(200, pi_body('succeeded', q{"amount_received": 1999, "currency": "dollars"})),
+		qr/^error\|.*not an ISO 4217 code/, '... and with a currency that is no code');
+	is(interpret(200, pi_body('succeeded', q{"amount_received": 50000, "currency": "isk"})),
+		'succeeded|succeeded|500|ISK|f', 'ISK: Stripe\'s hundredths become whole kronur');
+	like(interpret(200, pi_body('succeeded', q{"amount_received": 50050, "currency": "isk"})),
+		qr/^error\|.*no ISO 4217 equivalent/, '... and fractional kronur are an error');
+	is(interpret(200, pi_body('succeeded', q{"amount_received": 500, "currency": "mga"})),
+		'succeeded|succeeded|50000|MGA|f', 'MGA: Stripe\'s whole ariary become hundredths');
+	is(interpret(200, pi_body('succeeded', q{"amount_received": 500, "currency": "jpy"})),
+		'succeeded|succeeded|500|JPY|f', 'JPY: zero-decimal, as in ISO');
+	like(interpret(200, q({"object": "payment_intent", "status": "processing", "status": "succeeded"})),
+		qr/^error\|.*twice/, 'a field given twice is an error');
+	like(interpret(200, q({"object": "charge", "status": "succeeded"})),
+		qr/^error\|Stripe's answer is not a PaymentIntent/, 'an answer that is no PaymentIntent is an error');
+	like(interpret(200, q({"object": "payment_intent", "last_payment_error": {"status": "succeeded"}})),
+		qr/^error\|the PaymentIntent has no status/, 'a PaymentIntent without status is an error');
+	like(interpret(200, q({"object": "payment_intent", "status": null})),
+		qr/^error\|the PaymentIntent has no status/, '... and with a null status');
+	like(interpret(200, '<html>ok</html>'), qr/^error\|.*not a JSON object/, 'HTML is an error');
+	like(interpret(200, '["succeeded"]'), qr/^error\|.*not a JSON object/, 'an array is an error');
+	like(interpret(0, 'Timeout was reached'), qr/^error\|Timeout was reached\|/,
+		'a transport error is an error');
+
+	my $r = interpret(401,
+		q({"error": {"type": "invalid_request_error", "message": "Invalid API Key provided: sk_test_****************WXYZ"}}),
+		"Request-Id: req_ABC123\r\n");
+	like($r, qr/^error\|Stripe refused the secret key: HTTP 401 invalid_request_error \[req_ABC123\]\|-1\|t$/,
+		'401: an error, credentials rejected, with the request id');
+	unlike($r, qr/WXYZ|sk_/, '... and Stripe\'s message quoting the key is left out');
+	$r = interpret(403,
+		q({"error": {"type": "invalid_request_error", "message": "The provided key 'rk_test_***WXYZ' does not have the required permissions"}}));
+	like($r, qr/^error\|Stripe refused access.*HTTP 403/, '403: an error');
+	unlike($r, qr/WXYZ|rk_/, '... without Stripe\'s message quoting the key');
+	$r = interpret(404,
+		q({"error": {"type": "invalid_request_error", "code": "resource_missing", "param": "intent", "message": "No such payment_intent: 'pi_x'"}}),
+		"Stripe-Should-Retry: false\r\nRequest-Id: req_N1\r\n");
+	is($r, q{error|Stripe has no such PaymentIntent (wrong id, or key of another mode/account): HTTP 404 resource_missing, Stripe-Should-Retry false [req_N1]: No such payment_intent: 'pi_x'|-1|f},
+		'404 resource_missing: an error (never "not paid") saying what Stripe said');
+	$r = interpret(429,
+		q({"error": {"type": "invalid_request_error", "code": "rate_limit", "message": "Too many requests"}}),
+		"Stripe-Should-Retry: true\r\nRetry-After: 7\r\n");
+	like($r, qr/^error\|Stripe rate limit: HTTP 429 rate_limit: Too many requests\|7\|f$/,
+		'429: an error keeping Retry-After');
+	like(interpret(500, q({"error": {"type": "api_error", "message": "Sorry"}})),
+		qr/^error\|Stripe server error: HTTP 500 api_error: Sorry\|/, '500: an error');
+	like(interpret(502, '<html>bad gateway</html>'),
+		qr/^error\|Stripe server error: HTTP 502 \(not a Stripe error body\)/, '502 HTML: an error');
+	$r = interpret(400,
+		q({"error": {"type": "invalid_request_error", "message": "Key sk_live_abc is not allowed"}}));
+	like($r, qr/^error\|unexpected answer from Stripe: HTTP 400 invalid_request_error\|/,
+		'400: an error');
+	unlike($r, qr/sk_live/, '... leaving out a message that mentions a key');
+	$r = interpret(400,
+		'{"error": {"type": "invalid_request_error", "message": "' . ("\xc3\xa9" x 300) . '"}}');
+	my ($msg) = $r =~ /^error\|(.*)\|-1\|f$/;
+	my $copy = $msg;
+	ok(defined $msg && length($msg) <= 199 && utf8::decode($copy),
+		'a long message is clipped to fit last_error');
+	$r = interpret(200, pi_body("\xc3\xa9" x 100));
+	($msg) = $r =~ /^error\|unknown PaymentIntent status "(.*)"\|-1\|f$/;
+	$copy = $msg;
+	ok(defined $msg && length($msg) <= 64 && utf8::decode($copy),
+		'a long unknown status is clipped on a whole character');
+}
+
+# ---------------------------------------------------------------- end to end
+
+sql("SELECT paysync.create_channel('stripe', 'stripe', '$base',
+	jsonb_build_object('secret_key', $SECRET_SQL, 'api_version', '2024-06-20'))");
+sql("SELECT paysync.create_channel('stripe_conn', 'stripe', '$base/v1/',
+	jsonb_build_object('secret_key', $SECRET_SQL, 'stripe_account', 'acct_1TESTconn'))");
+sql("SELECT paysync.create_channel('stripe_wrong', 'stripe', '$base',
+	jsonb_build_object('secret_key', $WRONG_SQL))");
+
+# [payment_id, channel, amount, currency, schedule]
+my @tracked = (
+	[ 'pi_paid~M,A,P,S1000', 'stripe', 1000, 'USD', '{1s,1s,1s,1s,1s,1s}' ],
+	[ 'pi_capture~K,S2500eur', 'stripe', 2500, 'EUR', '{0.3s,0.3s,0.3s}' ],
+	[ 'pi_cancel~P,X', 'stripe', 1000, 'USD', '{0.3s,0.3s,0.3s}' ],
+	[ 'pi_over~S1500', 'stripe', 1000, 'USD', '{0.3s}' ],
+	[ 'pi_cur~S1000eur', 'stripe', 1000, 'USD', '{0.3s}' ],
+	[ 'pi_noamount~S777', 'stripe', undef, undef, '{0.3s}' ],
+	[ 'pi_isk~S50000isk', 'stripe', 500, 'ISK', '{0.3s}' ],
+	[ 'pi_429~R,S', 'stripe', 1000, 'USD', '{0.3s,0.3s}' ],
+	[ 'pi_ra~R3,S', 'stripe', 1000, 'USD', '{0.3s,0.3s}' ],
+	[ 'pi_500~E,E,S', 'stripe', 1000, 'USD', '{0.3s,0.3s}' ],
+	[ 'pi_missing', 'stripe', 1000, 'USD', '{0.2s}' ],
+	[ 'pi_odd~U', 'stripe', 1000, 'USD', '{0.2s}' ],
+	[ 'pi_html~J', 'stripe', 1000, 'USD', '{0.2s}' ],
+	[ 'pi_expire~M', 'stripe', 1000, 'USD', '{0.2s,0.2s}' ],
+	[ 'pi_acct~S', 'stripe_conn', 1000, 'USD', '{0.3s}' ],
+	[ 'pi_wrong~S', 'stripe_wrong', 1000, 'USD', '{0.2s}' ],
+);
+sql(join ";\n", map {
+	my ($id, $channel, $amount, $currency, $schedule) = @$_;
+	"SELECT (paysync.track(" . lit($id) . ", '$channel', "
+	  . ($amount // 'NULL') . ', ' . ($currency ? lit($currency) : 'NULL')
+	  . ", '$schedule')).payment_id"
+} @tracked);
+
+# pending (with Stripe's words) then succeeded with the tracked amount
+wait_true('pi_paid~M,A,P,S1000', q{status = 'pending' AND channel_status = 'requires_action'},
+	'pi_paid: pending while Stripe says requires_action');
+wait_true('pi_paid~M,A,P,S1000', q{status = 'succeeded'}, 'pi_paid: then succeeded');
+is(row_of('pi_paid~M,A,P,S1000', 'channel_status, step, errors, last_error IS NULL'),
+	'succeeded|4|0|t', '... after three pending answers, with no error');
+is(sql(q{SELECT string_agg(previous || '>' || status || '|' || channel_status || '|' || source, ',')
+	FROM paysync.events WHERE payment_id = 'pi_paid~M,A,P,S1000'}),
+	'pending>succeeded|succeeded|poll', '... one event');
+my @paid_log = stripe_log($mock, 'pi_paid~M,A,P,S1000');
+is(scalar @paid_log, 4, '... four requests');
+is(scalar(grep { $_->{method} eq 'GET' && $_->{path} eq '/v1/payment_intents/pi_paid~M,A,P,S1000'
+	&& $_->{auth} eq 'ok' && $_->{v} eq '2024-06-20' && $_->{acct} eq '-' } @paid_log),
+	4, '... each a GET of the PaymentIntent with the Bearer key and Stripe-Version');
+
+wait_true('pi_capture~K,S2500eur', q{status = 'succeeded' AND channel_status = 'succeeded'},
+	'requires_capture is pending, then succeeded in EUR');
+wait_true('pi_cancel~P,X', q{status = 'cancelled' AND channel_status = 'canceled'},
+	'canceled becomes cancelled');
+wait_true('pi_over~S1500', q{status = 'failed'}, 'a larger amount received: failed');
+is(row_of('pi_over~S1500', 'last_error'),
+	'amount mismatch: expected 1000 USD, channel reports 1500 USD', '... saying why');
+wait_true('pi_cur~S1000eur', q{status = 'failed'}, 'another currency: failed');
+is(row_of('pi_cur~S1000eur', 'last_error'),
+	'amount mismatch: expected 1000 USD, channel reports 1000 EUR', '... saying why');
+wait_true('pi_noamount~S777', q{status = 'succeeded'}, 'no tracked amount: succeeded');
+wait_true('pi_isk~S50000isk', q{status = 'succeeded' AND last_error IS NULL},
+	'ISK 500 tracked, Stripe reports 50000 hundredths: succeeded');
+
+wait_true('pi_429~R,S', q{status = 'succeeded'}, '429 then succeeded');
+like(row_of('pi_429~R,S', 'last_error'), qr/^Stripe rate limit: HTTP 429 rate_limit/,
+	'... the 429 was recorded as an error');
+is(scalar(stripe_log($mock, 'pi_429~R,S')), 2, '... and retried once');
+
+wait_true('pi_ra~R3,S', q{status = 'succeeded'}, '429 with Retry-After 3 then succeeded');
+{
+	my @l = stripe_log($mock, 'pi_ra~R3,S');
+	my $gap = @l == 2 ? ($l[1]{us} - $l[0]{us}) / 1e6 : 0;
+	ok($gap >= 2.8, "... retried after Stripe's Retry-After (${gap}s)");
+}
+
+wait_true('pi_500~E,E,S', q{status = 'succeeded'}, '500 twice then succeeded');
+like(row_of('pi_500~E,E,S', 'last_error'), qr/^Stripe server error: HTTP 500 api_error/,
+	'... the 500 was recorded as an error');
+
+wait_true('pi_missing', q{errors >= 2}, 'an id Stripe does not know (404) is an error, retried');
+is(row_of('pi_missing', 'status, step'), 'pending|0',
+	'... never a status: pending, no step taken, not expired though its schedule is one check');
+like(row_of('pi_missing', 'last_error'),
+	qr/^Stripe has no such PaymentIntent .*HTTP 404 resource_missing, Stripe-Should-Retry false \[req_\w+\]: No such payment_intent: 'pi_missing'$/,
+	'... last_error says what Stripe said');
+
+wait_true('pi_odd~U', q{errors >= 1}, 'an unknown PaymentIntent status is an error');
+is(row_of('pi_odd~U', 'status, step, last_error'),
+	'pending|0|unknown PaymentIntent status "unheard_of"', '... never a status');
+wait_true('pi_html~J', q{errors >= 1 AND last_error LIKE '%not a JSON object%'},
+	'an answer that is not JSON is an error');
+
+wait_true('pi_expire~M', q{status = 'expired'},
+	'requires_payment_method until the schedule runs out: expired');
+
+wait_true('pi_acct~S', q{status = 'succeeded'}, 'a connected account\'s PaymentIntent succeeded');
+{
+	my @l = stripe_log($mock, 'pi_acct~S');
+	ok(@l >= 1 && $l[0]{acct} eq 'acct_1TESTconn' && $l[0]{v} eq '-'
+		  && $l[0]{path} eq '/v1/payment_intents/pi_acct~S',
+		'... asked with Stripe-Account, no Stripe-Version, base_url\'s /v1/ not doubled');
+}
+
+wait_true('pi_wrong~S', q{errors >= 1}, 'a key Stripe refuses (401) is an error');
+is(row_of('pi_wrong~S', 'status'), 'pending', '... never a status');
+like(row_of('pi_wrong~S', 'last_error'),
+	qr/^Stripe refused the secret key: HTTP 401 invalid_request_error/, '... saying the key was refused');
+unlike(row_of('pi_wrong~S', 'last_error'), qr/QZQZ|sk_|\*\*\*/,
+	'... without Stripe\'s message that quotes the (redacted) key');
+ok((grep { $_->{auth} eq 'wrong' } stripe_log($mock, 'pi_wrong~S')) >= 1,
+	'... the mock saw the wrong key');
+
+# ---------------------------------------------------------------- secrets
+
+is(sql(q{SELECT count(*) FROM paysync.payments
+	WHERE last_error ~ '(sk|rk)_' OR channel_status ~ '(sk|rk)_'}), '0',
+	'no key in payments');
+is(sql(q{SELECT count(*) FROM paysync.events WHERE channel_status ~ '(sk|rk)_'}), '0',
+	'no key in events');
+
+$node->stop;
+my $log = slurp_file($node->logfile);
+unlike($log, qr/\Q$SECRET\E/i, 'the secret key is nowhere in the server log');
+unlike($log, qr/\Q$WRONG\E/i, 'nor the refused one');
+unlike($log, qr/QZQZ/, 'nor its end, which Stripe\'s 401 message shows');
+unlike($log, qr/VISIBLEKEY1|HIDDENKEY[234]/, 'nor the keys refused at create_channel');
+
+done_testing();
