@@ -70,7 +70,9 @@ typedef struct PaysyncDriver
 	/*
 	 * Interprets an answer (a transport error included) into *answer.  For
 	 * CHECK_CLOSE: "closed" if the trade is closed now, "succeeded" if the
-	 * channel says it was paid meanwhile, else an error.
+	 * channel says it was paid meanwhile, "pending" if the channel refused
+	 * to close without saying why (the payment is then queried again), else
+	 * an error.
 	 */
 	void		(*interpret) (const void *config, CheckKind kind,
 							  const HttpResult *result, CheckAnswer *answer);

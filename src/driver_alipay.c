@@ -1,25 +1,796 @@
 /*
  * driver_alipay.c
- *		Driver "alipay" (being written).
+ *		Driver "alipay": asks Alipay's OpenAPI gateway what became of a trade
+ *		with alipay.trade.query, and closes unpaid trades paysync gives up on
+ *		with alipay.trade.close.
+ *
+ *		Requests carry the common parameters (app_id, method, format,
+ *		charset, sign_type, timestamp in Asia/Shanghai time, version) in the
+ *		query string and biz_content ({"out_trade_no": ...}) as a POST form,
+ *		signed RSA2 (SHA256withRSA with the merchant's application private
+ *		key) over every parameter but sign, sorted by name, as key=value
+ *		joined by "&", unencoded.
+ *
+ *		Answers look like {"alipay_trade_query_response": {...}, "sign": ...};
+ *		the signature is verified with Alipay's public key over the raw bytes
+ *		of the response object exactly as they came (located with
+ *		PostgreSQL's JSON parser, never re-serialised).  An answer that is not
+ *		signed, or whose signature does not verify, is an error whatever it
+ *		says.
+ *
+ *		trade_status WAIT_BUYER_PAY is pending, TRADE_SUCCESS and
+ *		TRADE_FINISHED succeeded, TRADE_CLOSED closed; sub_code
+ *		ACQ.TRADE_NOT_EXIST (the buyer has not opened the trade yet) is
+ *		pending.  total_amount (yuan, a decimal string) is the paid amount.
+ *
+ *		Closing: code 10000 from alipay.trade.close is closed.  When Alipay
+ *		refuses because the trade no longer awaits payment
+ *		(ACQ.TRADE_STATUS_ERROR), its answer does not say whether the buyer
+ *		paid or the trade closed by itself: the close's answer is "pending",
+ *		which makes the core query the trade again, and alipay.trade.query's
+ *		TRADE_SUCCESS/TRADE_FINISHED is succeeded (paid meanwhile, amount
+ *		checked) and TRADE_CLOSED closed.
  */
 #include "postgres.h"
 
+#include <time.h>
+
+#include <openssl/evp.h>
+
+#include "common/jsonapi.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+
 #include "driver.h"
 
-static const char *const alipay_option_names[] = {NULL};
+#define ALIPAY_QUERY_METHOD "alipay.trade.query"
+#define ALIPAY_CLOSE_METHOD "alipay.trade.close"
+#define ALIPAY_QUERY_NODE "alipay_trade_query_response"
+#define ALIPAY_CLOSE_NODE "alipay_trade_close_response"
+#define ALIPAY_ERROR_NODE "error_response"
 
-/* Not written yet: refuses every channel. */
+/* Alipay's code for a call that succeeded. */
+#define ALIPAY_CODE_SUCCESS "10000"
+
+/* Longest app_id accepted (Alipay's are 16 digits). */
+#define ALIPAY_APP_ID_MAX 32
+
+typedef struct AlipayConfig
+{
+	char	   *app_id;
+	CryptoKey  *app_key;		/* the application's private key: signs */
+	CryptoKey  *alipay_key;		/* Alipay's public key: verifies */
+} AlipayConfig;
+
+/* One request parameter. */
+typedef struct AlipayParam
+{
+	const char *key;
+	const char *value;
+} AlipayParam;
+
+/* What a pass of the JSON parser found in an answer. */
+typedef struct AlipayAnswer
+{
+	JsonLexContext *lex;
+	const char *const *wanted;	/* response node names looked for */
+	int			n_wanted;
+	int			depth;			/* containers open around the parser */
+	int			top_field;		/* the top-level field being read */
+	bool		in_node;		/* inside the response object */
+	char	   *node_field;		/* its field being read (depth 2) */
+
+	const char *node_name;		/* the response node found, or NULL */
+	int			node_count;		/* how many wanted nodes there were */
+	bool		node_not_object;
+	const char *node_start;		/* its raw text: from "{" ... */
+	const char *node_end;		/* ... to just after "}" */
+	char	   *sign;
+	int			sign_count;
+
+	/* the response object's fields (scalars only; NULL if absent) */
+	char	   *code;
+	char	   *msg;
+	char	   *sub_code;
+	char	   *sub_msg;
+	char	   *trade_status;
+	char	   *out_trade_no;
+	char	   *total_amount;
+	char	   *trans_currency;
+} AlipayAnswer;
+
+/* top_field values: which top-level field the parser is in */
+#define TOP_OTHER 0
+#define TOP_NODE 1
+#define TOP_SIGN 2
+
+static const char *const alipay_option_names[] = {
+	"app_id", "app_private_key", "alipay_public_key", NULL
+};
+
+/* Orders parameters by name, byte by byte (ASCII order, as Alipay sorts). */
+static int
+param_cmp(const void *a, const void *b)
+{
+	return strcmp(((const AlipayParam *) a)->key, ((const AlipayParam *) b)->key);
+}
+
+/*
+ * The string Alipay signs for a request: the parameters but sign and
+ * those with an empty value, sorted by name, as key=value joined by "&",
+ * nothing encoded.  Sorts params in place.
+ */
+static char *
+alipay_sign_content(AlipayParam *params, int n)
+{
+	StringInfoData out;
+	bool		first = true;
+
+	qsort(params, n, sizeof(AlipayParam), param_cmp);
+	initStringInfo(&out);
+	for (int i = 0; i < n; i++)
+	{
+		if (strcmp(params[i].key, "sign") == 0 ||
+			params[i].value == NULL || params[i].value[0] == '\0')
+			continue;
+		if (!first)
+			appendStringInfoChar(&out, '&');
+		appendStringInfo(&out, "%s=%s", params[i].key, params[i].value);
+		first = false;
+	}
+	return out.data;
+}
+
+/* Now in Asia/Shanghai (UTC+8, no daylight saving) as Alipay wants it. */
+static void
+shanghai_timestamp(char *buf, size_t len)
+{
+	time_t		now = time(NULL) + 8 * 60 * 60;
+	struct tm	tm;
+
+	gmtime_r(&now, &tm);
+	strftime(buf, len, "%Y-%m-%d %H:%M:%S", &tm);
+}
+
+/* True if app_id is 1 to ALIPAY_APP_ID_MAX letters and digits. */
+static bool
+app_id_valid(const char *app_id)
+{
+	size_t		len = strlen(app_id);
+
+	if (len == 0 || len > ALIPAY_APP_ID_MAX)
+		return false;
+	for (const char *p = app_id; *p; p++)
+		if (!isalnum((unsigned char) *p))
+			return false;
+	return true;
+}
+
+/* Checks and compiles the options of an alipay channel. */
 static void *
 alipay_compile(const char *channel, const char *base_url, Jsonb *options)
 {
-	ereport(ERROR,
-			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-			 errmsg("driver \"alipay\" is not available yet")));
-	return NULL;
+	AlipayConfig *config = palloc0(sizeof(AlipayConfig));
+
+	if (!option_string(options, "app_id", &config->app_id, channel))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("channel \"%s\" needs option \"app_id\"", channel),
+				 errhint("Give the APPID of the application in the Alipay open platform console, such as \"2021000123456789\".")));
+	if (!app_id_valid(config->app_id))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid option \"app_id\" for channel \"%s\": it must be 1 to %d letters and digits",
+						channel, ALIPAY_APP_ID_MAX)));
+
+	config->app_key = option_key(options, "app_private_key", true, channel);
+	config->alipay_key = option_key(options, "alipay_public_key", false, channel);
+
+	/*
+	 * The public half of the application's own key in place of Alipay's
+	 * public key is a common slip; every answer would then fail to verify.
+	 */
+	if (EVP_PKEY_eq(config->app_key, config->alipay_key) == 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid option \"alipay_public_key\" for channel \"%s\": it is the public key of \"app_private_key\", not Alipay's",
+						channel),
+				 errhint("Copy the \"Alipay public key\" (支付宝公钥) from the application's key settings, not the application public key.")));
+
+	return config;
+}
+
+/*
+ * Builds alipay.trade.query (or, for CHECK_CLOSE, alipay.trade.close) for
+ * one payment: common parameters and sign in the query string, biz_content
+ * as the POST form body.
+ */
+static void
+alipay_build_request(const void *cfg, const char *base_url,
+					 const char *payment_id, CheckKind kind,
+					 const char *token, HttpRequest *request)
+{
+	const AlipayConfig *config = cfg;
+	const char *method = ALIPAY_QUERY_METHOD;
+	AlipayParam params[9];
+	int			n = 0;
+	char		timestamp[32];
+	StringInfoData biz;
+	StringInfoData url;
+	char	   *content;
+	char	   *signature;
+	char		error[160];
+	const char **headers = palloc(sizeof(char *) * 2);
+
+	if (kind == CHECK_CLOSE)
+		method = ALIPAY_CLOSE_METHOD;
+
+	initStringInfo(&biz);
+	appendStringInfoString(&biz, "{\"out_trade_no\":");
+	escape_json(&biz, payment_id);
+	appendStringInfoChar(&biz, '}');
+
+	shanghai_timestamp(timestamp, sizeof(timestamp));
+	params[n++] = (AlipayParam) {"app_id", config->app_id};
+	params[n++] = (AlipayParam) {"method", method};
+	params[n++] = (AlipayParam) {"format", "JSON"};
+	params[n++] = (AlipayParam) {"charset", "utf-8"};
+	params[n++] = (AlipayParam) {"sign_type", "RSA2"};
+	params[n++] = (AlipayParam) {"timestamp", timestamp};
+	params[n++] = (AlipayParam) {"version", "1.0"};
+	params[n++] = (AlipayParam) {"biz_content", biz.data};
+	content = alipay_sign_content(params, n);
+
+	/*
+	 * Signing fails only when OpenSSL runs out of memory.  The request then
+	 * goes without a sign, and Alipay's refusal becomes the check's error.
+	 */
+	signature = crypto_sign_b64(config->app_key, content, strlen(content),
+								error, sizeof(error));
+
+	initStringInfo(&url);
+	appendStringInfoString(&url, base_url);
+	appendStringInfoChar(&url, strchr(base_url, '?') ? '&' : '?');
+	for (int i = 0; i < n; i++)
+	{
+		if (strcmp(params[i].key, "biz_content") == 0)
+			continue;
+		appendStringInfo(&url, "%s=%s&", params[i].key, http_escape(params[i].value));
+	}
+	if (signature != NULL)
+	{
+		appendStringInfo(&url, "sign=%s", http_escape(signature));
+		free(signature);
+	}
+	else
+		url.data[--url.len] = '\0';
+
+	request->url = url.data;
+	request->post = true;
+	request->body = psprintf("biz_content=%s", http_escape(biz.data));
+	headers[0] = "Content-Type: application/x-www-form-urlencoded;charset=utf-8";
+	headers[1] = "Accept: application/json";
+	request->headers = headers;
+	request->n_headers = 2;
+}
+
+/* The parser opens an object: the response node's starts at "{". */
+static void
+answer_object_start(void *state)
+{
+	AlipayAnswer *a = state;
+
+	if (a->depth == 1 && a->top_field == TOP_NODE && a->node_start == NULL)
+	{
+		a->node_start = a->lex->token_start;
+		a->in_node = true;
+	}
+	a->depth++;
+}
+
+/* The parser closes an object: the response node's ends just after "}". */
+static void
+answer_object_end(void *state)
+{
+	AlipayAnswer *a = state;
+
+	a->depth--;
+	if (a->depth == 1 && a->in_node)
+	{
+		a->node_end = a->lex->prev_token_terminator;
+		a->in_node = false;
+	}
+}
+
+/* An array opens: nothing inside it is read. */
+static void
+answer_array_start(void *state)
+{
+	AlipayAnswer *a = state;
+
+	if (a->depth == 1 && a->top_field == TOP_NODE)
+		a->node_not_object = true;
+	a->depth++;
+}
+
+/* An array closes. */
+static void
+answer_array_end(void *state)
+{
+	AlipayAnswer *a = state;
+
+	a->depth--;
+}
+
+/* A field starts: at the top, the response node or sign; in the node, one of its fields. */
+static void
+answer_field_start(void *state, char *fname, bool isnull)
+{
+	AlipayAnswer *a = state;
+
+	if (a->depth == 1)
+	{
+		a->top_field = TOP_OTHER;
+		for (int i = 0; i < a->n_wanted; i++)
+		{
+			if (strcmp(fname, a->wanted[i]) == 0)
+			{
+				a->top_field = TOP_NODE;
+				a->node_name = a->wanted[i];
+				a->node_count++;
+			}
+		}
+		if (strcmp(fname, "sign") == 0)
+		{
+			a->top_field = TOP_SIGN;
+			a->sign_count++;
+		}
+	}
+	else if (a->depth == 2 && a->in_node)
+		a->node_field = fname;
+}
+
+/* Sets *slot to token unless it was set already (a duplicate field). */
+static void
+take_field(char **slot, char *token, bool *duplicate)
+{
+	if (*slot != NULL)
+		*duplicate = true;
+	*slot = token;
+}
+
+/* A scalar: the sign, or a field of the response node. */
+static void
+answer_scalar(void *state, char *token, JsonTokenType tokentype)
+{
+	AlipayAnswer *a = state;
+	bool		duplicate = false;
+
+	if (a->depth == 1 && a->top_field == TOP_SIGN)
+	{
+		a->sign = (tokentype == JSON_TOKEN_STRING) ? token : NULL;
+		return;
+	}
+	if (a->depth == 1 && a->top_field == TOP_NODE)
+	{
+		a->node_not_object = true;
+		return;
+	}
+	if (a->depth != 2 || !a->in_node || a->node_field == NULL ||
+		tokentype == JSON_TOKEN_NULL)
+		return;
+
+	if (strcmp(a->node_field, "code") == 0)
+		take_field(&a->code, token, &duplicate);
+	else if (strcmp(a->node_field, "msg") == 0)
+		take_field(&a->msg, token, &duplicate);
+	else if (strcmp(a->node_field, "sub_code") == 0)
+		take_field(&a->sub_code, token, &duplicate);
+	else if (strcmp(a->node_field, "sub_msg") == 0)
+		take_field(&a->sub_msg, token, &duplicate);
+	else if (strcmp(a->node_field, "trade_status") == 0)
+		take_field(&a->trade_status, token, &duplicate);
+	else if (strcmp(a->node_field, "out_trade_no") == 0)
+		take_field(&a->out_trade_no, token, &duplicate);
+	else if (strcmp(a->node_field, "total_amount") == 0)
+		take_field(&a->total_amount, token, &duplicate);
+	else if (strcmp(a->node_field, "trans_currency") == 0)
+		take_field(&a->trans_currency, token, &duplicate);
+
+	/* two values for one field: which would the merchant believe? */
+	if (duplicate)
+		a->node_count = 2;
+}
+
+/*
+ * Reads an Alipay answer body: finds the response node among wanted, its
+ * raw text, its fields and the sign.  False with *answer the error if the
+ * body is not one well-formed answer.
+ */
+static bool
+parse_answer(const char *body, size_t body_len, const char *const *wanted,
+			 int n_wanted, AlipayAnswer *a, CheckAnswer *answer)
+{
+	JsonSemAction sem;
+
+	memset(a, 0, sizeof(*a));
+	a->wanted = wanted;
+	a->n_wanted = n_wanted;
+
+	if (body == NULL || strlen(body) != body_len ||
+		!pg_verify_mbstr(PG_UTF8, body, (int) body_len, true))
+	{
+		answer_error(answer, "the Alipay answer is not UTF-8 text");
+		return false;
+	}
+
+	memset(&sem, 0, sizeof(sem));
+	sem.semstate = a;
+	sem.object_start = answer_object_start;
+	sem.object_end = answer_object_end;
+	sem.array_start = answer_array_start;
+	sem.array_end = answer_array_end;
+	sem.object_field_start = answer_field_start;
+	sem.scalar = answer_scalar;
+
+	a->lex = makeJsonLexContextCstringLen(unconstify(char *, body), (int) body_len,
+										  PG_UTF8, true);
+	if (pg_parse_json(a->lex, &sem) != JSON_SUCCESS)
+	{
+		answer_error(answer, "the Alipay answer is not valid JSON");
+		return false;
+	}
+	if (a->node_count == 0)
+	{
+		answer_error(answer, "the Alipay answer has no %s", wanted[0]);
+		return false;
+	}
+	if (a->node_count > 1)
+	{
+		answer_error(answer, "the Alipay answer is ambiguous (a response or one of its fields given twice)");
+		return false;
+	}
+	if (a->node_not_object || a->node_start == NULL || a->node_end == NULL)
+	{
+		answer_error(answer, "the Alipay answer's %s is not an object", a->node_name);
+		return false;
+	}
+	return true;
+}
+
+/*
+ * A piece of the channel's text fit for an error message in any database
+ * encoding: printable ASCII only, at most 64 bytes; "" if it has anything
+ * else.
+ */
+static const char *
+safe_text(const char *text)
+{
+	if (text == NULL || strlen(text) > 64)
+		return "";
+	for (const char *p = text; *p; p++)
+		if (*p < 0x20 || *p > 0x7e)
+			return "";
+	return text;
+}
+
+/* Makes *answer the error "Alipay <what>: code ... (sub_code): sub_msg". */
+static void
+answer_alipay_refusal(CheckAnswer *answer, const char *what, const AlipayAnswer *a)
+{
+	const char *sub_msg = safe_text(a->sub_msg);
+
+	answer_error(answer, "Alipay %s: code %s%s%s%s%s%s",
+				 what,
+				 a->code ? safe_text(a->code) : "(none)",
+				 a->sub_code ? " (" : "",
+				 a->sub_code ? safe_text(a->sub_code) : "",
+				 a->sub_code ? ")" : "",
+				 sub_msg[0] ? ": " : "",
+				 sub_msg);
+}
+
+/*
+ * Verifies the answer's sign over the raw response text.  False with
+ * *answer the error if it is missing or wrong.
+ */
+static bool
+verify_answer(const AlipayConfig *config, const AlipayAnswer *a, CheckAnswer *answer)
+{
+	if (a->sign_count == 0 || a->sign == NULL || a->sign[0] == '\0')
+	{
+		if (a->code != NULL && strcmp(a->code, ALIPAY_CODE_SUCCESS) != 0)
+			answer_alipay_refusal(answer, "refused the request (unsigned answer)", a);
+		else
+			answer_error(answer, "the Alipay answer is not signed");
+		return false;
+	}
+	if (a->sign_count > 1)
+	{
+		answer_error(answer, "the Alipay answer has two signs");
+		return false;
+	}
+	if (!crypto_verify_b64(config->alipay_key, a->node_start,
+						   a->node_end - a->node_start, a->sign))
+	{
+		answer_error(answer, "the Alipay answer's signature does not verify with alipay_public_key");
+		return false;
+	}
+	return true;
+}
+
+/*
+ * Reads trade_status of a verified, successful query answer into *answer:
+ * the status, and for a paid trade its amount.
+ */
+static void
+answer_trade_status(const AlipayAnswer *a, CheckAnswer *answer)
+{
+	static const struct
+	{
+		const char *word;
+		const char *status;
+	}			map[] = {
+		{"WAIT_BUYER_PAY", "pending"},
+		{"TRADE_SUCCESS", "succeeded"},
+		{"TRADE_FINISHED", "succeeded"},
+		{"TRADE_CLOSED", "closed"},
+	};
+	const char *status = NULL;
+	const char *word = NULL;
+
+	if (a->trade_status == NULL)
+	{
+		answer_error(answer, "the Alipay answer has no trade_status");
+		return;
+	}
+	for (size_t i = 0; i < lengthof(map); i++)
+	{
+		if (strcmp(a->trade_status, map[i].word) == 0)
+		{
+			word = map[i].word;
+			status = map[i].status;
+		}
+	}
+	if (status == NULL)
+	{
+		answer_error(answer, "unknown Alipay trade_status \"%s\"",
+					 safe_text(a->trade_status));
+		return;
+	}
+
+	if (strcmp(status, "succeeded") == 0 && a->total_amount != NULL)
+	{
+		const char *currency = "CNY";
+		int64		minor;
+
+		/* cross-border trades are priced in trans_currency */
+		if (a->trans_currency != NULL)
+		{
+			if (strlen(a->trans_currency) != 3 ||
+				!isalpha((unsigned char) a->trans_currency[0]) ||
+				!isalpha((unsigned char) a->trans_currency[1]) ||
+				!isalpha((unsigned char) a->trans_currency[2]))
+			{
+				answer_error(answer, "the Alipay answer's trans_currency \"%s\" is not a currency",
+							 safe_text(a->trans_currency));
+				return;
+			}
+			currency = a->trans_currency;
+		}
+		if (!amount_to_minor(a->total_amount, currency, &minor))
+		{
+			answer_error(answer, "the Alipay answer's total_amount \"%s\" is not an amount",
+						 safe_text(a->total_amount));
+			return;
+		}
+		answer->has_paid_amount = true;
+		answer->paid_amount_minor = minor;
+		for (int i = 0; i < 3; i++)
+			answer->paid_currency[i] = pg_toupper((unsigned char) currency[i]);
+		answer->paid_currency[3] = '\0';
+	}
+
+	answer->is_error = false;
+	answer->status = status;
+	answer->channel_status = pstrdup(word);
+}
+
+/* True if sub_code says a close was refused as the trade no longer awaits payment. */
+static bool
+refused_as_not_waiting(const char *sub_code)
+{
+	static const char *const codes[] = {
+		"ACQ.TRADE_STATUS_ERROR",
+		"ACQ.REASON_TRADE_STATUS_INVALID",
+		"ACQ.REASON_ILLEGAL_STATUS",
+	};
+
+	if (sub_code == NULL)
+		return false;
+	for (size_t i = 0; i < lengthof(codes); i++)
+		if (strcmp(sub_code, codes[i]) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * Turns an answer into a status or an error.  CHECK_QUERY: the trade's
+ * status.  CHECK_CLOSE: "closed" if Alipay closed it, "pending" (query it
+ * again) if Alipay refused as the trade no longer awaits payment; anything
+ * else is an error.
+ */
+static void
+alipay_interpret(const void *cfg, CheckKind kind, const HttpResult *result,
+				 CheckAnswer *answer)
+{
+	const AlipayConfig *config = cfg;
+	static const char *const query_nodes[] = {ALIPAY_QUERY_NODE, ALIPAY_ERROR_NODE};
+	static const char *const close_nodes[] = {ALIPAY_CLOSE_NODE, ALIPAY_ERROR_NODE};
+	AlipayAnswer a;
+	bool		is_query;
+
+	if (answer_transport_error(result, answer) || answer_http_error(result, answer))
+		return;
+	if (result->status != 200)
+	{
+		answer_error(answer, "unexpected HTTP %ld from Alipay", result->status);
+		return;
+	}
+	if (kind == CHECK_CLOSE)
+	{
+		if (!parse_answer(result->body, result->body_len, close_nodes,
+						  lengthof(close_nodes), &a, answer))
+			return;
+	}
+	else if (!parse_answer(result->body, result->body_len, query_nodes,
+						   lengthof(query_nodes), &a, answer))
+		return;
+	if (!verify_answer(config, &a, answer))
+		return;
+
+	if (strcmp(a.node_name, ALIPAY_ERROR_NODE) == 0)
+	{
+		answer_alipay_refusal(answer, "refused the request", &a);
+		return;
+	}
+	if (a.code == NULL)
+	{
+		answer_error(answer, "the Alipay answer has no code");
+		return;
+	}
+	is_query = strcmp(a.node_name, ALIPAY_QUERY_NODE) == 0;
+
+	if (kind == CHECK_QUERY && is_query)
+	{
+		bool		ok = strcmp(a.code, ALIPAY_CODE_SUCCESS) == 0;
+
+		if (ok)
+		{
+			answer_trade_status(&a, answer);
+			return;
+		}
+		if (a.sub_code != NULL && strcmp(a.sub_code, "ACQ.TRADE_NOT_EXIST") == 0)
+		{
+			/* the buyer has not opened the trade (yet): not paid */
+			answer->is_error = false;
+			answer->status = "pending";
+			answer->channel_status = pstrdup("ACQ.TRADE_NOT_EXIST");
+			return;
+		}
+		answer_alipay_refusal(answer, "refused the query", &a);
+		return;
+	}
+
+	/* alipay.trade.close */
+	if (strcmp(a.code, ALIPAY_CODE_SUCCESS) == 0)
+	{
+		answer->is_error = false;
+		answer->status = "closed";
+		answer->channel_status = pstrdup("TRADE_CLOSED");
+		return;
+	}
+	if (refused_as_not_waiting(a.sub_code))
+	{
+		/* paid or closed meanwhile: the core queries it again to learn which */
+		answer->is_error = false;
+		answer->status = "pending";
+		answer->channel_status = pstrdup(a.sub_code);
+		return;
+	}
+	answer_alipay_refusal(answer, "refused to close the trade", &a);
 }
 
 const PaysyncDriver alipay_driver = {
 	.name = "alipay",
 	.option_names = alipay_option_names,
 	.compile = alipay_compile,
+	.build_request = alipay_build_request,
+	.interpret = alipay_interpret,
+	.can_close = true,
+	.close_on_expiry_default = true,
 };
+
+/*
+ * Test-only SQL functions, not in the install script: a test creates them
+ * with CREATE FUNCTION ... AS '$libdir/paysync', '<name>' LANGUAGE C.
+ */
+PG_FUNCTION_INFO_V1(paysync_test_alipay_request);
+PG_FUNCTION_INFO_V1(paysync_test_alipay_interpret);
+
+/* CHECK_QUERY or CHECK_CLOSE from "query" or "close". */
+static CheckKind
+test_kind(const char *kind)
+{
+	if (strcmp(kind, "query") == 0)
+		return CHECK_QUERY;
+	if (strcmp(kind, "close") == 0)
+		return CHECK_CLOSE;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("kind must be \"query\" or \"close\", not \"%s\"", kind)));
+	return CHECK_QUERY;
+}
+
+/*
+ * paysync_test_alipay_request(options jsonb, base_url text, payment_id
+ * text, kind text) returns text: the URL, a newline and the body of the
+ * request the driver builds.
+ */
+Datum
+paysync_test_alipay_request(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *options = PG_GETARG_JSONB_P(0);
+	char	   *base_url = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	char	   *payment_id = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	CheckKind	kind = test_kind(text_to_cstring(PG_GETARG_TEXT_PP(3)));
+	void	   *config = alipay_compile("test", base_url, options);
+	HttpRequest request;
+
+	memset(&request, 0, sizeof(request));
+	alipay_build_request(config, base_url, payment_id, kind, NULL, &request);
+	PG_RETURN_TEXT_P(cstring_to_text(psprintf("%s\n%s", request.url, request.body)));
+}
+
+/*
+ * paysync_test_alipay_interpret(options jsonb, kind text, http_status int,
+ * body text) returns text: "status|channel_status|amount currency" for a
+ * status (the amount part empty if none), "error: ..." for an error.
+ */
+Datum
+paysync_test_alipay_interpret(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *options = PG_GETARG_JSONB_P(0);
+	CheckKind	kind = test_kind(text_to_cstring(PG_GETARG_TEXT_PP(1)));
+	int32		http_status = PG_GETARG_INT32(2);
+	text	   *body = PG_GETARG_TEXT_PP(3);
+	void	   *config = alipay_compile("test", "http://127.0.0.1/gateway.do", options);
+	HttpResult	result;
+	CheckAnswer answer;
+
+	memset(&result, 0, sizeof(result));
+	memset(&answer, 0, sizeof(answer));
+	answer.retry_after_s = -1;
+	result.status = http_status;
+	result.retry_after_s = -1;
+	result.body = text_to_cstring(body);
+	result.body_len = VARSIZE_ANY_EXHDR(body);
+	if (http_status == 0)
+		snprintf(result.error, sizeof(result.error), "connection refused");
+	alipay_interpret(config, kind, &result, &answer);
+	if (answer.is_error)
+		PG_RETURN_TEXT_P(cstring_to_text(psprintf("error: %s", answer.error)));
+	if (answer.has_paid_amount)
+		PG_RETURN_TEXT_P(cstring_to_text(psprintf("%s|%s|" INT64_FORMAT " %s",
+												  answer.status,
+												  answer.channel_status ? answer.channel_status : "",
+												  answer.paid_amount_minor,
+												  answer.paid_currency)));
+	PG_RETURN_TEXT_P(cstring_to_text(psprintf("%s|%s|", answer.status,
+											  answer.channel_status ? answer.channel_status : "")));
+}

@@ -75,9 +75,11 @@ static const char *lock_events_sql = "SELECT paysync._lock_events()";
  * answer came at or after expires_at, paysync gives up: the payment becomes
  * expired (source expiry), or, on a channel that closes trades it gives up
  * on, it is marked closing and due now, and the answer to that close makes
- * it closed (source expiry) or succeeded (paid meanwhile; if the close's
- * answer carries no amount and the payment has one, it is queried again at
- * once instead, so the amount is checked).  An error:
+ * it closed (source expiry) or succeeded (paid meanwhile).  A close answer
+ * "pending" (the channel refused the close without saying why: paid or
+ * closed meanwhile), or "succeeded" with no amount for a payment that has
+ * one, makes it a query again a second later, so the query says which and
+ * the amount is checked.  An error:
  * errors + 1, step kept, retried after min(2^(errors-1) s, 5 min) +-20%,
  * or after Retry-After if later; an error never expires a payment.
  */
@@ -108,8 +110,9 @@ static const char *record_sql =
 "      AND (c.expires_at <= now()"
 "           OR (c.step + 1 >= cardinality(c.schedule) AND c.expires_at IS NULL)), false)"
 "      AS gives_up,"
-"    coalesce(c.error IS NULL AND c.is_close AND c.answered = 'succeeded'"
-"      AND c.paid_amount IS NULL AND c.amount_minor IS NOT NULL, false)"
+"    coalesce(c.error IS NULL AND c.is_close AND (c.answered = 'pending'"
+"      OR (c.answered = 'succeeded' AND c.paid_amount IS NULL"
+"          AND c.amount_minor IS NOT NULL)), false)"
 "      AS requery"
 "  FROM current c"
 "), decided AS ("
@@ -142,7 +145,8 @@ static const char *record_sql =
 "      WHEN d.error IS NOT NULL THEN now() + greatest("
 "        make_interval(secs => least(power(2, p.errors), 300) * (0.8 + random() * 0.4)),"
 "        make_interval(secs => coalesce(d.retry_after, 0)))"
-"      WHEN d.gives_up OR d.requery THEN now()"
+"      WHEN d.gives_up THEN now()"
+"      WHEN d.requery THEN now() + interval '1 second'"
 "      ELSE least(now() + p.schedule[least(p.step + 2, cardinality(p.schedule))],"
 "                 coalesce(p.expires_at, 'infinity'))"
 "      END"

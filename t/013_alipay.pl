@@ -1,0 +1,581 @@
+# 013_alipay.pl: the alipay driver, unit-level and end to end against
+# t/mock/mock_alipay, which checks requests the way Alipay's gateway does
+# (RSA2 signature with the application's public key, app_id, timestamp in
+# Shanghai time) and signs its answers with "Alipay's" private key.
+#
+# Unit level (through paysync_test_alipay_request/_interpret, created here
+# from the library, not in the install script): the request signature
+# verifies with `openssl dgst -sha256 -verify` over the string to sign
+# rebuilt here; answers signed here with openssl verify, and bad
+# signatures, a wrong key, a tampered body, a re-serialised body and a
+# missing sign are errors.  (Alipay's answers carry no timestamp, so there
+# is no stale timestamp to refuse.)
+#
+# create_channel: a key that does not parse is an ERROR naming the option
+# and never showing the key.
+#
+# End to end: WAIT_BUYER_PAY then TRADE_SUCCESS, TRADE_FINISHED,
+# TRADE_CLOSED, ACQ.TRADE_NOT_EXIST as pending; close on expiry (closed,
+# source expiry; paid meanwhile -> succeeded; closed meanwhile -> closed; a
+# failed close retried); close_on_expiry off -> expired; amount mismatch
+# -> failed; every verification failure an error, never a status; keys
+# nowhere in the server log or paysync's tables but paysync.channels.
+use strict;
+use warnings;
+
+use FindBin;
+use lib $FindBin::Bin;
+use IPC::Run;
+use JSON::PP;
+use MIME::Base64 qw(encode_base64 decode_base64);
+use PaysyncTest;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+
+my $APP_ID = '2021000000000001';
+my $tmp = PostgreSQL::Test::Utils::tempdir;
+
+# ---------------------------------------------------------------- keys
+
+# Runs openssl with args (stdin from $in if given); returns (ok, stdout, stderr).
+sub openssl
+{
+	my ($args, $in) = @_;
+	my ($out, $err) = ('', '');
+	my $ok = IPC::Run::run([ 'openssl', @$args ], '<', \($in // ''), '>', \$out, '2>', \$err);
+	return ($ok, $out, $err);
+}
+
+sub slurp
+{
+	my ($path) = @_;
+	open my $fh, '<:raw', $path or die "$path: $!";
+	local $/;
+	my $text = <$fh>;
+	close $fh;
+	return $text;
+}
+
+sub spew
+{
+	my ($path, $text) = @_;
+	open my $fh, '>:raw', $path or die "$path: $!";
+	print $fh $text;
+	close $fh;
+}
+
+# The bare base64 body of a PEM, as Alipay's console hands keys out.
+sub bare
+{
+	my ($pem) = @_;
+	return join '', grep { !/^-----/ } split /\n/, $pem;
+}
+
+# app: the merchant's application key; ali: "Alipay's" key; other*: keys
+# nobody registered.
+for my $name (qw(app ali other other_ali))
+{
+	my ($ok, undef, $err) = openssl([ 'genpkey', '-algorithm', 'RSA', '-pkeyopt',
+		'rsa_keygen_bits:2048', '-out', "$tmp/$name.key" ]);
+	die "genpkey: $err" unless $ok;
+	($ok, undef, $err) = openssl([ 'pkey', '-in', "$tmp/$name.key", '-pubout', '-out', "$tmp/$name.pub" ]);
+	die "pkey: $err" unless $ok;
+}
+# The keys, as the server reads them from the files (so that no statement
+# text, which log_statement = all logs, carries them): name => [file, bare?]
+my %KEY = (
+	app_priv_pem => [ 'app.key', 0 ],
+	app_priv_bare => [ 'app.key', 1 ],
+	app_pub_pem => [ 'app.pub', 0 ],
+	ali_pub_pem => [ 'ali.pub', 0 ],
+	ali_pub_bare => [ 'ali.pub', 1 ],
+	other_priv_pem => [ 'other.key', 0 ],
+	other_ali_pub_pem => [ 'other_ali.pub', 0 ]);
+
+# Lines from the middle of the application private key: they must show
+# nowhere but in paysync.channels.
+my @APP_KEY_LINES = (split /\n/, slurp("$tmp/app.key"))[ 3 .. 8 ];
+
+# Signs text with a key file the way Alipay does; base64.
+sub rsa2_sign
+{
+	my ($keyfile, $text) = @_;
+	my ($ok, $sig, $err) = openssl([ 'dgst', '-sha256', '-sign', $keyfile ], $text);
+	die "openssl dgst -sign: $err" unless $ok;
+	return encode_base64($sig, '');
+}
+
+# ---------------------------------------------------------------- the mock
+
+sub start_alipay_mock
+{
+	my $bin = "$FindBin::Bin/mock/mock_alipay";
+	die "mock_alipay not built: run make -C t/mock" unless -x $bin;
+	my $log = "$PostgreSQL::Test::Utils::tmp_check/mock_alipay.log";
+	my ($out, $err) = ('', '');
+	my $handle = IPC::Run::start(
+		[
+			$bin, '--port', '0', '--log', $log, '--app-id', $APP_ID,
+			'--app-public-key', "$tmp/app.pub", '--alipay-private-key', "$tmp/ali.key"
+		],
+		'>', \$out, '2>', \$err);
+	my $deadline = time + 10;
+	while ($out !~ /port=(\d+)/ && time < $deadline)
+	{
+		$handle->pump_nb;
+		usleep(10_000);
+	}
+	die "mock_alipay did not start: $err" unless $out =~ /port=(\d+)/;
+	return { handle => $handle, port => $1, log => $log };
+}
+
+# The Alipay methods the mock saw for a trade, in order.
+sub methods_for
+{
+	my ($mock, $id) = @_;
+	return () unless -e $mock->{log};
+	(my $logged = $id) =~ s/ /_/g;
+	my @methods;
+	for my $line (split /\n/, slurp($mock->{log}))
+	{
+		my (undef, undef, undef, $lid, $method) = split / /, $line;
+		push @methods, $method if defined $lid && $lid eq $logged;
+	}
+	return @methods;
+}
+
+my $mock = start_alipay_mock();
+my $GATEWAY = "http://127.0.0.1:$mock->{port}/gateway.do";
+my $node = new_paysync_node('alipay');
+
+# ---------------------------------------------------------------- helpers
+
+sub lit
+{
+	my ($s) = @_;
+	$s =~ s/'/''/g;
+	return "'$s'";
+}
+
+sub sql
+{
+	my ($query) = @_;
+	return $node->safe_psql('postgres', $query);
+}
+
+# Runs a statement expected to fail; returns its stderr (or undef if it worked).
+sub sql_error
+{
+	my ($query) = @_;
+	my ($out, $err) = ('', '');
+	my $rc = $node->psql('postgres', "\\set VERBOSITY verbose\n$query", stdout => \$out, stderr => \$err);
+	return $rc == 0 ? undef : $err;
+}
+
+sub row_of
+{
+	my ($id, $cols) = @_;
+	return sql("SELECT $cols FROM paysync.payments WHERE payment_id = " . lit($id));
+}
+
+sub wait_status
+{
+	my ($id, $status) = @_;
+	return wait_for_sql($node,
+		'SELECT status FROM paysync.payments WHERE payment_id = ' . lit($id),
+		$status, "$id becomes $status");
+}
+
+sub events_of
+{
+	my ($id) = @_;
+	return sql("SELECT string_agg(previous || '>' || status || '|' || coalesce(channel_status, '') || '|' || source, ',' ORDER BY event_id)"
+		  . ' FROM paysync.events WHERE payment_id = ' . lit($id));
+}
+
+# The keys live in a table so that no statement text carries them: a
+# failing statement is logged, and would show a key spelled out in it.
+sql('CREATE TABLE test_keys (name text PRIMARY KEY, value text NOT NULL)');
+for my $name (sort keys %KEY)
+{
+	my ($file, $bare) = @{ $KEY{$name} };
+	my $read = 'pg_read_file(' . lit("$tmp/$file") . ')';
+	$read = "regexp_replace($read, '-----[A-Z ]+-----|\\s', '', 'g')" if $bare;
+	sql('INSERT INTO test_keys SELECT ' . lit($name) . ", $read");
+}
+is(sql("SELECT value FROM test_keys WHERE name = 'app_priv_bare'"),
+	join('', grep { !/^-----/ } split /\n/, slurp("$tmp/app.key")),
+	'the bare base64 form of a key is its PEM body');
+sql(<<"EOF");
+CREATE FUNCTION opts(app text, ali text) RETURNS jsonb LANGUAGE sql AS \$\$
+  SELECT jsonb_strip_nulls(jsonb_build_object('app_id', '$APP_ID',
+    'app_private_key', (SELECT value FROM test_keys WHERE name = app),
+    'alipay_public_key', (SELECT value FROM test_keys WHERE name = ali)))
+\$\$;
+CREATE FUNCTION paysync_test_alipay_request(jsonb, text, text, text) RETURNS text
+  AS '\$libdir/paysync', 'paysync_test_alipay_request' LANGUAGE C STRICT;
+CREATE FUNCTION paysync_test_alipay_interpret(jsonb, text, int, text) RETURNS text
+  AS '\$libdir/paysync', 'paysync_test_alipay_interpret' LANGUAGE C STRICT;
+EOF
+
+# ---------------------------------------------------------------- request signing
+
+# Decodes a form-encoded piece.
+sub form_decode
+{
+	my ($s) = @_;
+	$s =~ tr/+/ /;
+	$s =~ s/%([0-9A-Fa-f]{2})/chr(hex($1))/ge;
+	return $s;
+}
+
+# The request the driver builds for id and kind: (url without query, params).
+sub driver_request
+{
+	my ($id, $kind) = @_;
+	my $req = sql("SELECT paysync_test_alipay_request(opts('app_priv_bare', 'ali_pub_bare'), "
+		  . lit($GATEWAY) . ', ' . lit($id) . ', ' . lit($kind) . ')');
+	my ($url, $body) = split /\n/, $req, 2;
+	my ($base, $query) = split /\?/, $url, 2;
+	my %params;
+	for my $pair (split(/&/, $query), split(/&/, $body))
+	{
+		my ($k, $v) = split /=/, $pair, 2;
+		$k = form_decode($k);
+		die "parameter $k given twice" if exists $params{$k};
+		$params{$k} = form_decode($v // '');
+	}
+	return ($base, \%params, $body);
+}
+
+# True if openssl verifies the request's sign with the key in pubfile over
+# the string to sign built here from Alipay's rules.
+sub openssl_verifies
+{
+	my ($params, $pubfile) = @_;
+	my $content = join '&', map { "$_=$params->{$_}" }
+	  sort grep { $_ ne 'sign' && $params->{$_} ne '' } keys %$params;
+	spew("$tmp/content.txt", $content);
+	spew("$tmp/sig.bin", decode_base64($params->{sign}));
+	my ($ok, $out) = openssl([ 'dgst', '-sha256', '-verify', $pubfile, '-signature',
+		"$tmp/sig.bin", "$tmp/content.txt" ]);
+	return $ok && $out =~ /Verified OK/;
+}
+
+{
+	my $id = qq{T-1 "q" \\ /\xc3\xbc~W};    # a quote, a backslash, a space, a u-umlaut
+	my ($base, $p, $body) = driver_request($id, 'query');
+	is($base, $GATEWAY, 'the request goes to the gateway');
+	is_deeply([ sort keys %$p ],
+		[qw(app_id biz_content charset format method sign sign_type timestamp version)],
+		'the request has the common parameters, biz_content and sign');
+	is($p->{method}, 'alipay.trade.query', 'method alipay.trade.query');
+	is(join(',', @$p{qw(app_id format charset sign_type version)}),
+		"$APP_ID,JSON,utf-8,RSA2,1.0", 'app_id, format, charset, sign_type, version');
+	like($body, qr/^biz_content=[^&]+$/, 'biz_content is the POST form body');
+	# bytes in, bytes out: decoded without ->utf8, the id comes back as sent
+	is(JSON::PP->new->decode($p->{biz_content})->{out_trade_no}, $id,
+		'biz_content carries out_trade_no, JSON-escaped');
+	like($p->{timestamp}, qr/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/, 'timestamp is yyyy-MM-dd HH:mm:ss');
+	my @t = gmtime(time + 8 * 3600);
+	my $shanghai = sprintf('%04d-%02d-%02d %02d:%02d', $t[5] + 1900, $t[4] + 1, $t[3], $t[2], $t[1]);
+	my @t2 = gmtime(time + 8 * 3600 - 60);
+	my $shanghai_before = sprintf('%04d-%02d-%02d %02d:%02d', $t2[5] + 1900, $t2[4] + 1, $t2[3], $t2[2], $t2[1]);
+	ok(substr($p->{timestamp}, 0, 16) eq $shanghai || substr($p->{timestamp}, 0, 16) eq $shanghai_before,
+		'timestamp is Asia/Shanghai time');
+	ok(openssl_verifies($p, "$tmp/app.pub"),
+		'openssl dgst -sha256 -verify accepts the request signature with the app public key');
+	ok(!openssl_verifies($p, "$tmp/other.pub"), '... and refuses it with another public key');
+	my %tampered = (%$p, biz_content => '{"out_trade_no":"someone-else"}');
+	ok(!openssl_verifies(\%tampered, "$tmp/app.pub"), '... and refuses a changed biz_content');
+
+	my (undef, $c) = driver_request('T-2', 'close');
+	is($c->{method}, 'alipay.trade.close', 'CHECK_CLOSE sends alipay.trade.close');
+	ok(openssl_verifies($c, "$tmp/app.pub"), 'the close request signature verifies with openssl');
+}
+
+# ---------------------------------------------------------------- answer verification
+
+# A query response object with unusual spacing, an escaped slash, a nested
+# array and object, and non-ASCII text: any re-serialisation changes it.
+sub query_node
+{
+	my ($status, %o) = @_;
+	my $amount = $o{amount} // '88.88';
+	my $extra = $o{extra} // '';
+	return qq({"code" : "10000",  "msg": "Success", "buyer_logon_id": "159****5620", )
+	  . qq("note": "a\\/b \xe4\xbd\xa0\xe5\xa5\xbd", "fund_bill_list": [ {"amount": "$amount", "fund_channel": "ALIPAYACCOUNT"} ], )
+	  . qq("out_trade_no": "u1", "total_amount": "$amount"$extra, "trade_status": "$status"});
+}
+
+sub error_node
+{
+	my ($code, $sub_code) = @_;
+	return qq({"code": "$code", "msg": "Business Failed", "sub_code": "$sub_code", "sub_msg": "\xe4\xba\xa4\xe6\x98\x93", "out_trade_no": "u1"});
+}
+
+# A whole answer: node under name, signed with keyfile (default Alipay's);
+# sent replaces the node text after signing; nosign leaves the sign out.
+sub answer
+{
+	my ($name, $node_text, %o) = @_;
+	my $sent = $o{sent} // $node_text;
+	return qq({"$name": $sent}) if $o{nosign};
+	my $sig = $o{sig} // rsa2_sign($o{key} // "$tmp/ali.key", $node_text);
+	return qq({"sign": "$sig", "$name": $sent}) if $o{sign_first};
+	return qq({"$name": $sent, "sign": "$sig"});
+}
+
+sub interpret
+{
+	my ($kind, $http, $body) = @_;
+	return sql("SELECT paysync_test_alipay_interpret(opts('app_priv_pem', 'ali_pub_pem'), '$kind', $http, "
+		  . lit($body) . ')');
+}
+
+my $Q = 'alipay_trade_query_response';
+my $CL = 'alipay_trade_close_response';
+is(interpret('query', 200, answer($Q, query_node('WAIT_BUYER_PAY'))),
+	'pending|WAIT_BUYER_PAY|', 'a good signature verifies: WAIT_BUYER_PAY is pending');
+is(interpret('query', 200, answer($Q, query_node('TRADE_SUCCESS'))),
+	'succeeded|TRADE_SUCCESS|8888 CNY', 'TRADE_SUCCESS is succeeded, with 88.88 yuan as 8888 CNY');
+is(interpret('query', 200, answer($Q, query_node('TRADE_FINISHED', amount => '0.01'))),
+	'succeeded|TRADE_FINISHED|1 CNY', 'TRADE_FINISHED is succeeded');
+is(interpret('query', 200, answer($Q, query_node('TRADE_CLOSED'))),
+	'closed|TRADE_CLOSED|', 'TRADE_CLOSED is closed');
+is(interpret('query', 200, answer($Q, error_node('40004', 'ACQ.TRADE_NOT_EXIST'))),
+	'pending|ACQ.TRADE_NOT_EXIST|', 'ACQ.TRADE_NOT_EXIST is pending');
+is(interpret('query', 200, answer($Q, query_node('TRADE_SUCCESS', amount => '12.34',
+	extra => ', "trans_currency": "USD"'))),
+	'succeeded|TRADE_SUCCESS|1234 USD', 'trans_currency gives the currency of total_amount');
+is(interpret('query', 200, answer($Q, query_node('TRADE_SUCCESS'), sign_first => 1)),
+	'succeeded|TRADE_SUCCESS|8888 CNY', 'the sign may come before the response');
+
+my $good_sig = rsa2_sign("$tmp/ali.key", query_node('WAIT_BUYER_PAY'));
+(my $flipped = $good_sig) =~ s/^(.)/$1 eq 'A' ? 'B' : 'A'/e;
+like(interpret('query', 200, answer($Q, query_node('WAIT_BUYER_PAY'), sig => $flipped)),
+	qr/^error: .*signature does not verify/, 'a bad signature is an error');
+like(interpret('query', 200, answer($Q, query_node('WAIT_BUYER_PAY'), sig => 'not base64!')),
+	qr/^error: .*signature does not verify/, 'a sign that is not base64 is an error');
+like(interpret('query', 200, answer($Q, query_node('TRADE_SUCCESS'), key => "$tmp/other_ali.key")),
+	qr/^error: .*signature does not verify/, 'a signature by another key is an error');
+like(interpret('query', 200, answer($Q, query_node('WAIT_BUYER_PAY'), sent => query_node('TRADE_SUCCESS'))),
+	qr/^error: .*signature does not verify/, 'a tampered body is an error');
+my $compact = JSON::PP->new->canonical->encode(JSON::PP->new->decode(query_node('TRADE_SUCCESS')));
+like(interpret('query', 200, answer($Q, query_node('TRADE_SUCCESS'), sent => $compact)),
+	qr/^error: .*signature does not verify/, 'the same response re-serialised does not verify');
+is(interpret('query', 200, answer($Q, $compact)), 'succeeded|TRADE_SUCCESS|8888 CNY',
+	'... while compact text signed as sent does');
+like(interpret('query', 200, answer($Q, query_node('TRADE_SUCCESS'), nosign => 1)),
+	qr/^error: the Alipay answer is not signed/, 'a missing sign is an error');
+like(interpret('query', 200, answer($Q, error_node('40002', 'isv.invalid-signature'), nosign => 1)),
+	qr/^error: .*unsigned.*40002 \(isv\.invalid-signature\)/, 'an unsigned refusal is an error naming the code');
+like(interpret('query', 200, answer($Q, error_node('40002', 'isv.invalid-signature'))),
+	qr/^error: Alipay refused the query: code 40002 \(isv\.invalid-signature\)/, 'a signed refusal is an error');
+like(interpret('query', 200, answer('error_response', error_node('40002', 'isv.invalid-method'))),
+	qr/^error: Alipay refused the request/, 'error_response is an error');
+like(interpret('query', 200, answer($Q, query_node('TRADE_WEIRD'))),
+	qr/^error: unknown Alipay trade_status "TRADE_WEIRD"/, 'an unknown trade_status is an error');
+like(interpret('query', 200, answer($Q, '{"code": "10000", "msg": "Success"}')),
+	qr/^error: .*no trade_status/, 'a missing trade_status is an error');
+like(interpret('query', 200, answer($Q, query_node('TRADE_SUCCESS', amount => '8.888'))),
+	qr/^error: .*total_amount "8\.888" is not an amount/, 'a total_amount that is not an amount is an error');
+like(interpret('query', 200, answer($Q, query_node('TRADE_SUCCESS', extra => ', "trade_status": "TRADE_CLOSED"'))),
+	qr/^error: .*ambiguous/, 'a field given twice is an error');
+my $twice = answer($Q, query_node('WAIT_BUYER_PAY'));
+$twice =~ s/^\{/{"$Q": {"trade_status": "TRADE_SUCCESS"}, /;
+like(interpret('query', 200, $twice), qr/^error: .*ambiguous/, 'a response given twice is an error');
+like(interpret('query', 200, 'this is not json'), qr/^error: .*not valid JSON/, 'not JSON is an error');
+like(interpret('query', 200, '{"sign": "x"}'), qr/^error: .*has no alipay_trade_query_response/,
+	'an answer without the response is an error');
+like(interpret('query', 200, answer($CL, '{"code": "10000", "msg": "Success"}')),
+	qr/^error: .*has no alipay_trade_query_response/, 'a close response to a query is an error');
+like(interpret('query', 500, answer($Q, query_node('TRADE_SUCCESS'))), qr/^error: HTTP 500/,
+	'HTTP 500 is an error');
+like(interpret('query', 404, answer($Q, query_node('TRADE_SUCCESS'))), qr/^error: unexpected HTTP 404/,
+	'HTTP 404 is an error');
+like(interpret('query', 0, ''), qr/^error: connection refused/, 'a transport error is an error');
+
+is(interpret('close', 200, answer($CL, '{"code": "10000", "msg": "Success", "out_trade_no": "u1", "trade_no": "2024"}')),
+	'closed|TRADE_CLOSED|', 'close: code 10000 is closed');
+is(interpret('close', 200, answer($CL, error_node('40004', 'ACQ.TRADE_STATUS_ERROR'))),
+	'pending|ACQ.TRADE_STATUS_ERROR|',
+	'close: ACQ.TRADE_STATUS_ERROR (paid or closed meanwhile) is pending: the core queries it again');
+like(interpret('close', 200, answer($CL, error_node('40004', 'ACQ.TRADE_NOT_EXIST'))),
+	qr/^error: Alipay refused to close the trade: code 40004 \(ACQ\.TRADE_NOT_EXIST\)/,
+	'close: ACQ.TRADE_NOT_EXIST is an error');
+like(interpret('close', 200, answer($CL, '{"code": "10000", "msg": "Success"}', key => "$tmp/other_ali.key")),
+	qr/^error: .*signature does not verify/, 'close: a signature by another key is an error');
+like(interpret('close', 200, answer($Q, query_node('TRADE_SUCCESS'))),
+	qr/^error: the Alipay answer has no alipay_trade_close_response/,
+	'close: an answer of another method (a query response) is an error, never a status');
+
+# ---------------------------------------------------------------- create_channel
+
+# Tries create_channel with options (a SQL jsonb expression); returns the error.
+sub channel_error
+{
+	my ($options) = @_;
+	return sql_error("SELECT paysync.create_channel('bad', 'alipay', " . lit($GATEWAY) . ", $options)");
+}
+
+sub refused_naming
+{
+	my ($options, $option, $what, $pattern) = @_;
+	my $err = channel_error($options) // '';
+	like($err, qr/22023/, "$what: SQLSTATE 22023");
+	like($err, qr/"$option"/, "$what: the error names $option");
+	like($err, $pattern, "$what: the error says why") if $pattern;
+	unlike($err, qr/MII|PRIVATE KEY-----\n[A-Za-z0-9+\/]{20}/, "$what: the error shows no key");
+}
+
+refused_naming(q{opts('app_priv_pem', 'ali_pub_pem') - 'app_id'}, 'app_id', 'no app_id', qr/needs option/);
+refused_naming(q{opts('app_priv_pem', 'ali_pub_pem') || '{"app_id": "20 21"}'}, 'app_id', 'a bad app_id');
+refused_naming(q{opts('app_priv_pem', 'ali_pub_pem') - 'app_private_key'}, 'app_private_key',
+	'no app_private_key', qr/needs option/);
+refused_naming(q{opts('app_priv_pem', 'ali_pub_pem') || '{"app_private_key": "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7notakey"}'},
+	'app_private_key', 'an app_private_key that does not parse', qr/invalid option/);
+refused_naming(q{opts('app_pub_pem', 'ali_pub_pem')}, 'app_private_key',
+	'a public key as app_private_key', qr/not a PEM private key/);
+refused_naming(q{opts('app_priv_pem', 'ali_pub_pem') - 'alipay_public_key'}, 'alipay_public_key',
+	'no alipay_public_key', qr/needs option/);
+refused_naming(q{opts('app_priv_pem', 'ali_pub_pem') || '{"alipay_public_key": "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAnotakey"}'},
+	'alipay_public_key', 'an alipay_public_key that does not parse', qr/invalid option/);
+refused_naming(q{opts('app_priv_pem', 'app_pub_pem')}, 'alipay_public_key',
+	'the app public key as alipay_public_key', qr/not Alipay's/);
+like(channel_error(q{opts('app_priv_pem', 'ali_pub_pem') || '{"sign_type": "RSA"}'}) // '',
+	qr/unknown option "sign_type"/, 'an unknown option is an ERROR');
+is(sql("SELECT count(*) FROM paysync.channels"), '0', 'no refused channel was created');
+
+# ---------------------------------------------------------------- end to end
+
+sub create_channel
+{
+	my ($name, $options) = @_;
+	sql("SELECT paysync.create_channel('$name', 'alipay', " . lit($GATEWAY) . ", $options)");
+}
+
+create_channel('alipay', q{opts('app_priv_bare', 'ali_pub_bare')});    # bare base64, as Alipay hands them out
+create_channel('alipay_pem', q{opts('app_priv_pem', 'ali_pub_pem')});
+create_channel('alipay_keep', q{opts('app_priv_pem', 'ali_pub_pem') || '{"close_on_expiry": false}'});
+create_channel('alipay_wrong_app', q{opts('other_priv_pem', 'ali_pub_pem')});
+create_channel('alipay_wrong_ali', q{opts('app_priv_pem', 'other_ali_pub_pem')});
+pass('channels with bare base64 and PEM keys are created');
+
+my $STEPS = q{'{100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms}'::interval[]};
+my $ONCE = q{'{100ms}'::interval[]};
+
+sub track
+{
+	my ($id, $channel, $schedule, $amount) = @_;
+	my $amount_sql = defined $amount ? "$amount, 'CNY'" : 'NULL, NULL';
+	sql('SELECT 1 FROM paysync.track(' . lit($id) . ", '$channel', $amount_sql, $schedule)");
+}
+
+track('p1~W,W,S', 'alipay', $STEPS, 8888);
+track('p2~F', 'alipay_pem', $STEPS, 8888);
+track('p3~W,C', 'alipay', $STEPS);
+track('p4~N', 'alipay', q{'{100ms,1h}'::interval[]});
+track('x1~W:c', 'alipay', $ONCE);
+track('x2~W:p', 'alipay', $ONCE, 8888);
+track('x3~W:z', 'alipay', $ONCE);
+track('x4~N:e,c', 'alipay', $ONCE);
+track('x5~W', 'alipay_keep', $ONCE);
+track('m1~A', 'alipay', $STEPS, 8888);
+track('v1~T', 'alipay', $ONCE);
+track('v2~K', 'alipay', $ONCE);
+track('v3~U', 'alipay', $ONCE);
+track('v4~X', 'alipay', $ONCE);
+track('v5~E', 'alipay', $ONCE);
+track('v6~S', 'alipay_wrong_app', $ONCE);
+track('v7~S', 'alipay_wrong_ali', $ONCE);
+
+# pending, then paid
+wait_status('p1~W,W,S', 'succeeded');
+is(events_of('p1~W,W,S'), 'pending>succeeded|TRADE_SUCCESS|poll', 'WAIT_BUYER_PAY then TRADE_SUCCESS: one event, source poll');
+is(row_of('p1~W,W,S', 'step || \'|\' || errors'), '3|0', 'two pending answers, then the paid one, no errors');
+is_deeply([ methods_for($mock, 'p1~W,W,S') ], [ ('alipay.trade.query') x 3 ], 'three queries');
+
+wait_status('p2~F', 'succeeded');
+is(row_of('p2~F', 'channel_status'), 'TRADE_FINISHED', 'TRADE_FINISHED is succeeded (PEM keys)');
+
+wait_status('p3~W,C', 'closed');
+is(events_of('p3~W,C'), 'pending>closed|TRADE_CLOSED|poll', 'TRADE_CLOSED is closed, source poll');
+
+wait_for_sql($node, "SELECT step FROM paysync.payments WHERE payment_id = 'p4~N'", '1',
+	'ACQ.TRADE_NOT_EXIST is answered');
+is(row_of('p4~N', "status || '|' || coalesce(channel_status, '') || '|' || errors"),
+	'pending|ACQ.TRADE_NOT_EXIST|0', 'ACQ.TRADE_NOT_EXIST is pending, not an error');
+
+# close on expiry
+wait_status('x1~W:c', 'closed');
+is(events_of('x1~W:c'), 'pending>closed|TRADE_CLOSED|expiry', 'closed at Alipay on expiry: source expiry');
+is_deeply([ methods_for($mock, 'x1~W:c') ], [ 'alipay.trade.query', 'alipay.trade.close' ],
+	'one query, then alipay.trade.close');
+
+wait_status('x2~W:p', 'succeeded');
+is(events_of('x2~W:p'), 'pending>succeeded|TRADE_SUCCESS|poll', 'paid meanwhile: succeeded');
+is_deeply([ methods_for($mock, 'x2~W:p') ],
+	[ 'alipay.trade.query', 'alipay.trade.close', 'alipay.trade.query' ],
+	'the refused close is followed by a query');
+is(row_of('x2~W:p', 'errors'), '0', 'the refused close was no error: the query said what happened');
+
+wait_status('x3~W:z', 'closed');
+is(events_of('x3~W:z'), 'pending>closed|TRADE_CLOSED|poll',
+	'closed by itself meanwhile: closed, as the query said (source poll)');
+
+wait_status('x4~N:e,c', 'closed');
+is_deeply([ methods_for($mock, 'x4~N:e,c') ],
+	[ 'alipay.trade.query', 'alipay.trade.close', 'alipay.trade.close' ], 'a failed close is retried');
+like(row_of('x4~N:e,c', 'last_error'), qr/ACQ\.SYSTEM_ERROR/, 'the failed close was an error');
+is(events_of('x4~N:e,c'), 'pending>closed|TRADE_CLOSED|expiry', 'then closed, source expiry');
+
+wait_status('x5~W', 'expired');
+is_deeply([ methods_for($mock, 'x5~W') ], ['alipay.trade.query'], 'close_on_expiry false: expired, no close');
+
+# amount mismatch
+wait_status('m1~A', 'failed');
+is(row_of('m1~A', 'last_error'), 'amount mismatch: expected 8888 CNY, channel reports 100 CNY',
+	'a different total_amount is failed with "amount mismatch"');
+
+# verification failures are errors, never statuses
+my %why = (
+	'v1~T' => qr/signature does not verify/,
+	'v2~K' => qr/signature does not verify/,
+	'v3~U' => qr/not signed/,
+	'v4~X' => qr/unknown Alipay trade_status "TRADE_WEIRD"/,
+	'v5~E' => qr/HTTP 500/,
+	'v6~S' => qr/isv\.invalid-signature/,
+	'v7~S' => qr/signature does not verify with alipay_public_key/);
+for my $id (sort keys %why)
+{
+	wait_for_sql($node, 'SELECT errors >= 2 FROM paysync.payments WHERE payment_id = ' . lit($id),
+		't', "$id: answered with errors, retried");
+	is(row_of($id, 'status'), 'pending', "$id: still pending");
+	is(events_of($id), '', "$id: no event");
+	like(row_of($id, 'last_error'), $why{$id}, "$id: last_error says why");
+}
+
+# ---------------------------------------------------------------- secrets
+
+sql('DROP TABLE test_keys CASCADE');
+
+# True if text holds a line of the application private key.
+sub has_key
+{
+	my ($text) = @_;
+	return scalar grep { index($text, $_) >= 0 } @APP_KEY_LINES;
+}
+ok(!has_key(sql("SELECT string_agg(coalesce(last_error, '') || ' ' || coalesce(channel_status, '') || ' ' || coalesce(metadata::text, ''), ' ') FROM paysync.payments")),
+	'no key in paysync.payments');
+ok(!has_key(sql("SELECT string_agg(t::text, ' ') FROM paysync.events t")), 'no key in paysync.events');
+ok(has_key(sql("SELECT string_agg(options::text, ' ') FROM paysync.channels")),
+	'(the key is in paysync.channels, so the search would find it)');
+$node->stop;
+ok(!has_key(slurp($node->logfile)), 'no key in the server log');
+
+$mock->{handle}->signal('TERM');
+$mock->{handle}->finish;
+done_testing();

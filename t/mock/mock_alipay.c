@@ -1,0 +1,961 @@
+/*
+ * mock_alipay.c
+ *		A mock of Alipay's OpenAPI gateway (POST /gateway.do) for the alipay
+ *		driver's tests: alipay.trade.query and alipay.trade.close.
+ *
+ *		Requests are checked as the gateway checks them: the common
+ *		parameters (query string and form body together), app_id, sign_type
+ *		RSA2, a timestamp "yyyy-MM-dd HH:mm:ss" in Asia/Shanghai time within
+ *		15 minutes of now, version 1.0, and the RSA2 signature (SHA256withRSA
+ *		over every parameter but sign, empty ones left out, sorted by name as
+ *		key=value joined by "&", unencoded) verified with the application's
+ *		PUBLIC key.  A wrong or missing one gets Alipay's error response
+ *		(40001 isv.missing-*, 40002 isv.invalid-*, e.g. isv.invalid-signature).
+ *
+ *		Answers are {"<method>_response": {...}, "sign": "..."}, the sign an
+ *		RSA2 signature with Alipay's PRIVATE key over the response object's
+ *		text exactly as sent; that text has a space after every colon and
+ *		comma, so re-serialised JSON does not verify.
+ *
+ *		The answer for a trade is scripted in its out_trade_no:
+ *
+ *			<anything>~<query letters>[:<close letters>]
+ *
+ *		split at the last "~"; no "~" means "S"; letters may be separated
+ *		by commas ("x~W,W,S:p").  The Nth query of a trade
+ *		does the Nth query letter, the Nth close the Nth close letter; the
+ *		last letter repeats.  Query letters:
+ *
+ *			W	trade_status WAIT_BUYER_PAY
+ *			S	TRADE_SUCCESS, total_amount 88.88
+ *			F	TRADE_FINISHED, total_amount 88.88
+ *			C	TRADE_CLOSED
+ *			N	40004 ACQ.TRADE_NOT_EXIST
+ *			A	TRADE_SUCCESS, total_amount 1.00 (another amount)
+ *			X	trade_status TRADE_WEIRD (unknown)
+ *			T	tampered: WAIT_BUYER_PAY signed, TRADE_SUCCESS sent
+ *			K	TRADE_SUCCESS signed with a key that is not Alipay's
+ *			U	TRADE_SUCCESS without a sign
+ *			E	HTTP 500
+ *
+ *		Close letters (default "c"):
+ *
+ *			c	10000: closed; later queries say TRADE_CLOSED
+ *			p	40004 ACQ.TRADE_STATUS_ERROR, the buyer paid meanwhile: later
+ *				queries say TRADE_SUCCESS 88.88
+ *			z	40004 ACQ.TRADE_STATUS_ERROR, the trade closed by itself
+ *				meanwhile: later queries say TRADE_CLOSED
+ *			e	40004 ACQ.SYSTEM_ERROR (nothing changes)
+ *			n	40004 ACQ.TRADE_NOT_EXIST
+ *
+ *		Command line: --port N (0: any), --log FILE, --app-id ID,
+ *		--app-public-key FILE (PEM), --alipay-private-key FILE (PEM).  Prints
+ *		"port=N" once listening.  Log: one line per request, "<unix us>
+ *		<HTTP method> <path> <out_trade_no or -> <Alipay method or ->".
+ */
+#define _GNU_SOURCE
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rsa.h>
+
+#define MAX_BODY (64 * 1024)
+#define MAX_PARAMS 32
+
+/* Default amount of a paid trade. */
+#define PAID_AMOUNT "88.88"
+
+/* One request parameter, decoded. */
+typedef struct Param
+{
+	char	   *key;
+	char	   *value;
+} Param;
+
+/* What the mock remembers of a trade. */
+typedef struct Trade
+{
+	struct Trade *next;
+	char	   *id;
+	int			queries;
+	int			closes;
+	char		now;			/* 0: scripted; 'S' paid; 'C' closed */
+} Trade;
+
+/* Per-request state. */
+typedef struct Request
+{
+	char	   *body;
+	size_t		len;
+	bool		overflow;
+} Request;
+
+static const char *opt_log = NULL;
+static const char *opt_app_id = NULL;
+static unsigned int opt_port = 0;
+static EVP_PKEY *app_public_key = NULL;
+static EVP_PKEY *alipay_private_key = NULL;
+static EVP_PKEY *wrong_private_key = NULL;
+static int	log_fd = -1;
+
+/* One MHD thread answers everything, so this needs no lock. */
+static Trade *trades = NULL;
+
+/* Prints a message and exits. */
+static void
+die(const char *msg, const char *detail)
+{
+	fprintf(stderr, "mock_alipay: %s%s%s\n", msg, detail ? ": " : "", detail ? detail : "");
+	exit(2);
+}
+
+/* Reads a PEM key file: a private key if private, else a public key. */
+static EVP_PKEY *
+load_key(const char *path, bool private)
+{
+	FILE	   *f = fopen(path, "r");
+	EVP_PKEY   *key;
+
+	if (f == NULL)
+		die("cannot open key file", path);
+	key = private ? PEM_read_PrivateKey(f, NULL, NULL, NULL) :
+		PEM_read_PUBKEY(f, NULL, NULL, NULL);
+	fclose(f);
+	if (key == NULL)
+		die("cannot read key", path);
+	return key;
+}
+
+/* The trade called id, created on first sight. */
+static Trade *
+trade_get(const char *id)
+{
+	Trade	   *t;
+
+	for (t = trades; t; t = t->next)
+		if (strcmp(t->id, id) == 0)
+			return t;
+	t = calloc(1, sizeof(Trade));
+	if (t == NULL || (t->id = strdup(id)) == NULL)
+		die("out of memory", NULL);
+	t->next = trades;
+	trades = t;
+	return t;
+}
+
+/*
+ * The letter for the nth (0-based) request in letters (commas between
+ * letters are allowed and skipped), the last one repeating; def if there
+ * are none.
+ */
+static char
+script_letter(const char *letters, size_t len, int n, char def)
+{
+	char		letter = def;
+	int			seen = 0;
+
+	for (size_t i = 0; i < len; i++)
+	{
+		if (letters[i] == ',')
+			continue;
+		letter = letters[i];
+		if (seen++ == n)
+			break;
+	}
+	return letter;
+}
+
+/* Splits id's script into its query and close letters. */
+static void
+script_of(const char *id, const char **query, size_t *query_len,
+		  const char **close, size_t *close_len)
+{
+	const char *tilde = strrchr(id, '~');
+	const char *colon;
+
+	*query = "S";
+	*query_len = 1;
+	*close = "";
+	*close_len = 0;
+	if (tilde == NULL)
+		return;
+	*query = tilde + 1;
+	colon = strchr(*query, ':');
+	if (colon)
+	{
+		*query_len = colon - *query;
+		*close = colon + 1;
+		*close_len = strlen(*close);
+	}
+	else
+		*query_len = strlen(*query);
+}
+
+/* Value of a hex digit, or -1. */
+static int
+hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* Decodes a form-encoded piece of len bytes ("+" is a space), malloc'd. */
+static char *
+form_decode(const char *s, size_t len)
+{
+	char	   *out = malloc(len + 1);
+	size_t		o = 0;
+
+	if (out == NULL)
+		die("out of memory", NULL);
+	for (size_t i = 0; i < len; i++)
+	{
+		int			hi,
+					lo;
+
+		if (s[i] == '%' && i + 2 < len &&
+			(hi = hexval(s[i + 1])) >= 0 && (lo = hexval(s[i + 2])) >= 0)
+		{
+			out[o++] = (char) (hi * 16 + lo);
+			i += 2;
+		}
+		else if (s[i] == '+')
+			out[o++] = ' ';
+		else
+			out[o++] = s[i];
+	}
+	out[o] = '\0';
+	return out;
+}
+
+/* Adds a parameter; false if there are too many or it is given twice. */
+static bool
+param_add(Param *params, int *n, char *key, char *value)
+{
+	for (int i = 0; i < *n; i++)
+		if (strcmp(params[i].key, key) == 0)
+			return false;
+	if (*n >= MAX_PARAMS)
+		return false;
+	params[*n].key = key;
+	params[*n].value = value;
+	(*n)++;
+	return true;
+}
+
+/* Parses a form body into params; false on a duplicate or too many. */
+static bool
+parse_form(const char *body, size_t len, Param *params, int *n)
+{
+	size_t		start = 0;
+
+	while (start < len)
+	{
+		size_t		end = start;
+		const char *eq;
+
+		while (end < len && body[end] != '&')
+			end++;
+		if (end > start)
+		{
+			eq = memchr(body + start, '=', end - start);
+			if (eq == NULL)
+				eq = body + end;
+			if (!param_add(params, n, form_decode(body + start, eq - (body + start)),
+						   eq < body + end ? form_decode(eq + 1, body + end - eq - 1) : strdup("")))
+				return false;
+		}
+		start = end + 1;
+	}
+	return true;
+}
+
+/* Collects one query-string argument (MHD has decoded it). */
+static enum MHD_Result
+collect_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+	void	  **state = cls;
+	Param	   *params = state[0];
+	int		   *n = state[1];
+	bool	   *ok = state[2];
+
+	(void) kind;
+	if (!param_add(params, n, strdup(key), strdup(value ? value : "")))
+		*ok = false;
+	return MHD_YES;
+}
+
+/* The value of parameter key, or NULL. */
+static const char *
+param_get(const Param *params, int n, const char *key)
+{
+	for (int i = 0; i < n; i++)
+		if (strcmp(params[i].key, key) == 0)
+			return params[i].value;
+	return NULL;
+}
+
+/* Orders parameters by name. */
+static int
+param_cmp(const void *a, const void *b)
+{
+	return strcmp(((const Param *) a)->key, ((const Param *) b)->key);
+}
+
+/* The string Alipay verifies a request's sign over, malloc'd. */
+static char *
+sign_content(Param *params, int n)
+{
+	size_t		size = 1;
+	char	   *out;
+	size_t		o = 0;
+
+	qsort(params, n, sizeof(Param), param_cmp);
+	for (int i = 0; i < n; i++)
+		size += strlen(params[i].key) + strlen(params[i].value) + 2;
+	out = malloc(size);
+	if (out == NULL)
+		die("out of memory", NULL);
+	for (int i = 0; i < n; i++)
+	{
+		if (strcmp(params[i].key, "sign") == 0 || params[i].value[0] == '\0')
+			continue;
+		o += sprintf(out + o, "%s%s=%s", o ? "&" : "", params[i].key, params[i].value);
+	}
+	out[o] = '\0';
+	return out;
+}
+
+/* RSA2 signature of data with key, base64, malloc'd. */
+static char *
+rsa2_sign(EVP_PKEY *key, const char *data, size_t len)
+{
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	unsigned char sig[1024];
+	size_t		sig_len = sizeof(sig);
+	char	   *b64 = malloc(4 * sizeof(sig) / 3 + 8);
+
+	if (ctx == NULL || b64 == NULL ||
+		EVP_DigestSignInit(ctx, NULL, EVP_sha256(), NULL, key) != 1 ||
+		EVP_DigestSign(ctx, sig, &sig_len, (const unsigned char *) data, len) != 1)
+		die("signing failed", NULL);
+	EVP_MD_CTX_free(ctx);
+	EVP_EncodeBlock((unsigned char *) b64, sig, (int) sig_len);
+	return b64;
+}
+
+/* True if b64 is an RSA2 signature of data by key. */
+static bool
+rsa2_verify(EVP_PKEY *key, const char *data, const char *b64)
+{
+	size_t		len = strlen(b64);
+	unsigned char *sig;
+	int			n;
+	EVP_MD_CTX *ctx;
+	bool		ok;
+
+	if (len == 0 || len % 4 != 0)
+		return false;
+	sig = malloc(len);
+	if (sig == NULL)
+		die("out of memory", NULL);
+	n = EVP_DecodeBlock(sig, (const unsigned char *) b64, (int) len);
+	if (n < 0)
+	{
+		free(sig);
+		return false;
+	}
+	if (b64[len - 1] == '=')
+		n--;
+	if (b64[len - 2] == '=')
+		n--;
+	ctx = EVP_MD_CTX_new();
+	ok = ctx != NULL &&
+		EVP_DigestVerifyInit(ctx, NULL, EVP_sha256(), NULL, key) == 1 &&
+		EVP_DigestVerify(ctx, sig, n, (const unsigned char *) data, strlen(data)) == 1;
+	EVP_MD_CTX_free(ctx);
+	free(sig);
+	return ok;
+}
+
+/* True if ts is "yyyy-MM-dd HH:mm:ss" Shanghai time within 15 minutes of now. */
+static bool
+timestamp_fresh(const char *ts)
+{
+	struct tm	tm;
+	const char *end;
+	time_t		t;
+
+	memset(&tm, 0, sizeof(tm));
+	end = strptime(ts, "%Y-%m-%d %H:%M:%S", &tm);
+	if (end == NULL || *end != '\0' || strlen(ts) != 19)
+		return false;
+	t = timegm(&tm) - 8 * 60 * 60;
+	return labs((long) (t - time(NULL))) <= 15 * 60;
+}
+
+/* JSON-escapes s into a malloc'd string (without quotes). */
+static char *
+json_escaped(const char *s)
+{
+	char	   *out = malloc(strlen(s) * 6 + 1);
+	char	   *o = out;
+
+	if (out == NULL)
+		die("out of memory", NULL);
+	for (; *s; s++)
+	{
+		unsigned char c = (unsigned char) *s;
+
+		if (c == '"' || c == '\\')
+		{
+			*o++ = '\\';
+			*o++ = (char) c;
+		}
+		else if (c < 0x20)
+			o += sprintf(o, "\\u%04x", c);
+		else
+			*o++ = (char) c;
+	}
+	*o = '\0';
+	return out;
+}
+
+/* Writes the log line of a request. */
+static void
+log_request(const char *http_method, const char *url, const char *id,
+			const char *method)
+{
+	struct timespec ts;
+	char		line[2048];
+	int			n;
+
+	if (log_fd < 0)
+		return;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	n = snprintf(line, sizeof(line), "%lld %s %s %s %s\n",
+				 (long long) ts.tv_sec * 1000000LL + ts.tv_nsec / 1000,
+				 http_method, url, id ? id : "-", method ? method : "-");
+	if (n > 0 && (size_t) n < sizeof(line))
+	{
+		/* one word per field: spaces in ids become "_" */
+		for (int i = 0, field = 0; i < n - 1; i++)
+		{
+			if (line[i] == ' ' && ++field > 4)
+				line[i] = '_';
+			else if ((unsigned char) line[i] < 0x20)
+				line[i] = '_';
+		}
+		if (write(log_fd, line, n) < 0)
+			perror("mock_alipay: log");
+	}
+}
+
+/* Sends status and body as JSON. */
+static enum MHD_Result
+send_text(struct MHD_Connection *conn, unsigned int status, const char *text)
+{
+	struct MHD_Response *r = MHD_create_response_from_buffer(strlen(text), (void *) text,
+															 MHD_RESPMEM_MUST_COPY);
+	enum MHD_Result ret;
+
+	if (r == NULL)
+		return MHD_NO;
+	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json;charset=utf-8");
+	ret = MHD_queue_response(conn, status, r);
+	MHD_destroy_response(r);
+	return ret;
+}
+
+/*
+ * Sends {"<node_name>": <node>, "sign": "<sign>"}: node signed with key
+ * (no sign if key is NULL); if sent is not NULL, it goes out in place of
+ * node (a tampered answer).
+ */
+static enum MHD_Result
+send_signed(struct MHD_Connection *conn, const char *node_name, const char *node,
+			EVP_PKEY *key, const char *sent)
+{
+	char	   *sign = key ? rsa2_sign(key, node, strlen(node)) : NULL;
+	char	   *body;
+	enum MHD_Result ret;
+
+	if (sign)
+	{
+		if (asprintf(&body, "{\"%s\": %s, \"sign\": \"%s\"}", node_name,
+					 sent ? sent : node, sign) < 0)
+			die("out of memory", NULL);
+	}
+	else if (asprintf(&body, "{\"%s\": %s}", node_name, sent ? sent : node) < 0)
+		die("out of memory", NULL);
+	ret = send_text(conn, MHD_HTTP_OK, body);
+	free(body);
+	free(sign);
+	return ret;
+}
+
+/* Sends Alipay's signed error answer: code, msg, sub_code, sub_msg. */
+static enum MHD_Result
+send_error(struct MHD_Connection *conn, const char *node_name, const char *code,
+		   const char *msg, const char *sub_code, const char *sub_msg,
+		   const char *out_trade_no)
+{
+	char	   *node;
+	char	   *id = out_trade_no ? json_escaped(out_trade_no) : NULL;
+	enum MHD_Result ret;
+
+	if (asprintf(&node, "{\"code\": \"%s\", \"msg\": \"%s\", \"sub_code\": \"%s\", \"sub_msg\": \"%s\"%s%s%s}",
+				 code, msg, sub_code, sub_msg,
+				 id ? ", \"out_trade_no\": \"" : "", id ? id : "", id ? "\"" : "") < 0)
+		die("out of memory", NULL);
+	ret = send_signed(conn, node_name, node, alipay_private_key, NULL);
+	free(node);
+	free(id);
+	return ret;
+}
+
+/* The query response object for a trade in status with amount (or NULL). */
+static char *
+trade_node(const char *id, const char *status, const char *amount)
+{
+	char	   *node;
+	char	   *esc = json_escaped(id);
+
+	if (asprintf(&node,
+				 "{\"code\": \"10000\", \"msg\": \"Success\", \"buyer_logon_id\": \"159****5620\", "
+				 "\"buyer_pay_amount\": \"0.00\", \"out_trade_no\": \"%s\", "
+				 "\"fund_bill_list\": [{\"amount\": \"%s\", \"fund_channel\": \"ALIPAYACCOUNT\"}], "
+				 "\"point_amount\": \"0.00\", \"send_pay_date\": \"2024-11-26 15:45:57\", "
+				 "\"total_amount\": \"%s\", \"trade_no\": \"2024112622001404500000000001\", "
+				 "\"trade_status\": \"%s\"}",
+				 esc, amount ? amount : "0.00", amount ? amount : PAID_AMOUNT, status) < 0)
+		die("out of memory", NULL);
+	free(esc);
+	return node;
+}
+
+/* Answers alipay.trade.query for trade t. */
+static enum MHD_Result
+answer_query(struct MHD_Connection *conn, Trade *t)
+{
+	const char *q,
+			   *c;
+	size_t		ql,
+				cl;
+	char		letter;
+	char	   *node = NULL;
+	char	   *sent = NULL;
+	EVP_PKEY   *key = alipay_private_key;
+	enum MHD_Result ret;
+
+	script_of(t->id, &q, &ql, &c, &cl);
+	letter = script_letter(q, ql, t->queries++, 'S');
+	if (t->now == 'S')
+		letter = 'S';
+	else if (t->now == 'C')
+		letter = 'C';
+
+	switch (letter)
+	{
+		case 'W':
+			node = trade_node(t->id, "WAIT_BUYER_PAY", NULL);
+			break;
+		case 'S':
+			node = trade_node(t->id, "TRADE_SUCCESS", PAID_AMOUNT);
+			break;
+		case 'F':
+			node = trade_node(t->id, "TRADE_FINISHED", PAID_AMOUNT);
+			break;
+		case 'C':
+			node = trade_node(t->id, "TRADE_CLOSED", NULL);
+			break;
+		case 'A':
+			node = trade_node(t->id, "TRADE_SUCCESS", "1.00");
+			break;
+		case 'X':
+			node = trade_node(t->id, "TRADE_WEIRD", NULL);
+			break;
+		case 'T':
+			node = trade_node(t->id, "WAIT_BUYER_PAY", NULL);
+			sent = trade_node(t->id, "TRADE_SUCCESS", PAID_AMOUNT);
+			break;
+		case 'K':
+			node = trade_node(t->id, "TRADE_SUCCESS", PAID_AMOUNT);
+			key = wrong_private_key;
+			break;
+		case 'U':
+			node = trade_node(t->id, "TRADE_SUCCESS", PAID_AMOUNT);
+			key = NULL;
+			break;
+		case 'N':
+			return send_error(conn, "alipay_trade_query_response", "40004", "Business Failed",
+							  "ACQ.TRADE_NOT_EXIST", "交易不存在", NULL);
+		case 'E':
+			return send_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "{\"error\": \"scripted\"}");
+		default:
+			return send_error(conn, "alipay_trade_query_response", "40004", "Business Failed",
+							  "ACQ.INVALID_PARAMETER", "bad script letter", NULL);
+	}
+	ret = send_signed(conn, "alipay_trade_query_response", node, key, sent);
+	free(node);
+	free(sent);
+	return ret;
+}
+
+/* Answers alipay.trade.close for trade t. */
+static enum MHD_Result
+answer_close(struct MHD_Connection *conn, Trade *t)
+{
+	const char *q,
+			   *c;
+	size_t		ql,
+				cl;
+	char		letter;
+	char	   *node;
+	char	   *esc;
+	enum MHD_Result ret;
+
+	script_of(t->id, &q, &ql, &c, &cl);
+	letter = script_letter(c, cl, t->closes++, 'c');
+	switch (letter)
+	{
+		case 'c':
+			t->now = 'C';
+			esc = json_escaped(t->id);
+			if (asprintf(&node, "{\"code\": \"10000\", \"msg\": \"Success\", \"out_trade_no\": \"%s\", "
+						 "\"trade_no\": \"2024112622001404500000000001\"}", esc) < 0)
+				die("out of memory", NULL);
+			ret = send_signed(conn, "alipay_trade_close_response", node, alipay_private_key, NULL);
+			free(node);
+			free(esc);
+			return ret;
+		case 'p':
+		case 'z':
+			t->now = (letter == 'p') ? 'S' : 'C';
+			return send_error(conn, "alipay_trade_close_response", "40004", "Business Failed",
+							  "ACQ.TRADE_STATUS_ERROR", "交易状态不合法", t->id);
+		case 'e':
+			return send_error(conn, "alipay_trade_close_response", "40004", "Business Failed",
+							  "ACQ.SYSTEM_ERROR", "系统异常", t->id);
+		case 'n':
+			return send_error(conn, "alipay_trade_close_response", "40004", "Business Failed",
+							  "ACQ.TRADE_NOT_EXIST", "交易不存在", t->id);
+		default:
+			return send_error(conn, "alipay_trade_close_response", "40004", "Business Failed",
+							  "ACQ.INVALID_PARAMETER", "bad script letter", t->id);
+	}
+}
+
+/* Checks a whole gateway request and answers it. */
+static enum MHD_Result
+handle_gateway(struct MHD_Connection *conn, const char *url, const char *http_method,
+			   Request *req)
+{
+	Param		params[MAX_PARAMS];
+	int			n = 0;
+	bool		ok = true;
+	void	   *state[3] = {params, &n, &ok};
+	const char *method,
+			   *app_id,
+			   *sign,
+			   *sign_type,
+			   *timestamp,
+			   *version,
+			   *charset,
+			   *format,
+			   *biz;
+	const char *node_name = "error_response";
+	char		node_buf[64];
+	json_t	   *biz_json = NULL;
+	const char *id = NULL;
+	char	   *content;
+	enum MHD_Result ret;
+
+	MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect_arg, state);
+	if (ok && req->len > 0)
+		ok = parse_form(req->body, req->len, params, &n);
+	method = param_get(params, n, "method");
+	biz = param_get(params, n, "biz_content");
+	if (biz)
+	{
+		biz_json = json_loads(biz, 0, NULL);
+		if (json_is_object(biz_json) &&
+			json_is_string(json_object_get(biz_json, "out_trade_no")))
+			id = json_string_value(json_object_get(biz_json, "out_trade_no"));
+	}
+	log_request(http_method, url, id, method);
+
+	if (strcmp(http_method, "POST") != 0 && strcmp(http_method, "GET") != 0)
+	{
+		ret = send_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "{\"error\": \"method not allowed\"}");
+		goto done;
+	}
+	if (!ok || req->overflow)
+	{
+		ret = send_error(conn, node_name, "40002", "Invalid Arguments",
+						 "isv.invalid-parameter", "duplicate or too many parameters", NULL);
+		goto done;
+	}
+	if (method == NULL)
+	{
+		ret = send_error(conn, node_name, "40001", "Missing Required Arguments",
+						 "isv.missing-method", "缺少方法名参数", NULL);
+		goto done;
+	}
+	if (strcmp(method, "alipay.trade.query") != 0 && strcmp(method, "alipay.trade.close") != 0)
+	{
+		ret = send_error(conn, node_name, "40002", "Invalid Arguments",
+						 "isv.invalid-method", "不存在的方法名", NULL);
+		goto done;
+	}
+	snprintf(node_buf, sizeof(node_buf), "%s_response", method);
+	for (char *p = node_buf; *p; p++)
+		if (*p == '.')
+			*p = '_';
+	node_name = node_buf;
+
+	app_id = param_get(params, n, "app_id");
+	sign = param_get(params, n, "sign");
+	sign_type = param_get(params, n, "sign_type");
+	timestamp = param_get(params, n, "timestamp");
+	version = param_get(params, n, "version");
+	charset = param_get(params, n, "charset");
+	format = param_get(params, n, "format");
+
+	if (app_id == NULL)
+		ret = send_error(conn, node_name, "40001", "Missing Required Arguments",
+						 "isv.missing-app-id", "缺少AppID参数", NULL);
+	else if (strcmp(app_id, opt_app_id) != 0)
+		ret = send_error(conn, node_name, "40002", "Invalid Arguments",
+						 "isv.invalid-app-id", "无效的AppID参数", NULL);
+	else if (sign == NULL || sign[0] == '\0')
+		ret = send_error(conn, node_name, "40001", "Missing Required Arguments",
+						 "isv.missing-signature", "缺少签名参数", NULL);
+	else if (sign_type == NULL)
+		ret = send_error(conn, node_name, "40001", "Missing Required Arguments",
+						 "isv.missing-signature-type", "缺少签名类型参数", NULL);
+	else if (strcmp(sign_type, "RSA2") != 0)
+		ret = send_error(conn, node_name, "40002", "Invalid Arguments",
+						 "isv.invalid-signature-type", "无效的签名类型参数", NULL);
+	else if (timestamp == NULL)
+		ret = send_error(conn, node_name, "40001", "Missing Required Arguments",
+						 "isv.missing-timestamp", "缺少时间戳参数", NULL);
+	else if (!timestamp_fresh(timestamp))
+		ret = send_error(conn, node_name, "40002", "Invalid Arguments",
+						 "isv.invalid-timestamp", "非法的时间戳参数", NULL);
+	else if (version == NULL)
+		ret = send_error(conn, node_name, "40001", "Missing Required Arguments",
+						 "isv.missing-version", "缺少版本参数", NULL);
+	else if (strcmp(version, "1.0") != 0)
+		ret = send_error(conn, node_name, "40002", "Invalid Arguments",
+						 "isv.invalid-parameter", "version must be 1.0", NULL);
+	else if (charset == NULL || strcasecmp(charset, "utf-8") != 0)
+		ret = send_error(conn, node_name, "40002", "Invalid Arguments",
+						 "isv.invalid-charset", "字符集错误", NULL);
+	else if (format != NULL && strcasecmp(format, "JSON") != 0)
+		ret = send_error(conn, node_name, "40002", "Invalid Arguments",
+						 "isv.invalid-format", "无效的数据格式参数", NULL);
+	else
+	{
+		content = sign_content(params, n);
+		if (!rsa2_verify(app_public_key, content, sign))
+			ret = send_error(conn, node_name, "40002", "Invalid Arguments",
+							 "isv.invalid-signature", "验签出错", NULL);
+		else if (id == NULL || id[0] == '\0')
+			ret = send_error(conn, node_name, "40004", "Business Failed",
+							 "ACQ.INVALID_PARAMETER", "参数无效", NULL);
+		else if (strcmp(method, "alipay.trade.query") == 0)
+			ret = answer_query(conn, trade_get(id));
+		else
+			ret = answer_close(conn, trade_get(id));
+		free(content);
+	}
+
+done:
+	json_decref(biz_json);
+	for (int i = 0; i < n; i++)
+	{
+		free(params[i].key);
+		free(params[i].value);
+	}
+	return ret;
+}
+
+/* MHD access handler: collects the body, then answers. */
+static enum MHD_Result
+handle_request(void *cls, struct MHD_Connection *conn, const char *url,
+			   const char *method, const char *version,
+			   const char *upload_data, size_t *upload_data_size, void **con_cls)
+{
+	Request    *req = *con_cls;
+
+	(void) cls;
+	(void) version;
+	if (req == NULL)
+	{
+		req = calloc(1, sizeof(Request));
+		if (req == NULL)
+			return MHD_NO;
+		*con_cls = req;
+		return MHD_YES;
+	}
+	if (*upload_data_size > 0)
+	{
+		size_t		len = *upload_data_size;
+
+		*upload_data_size = 0;
+		if (req->len + len > MAX_BODY)
+		{
+			req->overflow = true;
+			return MHD_YES;
+		}
+		req->body = realloc(req->body, req->len + len + 1);
+		if (req->body == NULL)
+			return MHD_NO;
+		memcpy(req->body + req->len, upload_data, len);
+		req->len += len;
+		req->body[req->len] = '\0';
+		return MHD_YES;
+	}
+	if (strcmp(url, "/gateway.do") != 0)
+	{
+		log_request(method, url, NULL, NULL);
+		return send_text(conn, MHD_HTTP_NOT_FOUND, "{\"error\": \"not found\"}");
+	}
+	return handle_gateway(conn, url, method, req);
+}
+
+/* MHD completion callback: frees the request state. */
+static void
+request_done(void *cls, struct MHD_Connection *conn, void **con_cls,
+			 enum MHD_RequestTerminationCode toe)
+{
+	Request    *req = *con_cls;
+
+	(void) cls;
+	(void) conn;
+	(void) toe;
+	if (req)
+	{
+		free(req->body);
+		free(req);
+	}
+	*con_cls = NULL;
+}
+
+/* Reads the command line. */
+static void
+parse_args(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{"port", required_argument, NULL, 'p'},
+		{"log", required_argument, NULL, 'l'},
+		{"app-id", required_argument, NULL, 'a'},
+		{"app-public-key", required_argument, NULL, 'k'},
+		{"alipay-private-key", required_argument, NULL, 'K'},
+		{NULL, 0, NULL, 0}
+	};
+	int			c;
+
+	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1)
+	{
+		switch (c)
+		{
+			case 'p':
+				opt_port = (unsigned int) atoi(optarg);
+				break;
+			case 'l':
+				opt_log = optarg;
+				break;
+			case 'a':
+				opt_app_id = optarg;
+				break;
+			case 'k':
+				app_public_key = load_key(optarg, false);
+				break;
+			case 'K':
+				alipay_private_key = load_key(optarg, true);
+				break;
+			default:
+				die("usage: mock_alipay --port N --app-id ID --app-public-key FILE "
+					"--alipay-private-key FILE [--log FILE]", NULL);
+		}
+	}
+	if (opt_app_id == NULL || app_public_key == NULL || alipay_private_key == NULL)
+		die("--app-id, --app-public-key and --alipay-private-key are required", NULL);
+}
+
+/* Starts the server, prints the port, runs until SIGTERM or SIGINT. */
+int
+main(int argc, char **argv)
+{
+	struct MHD_Daemon *daemon;
+	const union MHD_DaemonInfo *info;
+	struct sockaddr_in sa;
+	sigset_t	sigs;
+	int			sig;
+
+	parse_args(argc, argv);
+	if (opt_log)
+	{
+		log_fd = open(opt_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+		if (log_fd < 0)
+			die("cannot open log", opt_log);
+	}
+	wrong_private_key = EVP_RSA_gen(2048);
+	if (wrong_private_key == NULL)
+		die("cannot make a key", NULL);
+
+	signal(SIGPIPE, SIG_IGN);
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sin_family = AF_INET;
+	sa.sin_port = htons((uint16_t) opt_port);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG,
+							  (uint16_t) opt_port, NULL, NULL, handle_request, NULL,
+							  MHD_OPTION_SOCK_ADDR, (struct sockaddr *) &sa,
+							  MHD_OPTION_NOTIFY_COMPLETED, request_done, NULL,
+							  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) 60,
+							  MHD_OPTION_END);
+	if (daemon == NULL)
+		die("cannot start the HTTP daemon", NULL);
+	info = MHD_get_daemon_info(daemon, MHD_DAEMON_INFO_BIND_PORT);
+	if (info == NULL || info->port == 0)
+		die("cannot tell the port", NULL);
+	printf("port=%u\n", (unsigned int) info->port);
+	fflush(stdout);
+
+	while (sigwait(&sigs, &sig) != 0 || (sig != SIGTERM && sig != SIGINT))
+		;
+	MHD_stop_daemon(daemon);
+	if (log_fd >= 0)
+		close(log_fd);
+	return 0;
+}
