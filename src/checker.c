@@ -536,14 +536,14 @@ checker_start_claimed(void)
  * nothing to clean up but the error state.  A cancel is passed on.
  */
 static void
-interpret_safely(const ChannelConfig *config, CheckKind kind,
+interpret_safely(const ChannelConfig *config, CheckKind kind, const char *payment_id,
 				 const HttpResult *result, CheckAnswer *answer)
 {
 	MemoryContext context = CurrentMemoryContext;
 
 	PG_TRY();
 	{
-		config->driver->interpret(config->driver_config, kind, result, answer);
+		config->driver->interpret(config->driver_config, kind, payment_id, result, answer);
 	}
 	PG_CATCH();
 	{
@@ -609,7 +609,7 @@ collect_answers(void)
 
 		memset(&answer, 0, sizeof(answer));
 		answer.retry_after_s = -1;
-		interpret_safely(config, check->kind, &result, &answer);
+		interpret_safely(config, check->kind, check->payment_id, &result, &answer);
 		stats_check_done(check->channel->name, answer.is_error, result.elapsed_ms,
 						 answer.is_error ? answer.error : NULL);
 		/*

@@ -72,10 +72,12 @@ typedef struct PaysyncDriver
 	 * CHECK_CLOSE: "closed" if the trade is closed now, "succeeded" if the
 	 * channel says it was paid meanwhile, "pending" if the channel refused
 	 * to close without saying why (the payment is then queried again), else
-	 * an error.
+	 * an error.  payment_id is the payment asked about (NULL in unit tests):
+	 * a signed answer about another payment must be an error.
 	 */
 	void		(*interpret) (const void *config, CheckKind kind,
-							  const HttpResult *result, CheckAnswer *answer);
+							  const char *payment_id, const HttpResult *result,
+							  CheckAnswer *answer);
 
 	/* Whether the channel can close an unpaid trade, and the default. */
 	bool		can_close;

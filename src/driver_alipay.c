@@ -626,7 +626,7 @@ refused_as_not_waiting(const char *sub_code)
  * else is an error.
  */
 static void
-alipay_interpret(const void *cfg, CheckKind kind, const HttpResult *result,
+alipay_interpret(const void *cfg, CheckKind kind, const char *payment_id, const HttpResult *result,
 				 CheckAnswer *answer)
 {
 	const AlipayConfig *config = cfg;
@@ -670,6 +670,13 @@ alipay_interpret(const void *cfg, CheckKind kind, const HttpResult *result,
 	{
 		bool		ok = strcmp(a.code, ALIPAY_CODE_SUCCESS) == 0;
 
+		/* a genuine signed answer about another trade (replayed) is no answer */
+		if (ok && payment_id != NULL &&
+			(a.out_trade_no == NULL || strcmp(a.out_trade_no, payment_id) != 0))
+		{
+			answer_error(answer, "the Alipay answer is about another out_trade_no than the payment asked about");
+			return;
+		}
 		if (ok)
 		{
 			answer_trade_status(&a, answer);
@@ -782,7 +789,7 @@ paysync_test_alipay_interpret(PG_FUNCTION_ARGS)
 	result.body_len = VARSIZE_ANY_EXHDR(body);
 	if (http_status == 0)
 		snprintf(result.error, sizeof(result.error), "connection refused");
-	alipay_interpret(config, kind, &result, &answer);
+	alipay_interpret(config, kind, NULL, &result, &answer);
 	if (answer.is_error)
 		PG_RETURN_TEXT_P(cstring_to_text(psprintf("error: %s", answer.error)));
 	if (answer.has_paid_amount)

@@ -298,7 +298,7 @@ http_json_build_request(const void *cfg, const char *base_url,
 
 /* Turns an answer into a status or an error. */
 static void
-http_json_interpret(const void *cfg, CheckKind kind, const HttpResult *result,
+http_json_interpret(const void *cfg, CheckKind kind, const char *payment_id, const HttpResult *result,
 					CheckAnswer *answer)
 {
 	const HttpJsonConfig *config = cfg;

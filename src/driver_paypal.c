@@ -621,7 +621,7 @@ interpret_capture(char **fields, CheckAnswer *answer)
 
 /* Turns an answer of the order query into a status or an error. */
 static void
-paypal_interpret(const void *cfg, CheckKind kind, const HttpResult *result,
+paypal_interpret(const void *cfg, CheckKind kind, const char *payment_id, const HttpResult *result,
 				 CheckAnswer *answer)
 {
 	char	   *fields[N_ORDER_FIELDS];
@@ -734,7 +734,7 @@ paysync_test_paypal_interpret(PG_FUNCTION_ARGS)
 
 	memset(&answer, 0, sizeof(answer));
 	answer.retry_after_s = -1;
-	paypal_interpret(NULL, CHECK_QUERY, &result, &answer);
+	paypal_interpret(NULL, CHECK_QUERY, NULL, &result, &answer);
 	if (answer.is_error)
 		out = psprintf("%serror: %s", answer.credentials_rejected ? "rejected " : "",
 					   answer.error);

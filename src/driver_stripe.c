@@ -535,7 +535,7 @@ stripe_paid_amount(const StripeFields *fields, CheckAnswer *answer)
 
 /* Turns Stripe's answer about a PaymentIntent into a status or an error. */
 static void
-stripe_interpret(const void *cfg, CheckKind kind, const HttpResult *result,
+stripe_interpret(const void *cfg, CheckKind kind, const char *payment_id, const HttpResult *result,
 				 CheckAnswer *answer)
 {
 	StripeFields fields;
@@ -635,7 +635,7 @@ paysync_test_stripe_interpret(PG_FUNCTION_ARGS)
 
 	memset(&answer, 0, sizeof(answer));
 	answer.retry_after_s = -1;
-	stripe_interpret(NULL, CHECK_QUERY, &result, &answer);
+	stripe_interpret(NULL, CHECK_QUERY, NULL, &result, &answer);
 
 	if (answer.is_error)
 		PG_RETURN_TEXT_P(cstring_to_text(psprintf("error|%s|%ld|%s", answer.error,

@@ -59,6 +59,7 @@ typedef struct WechatpayAnswer
 {
 	char	   *trade_state;
 	char	   *mchid;
+	char	   *out_trade_no;
 	char	   *code;			/* error answers */
 	char	   *total;			/* amount.total, as written */
 	char	   *currency;		/* amount.currency */
@@ -452,6 +453,8 @@ parse_scalar(void *state, char *token, JsonTokenType tokentype)
 			take(&a->trade_state, token);
 		else if (strcmp(s->top_field, "mchid") == 0 && tokentype == JSON_TOKEN_STRING)
 			take(&a->mchid, token);
+		else if (strcmp(s->top_field, "out_trade_no") == 0 && tokentype == JSON_TOKEN_STRING)
+			take(&a->out_trade_no, token);
 		else if (strcmp(s->top_field, "code") == 0 && tokentype == JSON_TOKEN_STRING)
 			take(&a->code, token);
 	}
@@ -589,10 +592,13 @@ answer_refusal(const HttpResult *result, const WechatpayAnswer *parsed,
 					 result->status, code ? ": " : "", code ? code : "");
 }
 
-/* Interprets the answer to a status query. */
+/*
+ * Interprets the answer to a status query about payment_id (NULL: not
+ * checked, for unit tests).
+ */
 static void
-interpret_query(const WechatpayConfig *config, const HttpResult *result,
-				CheckAnswer *answer)
+interpret_query(const WechatpayConfig *config, const char *payment_id,
+				const HttpResult *result, CheckAnswer *answer)
 {
 	WechatpayAnswer parsed;
 	char		error[200];
@@ -630,6 +636,14 @@ interpret_query(const WechatpayConfig *config, const HttpResult *result,
 	{
 		answer_error(answer, "the answer is about merchant %s, not mchid %s",
 					 safe_word(parsed.mchid), config->mchid);
+		return;
+	}
+	/* a genuine signed answer about another trade (replayed) is no answer */
+	if (payment_id != NULL &&
+		(parsed.out_trade_no == NULL || strcmp(parsed.out_trade_no, payment_id) != 0))
+	{
+		answer_error(answer, "the answer is about out_trade_no \"%s\", not the payment asked about",
+					 parsed.out_trade_no ? safe_word(parsed.out_trade_no) : "(none)");
 		return;
 	}
 	for (size_t i = 0; i < lengthof(trade_states); i++)
@@ -699,7 +713,7 @@ interpret_close(const WechatpayConfig *config, const HttpResult *result,
 
 /* Turns an answer into a status or an error. */
 static void
-wechatpay_interpret(const void *cfg, CheckKind kind, const HttpResult *result,
+wechatpay_interpret(const void *cfg, CheckKind kind, const char *payment_id, const HttpResult *result,
 					CheckAnswer *answer)
 {
 	const WechatpayConfig *config = cfg;
@@ -709,7 +723,7 @@ wechatpay_interpret(const void *cfg, CheckKind kind, const HttpResult *result,
 	if (kind == CHECK_CLOSE)
 		interpret_close(config, result, answer);
 	else
-		interpret_query(config, result, answer);
+		interpret_query(config, payment_id, result, answer);
 }
 
 const PaysyncDriver wechatpay_driver = {

@@ -446,6 +446,7 @@ my @tracked = (
 	[ 'closed~C', 'wx', '{1s,1s,1s,1s,1s}' ],
 	[ 'revoked~V', 'wx', '{1s,1s,1s,1s,1s}' ],
 	[ 'mismatch~A', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
+	[ 'replayed~W', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
 	[ 'currency~Y', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
 	[ 'err500~E500,S', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
 	[ 'unknown~Q', 'wx', '{1s,1s,1s,1s,1s}' ],
@@ -508,6 +509,10 @@ wait_row('mismatch~A', 'status, last_error',
 	'failed|amount mismatch: expected 100 CNY, channel reports 101 CNY',
 	'SUCCESS with another amount.total -> failed, amount mismatch');
 is(events_of('mismatch~A'), 'pending>failed|SUCCESS|poll', '... with its event');
+wait_row('replayed~W', q{status || '|' || (errors >= 2) || '|' || last_error},
+	'pending|true|the answer is about out_trade_no "T-ANOTHER-TRADE", not the payment asked about',
+	'a genuine signed SUCCESS of another trade (replayed) is an error, never a status');
+is(events_of('replayed~W'), '', '... and no event');
 wait_row('currency~Y', 'status, last_error',
 	'failed|amount mismatch: expected 100 CNY, channel reports 100 USD',
 	'SUCCESS in another currency -> failed');

@@ -37,6 +37,7 @@
  *		N NOTPAY		U USERPAYING	S SUCCESS		R REFUND
  *		C CLOSED		V REVOKED		F PAYERROR		Q BRAND_NEW (unknown)
  *		A SUCCESS, amount.total one more than --amount
+ *		W SUCCESS of another out_trade_no (a replayed answer), signed
  *		Y SUCCESS, amount.currency USD
  *		O 404 {"code":"ORDER_NOT_EXIST",...}
  *	  letters for a close:
@@ -324,7 +325,7 @@ script_step(const char *script, long attempt, Step *out)
 		size_t		m = 0;
 
 		memset(&cur, 0, sizeof(cur));
-		if (!strchr("NUSRCVFQAYOXPDE", *p) || *p == '\0')
+		if (!strchr("NUSRCVFQAYWOXPDE", *p) || *p == '\0')
 			return false;
 		cur.letter = *p++;
 		if (cur.letter == 'E')
@@ -452,6 +453,10 @@ scripted_answer(const char *id, bool is_close, const Step *step)
 				break;
 			case 'Y':
 				a = trade_answer(id, "SUCCESS", opt_amount, "USD");
+				break;
+			case 'W':
+				/* a genuine, signed SUCCESS of another trade, replayed */
+				a = trade_answer("T-ANOTHER-TRADE", "SUCCESS", opt_amount, "CNY");
 				break;
 			case 'R':
 				a = trade_answer(id, "REFUND", opt_amount, "CNY");
