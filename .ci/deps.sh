@@ -17,6 +17,10 @@ paysync_install_deps()
 		postgresql-15 postgresql-server-dev-15 postgresql-15-cron libpq-dev \
 		libcurl4-openssl-dev libmicrohttpd-dev libjansson-dev libssl-dev openssl \
 		libipc-run-perl >/dev/null
+	# node for the JavaScript example; never Debian's npm over another nodejs
+	if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+		apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+	fi
 }
 
 # Copies the tree to a fresh directory owned by postgres (initdb refuses

@@ -1,0 +1,333 @@
+#!/usr/bin/env node
+/*
+ * listener.js: an order service's paysync listener, written with
+ * node-postgres (pg).
+ *
+ * paysync records one row in paysync.events for every payment status change
+ * and sends it with NOTIFY in the same transaction. A notification sent
+ * while the listener is disconnected is gone, the row is not; so this
+ * listener, on every (re)connect:
+ *
+ *   1. runs LISTEN paysync first, so nothing committed from then on can pass
+ *      unnoticed;
+ *   2. catches up: reads paysync.events_since(lastApplied, 1000) and applies
+ *      the rows, again and again until it returns none;
+ *   3. waits for notifications. An event_id it has already applied is
+ *      skipped; lastApplied + 1 is applied from the payload; anything beyond
+ *      may follow a gap, so it catches up again (events_since returns that
+ *      event too);
+ *   4. on a lost connection, reconnects with backoff and starts at 1.
+ *
+ * Applying an event is one transaction in the shop's own tables: the
+ * event_id goes into shop.applied_events, whose primary key makes a second
+ * apply insert nothing (it is rolled back and skipped), and the status into
+ * shop.order_payments. lastApplied is the largest event_id in
+ * shop.applied_events, so the change and the memory of having made it
+ * commit together or not at all. If COMMIT fails without an answer we can
+ * trust, the outcome is looked up after the reconnect with pg_xact_status().
+ *
+ * Usage: node listener.js [CONNECTION_URI]
+ * CONNECTION_URI is a postgresql:// URI (for a Unix socket:
+ * postgresql:///shop?host=/var/run/postgresql); without it, $PAYSYNC_DSN,
+ * else the PG* environment variables (PGHOST, PGDATABASE, PGUSER...).
+ * $PAYSYNC_NOTIFY_CHANNEL overrides the channel (default "paysync").
+ * Prints "applied <event_id> <payment_id> <status>" on stdout for each event
+ * it applies; logs to stderr. SIGTERM or SIGINT: it finishes the event at
+ * hand, disconnects and exits with status 0.
+ */
+'use strict';
+
+const { Client } = require('pg');
+
+// Rows asked of events_since() at a time.
+const CATCH_UP_BATCH = 1000;
+// With no notification for this long, catch up anyway (also a liveness check).
+const IDLE_CATCH_UP_MS = 30000;
+// Reconnect delays: doubled after every failed attempt, up to the maximum.
+const BACKOFF_MIN_MS = 100;
+const BACKOFF_MAX_MS = 5000;
+
+// Shop tables, created if missing (a real service has them in migrations).
+const SHOP_DDL = `
+SET client_min_messages = warning;
+CREATE TABLE IF NOT EXISTS shop.applied_events (
+  event_id bigint PRIMARY KEY,
+  payment_id text NOT NULL,
+  status text NOT NULL,
+  applied_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS shop.order_payments (
+  payment_id text PRIMARY KEY,
+  status text NOT NULL,
+  event_id bigint NOT NULL,
+  updated_at timestamptz NOT NULL DEFAULT now());`;
+
+const connectionString = process.argv[2] || process.env.PAYSYNC_DSN || undefined;
+const notifyChannel = process.env.PAYSYNC_NOTIFY_CHANNEL || 'paysync';
+
+// Largest event_id known to be in shop.applied_events (event_id is a
+// bigint: kept as a BigInt).
+let lastApplied = 0n;
+// An event whose COMMIT failed without a trustworthy answer, and its
+// transaction id: { event, xid } or null.
+let inDoubt = null;
+let stopping = false;
+// Called to cut a wait short (a notification, a lost connection, a signal).
+let wakeUp = null;
+
+// Writes one line to stderr.
+function log(message) {
+  process.stderr.write(`listener: ${message}\n`);
+}
+
+// Prints the line the order service's log (and the tests) read.
+function reportApplied(event) {
+  process.stdout.write(`applied ${event.eventId} ${event.paymentId} ${event.status}\n`);
+}
+
+// Resolves after ms, or earlier when wakeUp() is called.
+function sleep(ms) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      if (wakeUp === done) wakeUp = null;
+      resolve();
+    }
+    wakeUp = done;
+  });
+}
+
+// Cuts the current wait short.
+function wake() {
+  if (wakeUp) wakeUp();
+}
+
+// One connection's life: what it has heard and whether it was lost.
+class Session {
+  constructor() {
+    this.client = new Client({
+      connectionString,
+      application_name: 'paysync-listener-js',
+      connectionTimeoutMillis: 10000,
+    });
+    this.payloads = [];
+    this.lost = null;
+    this.client.on('notification', (msg) => {
+      if (msg.channel === notifyChannel) {
+        this.payloads.push(msg.payload);
+        wake();
+      }
+    });
+    // Without an 'error' handler a dropped idle connection kills the process.
+    this.client.on('error', (err) => this.fail(err));
+    this.client.on('end', () => this.fail(new Error('connection closed')));
+    this.client.on('notice', (msg) => log(`server: ${msg.severity}: ${msg.message}`));
+  }
+
+  fail(err) {
+    if (!this.lost) this.lost = err;
+    wake();
+  }
+
+  // Connects, creates the shop's tables if missing, runs LISTEN and reads
+  // lastApplied from shop.applied_events.
+  async open() {
+    const { client } = this;
+    await client.connect();
+    await client.query(SHOP_DDL);
+    await client.query(`LISTEN ${client.escapeIdentifier(notifyChannel)}`);
+    const res = await client.query(
+      'SELECT coalesce(max(event_id), 0)::text AS last FROM shop.applied_events');
+    lastApplied = BigInt(res.rows[0].last);
+    log(`connected, listening on "${notifyChannel}", last applied event ${lastApplied}`);
+  }
+
+  // Applies one event in one transaction, unless it was applied before.
+  // The INSERT into shop.applied_events is the idempotency check: its
+  // primary key lets an event_id in once, whoever (this process before a
+  // restart, another instance) tries again. The order's own change is made
+  // in the same transaction, so both or neither are there.
+  async apply(event) {
+    const { client } = this;
+    if (event.eventId <= lastApplied) return 'skipped';
+    const params = [event.eventId.toString(), event.paymentId, event.status];
+
+    await client.query('BEGIN');
+    let xid;
+    try {
+      const res = await client.query(
+        `INSERT INTO shop.applied_events (event_id, payment_id, status)
+         VALUES ($1, $2, $3) ON CONFLICT (event_id) DO NOTHING
+         RETURNING pg_current_xact_id()::text AS xid`, params);
+      if (res.rowCount === 0) {
+        // Applied before: change nothing.
+        await client.query('ROLLBACK');
+        lastApplied = event.eventId;
+        return 'skipped';
+      }
+      xid = res.rows[0].xid;
+      // The order service's own change. A real shop would mark the order
+      // paid (or cancelled) here and queue what follows, in this transaction.
+      await client.query(
+        `INSERT INTO shop.order_payments AS o (payment_id, status, event_id)
+         VALUES ($2, $3, $1)
+         ON CONFLICT (payment_id) DO UPDATE
+         SET status = excluded.status, event_id = excluded.event_id, updated_at = now()
+         WHERE o.event_id < excluded.event_id`, params);
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => {});
+      throw err;
+    }
+    try {
+      await client.query('COMMIT');
+    } catch (err) {
+      // No answer, or an error that may have come after the commit (the
+      // server shutting down): it may have committed. Reconnect and ask.
+      inDoubt = { event, xid };
+      throw err;
+    }
+    lastApplied = event.eventId;
+    reportApplied(event);
+    return 'applied';
+  }
+
+  // After a reconnect: did the COMMIT whose answer was lost take effect? If
+  // so the event was applied by this process and is reported now; if not,
+  // the catch-up that follows applies it.
+  async resolveInDoubt() {
+    if (!inDoubt) return;
+    const { event, xid } = inDoubt;
+    const res = await this.client.query('SELECT pg_xact_status($1::xid8) AS state', [xid]);
+    const state = res.rows[0].state || 'unknown';
+    if (state === 'in progress') {
+      // The old session has not ended yet: ask again after a backoff.
+      throw new Error(`transaction ${xid} of event ${event.eventId} is still in progress`);
+    }
+    log(`transaction ${xid} of event ${event.eventId}: ${state}`);
+    if (state === 'committed') {
+      if (event.eventId > lastApplied) lastApplied = event.eventId;
+      reportApplied(event);
+    }
+    inDoubt = null;
+  }
+
+  // Applies every event after lastApplied, reading events_since() until it
+  // returns nothing (or a stop signal arrives).
+  async catchUp() {
+    for (;;) {
+      const res = await this.client.query(
+        `SELECT event_id::text, payment_id, status::text
+         FROM paysync.events_since($1, ${CATCH_UP_BATCH})`, [lastApplied.toString()]);
+      if (res.rows.length === 0) return;
+      for (const row of res.rows) {
+        if (stopping) return;
+        await this.apply({
+          eventId: BigInt(row.event_id),
+          paymentId: row.payment_id,
+          status: row.status,
+        });
+      }
+    }
+  }
+
+  // Handles one notification's payload: the next event is applied from it;
+  // an event already applied is skipped; one further ahead, or a payload
+  // that cannot be read, means catching up with events_since().
+  async handlePayload(payload) {
+    const event = parsePayload(payload);
+    if (event === null) {
+      log(`unreadable payload, catching up: ${payload}`);
+      await this.catchUp();
+    } else if (event.eventId <= lastApplied) {
+      // applied before, e.g. by the catch-up
+    } else if (event.eventId === lastApplied + 1n) {
+      await this.apply(event);
+    } else {
+      // possibly a gap before it
+      log(`event ${event.eventId} after ${lastApplied}: catching up`);
+      await this.catchUp();
+    }
+  }
+
+  // Waits for notifications and applies them until the connection is lost
+  // (throws) or a stop signal arrives (returns). With nothing heard for
+  // IDLE_CATCH_UP_MS it catches up anyway, which also finds out whether the
+  // server is still there.
+  async listen() {
+    for (;;) {
+      while (this.payloads.length > 0 && !stopping && !this.lost) {
+        await this.handlePayload(this.payloads.shift());
+      }
+      if (stopping) return;
+      if (this.lost) throw this.lost;
+      const before = Date.now();
+      await sleep(IDLE_CATCH_UP_MS);
+      if (!stopping && !this.lost && this.payloads.length === 0 &&
+          Date.now() - before >= IDLE_CATCH_UP_MS) {
+        await this.catchUp();
+      }
+    }
+  }
+
+  async close() {
+    await this.client.end().catch(() => {});
+  }
+}
+
+// Reads event_id, payment_id and status from a notification's payload, a
+// JSON object such as {"event_id": 42, "payment_id": "T1", "status":
+// "succeeded", ...}; null if it is not one, lacks any of them, or the
+// event_id is too large for a JSON number to hold exactly.
+function parsePayload(payload) {
+  let value;
+  try {
+    value = JSON.parse(payload);
+  } catch (err) {
+    return null;
+  }
+  if (value === null || typeof value !== 'object' ||
+      !Number.isSafeInteger(value.event_id) || value.event_id <= 0 ||
+      typeof value.payment_id !== 'string' || typeof value.status !== 'string') {
+    return null;
+  }
+  return { eventId: BigInt(value.event_id), paymentId: value.payment_id, status: value.status };
+}
+
+// Runs sessions until a stop signal: each one connects, resolves a COMMIT
+// left in doubt, catches up and then listens. Between sessions it waits
+// BACKOFF_MIN_MS, doubling after each failure up to BACKOFF_MAX_MS.
+async function main() {
+  for (const signal of ['SIGTERM', 'SIGINT']) {
+    process.on(signal, () => {
+      stopping = true;
+      wake();
+    });
+  }
+
+  let backoffMs = BACKOFF_MIN_MS;
+  while (!stopping) {
+    const session = new Session();
+    try {
+      await session.open();
+      await session.resolveInDoubt();
+      await session.catchUp();
+      if (!stopping) log(`caught up to event ${lastApplied}`);
+      backoffMs = BACKOFF_MIN_MS;
+      await session.listen();
+    } catch (err) {
+      log(`session failed: ${err.message}`);
+    }
+    await session.close();
+    if (stopping) break;
+
+    log(`reconnecting in ${backoffMs} ms`);
+    await sleep(backoffMs);
+    backoffMs = Math.min(backoffMs * 2, BACKOFF_MAX_MS);
+  }
+  log(`stopped at event ${lastApplied}`);
+}
+
+main().catch((err) => {
+  log(`fatal: ${err.stack || err}`);
+  process.exit(1);
+});

@@ -1,0 +1,352 @@
+# 030_examples.pl: the order-service listeners in examples/ (C with libpq,
+# JavaScript with node-postgres) against a live cluster.  Each must apply
+# every event exactly once: events from before it started; a gap in the
+# event_ids with notifications arriving for events its catch-up already
+# applied; a COMMIT whose answer is lost although it took effect; events
+# committed while it is locked out across a fast restart; events around an
+# immediate stop.  It must exit with status 0 on SIGTERM and, run again,
+# apply only what is new; the shop's own tables must match paysync's.
+use strict;
+use warnings;
+
+use FindBin;
+use lib $FindBin::Bin;
+use PaysyncTest;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use File::Path qw(make_path);
+use IPC::Run;
+use Time::HiRes qw(time usleep);
+
+my $top = "$FindBin::Bin/..";
+my $mock = start_mock();
+
+# Runs a command; returns its exit status and its output (stdout + stderr).
+sub run_cmd
+{
+	my (@cmd) = @_;
+	my $output = '';
+	my $ok = eval { IPC::Run::run(\@cmd, '>', \$output, '2>&1') };
+	return ($ok ? 0 : 1, $output . ($@ || ''));
+}
+
+# Starts a listener command with the connection URI appended.
+sub start_listener
+{
+	my ($cmd, $uri) = @_;
+	my $l = { out => '', err => '' };
+	$l->{h} = IPC::Run::start([ @$cmd, $uri ], '>', \$l->{out}, '2>', \$l->{err});
+	return $l;
+}
+
+# Collects what the listener wrote so far.
+sub pump_listener
+{
+	my ($l) = @_;
+	for (1 .. 5)
+	{
+		last unless $l->{h}->pumpable;
+		$l->{h}->pump_nb;
+	}
+}
+
+# The "applied <event_id> <payment_id> <status>" lines printed so far.
+sub applied_lines
+{
+	my ($l) = @_;
+	pump_listener($l);
+	return grep { /^applied \d+ \S+ \S+$/ } split /\n/, $l->{out};
+}
+
+# Waits (up to 10 s) until the listener's stderr matches re.
+sub wait_stderr
+{
+	my ($l, $re) = @_;
+	my $deadline = time + 10;
+	while ($l->{err} !~ $re && time < $deadline)
+	{
+		pump_listener($l);
+		usleep(50_000);
+	}
+	return $l->{err} =~ $re;
+}
+
+# paysync.events as the lines a listener prints; where is an SQL condition.
+sub event_lines
+{
+	my ($node, $where) = @_;
+	$where ||= 'true';
+	return split /\n/, $node->safe_psql('postgres', qq{
+		SELECT 'applied ' || event_id || ' ' || payment_id || ' ' || status
+		FROM paysync.events WHERE $where ORDER BY event_id});
+}
+
+# Waits until the listeners together printed every line in paysync.events;
+# fails with what is missing if not.  Up to 20 s: less than the listeners'
+# 30 s idle catch-up, so a listener that fails to catch up when it should
+# cannot pass by catching up later.
+sub wait_applied
+{
+	my ($node, $listeners, $what) = @_;
+	my $deadline = time + 20;
+	my %missing;
+	while (1)
+	{
+		my %got = map { $_ => 1 } map { applied_lines($_) } @$listeners;
+		%missing = map { $_ => 1 } grep { !$got{$_} } event_lines($node);
+		last if !%missing || time > $deadline;
+		last if grep { !$_->{stopped} && !$_->{h}->pumpable } @$listeners;
+		usleep(100_000);
+	}
+	ok(!%missing, $what);
+	diag("missing: " . join(', ', sort keys %missing) . "\nlistener stderr:\n"
+		  . join('', map { $_->{err} } @$listeners))
+	  if %missing;
+}
+
+# Waits until count payments whose id starts with prefix have their final
+# status from the channel (none expired).
+sub wait_final
+{
+	my ($node, $prefix, $count, $what) = @_;
+	wait_for_sql($node, qq{
+		SELECT count(*) FROM paysync.payments
+		WHERE payment_id LIKE '${prefix}%' AND status NOT IN ('pending', 'expired')},
+		$count, $what);
+}
+
+# Tracks payments prefix1..prefixN; script(i) gives each id's mock script.
+sub track
+{
+	my ($node, $prefix, $n, $schedule, $script) = @_;
+	my @values = map {
+		my $id = "$prefix$_" . ($script ? '~' . $script->($_) : '');
+		"paysync.track('$id', 'wallet', schedule => '$schedule')"
+	} 1 .. $n;
+	$node->safe_psql('postgres', 'SELECT ' . join(', ', map { "($_).status" } @values));
+}
+
+# Sends SIGTERM; true if the listener exited with status 0 within 10 s.
+sub stop_listener
+{
+	my ($l) = @_;
+	$l->{stopped} = 1;
+	$l->{h}->signal('TERM');
+	my $deadline = time + 10;
+	while ($l->{h}->pumpable && time < $deadline)
+	{
+		$l->{h}->pump_nb;
+		usleep(50_000);
+	}
+	if ($l->{h}->pumpable)
+	{
+		$l->{h}->kill_kill;
+		return 0;
+	}
+	$l->{h}->finish;
+	return $l->{h}->result(0) == 0;
+}
+
+# The whole scenario for one example.
+sub exercise
+{
+	my ($name, $cmd) = @_;
+	# Streaming allowed: synchronous_standby_names works only with WAL senders.
+	my $node = new_paysync_node("example_$name", allows_streaming => 1);
+	create_mock_channel($node, 'wallet', $mock);
+	# The order service's role: its own schema, and events_since.
+	$node->safe_psql('postgres', q{
+		CREATE ROLE order_service LOGIN;
+		CREATE SCHEMA shop AUTHORIZATION order_service;
+		GRANT EXECUTE ON FUNCTION paysync.events_since(bigint, integer) TO order_service;
+	});
+	my $uri = sprintf('postgresql:///postgres?host=%s&port=%d&user=order_service',
+		$node->host, $node->port);
+
+	# Events from before the listener started: the first catch-up.
+	track($node, "${name}_early_", 5, '{200ms}');
+	wait_final($node, "${name}_early_", 5, "$name: 5 payments finished before the listener starts");
+	my $l = start_listener($cmd, $uri);
+	wait_applied($node, [$l], "$name: the listener catches up with the events from before it started");
+
+	# A gap, then notifications of events the catch-up already applied.
+	# While the shop's table is locked the listener is stuck applying the
+	# first event after the gap (a rolled-back report used up an event_id);
+	# five more commit meanwhile.  Once unlocked, its catch-up applies them
+	# and their queued notifications must be skipped.
+	$node->safe_psql('postgres', qq{
+		SELECT paysync.track('${name}_gap', 'wallet', schedule => '{1h}');
+		SELECT paysync.track('${name}_burst_' || g, 'wallet', schedule => '{1h}')
+		FROM generate_series(1, 5) g;});
+	my $lock = $node->background_psql('postgres');
+	$lock->query_safe('BEGIN; LOCK TABLE shop.applied_events IN EXCLUSIVE MODE');
+	$node->safe_psql('postgres', qq{
+		BEGIN;
+		SELECT paysync.report('${name}_gap', 'succeeded');
+		ROLLBACK;
+		SELECT paysync.report('${name}_gap', 'failed');
+		SELECT paysync.report('${name}_burst_1', 'succeeded');
+		SELECT paysync.report('${name}_burst_2', 'failed');
+		SELECT paysync.report('${name}_burst_3', 'closed');
+		SELECT paysync.report('${name}_burst_4', 'cancelled');
+		SELECT paysync.report('${name}_burst_5', 'succeeded');});
+	ok(wait_stderr($l, qr/event \d+ after \d+: catching up/),
+		"$name: at a gap in event_ids it catches up");
+	my $deadline = time + 10;
+	my $waiting;
+	do
+	{
+		usleep(50_000);
+		$waiting = $node->safe_psql('postgres', q{
+			SELECT count(*) FROM pg_locks WHERE NOT granted
+			AND relation = 'shop.applied_events'::regclass});
+	} while (!$waiting && time < $deadline);
+	ok($waiting, "$name: it is applying the first event after the gap");
+	$lock->query_safe('COMMIT');
+	$lock->quit;
+	wait_applied($node, [$l], "$name: it applies the events after the gap");
+
+	# A COMMIT whose answer is lost although it took effect: the listener's
+	# commit waits for a synchronous standby that does not exist (it is
+	# already durable locally) and its session is terminated.  After the
+	# reconnect it must find out that the event was applied, and report it
+	# once.  Everyone else commits with synchronous_commit = local.
+	my $old_pid = $node->safe_psql('postgres', q{
+		ALTER SYSTEM SET synchronous_commit = 'local';
+		ALTER SYSTEM SET synchronous_standby_names = 'nobody';
+		ALTER ROLE order_service SET synchronous_commit = 'on';
+		SELECT pg_reload_conf();
+		SELECT pid FROM pg_stat_activity WHERE usename = 'order_service';});
+	$old_pid = (split /\n/, $old_pid)[-1];
+	$node->safe_psql('postgres', "SELECT pg_terminate_backend($old_pid)");
+	wait_for_sql($node, qq{
+		SELECT count(*) FROM pg_stat_activity
+		WHERE usename = 'order_service' AND pid <> $old_pid AND state = 'idle'
+		  AND query LIKE '%events_since%'},
+		'1', "$name: the listener reconnects");
+	$node->safe_psql('postgres', qq{
+		SELECT paysync.track('${name}_doubt', 'wallet', schedule => '{1h}');
+		SELECT paysync.report('${name}_doubt', 'succeeded');});
+	wait_for_sql($node, q{
+		SELECT count(*) FROM pg_stat_activity
+		WHERE usename = 'order_service' AND wait_event = 'SyncRep'},
+		'1', "$name: its COMMIT waits for the standby");
+	$node->safe_psql('postgres', q{
+		SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		WHERE usename = 'order_service';
+		ALTER SYSTEM RESET synchronous_commit;
+		ALTER SYSTEM RESET synchronous_standby_names;
+		ALTER ROLE order_service RESET synchronous_commit;
+		SELECT pg_reload_conf();});
+	wait_applied($node, [$l], "$name: after the reconnect it reports the event whose COMMIT was in doubt");
+	ok(wait_stderr($l, qr/transaction \d+ of event \d+: committed/),
+		"$name: it looked the transaction up");
+
+	# Events while it listens.
+	track($node, "${name}_live_", 20, '{200ms}', sub { (qw(S F C X))[ $_[0] % 4 ] });
+	wait_final($node, "${name}_live_", 20, "$name: 20 payments finished while it listens");
+	wait_applied($node, [$l], "$name: it applies the 20 events it is notified of");
+
+	# A fast restart, with the listener locked out while payments finish:
+	# their notifications reach nobody, only the catch-up finds them.  The
+	# "across" payments answer pending 1 to 10 times, 300 ms apart, so they
+	# finish before, during and after the restart.
+	$node->safe_psql('postgres', 'ALTER ROLE order_service NOLOGIN');
+	my $steps = '{' . join(',', ('300ms') x 12) . '}';
+	track($node, "${name}_across_", 10, $steps, sub { join(',', ('P') x $_[0]) . ',S' });
+	$node->restart;
+	track($node, "${name}_after_", 20, '{200ms}');
+	my $before = () = applied_lines($l);
+	wait_final($node, "${name}_across_", 10, "$name: the payments tracked before the restart finish");
+	wait_final($node, "${name}_after_", 20, "$name: 20 payments tracked after the restart finish");
+	usleep(300_000);
+	my $locked_out = () = applied_lines($l);
+	is($locked_out, $before, "$name: locked out, the listener applied nothing");
+	my @events = event_lines($node);
+	cmp_ok(scalar(@events), '>', $locked_out,
+		"$name: events committed while it was locked out");
+	$node->safe_psql('postgres', 'ALTER ROLE order_service LOGIN');
+	wait_applied($node, [$l], "$name: after the restart it catches up with what it missed");
+
+	# An immediate stop (crash) with payments finishing around it (after the
+	# crash recovery the event_id sequence may skip ahead).
+	track($node, "${name}_crash_", 10, $steps, sub { join(',', ('P') x $_[0]) . ',S' });
+	usleep(700_000);
+	$node->stop('immediate');
+	$node->start;
+	track($node, "${name}_postcrash_", 10, '{200ms}');
+	wait_final($node, "${name}_crash_", 10, "$name: the payments tracked before the crash finish");
+	wait_final($node, "${name}_postcrash_", 10, "$name: 10 payments tracked after the crash finish");
+	wait_applied($node, [$l], "$name: after the immediate stop it catches up");
+
+	my @lines = applied_lines($l);
+	is_deeply([ grep { !/^applied \d+ \S+ \S+$/ } split /\n/, $l->{out} ], [],
+		"$name: it prints nothing on stdout but applied lines");
+	my %seen;
+	my @twice = grep { $seen{ (split / /)[1] }++ } @lines;
+	is_deeply(\@twice, [], "$name: no event applied twice");
+	is_deeply([ sort @lines ], [ sort(event_lines($node)) ],
+		"$name: the applied events are exactly paysync.events");
+	ok(stop_listener($l), "$name: SIGTERM stops the listener with exit status 0");
+	note("$name listener's stderr:\n$l->{err}");
+
+	# Run again: its applied-state is in the database, so it applies only
+	# what is new, although it catches up from its last event on connect.
+	my $last = $node->safe_psql('postgres', 'SELECT max(event_id) FROM paysync.events');
+	my $again = start_listener($cmd, $uri);
+	track($node, "${name}_resume_", 3, '{200ms}');
+	wait_final($node, "${name}_resume_", 3, "$name: 3 more payments finish");
+	wait_applied($node, [ $l, $again ], "$name: the listener run again applies them");
+	is_deeply([ applied_lines($again) ], [ event_lines($node, "event_id > $last") ],
+		"$name: run again, it applies only the new events, in order");
+	ok(stop_listener($again), "$name: SIGTERM stops it again");
+	note("$name listener's stderr, run again:\n$again->{err}");
+
+	# The shop's own state matches paysync's.
+	is( $node->safe_psql('postgres', q{
+			SELECT count(*) FROM paysync.events e
+			FULL JOIN shop.applied_events a USING (event_id)
+			WHERE e.event_id IS NULL OR a.event_id IS NULL
+			   OR a.payment_id <> e.payment_id OR a.status <> e.status::text}),
+		'0', "$name: shop.applied_events holds exactly the events");
+	is( $node->safe_psql('postgres', q{
+			SELECT count(*) FROM
+			  (SELECT payment_id, status::text FROM paysync.payments WHERE status <> 'pending') p
+			FULL JOIN shop.order_payments o USING (payment_id)
+			WHERE p.payment_id IS NULL OR o.payment_id IS NULL OR o.status <> p.status}),
+		'0', "$name: shop.order_payments has each payment's final status");
+	is($node->safe_psql('postgres', 'SELECT count(*) FROM paysync.events'),
+		'85', "$name: 85 events in all");
+	$node->stop;
+}
+
+# --- C (libpq) ---------------------------------------------------------------
+my ($rc, $output) = run_cmd('make', '-s', '-C', "$top/examples/listener_c");
+is($rc, 0, 'the C example builds with -Wall -Wextra -Werror') or diag($output);
+exercise('c', ["$top/examples/listener_c/listener"]) if $rc == 0;
+
+# --- JavaScript (node-postgres) ----------------------------------------------
+SKIP:
+{
+	my ($no_node) = run_cmd('node', '--version');
+	skip 'node is not installed: the JavaScript example is not tested', 1 if $no_node;
+
+	my $dir = "$top/examples/listener_js";
+	my $npm_rc = 0;
+	if (!-e "$dir/node_modules/pg/package.json")
+	{
+		# npm needs a writable HOME and cache; the tests run as postgres.
+		local $ENV{HOME} = "$PostgreSQL::Test::Utils::tmp_check/npm_home";
+		local $ENV{npm_config_cache} = "$PostgreSQL::Test::Utils::tmp_check/npm_cache";
+		make_path($ENV{HOME});
+		($npm_rc, $output) = run_cmd('npm', 'ci', '--prefix', $dir,
+			'--no-audit', '--no-fund', '--loglevel=error');
+		is($npm_rc, 0, 'npm ci installs the JavaScript example\'s dependencies')
+		  or diag($output);
+	}
+	exercise('js', [ 'node', "$dir/listener.js" ]) if $npm_rc == 0;
+}
+
+stop_mock($mock);
+done_testing();
