@@ -17,13 +17,10 @@ use warnings;
 
 use FindBin;
 use lib $FindBin::Bin;
-use File::Basename qw(basename);
-use IPC::Run;
 use PaysyncTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(time usleep);
 
 # The keys are spelled out only here and on the mock's command line; SQL
 # builds them with upper() so that no logged statement carries them.
@@ -39,25 +36,6 @@ my $WRONG = 'sk_test_' . uc($wrong_hex) . 'QZQZ';
 my $WRONG_SQL = "'sk_test_' || upper('$wrong_hex') || upper('qzqz')";
 
 # ---------------------------------------------------------------- the mock
-
-# Starts mock_stripe with the secret key; returns port, log and handle.
-sub start_stripe_mock
-{
-	my $bin = "$FindBin::Bin/mock/mock_stripe";
-	die "mock_stripe not built: run make -C t/mock" unless -x $bin;
-	my $log = "$PostgreSQL::Test::Utils::tmp_check/mock_stripe.log";
-	my ($out, $err) = ('', '');
-	my $handle = IPC::Run::start([ $bin, '--port', '0', '--log', $log, '--secret-key', $SECRET ],
-		'>', \$out, '2>', \$err);
-	my $deadline = time + 10;
-	while ($out !~ /port=(\d+)/ && time < $deadline)
-	{
-		$handle->pump_nb;
-		usleep(10_000);
-	}
-	die "mock_stripe did not start: $err" unless $out =~ /port=(\d+)/;
-	return { handle => $handle, port => $1, log => $log };
-}
 
 # The mock's log lines for a payment id, each a hash (us, method, path, id,
 # v, acct, auth).
@@ -80,15 +58,13 @@ sub stripe_log
 	return @lines;
 }
 
-my $mock = start_stripe_mock();
+# mock_stripe, checking the secret key.
+my $mock = start_mock_program('mock_stripe', '--secret-key', $SECRET);
 
 # The mock stops with the test, even one that dies half way.
 END
 {
-	if ($mock && $mock->{handle})
-	{
-		eval { $mock->{handle}->signal('TERM'); $mock->{handle}->finish; };
-	}
+	eval { stop_mock($mock) } if $mock && $mock->{handle};
 }
 my $base = "http://127.0.0.1:$mock->{port}";
 

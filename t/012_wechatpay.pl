@@ -18,14 +18,13 @@ use warnings;
 
 use FindBin;
 use lib $FindBin::Bin;
-use File::Basename qw(basename);
 use IPC::Run;
 use MIME::Base64 qw(encode_base64 decode_base64);
 use PaysyncTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(time usleep);
+use Time::HiRes qw(time);
 
 my $MCHID = '1900009191';
 my $MERCHANT_SERIAL = '3775B6A45ACD588826D15E583A95F5DD2B0A1B2C';
@@ -46,34 +45,11 @@ sub run_ok_quiet
 
 for my $name (qw(merchant platform other short))
 {
-	my $bits = $name eq 'short' ? 1024 : 2048;
-	run_ok_quiet('openssl', 'genpkey', '-algorithm', 'RSA', '-pkeyopt',
-		"rsa_keygen_bits:$bits", '-out', "$dir/$name.key");
-	run_ok_quiet('openssl', 'pkey', '-in', "$dir/$name.key", '-pubout',
-		'-out', "$dir/$name.pub");
+	make_rsa_key($dir, $name, $name eq 'short' ? 1024 : 2048);
 }
 # the platform key as WeChat Pay hands it out: in a certificate
 run_ok_quiet('openssl', 'req', '-x509', '-new', '-key', "$dir/platform.key",
 	'-subj', '/CN=Tenpay.com Root CA mock', '-days', '2', '-out', "$dir/platform.crt");
-
-sub slurp
-{
-	my ($path) = @_;
-	open my $fh, '<', $path or die "$path: $!";
-	local $/;
-	my $text = <$fh>;
-	close $fh;
-	return $text;
-}
-
-sub spew
-{
-	my ($path, $text) = @_;
-	open my $fh, '>', $path or die "$path: $!";
-	binmode $fh;
-	print $fh $text;
-	close $fh;
-}
 
 # SQL that reads a file on the server: keys never appear in statement text.
 sub file_sql
@@ -86,29 +62,18 @@ sub file_sql
 sub openssl_sign
 {
 	my ($key, $text) = @_;
-	spew("$dir/to_sign", $text);
+	spew_file("$dir/to_sign", $text);
 	run_ok_quiet('openssl', 'dgst', '-sha256', '-sign', "$dir/$key", '-out',
 		"$dir/signed.bin", "$dir/to_sign");
-	return encode_base64(slurp_bin("$dir/signed.bin"), '');
-}
-
-sub slurp_bin
-{
-	my ($path) = @_;
-	open my $fh, '<', $path or die "$path: $!";
-	binmode $fh;
-	local $/;
-	my $data = <$fh>;
-	close $fh;
-	return $data;
+	return encode_base64(slurp_file("$dir/signed.bin"), '');
 }
 
 # True if openssl dgst -verify accepts signature_b64 of text by a public key.
 sub openssl_verifies
 {
 	my ($pub, $text, $signature_b64) = @_;
-	spew("$dir/to_verify", $text);
-	spew("$dir/signature.bin", decode_base64($signature_b64));
+	spew_file("$dir/to_verify", $text);
+	spew_file("$dir/signature.bin", decode_base64($signature_b64));
 	my ($out, $err) = ('', '');
 	IPC::Run::run(
 		[
@@ -121,32 +86,6 @@ sub openssl_verifies
 
 # ---------------------------------------------------------------- mock
 
-# Starts mock_wechatpay; returns port, log and handle.
-sub start_wechat_mock
-{
-	my $bin = "$FindBin::Bin/mock/mock_wechatpay";
-	die "mock not built: run make -C t/mock" unless -x $bin;
-	my $log = "$dir/mock.log";
-	my @cmd = (
-		$bin, '--port', '0', '--log', $log,
-		'--mchid', $MCHID,
-		'--merchant-serial', $MERCHANT_SERIAL,
-		'--merchant-public-key', "$dir/merchant.pub",
-		'--platform-private-key', "$dir/platform.key",
-		'--platform-serial', $PLATFORM_SERIAL,
-		'--amount', '100');
-	my ($out, $err) = ('', '');
-	my $handle = IPC::Run::start(\@cmd, '>', \$out, '2>', \$err);
-	my $deadline = time + 10;
-	while ($out !~ /port=(\d+)/ && time < $deadline)
-	{
-		$handle->pump_nb;
-		usleep(10_000);
-	}
-	die "mock_wechatpay did not start: $err" unless $out =~ /port=(\d+)/;
-	return { handle => $handle, port => $1, log => $log };
-}
-
 # The mock's log lines for a payment id: [us, method, path, id, status].
 sub mock_lines
 {
@@ -158,7 +97,16 @@ sub mock_lines
 	return @lines;
 }
 
-my $mock = start_wechat_mock();
+# mock_wechatpay verifies requests with the merchant's public key and signs
+# its answers with the platform key.
+my $mock = start_mock_program(
+	'mock_wechatpay',
+	'--mchid', $MCHID,
+	'--merchant-serial', $MERCHANT_SERIAL,
+	'--merchant-public-key', "$dir/merchant.pub",
+	'--platform-private-key', "$dir/platform.key",
+	'--platform-serial', $PLATFORM_SERIAL,
+	'--amount', '100');
 # Every statement and debug message is logged, so a key that leaked into
 # either would show in the check at the end.
 my $node = new_paysync_node('wechatpay',
@@ -388,7 +336,7 @@ sub create_channel
 }
 
 {
-	my $merchant_key = slurp("$dir/merchant.key");
+	my $merchant_key = slurp_file("$dir/merchant.key");
 	my ($key_line) = grep { length($_) > 40 && !/-----/ } split /\n/, $merchant_key;
 	my @bad = (
 		[ 'a key that does not parse', merchant_private_key => lit('-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----'), qr/invalid option "merchant_private_key"/ ],
@@ -583,18 +531,17 @@ is(sql(q{SELECT closing FROM paysync.payments WHERE payment_id = 'exp_badsig~N,X
 # ---------------------------------------------------------------- secrets
 
 $node->stop;
-my $log = slurp($node->logfile);
+my $log = slurp_file($node->logfile);
 my $leaks = 0;
 for my $key (qw(merchant other))
 {
-	for my $line (grep { length($_) > 40 && !/-----/ } split /\n/, slurp("$dir/$key.key"))
+	for my $line (grep { length($_) > 40 && !/-----/ } split /\n/, slurp_file("$dir/$key.key"))
 	{
 		$leaks++ if index($log, $line) >= 0;
 	}
 }
 is($leaks, 0, 'no line of a private key is in the server log');
 
-$mock->{handle}->signal('TERM');
-$mock->{handle}->finish;
+stop_mock($mock);
 
 done_testing();

@@ -32,7 +32,7 @@ use PaysyncTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(time usleep);
+use Time::HiRes qw(time);
 
 my $APP_ID = '2021000000000001';
 my $tmp = PostgreSQL::Test::Utils::tempdir;
@@ -48,24 +48,6 @@ sub openssl
 	return ($ok, $out, $err);
 }
 
-sub slurp
-{
-	my ($path) = @_;
-	open my $fh, '<:raw', $path or die "$path: $!";
-	local $/;
-	my $text = <$fh>;
-	close $fh;
-	return $text;
-}
-
-sub spew
-{
-	my ($path, $text) = @_;
-	open my $fh, '>:raw', $path or die "$path: $!";
-	print $fh $text;
-	close $fh;
-}
-
 # The bare base64 body of a PEM, as Alipay's console hands keys out.
 sub bare
 {
@@ -75,14 +57,7 @@ sub bare
 
 # app: the merchant's application key; ali: "Alipay's" key; other*: keys
 # nobody registered.
-for my $name (qw(app ali other other_ali))
-{
-	my ($ok, undef, $err) = openssl([ 'genpkey', '-algorithm', 'RSA', '-pkeyopt',
-		'rsa_keygen_bits:2048', '-out', "$tmp/$name.key" ]);
-	die "genpkey: $err" unless $ok;
-	($ok, undef, $err) = openssl([ 'pkey', '-in', "$tmp/$name.key", '-pubout', '-out', "$tmp/$name.pub" ]);
-	die "pkey: $err" unless $ok;
-}
+make_rsa_key($tmp, $_) for qw(app ali other other_ali);
 # The keys, as the server reads them from the files (so that no statement
 # text, which log_statement = all logs, carries them): name => [file, bare?]
 my %KEY = (
@@ -96,7 +71,7 @@ my %KEY = (
 
 # Lines from the middle of the application private key: they must show
 # nowhere but in paysync.channels.
-my @APP_KEY_LINES = (split /\n/, slurp("$tmp/app.key"))[ 3 .. 8 ];
+my @APP_KEY_LINES = (split /\n/, slurp_file("$tmp/app.key"))[ 3 .. 8 ];
 
 # Signs text with a key file the way Alipay does; base64.
 sub rsa2_sign
@@ -109,28 +84,6 @@ sub rsa2_sign
 
 # ---------------------------------------------------------------- the mock
 
-sub start_alipay_mock
-{
-	my $bin = "$FindBin::Bin/mock/mock_alipay";
-	die "mock_alipay not built: run make -C t/mock" unless -x $bin;
-	my $log = "$PostgreSQL::Test::Utils::tmp_check/mock_alipay.log";
-	my ($out, $err) = ('', '');
-	my $handle = IPC::Run::start(
-		[
-			$bin, '--port', '0', '--log', $log, '--app-id', $APP_ID,
-			'--app-public-key', "$tmp/app.pub", '--alipay-private-key', "$tmp/ali.key"
-		],
-		'>', \$out, '2>', \$err);
-	my $deadline = time + 10;
-	while ($out !~ /port=(\d+)/ && time < $deadline)
-	{
-		$handle->pump_nb;
-		usleep(10_000);
-	}
-	die "mock_alipay did not start: $err" unless $out =~ /port=(\d+)/;
-	return { handle => $handle, port => $1, log => $log };
-}
-
 # The Alipay methods the mock saw for a trade, in order.
 sub methods_for
 {
@@ -138,7 +91,7 @@ sub methods_for
 	return () unless -e $mock->{log};
 	(my $logged = $id) =~ s/ /_/g;
 	my @methods;
-	for my $line (split /\n/, slurp($mock->{log}))
+	for my $line (split /\n/, slurp_file($mock->{log}))
 	{
 		my (undef, undef, undef, $lid, $method) = split / /, $line;
 		push @methods, $method if defined $lid && $lid eq $logged;
@@ -146,7 +99,10 @@ sub methods_for
 	return @methods;
 }
 
-my $mock = start_alipay_mock();
+# mock_alipay verifies requests with the app's public key and signs its
+# answers with "Alipay's" private key.
+my $mock = start_mock_program('mock_alipay', '--app-id', $APP_ID,
+	'--app-public-key', "$tmp/app.pub", '--alipay-private-key', "$tmp/ali.key");
 my $GATEWAY = "http://127.0.0.1:$mock->{port}/gateway.do";
 my $node = new_paysync_node('alipay');
 
@@ -206,7 +162,7 @@ for my $name (sort keys %KEY)
 	sql('INSERT INTO test_keys SELECT ' . lit($name) . ", $read");
 }
 is(sql("SELECT value FROM test_keys WHERE name = 'app_priv_bare'"),
-	join('', grep { !/^-----/ } split /\n/, slurp("$tmp/app.key")),
+	join('', grep { !/^-----/ } split /\n/, slurp_file("$tmp/app.key")),
 	'the bare base64 form of a key is its PEM body');
 sql(<<"EOF");
 CREATE FUNCTION opts(app text, ali text) RETURNS jsonb LANGUAGE sql AS \$\$
@@ -257,8 +213,8 @@ sub openssl_verifies
 	my ($params, $pubfile) = @_;
 	my $content = join '&', map { "$_=$params->{$_}" }
 	  sort grep { $_ ne 'sign' && $params->{$_} ne '' } keys %$params;
-	spew("$tmp/content.txt", $content);
-	spew("$tmp/sig.bin", decode_base64($params->{sign}));
+	spew_file("$tmp/content.txt", $content);
+	spew_file("$tmp/sig.bin", decode_base64($params->{sign}));
 	my ($ok, $out) = openssl([ 'dgst', '-sha256', '-verify', $pubfile, '-signature',
 		"$tmp/sig.bin", "$tmp/content.txt" ]);
 	return $ok && $out =~ /Verified OK/;
@@ -574,8 +530,7 @@ ok(!has_key(sql("SELECT string_agg(t::text, ' ') FROM paysync.events t")), 'no k
 ok(has_key(sql("SELECT string_agg(options::text, ' ') FROM paysync.channels")),
 	'(the key is in paysync.channels, so the search would find it)');
 $node->stop;
-ok(!has_key(slurp($node->logfile)), 'no key in the server log');
+ok(!has_key(slurp_file($node->logfile)), 'no key in the server log');
 
-$mock->{handle}->signal('TERM');
-$mock->{handle}->finish;
+stop_mock($mock);
 done_testing();

@@ -13,14 +13,11 @@ use warnings;
 
 use FindBin;
 use lib $FindBin::Bin;
-use File::Basename qw(basename);
-use IPC::Run;
 use MIME::Base64 qw(encode_base64);
 use PaysyncTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(time usleep);
 
 # The secrets are spelled out only here and on the mocks' command lines;
 # SQL builds them from pieces so that no statement text (all are logged)
@@ -33,28 +30,12 @@ my $WRONG_SQL = q{'EKwrong_' || upper('paypal') || '_mock_77aa'};
 
 # ---------------------------------------------------------------- mocks
 
-my $mock_count = 0;
-
 # Starts t/mock/mock_paypal with extra arguments; returns port, log, handle.
 sub start_paypal_mock
 {
 	my (@args) = @_;
-	my $bin = "$FindBin::Bin/mock/mock_paypal";
-	die "mock_paypal not built: run make -C t/mock" unless -x $bin;
-	$mock_count++;
-	my $log = "$PostgreSQL::Test::Utils::tmp_check/mock_paypal_$mock_count.log";
-	my @cmd = ($bin, '--port', '0', '--log', $log, '--client-id', $CLIENT_ID,
+	return start_mock_program('mock_paypal', '--client-id', $CLIENT_ID,
 		'--client-secret', $SECRET, @args);
-	my ($out, $err) = ('', '');
-	my $handle = IPC::Run::start(\@cmd, '>', \$out, '2>', \$err);
-	my $deadline = time + 10;
-	while ($out !~ /port=(\d+)/ && time < $deadline)
-	{
-		$handle->pump_nb;
-		usleep(10_000);
-	}
-	die "mock_paypal did not start: $err" unless $out =~ /port=(\d+)/;
-	return { handle => $handle, port => $1, log => $log };
 }
 
 # The mock's counters: token_requests, tokens_issued, orders_requests,
@@ -562,10 +543,6 @@ Accept: application/json
 Authorization: Bearer A21AAtok
 ", 'the token request and the order query, as sent');
 
-for my $m ($good, $renew, $expire, $revoke, $badcred)
-{
-	$m->{handle}->signal('TERM');
-	$m->{handle}->finish;
-}
+stop_mock($_) for ($good, $renew, $expire, $revoke, $badcred);
 $node->stop;
 done_testing();

@@ -1,5 +1,5 @@
 # PaysyncTest.pm: what the TAP tests share: a cluster with paysync
-# preloaded, the mock channel on 127.0.0.1, and waiting helpers.
+# preloaded, the mock channels on 127.0.0.1, RSA keys, and waiting helpers.
 package PaysyncTest;
 
 use strict;
@@ -14,9 +14,9 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-our @EXPORT = qw(start_mock stop_mock mock_requests mock_log mock_stats
-  new_paysync_node create_mock_channel wait_for_sql status_of
-  STATUS_MAP);
+our @EXPORT = qw(start_mock start_mock_program stop_mock mock_requests
+  mock_log mock_stats new_paysync_node create_mock_channel wait_for_sql
+  status_of make_rsa_key spew_file STATUS_MAP);
 
 # The status words the mock answers with, mapped to paysync statuses.
 use constant STATUS_MAP =>
@@ -24,19 +24,14 @@ use constant STATUS_MAP =>
 
 my $mock_count = 0;
 
-# Starts the mock channel; returns a hash with port, log and the handle.
-# Options: latency_ms, require_header (list ref).
-sub start_mock
+# Runs the mock command @cmd (a t/mock program, "--port 0" among its
+# arguments) and waits up to 10 s for its "port=N"; returns a hash with
+# port, log and the handle.  Dies, naming the mock as $what, if it is not
+# built or does not start.
+sub run_mock_command
 {
-	my (%opt) = @_;
-	my $bin = "$FindBin::Bin/mock/mock_channel";
-	die "mock channel not built: run make -C t/mock" unless -x $bin;
-	$mock_count++;
-	my $test = basename($0, '.pl');
-	my $log = "$PostgreSQL::Test::Utils::tmp_check/mock_${test}_$mock_count.log";
-	my @cmd = ($bin, '--port', '0', '--log', $log);
-	push @cmd, '--latency-ms', $opt{latency_ms} if $opt{latency_ms};
-	push @cmd, '--require-header', $_ for @{ $opt{require_header} || [] };
+	my ($what, $log, @cmd) = @_;
+	die "$what not built: run make -C t/mock" unless -x $cmd[0];
 	my ($out, $err) = ('', '');
 	my $handle = IPC::Run::start(\@cmd, '>', \$out, '2>', \$err);
 	my $deadline = time + 10;
@@ -45,8 +40,37 @@ sub start_mock
 		$handle->pump_nb;
 		usleep(10_000);
 	}
-	die "mock channel did not start: $err" unless $out =~ /port=(\d+)/;
+	die "$what did not start: $err" unless $out =~ /port=(\d+)/;
 	return { handle => $handle, port => $1, log => $log };
+}
+
+# Starts the mock channel; returns a hash with port, log and the handle.
+# Options: latency_ms, require_header (list ref).
+sub start_mock
+{
+	my (%opt) = @_;
+	my $bin = "$FindBin::Bin/mock/mock_channel";
+	$mock_count++;
+	my $test = basename($0, '.pl');
+	my $log = "$PostgreSQL::Test::Utils::tmp_check/mock_${test}_$mock_count.log";
+	my @cmd = ($bin, '--port', '0', '--log', $log);
+	push @cmd, '--latency-ms', $opt{latency_ms} if $opt{latency_ms};
+	push @cmd, '--require-header', $_ for @{ $opt{require_header} || [] };
+	return run_mock_command('mock channel', $log, @cmd);
+}
+
+# Starts the mock t/mock/$program on a free port of 127.0.0.1, logging to
+# a file of its own in tmp_check, with more arguments @args; returns a hash
+# with port, log and the handle, as start_mock does (stop it with
+# stop_mock).
+sub start_mock_program
+{
+	my ($program, @args) = @_;
+	$mock_count++;
+	my $test = basename($0, '.pl');
+	my $log = "$PostgreSQL::Test::Utils::tmp_check/${program}_${test}_$mock_count.log";
+	return run_mock_command($program, $log, "$FindBin::Bin/mock/$program",
+		'--port', '0', '--log', $log, @args);
 }
 
 sub stop_mock
@@ -129,6 +153,35 @@ sub status_of
 	my ($node, $payment_id) = @_;
 	return $node->safe_psql('postgres',
 		"SELECT status FROM paysync.payments WHERE payment_id = '$payment_id'");
+}
+
+# Writes $data to the file $path (replacing it), byte for byte; the
+# counterpart of slurp_file.
+sub spew_file
+{
+	my ($path, $data) = @_;
+	open my $fh, '>:raw', $path or die "$path: $!";
+	print $fh $data;
+	close $fh or die "$path: $!";
+}
+
+# Makes an RSA key pair with openssl: $dir/$name.key, the private key, and
+# $dir/$name.pub, its public key, both PEM; $bits (default 2048) long.
+# Returns the two paths; dies with openssl's message if it fails.
+sub make_rsa_key
+{
+	my ($dir, $name, $bits) = @_;
+	my ($key, $pub) = ("$dir/$name.key", "$dir/$name.pub");
+	$bits //= 2048;
+	for my $args (
+		[ 'genpkey', '-algorithm', 'RSA', '-pkeyopt', "rsa_keygen_bits:$bits", '-out', $key ],
+		[ 'pkey', '-in', $key, '-pubout', '-out', $pub ])
+	{
+		my ($out, $err) = ('', '');
+		IPC::Run::run([ 'openssl', @$args ], '>', \$out, '2>', \$err)
+		  or die "openssl @$args failed: $err";
+	}
+	return ($key, $pub);
 }
 
 1;

@@ -55,26 +55,18 @@
  */
 #define _GNU_SOURCE
 
-#include <ctype.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <getopt.h>
-#include <netinet/in.h>
-#include <signal.h>
 #include <stdbool.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
+#include <strings.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <jansson.h>
 #include <microhttpd.h>
 #include <openssl/evp.h>
-#include <openssl/pem.h>
-#include <openssl/rsa.h>
+
+#include "mock_common.h"
 
 #define MAX_BODY (64 * 1024)
 #define MAX_PARAMS 32
@@ -99,49 +91,13 @@ typedef struct Trade
 	char		now;			/* 0: scripted; 'S' paid; 'C' closed */
 } Trade;
 
-/* Per-request state. */
-typedef struct Request
-{
-	char	   *body;
-	size_t		len;
-	bool		overflow;
-} Request;
-
-static const char *opt_log = NULL;
 static const char *opt_app_id = NULL;
-static unsigned int opt_port = 0;
 static EVP_PKEY *app_public_key = NULL;
 static EVP_PKEY *alipay_private_key = NULL;
 static EVP_PKEY *wrong_private_key = NULL;
-static int	log_fd = -1;
 
 /* One MHD thread answers everything, so this needs no lock. */
 static Trade *trades = NULL;
-
-/* Prints a message and exits. */
-static void
-die(const char *msg, const char *detail)
-{
-	fprintf(stderr, "mock_alipay: %s%s%s\n", msg, detail ? ": " : "", detail ? detail : "");
-	exit(2);
-}
-
-/* Reads a PEM key file: a private key if private, else a public key. */
-static EVP_PKEY *
-load_key(const char *path, bool private)
-{
-	FILE	   *f = fopen(path, "r");
-	EVP_PKEY   *key;
-
-	if (f == NULL)
-		die("cannot open key file", path);
-	key = private ? PEM_read_PrivateKey(f, NULL, NULL, NULL) :
-		PEM_read_PUBKEY(f, NULL, NULL, NULL);
-	fclose(f);
-	if (key == NULL)
-		die("cannot read key", path);
-	return key;
-}
 
 /* The trade called id, created on first sight. */
 static Trade *
@@ -154,7 +110,7 @@ trade_get(const char *id)
 			return t;
 	t = calloc(1, sizeof(Trade));
 	if (t == NULL || (t->id = strdup(id)) == NULL)
-		die("out of memory", NULL);
+		mock_die("out of memory", NULL);
 	t->next = trades;
 	trades = t;
 	return t;
@@ -208,48 +164,6 @@ script_of(const char *id, const char **query, size_t *query_len,
 		*query_len = strlen(*query);
 }
 
-/* Value of a hex digit, or -1. */
-static int
-hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
-/* Decodes a form-encoded piece of len bytes ("+" is a space), malloc'd. */
-static char *
-form_decode(const char *s, size_t len)
-{
-	char	   *out = malloc(len + 1);
-	size_t		o = 0;
-
-	if (out == NULL)
-		die("out of memory", NULL);
-	for (size_t i = 0; i < len; i++)
-	{
-		int			hi,
-					lo;
-
-		if (s[i] == '%' && i + 2 < len &&
-			(hi = hexval(s[i + 1])) >= 0 && (lo = hexval(s[i + 2])) >= 0)
-		{
-			out[o++] = (char) (hi * 16 + lo);
-			i += 2;
-		}
-		else if (s[i] == '+')
-			out[o++] = ' ';
-		else
-			out[o++] = s[i];
-	}
-	out[o] = '\0';
-	return out;
-}
-
 /* Adds a parameter; false if there are too many or it is given twice. */
 static bool
 param_add(Param *params, int *n, char *key, char *value)
@@ -283,8 +197,11 @@ parse_form(const char *body, size_t len, Param *params, int *n)
 			eq = memchr(body + start, '=', end - start);
 			if (eq == NULL)
 				eq = body + end;
-			if (!param_add(params, n, form_decode(body + start, eq - (body + start)),
-						   eq < body + end ? form_decode(eq + 1, body + end - eq - 1) : strdup("")))
+			if (!param_add(params, n,
+						   mock_percent_decode_dup(body + start, eq - (body + start), true),
+						   eq < body + end ?
+						   mock_percent_decode_dup(eq + 1, body + end - eq - 1, true) :
+						   strdup("")))
 				return false;
 		}
 		start = end + 1;
@@ -337,7 +254,7 @@ sign_content(Param *params, int n)
 		size += strlen(params[i].key) + strlen(params[i].value) + 2;
 	out = malloc(size);
 	if (out == NULL)
-		die("out of memory", NULL);
+		mock_die("out of memory", NULL);
 	for (int i = 0; i < n; i++)
 	{
 		if (strcmp(params[i].key, "sign") == 0 || params[i].value[0] == '\0')
@@ -346,58 +263,6 @@ sign_content(Param *params, int n)
 	}
 	out[o] = '\0';
 	return out;
-}
-
-/* RSA2 signature of data with key, base64, malloc'd. */
-static char *
-rsa2_sign(EVP_PKEY *key, const char *data, size_t len)
-{
-	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-	unsigned char sig[1024];
-	size_t		sig_len = sizeof(sig);
-	char	   *b64 = malloc(4 * sizeof(sig) / 3 + 8);
-
-	if (ctx == NULL || b64 == NULL ||
-		EVP_DigestSignInit(ctx, NULL, EVP_sha256(), NULL, key) != 1 ||
-		EVP_DigestSign(ctx, sig, &sig_len, (const unsigned char *) data, len) != 1)
-		die("signing failed", NULL);
-	EVP_MD_CTX_free(ctx);
-	EVP_EncodeBlock((unsigned char *) b64, sig, (int) sig_len);
-	return b64;
-}
-
-/* True if b64 is an RSA2 signature of data by key. */
-static bool
-rsa2_verify(EVP_PKEY *key, const char *data, const char *b64)
-{
-	size_t		len = strlen(b64);
-	unsigned char *sig;
-	int			n;
-	EVP_MD_CTX *ctx;
-	bool		ok;
-
-	if (len == 0 || len % 4 != 0)
-		return false;
-	sig = malloc(len);
-	if (sig == NULL)
-		die("out of memory", NULL);
-	n = EVP_DecodeBlock(sig, (const unsigned char *) b64, (int) len);
-	if (n < 0)
-	{
-		free(sig);
-		return false;
-	}
-	if (b64[len - 1] == '=')
-		n--;
-	if (b64[len - 2] == '=')
-		n--;
-	ctx = EVP_MD_CTX_new();
-	ok = ctx != NULL &&
-		EVP_DigestVerifyInit(ctx, NULL, EVP_sha256(), NULL, key) == 1 &&
-		EVP_DigestVerify(ctx, sig, n, (const unsigned char *) data, strlen(data)) == 1;
-	EVP_MD_CTX_free(ctx);
-	free(sig);
-	return ok;
 }
 
 /* True if ts is "yyyy-MM-dd HH:mm:ss" Shanghai time within 15 minutes of now. */
@@ -416,47 +281,17 @@ timestamp_fresh(const char *ts)
 	return labs((long) (t - time(NULL))) <= 15 * 60;
 }
 
-/* JSON-escapes s into a malloc'd string (without quotes). */
-static char *
-json_escaped(const char *s)
-{
-	char	   *out = malloc(strlen(s) * 6 + 1);
-	char	   *o = out;
-
-	if (out == NULL)
-		die("out of memory", NULL);
-	for (; *s; s++)
-	{
-		unsigned char c = (unsigned char) *s;
-
-		if (c == '"' || c == '\\')
-		{
-			*o++ = '\\';
-			*o++ = (char) c;
-		}
-		else if (c < 0x20)
-			o += sprintf(o, "\\u%04x", c);
-		else
-			*o++ = (char) c;
-	}
-	*o = '\0';
-	return out;
-}
-
 /* Writes the log line of a request. */
 static void
 log_request(const char *http_method, const char *url, const char *id,
 			const char *method)
 {
-	struct timespec ts;
 	char		line[2048];
 	int			n;
 
-	if (log_fd < 0)
+	if (!mock_log_enabled())
 		return;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	n = snprintf(line, sizeof(line), "%lld %s %s %s %s\n",
-				 (long long) ts.tv_sec * 1000000LL + ts.tv_nsec / 1000,
+	n = snprintf(line, sizeof(line), "%lld %s %s %s %s\n", mock_now_us(),
 				 http_method, url, id ? id : "-", method ? method : "-");
 	if (n > 0 && (size_t) n < sizeof(line))
 	{
@@ -468,8 +303,7 @@ log_request(const char *http_method, const char *url, const char *id,
 			else if ((unsigned char) line[i] < 0x20)
 				line[i] = '_';
 		}
-		if (write(log_fd, line, n) < 0)
-			perror("mock_alipay: log");
+		mock_log_write(line, n);
 	}
 }
 
@@ -477,16 +311,7 @@ log_request(const char *http_method, const char *url, const char *id,
 static enum MHD_Result
 send_text(struct MHD_Connection *conn, unsigned int status, const char *text)
 {
-	struct MHD_Response *r = MHD_create_response_from_buffer(strlen(text), (void *) text,
-															 MHD_RESPMEM_MUST_COPY);
-	enum MHD_Result ret;
-
-	if (r == NULL)
-		return MHD_NO;
-	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json;charset=utf-8");
-	ret = MHD_queue_response(conn, status, r);
-	MHD_destroy_response(r);
-	return ret;
+	return mock_send(conn, status, text, "application/json;charset=utf-8");
 }
 
 /*
@@ -498,18 +323,15 @@ static enum MHD_Result
 send_signed(struct MHD_Connection *conn, const char *node_name, const char *node,
 			EVP_PKEY *key, const char *sent)
 {
-	char	   *sign = key ? rsa2_sign(key, node, strlen(node)) : NULL;
+	char	   *sign = key ? mock_sign_b64(key, node, strlen(node)) : NULL;
 	char	   *body;
 	enum MHD_Result ret;
 
 	if (sign)
-	{
-		if (asprintf(&body, "{\"%s\": %s, \"sign\": \"%s\"}", node_name,
-					 sent ? sent : node, sign) < 0)
-			die("out of memory", NULL);
-	}
-	else if (asprintf(&body, "{\"%s\": %s}", node_name, sent ? sent : node) < 0)
-		die("out of memory", NULL);
+		body = mock_format("{\"%s\": %s, \"sign\": \"%s\"}", node_name,
+						   sent ? sent : node, sign);
+	else
+		body = mock_format("{\"%s\": %s}", node_name, sent ? sent : node);
 	ret = send_text(conn, MHD_HTTP_OK, body);
 	free(body);
 	free(sign);
@@ -523,13 +345,12 @@ send_error(struct MHD_Connection *conn, const char *node_name, const char *code,
 		   const char *out_trade_no)
 {
 	char	   *node;
-	char	   *id = out_trade_no ? json_escaped(out_trade_no) : NULL;
+	char	   *id = out_trade_no ? mock_json_escape_dup(out_trade_no) : NULL;
 	enum MHD_Result ret;
 
-	if (asprintf(&node, "{\"code\": \"%s\", \"msg\": \"%s\", \"sub_code\": \"%s\", \"sub_msg\": \"%s\"%s%s%s}",
-				 code, msg, sub_code, sub_msg,
-				 id ? ", \"out_trade_no\": \"" : "", id ? id : "", id ? "\"" : "") < 0)
-		die("out of memory", NULL);
+	node = mock_format("{\"code\": \"%s\", \"msg\": \"%s\", \"sub_code\": \"%s\", \"sub_msg\": \"%s\"%s%s%s}",
+					   code, msg, sub_code, sub_msg,
+					   id ? ", \"out_trade_no\": \"" : "", id ? id : "", id ? "\"" : "");
 	ret = send_signed(conn, node_name, node, alipay_private_key, NULL);
 	free(node);
 	free(id);
@@ -541,17 +362,15 @@ static char *
 trade_node(const char *id, const char *status, const char *amount)
 {
 	char	   *node;
-	char	   *esc = json_escaped(id);
+	char	   *esc = mock_json_escape_dup(id);
 
-	if (asprintf(&node,
-				 "{\"code\": \"10000\", \"msg\": \"Success\", \"buyer_logon_id\": \"159****5620\", "
-				 "\"buyer_pay_amount\": \"0.00\", \"out_trade_no\": \"%s\", "
-				 "\"fund_bill_list\": [{\"amount\": \"%s\", \"fund_channel\": \"ALIPAYACCOUNT\"}], "
-				 "\"point_amount\": \"0.00\", \"send_pay_date\": \"2024-11-26 15:45:57\", "
-				 "\"total_amount\": \"%s\", \"trade_no\": \"2024112622001404500000000001\", "
-				 "\"trade_status\": \"%s\"}",
-				 esc, amount ? amount : "0.00", amount ? amount : PAID_AMOUNT, status) < 0)
-		die("out of memory", NULL);
+	node = mock_format("{\"code\": \"10000\", \"msg\": \"Success\", \"buyer_logon_id\": \"159****5620\", "
+					   "\"buyer_pay_amount\": \"0.00\", \"out_trade_no\": \"%s\", "
+					   "\"fund_bill_list\": [{\"amount\": \"%s\", \"fund_channel\": \"ALIPAYACCOUNT\"}], "
+					   "\"point_amount\": \"0.00\", \"send_pay_date\": \"2024-11-26 15:45:57\", "
+					   "\"total_amount\": \"%s\", \"trade_no\": \"2024112622001404500000000001\", "
+					   "\"trade_status\": \"%s\"}",
+					   esc, amount ? amount : "0.00", amount ? amount : PAID_AMOUNT, status);
 	free(esc);
 	return node;
 }
@@ -643,10 +462,9 @@ answer_close(struct MHD_Connection *conn, Trade *t)
 	{
 		case 'c':
 			t->now = 'C';
-			esc = json_escaped(t->id);
-			if (asprintf(&node, "{\"code\": \"10000\", \"msg\": \"Success\", \"out_trade_no\": \"%s\", "
-						 "\"trade_no\": \"2024112622001404500000000001\"}", esc) < 0)
-				die("out of memory", NULL);
+			esc = mock_json_escape_dup(t->id);
+			node = mock_format("{\"code\": \"10000\", \"msg\": \"Success\", \"out_trade_no\": \"%s\", "
+							   "\"trade_no\": \"2024112622001404500000000001\"}", esc);
 			ret = send_signed(conn, "alipay_trade_close_response", node, alipay_private_key, NULL);
 			free(node);
 			free(esc);
@@ -671,7 +489,7 @@ answer_close(struct MHD_Connection *conn, Trade *t)
 /* Checks a whole gateway request and answers it. */
 static enum MHD_Result
 handle_gateway(struct MHD_Connection *conn, const char *url, const char *http_method,
-			   Request *req)
+			   MockRequest *req)
 {
 	Param		params[MAX_PARAMS];
 	int			n = 0;
@@ -694,8 +512,8 @@ handle_gateway(struct MHD_Connection *conn, const char *url, const char *http_me
 	enum MHD_Result ret;
 
 	MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect_arg, state);
-	if (ok && req->len > 0)
-		ok = parse_form(req->body, req->len, params, &n);
+	if (ok && req->body.len > 0)
+		ok = parse_form(req->body.data, req->body.len, params, &n);
 	method = param_get(params, n, "method");
 	biz = param_get(params, n, "biz_content");
 	if (biz)
@@ -712,7 +530,7 @@ handle_gateway(struct MHD_Connection *conn, const char *url, const char *http_me
 		ret = send_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "{\"error\": \"method not allowed\"}");
 		goto done;
 	}
-	if (!ok || req->overflow)
+	if (!ok || req->body.overflow)
 	{
 		ret = send_error(conn, node_name, "40002", "Invalid Arguments",
 						 "isv.invalid-parameter", "duplicate or too many parameters", NULL);
@@ -780,7 +598,7 @@ handle_gateway(struct MHD_Connection *conn, const char *url, const char *http_me
 	else
 	{
 		content = sign_content(params, n);
-		if (!rsa2_verify(app_public_key, content, sign))
+		if (!mock_verify_b64(app_public_key, content, strlen(content), sign))
 			ret = send_error(conn, node_name, "40002", "Invalid Arguments",
 							 "isv.invalid-signature", "验签出错", NULL);
 		else if (id == NULL || id[0] == '\0')
@@ -809,36 +627,14 @@ handle_request(void *cls, struct MHD_Connection *conn, const char *url,
 			   const char *method, const char *version,
 			   const char *upload_data, size_t *upload_data_size, void **con_cls)
 {
-	Request    *req = *con_cls;
+	MockRequest *req;
+	enum MHD_Result ret;
 
 	(void) cls;
 	(void) version;
+	req = mock_request_begin(con_cls, upload_data, upload_data_size, MAX_BODY, &ret);
 	if (req == NULL)
-	{
-		req = calloc(1, sizeof(Request));
-		if (req == NULL)
-			return MHD_NO;
-		*con_cls = req;
-		return MHD_YES;
-	}
-	if (*upload_data_size > 0)
-	{
-		size_t		len = *upload_data_size;
-
-		*upload_data_size = 0;
-		if (req->len + len > MAX_BODY)
-		{
-			req->overflow = true;
-			return MHD_YES;
-		}
-		req->body = realloc(req->body, req->len + len + 1);
-		if (req->body == NULL)
-			return MHD_NO;
-		memcpy(req->body + req->len, upload_data, len);
-		req->len += len;
-		req->body[req->len] = '\0';
-		return MHD_YES;
-	}
+		return ret;
 	if (strcmp(url, "/gateway.do") != 0)
 	{
 		log_request(method, url, NULL, NULL);
@@ -847,31 +643,12 @@ handle_request(void *cls, struct MHD_Connection *conn, const char *url,
 	return handle_gateway(conn, url, method, req);
 }
 
-/* MHD completion callback: frees the request state. */
-static void
-request_done(void *cls, struct MHD_Connection *conn, void **con_cls,
-			 enum MHD_RequestTerminationCode toe)
-{
-	Request    *req = *con_cls;
-
-	(void) cls;
-	(void) conn;
-	(void) toe;
-	if (req)
-	{
-		free(req->body);
-		free(req);
-	}
-	*con_cls = NULL;
-}
-
 /* Reads the command line. */
 static void
 parse_args(int argc, char **argv)
 {
 	static const struct option longopts[] = {
-		{"port", required_argument, NULL, 'p'},
-		{"log", required_argument, NULL, 'l'},
+		MOCK_LONGOPTS_COMMON,
 		{"app-id", required_argument, NULL, 'a'},
 		{"app-public-key", required_argument, NULL, 'k'},
 		{"alipay-private-key", required_argument, NULL, 'K'},
@@ -879,83 +656,42 @@ parse_args(int argc, char **argv)
 	};
 	int			c;
 
-	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1)
+	while ((c = mock_next_option(argc, argv, longopts)) != -1)
 	{
 		switch (c)
 		{
-			case 'p':
-				opt_port = (unsigned int) atoi(optarg);
-				break;
-			case 'l':
-				opt_log = optarg;
-				break;
 			case 'a':
 				opt_app_id = optarg;
 				break;
 			case 'k':
-				app_public_key = load_key(optarg, false);
+				app_public_key = mock_load_key(optarg, false);
 				break;
 			case 'K':
-				alipay_private_key = load_key(optarg, true);
+				alipay_private_key = mock_load_key(optarg, true);
 				break;
 			default:
-				die("usage: mock_alipay --port N --app-id ID --app-public-key FILE "
+				mock_die("usage: mock_alipay --port N --app-id ID --app-public-key FILE "
 					"--alipay-private-key FILE [--log FILE]", NULL);
 		}
 	}
 	if (opt_app_id == NULL || app_public_key == NULL || alipay_private_key == NULL)
-		die("--app-id, --app-public-key and --alipay-private-key are required", NULL);
+		mock_die("--app-id, --app-public-key and --alipay-private-key are required", NULL);
 }
 
 /* Starts the server, prints the port, runs until SIGTERM or SIGINT. */
 int
 main(int argc, char **argv)
 {
-	struct MHD_Daemon *daemon;
-	const union MHD_DaemonInfo *info;
-	struct sockaddr_in sa;
-	sigset_t	sigs;
-	int			sig;
+	struct MHD_OptionItem options[] = {
+		{MHD_OPTION_NOTIFY_COMPLETED, (intptr_t) mock_request_completed, NULL},
+		{MHD_OPTION_CONNECTION_TIMEOUT, 60, NULL},
+		{MHD_OPTION_END, 0, NULL}
+	};
 
+	mock_init("mock_alipay");
 	parse_args(argc, argv);
-	if (opt_log)
-	{
-		log_fd = open(opt_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-		if (log_fd < 0)
-			die("cannot open log", opt_log);
-	}
-	wrong_private_key = EVP_RSA_gen(2048);
-	if (wrong_private_key == NULL)
-		die("cannot make a key", NULL);
-
-	signal(SIGPIPE, SIG_IGN);
-	sigemptyset(&sigs);
-	sigaddset(&sigs, SIGTERM);
-	sigaddset(&sigs, SIGINT);
-	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-
-	memset(&sa, 0, sizeof(sa));
-	sa.sin_family = AF_INET;
-	sa.sin_port = htons((uint16_t) opt_port);
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG,
-							  (uint16_t) opt_port, NULL, NULL, handle_request, NULL,
-							  MHD_OPTION_SOCK_ADDR, (struct sockaddr *) &sa,
-							  MHD_OPTION_NOTIFY_COMPLETED, request_done, NULL,
-							  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) 60,
-							  MHD_OPTION_END);
-	if (daemon == NULL)
-		die("cannot start the HTTP daemon", NULL);
-	info = MHD_get_daemon_info(daemon, MHD_DAEMON_INFO_BIND_PORT);
-	if (info == NULL || info->port == 0)
-		die("cannot tell the port", NULL);
-	printf("port=%u\n", (unsigned int) info->port);
-	fflush(stdout);
-
-	while (sigwait(&sigs, &sig) != 0 || (sig != SIGTERM && sig != SIGINT))
-		;
-	MHD_stop_daemon(daemon);
-	if (log_fd >= 0)
-		close(log_fd);
+	mock_log_open(mock_opt_log);
+	wrong_private_key = mock_new_rsa_key();
+	mock_serve(0, mock_opt_port, handle_request, options);
 	return 0;
 }

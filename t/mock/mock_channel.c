@@ -29,28 +29,21 @@
 #define _GNU_SOURCE
 
 #include <ctype.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <getopt.h>
 #include <inttypes.h>
-#include <netinet/in.h>
-#include <arpa/inet.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
-#include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
 #include <microhttpd.h>
+
+#include "mock_common.h"
 
 /* Largest request body we keep; the rest is dropped. */
 #define MAX_BODY			(1024 * 1024)
@@ -63,9 +56,6 @@
 
 /* How many due timers the timer thread resumes per lock acquisition. */
 #define TIMER_BATCH			256
-
-/* Initial size of the per-id attempt hash table (power of two). */
-#define ID_INITIAL_BUCKETS	65536
 
 /* A header every scripted request must carry (--require-header). */
 typedef struct RequiredHeader
@@ -88,23 +78,11 @@ typedef struct ReqState
 	bool		counted;		/* included in in_flight */
 	bool		pending;		/* suspended, waiting to send response */
 	bool		owned;			/* response must be destroyed by us */
-	bool		body_overflow;	/* body exceeded MAX_BODY */
 	struct timespec arrival;	/* wall clock time of arrival */
-	char	   *body;
-	size_t		body_len;
-	size_t		body_cap;
+	MockBody	body;			/* the first MAX_BODY bytes */
 	struct MHD_Response *response;	/* prepared response while pending */
 	unsigned int status;		/* its HTTP status */
 } ReqState;
-
-/* An entry of the per-payment-id attempt counter hash table. */
-typedef struct IdEntry
-{
-	struct IdEntry *next;
-	uint64_t	hash;
-	uint64_t	count;
-	char		key[];
-} IdEntry;
 
 /* A suspended connection waiting for its deadline. */
 typedef struct TimerEntry
@@ -114,26 +92,15 @@ typedef struct TimerEntry
 } TimerEntry;
 
 /* Configuration from the command line. */
-static unsigned int opt_port = 0;
-static long opt_latency_ms = 0;
 static unsigned int opt_threads = 2;
-static const char *opt_log = NULL;
 static const char *opt_pidfile = NULL;
 static RequiredHeader *required_headers = NULL;
 static int n_required_headers = 0;
-
-static int log_fd = -1;
 
 /* Counters reported by /_stats. */
 static atomic_uint_fast64_t stat_requests;
 static atomic_int_fast64_t stat_in_flight;
 static atomic_int_fast64_t stat_max_in_flight;
-
-/* Per-id attempt counters. */
-static pthread_mutex_t id_lock = PTHREAD_MUTEX_INITIALIZER;
-static IdEntry **id_buckets = NULL;
-static size_t id_nbuckets = 0;
-static size_t id_count = 0;
 
 /* Deadline heap of suspended connections, and the thread that serves it. */
 static pthread_mutex_t timer_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -174,35 +141,6 @@ usage(FILE *out)
 }
 
 /*
- * Print an error message and exit with status 2.
- */
-static void
-die(const char *msg, const char *detail)
-{
-	if (detail)
-		fprintf(stderr, "mock_channel: %s: %s\n", msg, detail);
-	else
-		fprintf(stderr, "mock_channel: %s\n", msg);
-	exit(2);
-}
-
-/*
- * Parse a non-negative decimal number for an option; die on garbage.
- */
-static long
-parse_option_number(const char *opt, const char *s, long max)
-{
-	char	   *end;
-	long		v;
-
-	errno = 0;
-	v = strtol(s, &end, 10);
-	if (errno != 0 || end == s || *end != '\0' || v < 0 || v > max)
-		die("invalid number for option", opt);
-	return v;
-}
-
-/*
  * Record one --require-header argument of the form "Name: value".
  */
 static void
@@ -213,12 +151,12 @@ add_required_header(const char *arg)
 	RequiredHeader *h;
 
 	if (colon == NULL || colon == arg)
-		die("--require-header wants \"Name: value\"", arg);
+		mock_die("--require-header wants \"Name: value\"", arg);
 
 	required_headers = realloc(required_headers,
 							   sizeof(RequiredHeader) * (n_required_headers + 1));
 	if (required_headers == NULL)
-		die("out of memory", NULL);
+		mock_die("out of memory", NULL);
 	h = &required_headers[n_required_headers++];
 
 	h->name = strndup(arg, colon - arg);
@@ -227,19 +165,7 @@ add_required_header(const char *arg)
 		v++;
 	h->value = strdup(v);
 	if (h->name == NULL || h->value == NULL)
-		die("out of memory", NULL);
-}
-
-/*
- * Current CLOCK_MONOTONIC time in nanoseconds.
- */
-static uint64_t
-monotonic_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t) ts.tv_sec * 1000000000ULL + (uint64_t) ts.tv_nsec;
+		mock_die("out of memory", NULL);
 }
 
 /*
@@ -250,13 +176,9 @@ make_static_response(const char *body, const char *content_type)
 {
 	struct MHD_Response *r;
 
-	r = MHD_create_response_from_buffer(strlen(body), (void *) body,
-										MHD_RESPMEM_PERSISTENT);
+	r = mock_response(body, strlen(body), MHD_RESPMEM_PERSISTENT, content_type);
 	if (r == NULL)
-		die("cannot create response", NULL);
-	if (MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
-								content_type) != MHD_YES)
-		die("cannot add response header", NULL);
+		mock_die("cannot create response", NULL);
 	return r;
 }
 
@@ -276,122 +198,6 @@ init_static_responses(void)
 	resp_missing_status = make_static_response("{\"data\":{}}", js);
 	resp_not_json = make_static_response("this is not json", "text/plain");
 	resp_reset_ok = make_static_response("{\"ok\":true}", js);
-}
-
-/*
- * FNV-1a hash of a byte string.
- */
-static uint64_t
-hash_bytes(const char *s, size_t len)
-{
-	uint64_t	h = 14695981039346656037ULL;
-	size_t		i;
-
-	for (i = 0; i < len; i++)
-	{
-		h ^= (unsigned char) s[i];
-		h *= 1099511628211ULL;
-	}
-	return h;
-}
-
-/*
- * Double the hash table.  Caller holds id_lock.  On allocation failure the
- * table simply stays at its current size.
- */
-static void
-id_table_grow(void)
-{
-	size_t		newn = id_nbuckets * 2;
-	IdEntry   **nb;
-	size_t		i;
-
-	nb = calloc(newn, sizeof(IdEntry *));
-	if (nb == NULL)
-		return;
-	for (i = 0; i < id_nbuckets; i++)
-	{
-		IdEntry    *e = id_buckets[i];
-
-		while (e)
-		{
-			IdEntry    *next = e->next;
-			size_t		b = e->hash & (newn - 1);
-
-			e->next = nb[b];
-			nb[b] = e;
-			e = next;
-		}
-	}
-	free(id_buckets);
-	id_buckets = nb;
-	id_nbuckets = newn;
-}
-
-/*
- * Count one more request for a payment id and return its attempt number
- * (1 for the first request).
- */
-static uint64_t
-id_next_attempt(const char *id)
-{
-	size_t		len = strlen(id);
-	uint64_t	h = hash_bytes(id, len);
-	IdEntry    *e;
-	size_t		b;
-	uint64_t	result;
-
-	pthread_mutex_lock(&id_lock);
-	b = h & (id_nbuckets - 1);
-	for (e = id_buckets[b]; e != NULL; e = e->next)
-	{
-		if (e->hash == h && strcmp(e->key, id) == 0)
-		{
-			result = ++e->count;
-			pthread_mutex_unlock(&id_lock);
-			return result;
-		}
-	}
-
-	e = malloc(sizeof(IdEntry) + len + 1);
-	if (e != NULL)
-	{
-		e->hash = h;
-		e->count = 1;
-		memcpy(e->key, id, len + 1);
-		e->next = id_buckets[b];
-		id_buckets[b] = e;
-		if (++id_count > id_nbuckets)
-			id_table_grow();
-	}
-	pthread_mutex_unlock(&id_lock);
-	return 1;
-}
-
-/*
- * Forget all per-id attempt counts.
- */
-static void
-id_table_reset(void)
-{
-	size_t		i;
-
-	pthread_mutex_lock(&id_lock);
-	for (i = 0; i < id_nbuckets; i++)
-	{
-		IdEntry    *e = id_buckets[i];
-
-		while (e)
-		{
-			IdEntry    *next = e->next;
-
-			free(e);
-			e = next;
-		}
-		id_buckets[i] = NULL;
-	}
-	id_count = 0;
-	pthread_mutex_unlock(&id_lock);
 }
 
 /*
@@ -523,24 +329,6 @@ script_action(const char *p, uint64_t attempt, Action *out)
 }
 
 /*
- * Copy src to dst with every byte outside 0x21-0x7e replaced by '_'.
- * Returns the number of bytes written.
- */
-static size_t
-copy_token(char *dst, const char *src, size_t len)
-{
-	size_t		i;
-
-	for (i = 0; i < len; i++)
-	{
-		unsigned char c = (unsigned char) src[i];
-
-		dst[i] = (c >= 0x21 && c <= 0x7e) ? (char) c : '_';
-	}
-	return len;
-}
-
-/*
  * Append the log line for a scripted request with a single write() on the
  * O_APPEND log descriptor, so that concurrent lines never interleave.
  */
@@ -555,14 +343,13 @@ log_request(const ReqState *rs, const char *method, const char *id,
 				need,
 				off;
 	int			n;
-	ssize_t		w;
 
-	if (log_fd < 0)
+	if (!mock_log_enabled())
 		return;
 
 	mlen = strlen(method);
 	idlen = strlen(id);
-	need = 64 + mlen + idlen + rs->body_len;
+	need = 64 + mlen + idlen + rs->body.len;
 	if (need > sizeof(stackbuf))
 	{
 		buf = malloc(need);
@@ -570,25 +357,21 @@ log_request(const ReqState *rs, const char *method, const char *id,
 			return;
 	}
 
-	n = snprintf(buf, need, "%lld ",
-				 (long long) rs->arrival.tv_sec * 1000000LL +
-				 rs->arrival.tv_nsec / 1000);
+	n = snprintf(buf, need, "%lld ", mock_timespec_us(&rs->arrival));
 	off = (size_t) n;
-	off += copy_token(buf + off, method, mlen);
+	off += mock_log_token(buf + off, method, mlen);
 	buf[off++] = ' ';
-	off += copy_token(buf + off, id, idlen);
+	off += mock_log_token(buf + off, id, idlen);
 	n = snprintf(buf + off, need - off, " %" PRIu64, attempt);
 	off += (size_t) n;
-	if (rs->body_len > 0)
+	if (rs->body.len > 0)
 	{
 		buf[off++] = ' ';
-		off += copy_token(buf + off, rs->body, rs->body_len);
+		off += mock_log_token(buf + off, rs->body.data, rs->body.len);
 	}
 	buf[off++] = '\n';
 
-	do
-		w = write(log_fd, buf, off);
-	while (w < 0 && errno == EINTR);
+	mock_log_write(buf, off);
 
 	if (buf != stackbuf)
 		free(buf);
@@ -615,40 +398,6 @@ headers_ok(struct MHD_Connection *conn)
 }
 
 /*
- * JSON-escape src into dst (which must have room for 6 bytes per input
- * byte).  Returns the number of bytes written.
- */
-static size_t
-json_escape(char *dst, const char *src)
-{
-	static const char hex[] = "0123456789abcdef";
-	char	   *d = dst;
-
-	for (; *src; src++)
-	{
-		unsigned char c = (unsigned char) *src;
-
-		if (c == '"' || c == '\\')
-		{
-			*d++ = '\\';
-			*d++ = (char) c;
-		}
-		else if (c < 0x20)
-		{
-			*d++ = '\\';
-			*d++ = 'u';
-			*d++ = '0';
-			*d++ = '0';
-			*d++ = hex[c >> 4];
-			*d++ = hex[c & 15];
-		}
-		else
-			*d++ = (char) c;
-	}
-	return d - dst;
-}
-
-/*
  * Build a status answer for id with the given status word.  If min_len is
  * non-zero a "pad" member is added so the body is at least min_len bytes.
  */
@@ -659,7 +408,6 @@ status_response(const char *id, const char *word, long min_len)
 	size_t		cap;
 	size_t		off = 0;
 	char	   *buf;
-	struct MHD_Response *r;
 
 	cap = strlen(id) * 6 + 2 * wlen + 128 + (min_len > 0 ? (size_t) min_len : 0);
 	buf = malloc(cap);
@@ -668,7 +416,7 @@ status_response(const char *id, const char *word, long min_len)
 
 #define APPEND_LIT(s) (memcpy(buf + off, s, sizeof(s) - 1), off += sizeof(s) - 1)
 	APPEND_LIT("{\"payment_id\":\"");
-	off += json_escape(buf + off, id);
+	off += mock_json_escape(buf + off, id);
 	APPEND_LIT("\",\"status\":\"");
 	memcpy(buf + off, word, wlen);
 	off += wlen;
@@ -691,19 +439,7 @@ status_response(const char *id, const char *word, long min_len)
 	APPEND_LIT("}");
 #undef APPEND_LIT
 
-	r = MHD_create_response_from_buffer(off, buf, MHD_RESPMEM_MUST_FREE);
-	if (r == NULL)
-	{
-		free(buf);
-		return NULL;
-	}
-	if (MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
-								"application/json") != MHD_YES)
-	{
-		MHD_destroy_response(r);
-		return NULL;
-	}
-	return r;
+	return mock_response(buf, off, MHD_RESPMEM_MUST_FREE, "application/json");
 }
 
 /*
@@ -717,7 +453,6 @@ deep_response(long depth)
 	static const char tail[] = ",\"status\":\"PAID\"}";
 	size_t		len = sizeof(head) - 1 + 2 * (size_t) depth + sizeof(tail) - 1;
 	char	   *buf = malloc(len);
-	struct MHD_Response *r;
 
 	if (buf == NULL)
 		return NULL;
@@ -725,12 +460,7 @@ deep_response(long depth)
 	memset(buf + sizeof(head) - 1, '[', (size_t) depth);
 	memset(buf + sizeof(head) - 1 + depth, ']', (size_t) depth);
 	memcpy(buf + sizeof(head) - 1 + 2 * depth, tail, sizeof(tail) - 1);
-	r = MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_FREE);
-	if (r == NULL)
-		free(buf);
-	else
-		MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-	return r;
+	return mock_response(buf, len, MHD_RESPMEM_MUST_FREE, "application/json");
 }
 
 /*
@@ -742,15 +472,12 @@ retry_response(long secs)
 	struct MHD_Response *r;
 	char		val[32];
 
-	r = MHD_create_response_from_buffer(strlen(body_slow_down),
-										(void *) body_slow_down,
-										MHD_RESPMEM_PERSISTENT);
+	r = mock_response(body_slow_down, strlen(body_slow_down),
+					  MHD_RESPMEM_PERSISTENT, "application/json");
 	if (r == NULL)
 		return NULL;
 	snprintf(val, sizeof(val), "%ld", secs);
-	if (MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
-								"application/json") != MHD_YES ||
-		MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, val) != MHD_YES)
+	if (MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, val) != MHD_YES)
 	{
 		MHD_destroy_response(r);
 		return NULL;
@@ -808,7 +535,7 @@ heap_pop(void)
 static bool
 timer_schedule(struct MHD_Connection *conn, long delay_ms)
 {
-	uint64_t	due = monotonic_ns() + (uint64_t) delay_ms * 1000000ULL;
+	uint64_t	due = mock_monotonic_ns() + (uint64_t) delay_ms * 1000000ULL;
 	size_t		i;
 
 	pthread_mutex_lock(&timer_lock);
@@ -872,7 +599,7 @@ timer_main(void *arg)
 			pthread_cond_wait(&timer_cond, &timer_lock);
 			continue;
 		}
-		now = monotonic_ns();
+		now = mock_monotonic_ns();
 		if (timer_heap[0].due_ns > now)
 		{
 			struct timespec ts;
@@ -941,58 +668,6 @@ respond(struct MHD_Connection *conn, ReqState *rs, unsigned int status,
 }
 
 /*
- * MHD unescape callback that leaves the URL untouched.  MHD's default would
- * decode the whole path, turning an encoded "/" inside a payment id into a
- * segment separator; instead the last segment is decoded by us.
- */
-static size_t
-unescape_nothing(void *cls, struct MHD_Connection *conn, char *s)
-{
-	(void) cls;
-	(void) conn;
-	return strlen(s);
-}
-
-/*
- * Value of a hex digit, or -1.
- */
-static int
-hex_value(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
-/*
- * Percent-decode src into dst, which has room for strlen(src) + 1 bytes.
- * A '%' not followed by two hex digits is kept as is.
- */
-static void
-percent_decode(char *dst, const char *src)
-{
-	while (*src)
-	{
-		int			hi,
-					lo;
-
-		if (src[0] == '%' &&
-			(hi = hex_value(src[1])) >= 0 && (lo = hex_value(src[2])) >= 0)
-		{
-			*dst++ = (char) (hi * 16 + lo);
-			src += 3;
-		}
-		else
-			*dst++ = *src++;
-	}
-	*dst = '\0';
-}
-
-/*
  * Answer a scripted request (anything that is not a /_ endpoint).
  */
 static enum MHD_Result
@@ -1012,7 +687,7 @@ handle_scripted(struct MHD_Connection *conn, ReqState *rs, const char *url,
 	struct MHD_Response *resp = NULL;
 	unsigned int status = MHD_HTTP_OK;
 	bool		owned = false;
-	long		delay = opt_latency_ms;
+	long		delay = mock_opt_latency_ms;
 	Action		act = {0, 0};
 	enum MHD_Result ret;
 
@@ -1027,14 +702,14 @@ handle_scripted(struct MHD_Connection *conn, ReqState *rs, const char *url,
 			return MHD_NO;
 	}
 	decoded = segalloc ? segalloc : segbuf;
-	percent_decode(decoded, seg);
+	mock_percent_decode(decoded, seg, seglen, false);
 
 	if (strcmp(method, MHD_HTTP_METHOD_POST) == 0 &&
 		strcmp(decoded, "query") == 0)
 	{
-		if (rs->body_len > 0 && !rs->body_overflow)
+		if (rs->body.len > 0 && !rs->body.overflow)
 		{
-			root = json_loadb(rs->body, rs->body_len, 0, NULL);
+			root = json_loadb(rs->body.data, rs->body.len, 0, NULL);
 			if (json_is_object(root))
 			{
 				json_t	   *pid = json_object_get(root, "payment_id");
@@ -1050,7 +725,7 @@ handle_scripted(struct MHD_Connection *conn, ReqState *rs, const char *url,
 		id = decoded;
 
 	if (id != NULL && id[0] != '\0')
-		attempt = id_next_attempt(id);
+		attempt = mock_next_attempt(id);
 	atomic_fetch_add(&stat_requests, 1);
 	log_request(rs, method, (id != NULL && id[0] != '\0') ? id : "-", attempt);
 
@@ -1167,21 +842,15 @@ handle_control(struct MHD_Connection *conn, const char *url)
 					 atomic_load(&stat_requests),
 					 atomic_load(&stat_in_flight),
 					 atomic_load(&stat_max_in_flight));
-		r = MHD_create_response_from_buffer((size_t) n, buf,
-											MHD_RESPMEM_MUST_COPY);
+		r = mock_response(buf, (size_t) n, MHD_RESPMEM_MUST_COPY,
+						  "application/json");
 		if (r == NULL)
 			return MHD_NO;
-		if (MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
-									"application/json") != MHD_YES)
-		{
-			MHD_destroy_response(r);
-			return MHD_NO;
-		}
 		return respond(conn, NULL, MHD_HTTP_OK, r, true, 0);
 	}
 	if (strcmp(url, "/_reset") == 0)
 	{
-		id_table_reset();
+		mock_reset_attempts();
 		atomic_store(&stat_requests, 0);
 		/* in_flight is a gauge; the high-water mark restarts from it */
 		atomic_store(&stat_max_in_flight, atomic_load(&stat_in_flight));
@@ -1202,6 +871,7 @@ handle_request(void *cls, struct MHD_Connection *conn, const char *url,
 			   void **con_cls)
 {
 	ReqState   *rs = *con_cls;
+	enum MHD_Result ret;
 
 	(void) cls;
 	(void) version;
@@ -1222,41 +892,15 @@ handle_request(void *cls, struct MHD_Connection *conn, const char *url,
 		return MHD_YES;
 	}
 
-	if (*upload_data_size > 0)
-	{
-		size_t		len = *upload_data_size;
-
-		*upload_data_size = 0;
-		if (rs->control || rs->body_overflow)
-			return MHD_YES;
-		if (rs->body_len + len > MAX_BODY)
-		{
-			rs->body_overflow = true;
-			len = MAX_BODY - rs->body_len;
-		}
-		if (rs->body_len + len > rs->body_cap)
-		{
-			size_t		ncap = rs->body_cap ? rs->body_cap : 256;
-			char	   *nb;
-
-			while (ncap < rs->body_len + len)
-				ncap *= 2;
-			nb = realloc(rs->body, ncap);
-			if (nb == NULL)
-				return MHD_NO;
-			rs->body = nb;
-			rs->body_cap = ncap;
-		}
-		memcpy(rs->body + rs->body_len, upload_data, len);
-		rs->body_len += len;
-		return MHD_YES;
-	}
+	/* a body chunk: a control endpoint's is dropped */
+	if (mock_take_body(rs->control ? NULL : &rs->body, upload_data,
+					   upload_data_size, MAX_BODY, true, &ret))
+		return ret;
 
 	if (rs->pending)
 	{
 		/* resumed after the delay: send what was prepared */
 		struct MHD_Response *r = rs->response;
-		enum MHD_Result ret;
 
 		rs->pending = false;
 		rs->response = NULL;
@@ -1290,36 +934,20 @@ request_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 		atomic_fetch_sub(&stat_in_flight, 1);
 	if (rs->response != NULL && rs->owned)
 		MHD_destroy_response(rs->response);
-	free(rs->body);
+	mock_body_free(&rs->body);
 	free(rs);
 	*con_cls = NULL;
 }
 
 /*
- * Raise the open file limit as far as allowed; many connections need it.
- */
-static void
-raise_fd_limit(void)
-{
-	struct rlimit rl;
-
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max)
-	{
-		rl.rlim_cur = rl.rlim_max;
-		(void) setrlimit(RLIMIT_NOFILE, &rl);
-	}
-}
-
-/*
- * Parse the command line into the opt_* variables.
+ * Parse the command line into mock_opt_* and the opt_* variables.
  */
 static void
 parse_args(int argc, char **argv)
 {
 	static const struct option longopts[] = {
-		{"port", required_argument, NULL, 'p'},
-		{"latency-ms", required_argument, NULL, 'l'},
-		{"log", required_argument, NULL, 'L'},
+		MOCK_LONGOPTS_COMMON,
+		MOCK_LONGOPT_LATENCY,
 		{"require-header", required_argument, NULL, 'H'},
 		{"pidfile", required_argument, NULL, 'P'},
 		{"threads", required_argument, NULL, 't'},
@@ -1328,20 +956,10 @@ parse_args(int argc, char **argv)
 	};
 	int			c;
 
-	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1)
+	while ((c = mock_next_option(argc, argv, longopts)) != -1)
 	{
 		switch (c)
 		{
-			case 'p':
-				opt_port = (unsigned int) parse_option_number("--port", optarg, 65535);
-				break;
-			case 'l':
-				opt_latency_ms = parse_option_number("--latency-ms", optarg,
-													 MAX_SCRIPT_NUM);
-				break;
-			case 'L':
-				opt_log = optarg;
-				break;
 			case 'H':
 				add_required_header(optarg);
 				break;
@@ -1349,9 +967,9 @@ parse_args(int argc, char **argv)
 				opt_pidfile = optarg;
 				break;
 			case 't':
-				opt_threads = (unsigned int) parse_option_number("--threads", optarg, 64);
+				opt_threads = (unsigned int) mock_parse_number("--threads", optarg, 64);
 				if (opt_threads < 1)
-					die("--threads must be at least 1", NULL);
+					mock_die("--threads must be at least 1", NULL);
 				break;
 			case 'h':
 				usage(stdout);
@@ -1377,10 +995,10 @@ write_pidfile(void)
 	FILE	   *f = fopen(opt_pidfile, "w");
 
 	if (f == NULL)
-		die("cannot open pidfile", opt_pidfile);
+		mock_die("cannot open pidfile", opt_pidfile);
 	fprintf(f, "%d\n", (int) getpid());
 	if (fclose(f) != 0)
-		die("cannot write pidfile", opt_pidfile);
+		mock_die("cannot write pidfile", opt_pidfile);
 }
 
 /*
@@ -1390,36 +1008,16 @@ int
 main(int argc, char **argv)
 {
 	struct MHD_Daemon *daemon;
-	const union MHD_DaemonInfo *info;
-	struct sockaddr_in sa;
-	sigset_t	sigs;
 	pthread_condattr_t cattr;
 	pthread_t	timer_thread;
-	unsigned int flags;
-	int			sig;
 
+	mock_init("mock_channel");
 	parse_args(argc, argv);
-
-	if (opt_log != NULL)
-	{
-		log_fd = open(opt_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-		if (log_fd < 0)
-			die("cannot open log file", opt_log);
-	}
-
-	raise_fd_limit();
-	signal(SIGPIPE, SIG_IGN);
+	mock_log_open(mock_opt_log);
+	mock_raise_fd_limit();
 
 	/* block the stop signals in every thread; main collects them */
-	sigemptyset(&sigs);
-	sigaddset(&sigs, SIGTERM);
-	sigaddset(&sigs, SIGINT);
-	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-
-	id_nbuckets = ID_INITIAL_BUCKETS;
-	id_buckets = calloc(id_nbuckets, sizeof(IdEntry *));
-	if (id_buckets == NULL)
-		die("out of memory", NULL);
+	mock_block_stop_signals();
 
 	init_static_responses();
 
@@ -1428,51 +1026,34 @@ main(int argc, char **argv)
 	pthread_cond_init(&timer_cond, &cattr);
 	pthread_condattr_destroy(&cattr);
 	if (pthread_create(&timer_thread, NULL, timer_main, NULL) != 0)
-		die("cannot start timer thread", NULL);
+		mock_die("cannot start timer thread", NULL);
 
-	memset(&sa, 0, sizeof(sa));
-	sa.sin_family = AF_INET;
-	sa.sin_port = htons((uint16_t) opt_port);
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	/* a pool of event loops, and room for many keep-alive connections */
+	{
+		struct MHD_OptionItem options[] = {
+			{MHD_OPTION_THREAD_POOL_SIZE, opt_threads > 1 ? opt_threads : 0, NULL},
+			{MHD_OPTION_CONNECTION_LIMIT, 8192, NULL},
+			{MHD_OPTION_CONNECTION_TIMEOUT, 600, NULL},
+			{MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024, NULL},
+			{MHD_OPTION_NOTIFY_COMPLETED, (intptr_t) request_completed, NULL},
+			{MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t) mock_unescape_nothing, NULL},
+			{MHD_OPTION_END, 0, NULL}
+		};
 
-	flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
-		MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-	daemon = MHD_start_daemon(flags, (uint16_t) opt_port, NULL, NULL,
-							  handle_request, NULL,
-							  MHD_OPTION_SOCK_ADDR, (struct sockaddr *) &sa,
-							  MHD_OPTION_THREAD_POOL_SIZE,
-							  (unsigned int) (opt_threads > 1 ? opt_threads : 0),
-							  MHD_OPTION_CONNECTION_LIMIT, (unsigned int) 8192,
-							  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) 600,
-							  MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int) 1024,
-							  MHD_OPTION_NOTIFY_COMPLETED, request_completed, NULL,
-							  MHD_OPTION_UNESCAPE_CALLBACK, unescape_nothing, NULL,
-							  MHD_OPTION_END);
-	if (daemon == NULL)
-		die("cannot start HTTP daemon", NULL);
-
-	info = MHD_get_daemon_info(daemon, MHD_DAEMON_INFO_BIND_PORT);
-	if (info == NULL || info->port == 0)
-		die("cannot determine listening port", NULL);
+		daemon = mock_start_daemon(MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME,
+								   mock_opt_port, handle_request, options);
+	}
 
 	if (opt_pidfile != NULL)
 		write_pidfile();
-
-	printf("port=%u\n", (unsigned int) info->port);
-	fflush(stdout);
-
-	for (;;)
-	{
-		if (sigwait(&sigs, &sig) == 0 && (sig == SIGTERM || sig == SIGINT))
-			break;
-	}
+	mock_announce_port(daemon);
+	mock_wait_for_stop();
 
 	timer_shutdown(timer_thread);
 	MHD_stop_daemon(daemon);
 
 	if (opt_pidfile != NULL)
 		unlink(opt_pidfile);
-	if (log_fd >= 0)
-		close(log_fd);
+	mock_log_close();
 	return 0;
 }

@@ -68,30 +68,24 @@
 #define _GNU_SOURCE
 
 #include <ctype.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <getopt.h>
-#include <netinet/in.h>
-#include <arpa/inet.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
+#include <strings.h>
 
 #include <jansson.h>
 #include <microhttpd.h>
-#include <openssl/evp.h>
 #include <openssl/rand.h>
+
+#include "mock_common.h"
 
 #define MAX_BODY		65536
 #define MAX_TOKENS		1024
 #define TOKEN_PREFIX	"A21AA"
+#define ORDER_URL		"https://api-m.sandbox.paypal.com/v2/checkout/orders/"
 
 /* One access token handed out. */
 typedef struct Token
@@ -102,71 +96,32 @@ typedef struct Token
 	bool		revoked;
 } Token;
 
-/* How many authorised requests an order id has had. */
-typedef struct OrderCount
-{
-	struct OrderCount *next;
-	long		count;
-	char		id[];
-} OrderCount;
-
-/* A request being received. */
-typedef struct Request
-{
-	struct timespec arrival;
-	char	   *body;
-	size_t		len;
-	bool		overflow;
-} Request;
-
-static unsigned int opt_port = 0;
-static const char *opt_log = NULL;
 static const char *opt_client_id = NULL;
 static const char *opt_client_secret = NULL;
 static long opt_token_ttl = 32400;
 static long opt_expires_in = -1;
 static long opt_revoke_after = 0;
 
-static int log_fd = -1;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static Token tokens[MAX_TOKENS];
 static int n_tokens = 0;		/* handed out so far; slot = n % MAX_TOKENS */
-static OrderCount *orders = NULL;
 static long stat_token_requests = 0;
 static long stat_tokens_issued = 0;
 static long stat_orders_requests = 0;
 static long stat_unauthorized = 0;
 
-/* Prints msg and exits with status 2. */
-static void
-die(const char *msg, const char *detail)
-{
-	fprintf(stderr, "mock_paypal: %s%s%s\n", msg, detail ? ": " : "", detail ? detail : "");
-	exit(2);
-}
-
-/* CLOCK_MONOTONIC now, in nanoseconds. */
-static uint64_t
-monotonic_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t) ts.tv_sec * 1000000000ULL + (uint64_t) ts.tv_nsec;
-}
-
 /* Writes one log line (one write() on an O_APPEND fd). */
 static void
-log_line(const Request *req, const char *method, const char *path, const char *id,
+log_line(const MockRequest *req, const char *method, const char *path, const char *id,
 		 unsigned int status, const char *token)
 {
 	char		line[2048];
 	int			n;
 
-	if (log_fd < 0)
+	if (!mock_log_enabled())
 		return;
 	n = snprintf(line, sizeof(line), "%lld %s %s %s %u%s%s\n",
-				 (long long) req->arrival.tv_sec * 1000000LL + req->arrival.tv_nsec / 1000,
+				 mock_timespec_us(&req->arrival),
 				 method, path, id, status, token ? " " : "", token ? token : "");
 	if (n > 0 && (size_t) n < sizeof(line))
 	{
@@ -174,8 +129,7 @@ log_line(const Request *req, const char *method, const char *path, const char *i
 		for (int i = 0; i < n - 1; i++)
 			if ((unsigned char) line[i] < 0x20 || (unsigned char) line[i] > 0x7e)
 				line[i] = '_';
-		if (write(log_fd, line, (size_t) n) < 0)
-			perror("mock_paypal: log");
+		mock_log_write(line, (size_t) n);
 	}
 }
 
@@ -184,38 +138,20 @@ static enum MHD_Result
 answer_json(struct MHD_Connection *conn, unsigned int status, json_t *body)
 {
 	char	   *text = json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER);
-	struct MHD_Response *r;
-	enum MHD_Result ret;
 
 	json_decref(body);
 	if (text == NULL)
 		return MHD_NO;
-	r = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
-	if (r == NULL)
-	{
-		free(text);
-		return MHD_NO;
-	}
-	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-	ret = MHD_queue_response(conn, status, r);
-	MHD_destroy_response(r);
-	return ret;
+	return mock_queue(conn, status,
+					  mock_response(text, strlen(text), MHD_RESPMEM_MUST_FREE,
+									"application/json"));
 }
 
 /* Queues a plain-text answer. */
 static enum MHD_Result
 answer_text(struct MHD_Connection *conn, unsigned int status, const char *text)
 {
-	struct MHD_Response *r = MHD_create_response_from_buffer(strlen(text), (void *) text,
-															 MHD_RESPMEM_MUST_COPY);
-	enum MHD_Result ret;
-
-	if (r == NULL)
-		return MHD_NO;
-	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain");
-	ret = MHD_queue_response(conn, status, r);
-	MHD_destroy_response(r);
-	return ret;
+	return mock_send(conn, status, text, "text/plain");
 }
 
 /* True if the Basic credentials in header are ours. */
@@ -223,9 +159,7 @@ static bool
 basic_ok(const char *header)
 {
 	unsigned char decoded[4096];
-	size_t		len;
 	int			n;
-	size_t		pad = 0;
 	char		expected[4096];
 
 	if (header == NULL || strncasecmp(header, "Basic ", 6) != 0)
@@ -233,17 +167,9 @@ basic_ok(const char *header)
 	header += 6;
 	while (*header == ' ')
 		header++;
-	len = strlen(header);
-	if (len == 0 || len % 4 != 0 || len / 4 * 3 >= sizeof(decoded))
-		return false;
-	n = EVP_DecodeBlock(decoded, (const unsigned char *) header, (int) len);
+	n = mock_b64_decode(decoded, sizeof(decoded), header, strlen(header));
 	if (n < 0)
 		return false;
-	if (header[len - 1] == '=')
-		pad++;
-	if (header[len - 2] == '=')
-		pad++;
-	n -= (int) pad;
 	snprintf(expected, sizeof(expected), "%s:%s", opt_client_id, opt_client_secret);
 	return (size_t) n == strlen(expected) && memcmp(decoded, expected, (size_t) n) == 0;
 }
@@ -269,7 +195,7 @@ grant_type_check(const char *body)
 
 /* POST /v1/oauth2/token */
 static enum MHD_Result
-handle_token(struct MHD_Connection *conn, Request *req)
+handle_token(struct MHD_Connection *conn, MockRequest *req)
 {
 	const char *auth = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization");
 	const char *ctype = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");
@@ -289,7 +215,7 @@ handle_token(struct MHD_Connection *conn, Request *req)
 						   json_pack("{s:s, s:s}", "error", "invalid_client",
 									 "error_description", "Client Authentication failed"));
 	}
-	grant = grant_type_check(req->body ? req->body : "");
+	grant = grant_type_check(req->body.data ? req->body.data : "");
 	if (ctype == NULL || strncasecmp(ctype, "application/x-www-form-urlencoded", 33) != 0 ||
 		grant <= 0)
 	{
@@ -310,7 +236,7 @@ handle_token(struct MHD_Connection *conn, Request *req)
 	t = &tokens[n_tokens++ % MAX_TOKENS];
 	memset(t, 0, sizeof(*t));
 	strcpy(t->value, value);
-	t->expires_ns = monotonic_ns() + (uint64_t) opt_token_ttl * 1000000000ULL;
+	t->expires_ns = mock_monotonic_ns() + (uint64_t) opt_token_ttl * 1000000000ULL;
 	stat_tokens_issued++;
 	pthread_mutex_unlock(&lock);
 
@@ -334,7 +260,7 @@ static bool
 bearer_ok(const char *header)
 {
 	bool		ok = false;
-	uint64_t	now = monotonic_ns();
+	uint64_t	now = mock_monotonic_ns();
 
 	if (header == NULL || strncasecmp(header, "Bearer ", 7) != 0)
 		return false;
@@ -357,31 +283,6 @@ bearer_ok(const char *header)
 	}
 	pthread_mutex_unlock(&lock);
 	return ok;
-}
-
-/* Counts one more authorised request for id; returns its number (from 1). */
-static long
-order_attempt(const char *id)
-{
-	OrderCount *o;
-	long		n;
-
-	pthread_mutex_lock(&lock);
-	for (o = orders; o; o = o->next)
-		if (strcmp(o->id, id) == 0)
-			break;
-	if (o == NULL)
-	{
-		o = calloc(1, sizeof(OrderCount) + strlen(id) + 1);
-		if (o == NULL)
-			die("out of memory", NULL);
-		strcpy(o->id, id);
-		o->next = orders;
-		orders = o;
-	}
-	n = ++o->count;
-	pthread_mutex_unlock(&lock);
-	return n;
 }
 
 /*
@@ -490,8 +391,11 @@ order_json(const char *id, const char *status, const char *capture_status,
 		json_object_set_new(unit, "payments", json_pack("{s:[o]}", "captures", capture));
 	}
 
+	/* the order's own link, with as much of the id as fits */
+	snprintf(self, sizeof(self), ORDER_URL "%.*s",
+			 (int) (sizeof(self) - sizeof(ORDER_URL)), id);
+
 	/* purchase units first: a reader must not depend on member order */
-	snprintf(self, sizeof(self), "https://api-m.sandbox.paypal.com/v2/checkout/orders/%s", id);
 	json_object_set_new(order, "id", json_string(id));
 	json_object_set_new(order, "intent", json_string("CAPTURE"));
 	json_object_set_new(order, "purchase_units", json_pack("[o]", unit));
@@ -503,31 +407,11 @@ order_json(const char *id, const char *status, const char *capture_status,
 	return order;
 }
 
-/* Percent-decodes src into dst (room for strlen(src) + 1). */
-static void
-percent_decode(char *dst, const char *src)
-{
-	while (*src)
-	{
-		unsigned int c;
-
-		if (src[0] == '%' && isxdigit((unsigned char) src[1]) &&
-			isxdigit((unsigned char) src[2]) && sscanf(src + 1, "%2x", &c) == 1)
-		{
-			*dst++ = (char) c;
-			src += 3;
-		}
-		else
-			*dst++ = *src++;
-	}
-	*dst = '\0';
-}
-
 /* GET /v2/checkout/orders/{id} */
 static enum MHD_Result
-handle_order(struct MHD_Connection *conn, Request *req, const char *url)
+handle_order(struct MHD_Connection *conn, MockRequest *req, const char *url)
 {
-	const char *prefix = "/v2/checkout/orders/";
+	const char *encoded = url + strlen("/v2/checkout/orders/");
 	char		id[1024];
 	char		letter = 0;
 	long		code = 0;
@@ -538,9 +422,9 @@ handle_order(struct MHD_Connection *conn, Request *req, const char *url)
 	const char *order_status = NULL;
 	const char *capture = NULL;
 
-	if (strlen(url + strlen(prefix)) >= sizeof(id))
+	if (strlen(encoded) >= sizeof(id))
 		return answer_text(conn, 414, "too long");
-	percent_decode(id, url + strlen(prefix));
+	mock_percent_decode(id, encoded, strlen(encoded), false);
 
 	pthread_mutex_lock(&lock);
 	stat_orders_requests++;
@@ -561,7 +445,7 @@ handle_order(struct MHD_Connection *conn, Request *req, const char *url)
 	}
 
 	if (id[0] == '\0' ||
-		!script_step(id, order_attempt(id), &letter, &code, value, sizeof(value), currency))
+		!script_step(id, (long) mock_next_attempt(id), &letter, &code, value, sizeof(value), currency))
 	{
 		log_line(req, "GET", url, id[0] ? id : "-", 400, NULL);
 		return answer_json(conn, 400, json_pack("{s:s, s:s}", "name", "INVALID_REQUEST",
@@ -661,41 +545,18 @@ handle_request(void *cls, struct MHD_Connection *conn, const char *url,
 			   const char *method, const char *version, const char *upload_data,
 			   size_t *upload_data_size, void **con_cls)
 {
-	Request    *req = *con_cls;
+	MockRequest *req;
+	enum MHD_Result ret;
 
 	(void) cls;
 	(void) version;
+	req = mock_request_begin(con_cls, upload_data, upload_data_size, MAX_BODY, &ret);
 	if (req == NULL)
-	{
-		req = calloc(1, sizeof(Request));
-		if (req == NULL)
-			return MHD_NO;
-		clock_gettime(CLOCK_REALTIME, &req->arrival);
-		*con_cls = req;
-		return MHD_YES;
-	}
-	if (*upload_data_size > 0)
-	{
-		size_t		len = *upload_data_size;
-
-		*upload_data_size = 0;
-		if (req->len + len > MAX_BODY)
-		{
-			req->overflow = true;
-			return MHD_YES;
-		}
-		req->body = realloc(req->body, req->len + len + 1);
-		if (req->body == NULL)
-			return MHD_NO;
-		memcpy(req->body + req->len, upload_data, len);
-		req->len += len;
-		req->body[req->len] = '\0';
-		return MHD_YES;
-	}
+		return ret;
 
 	if (strcmp(url, "/_stats") == 0)
 		return handle_stats(conn);
-	if (strcmp(url, "/v1/oauth2/token") == 0 && strcmp(method, "POST") == 0 && !req->overflow)
+	if (strcmp(url, "/v1/oauth2/token") == 0 && strcmp(method, "POST") == 0 && !req->body.overflow)
 		return handle_token(conn, req);
 	if (strncmp(url, "/v2/checkout/orders/", 20) == 0 && strcmp(method, "GET") == 0)
 		return handle_order(conn, req, url);
@@ -704,54 +565,12 @@ handle_request(void *cls, struct MHD_Connection *conn, const char *url,
 											"message", "no such endpoint"));
 }
 
-/* Frees a request's state. */
-static void
-request_done(void *cls, struct MHD_Connection *conn, void **con_cls,
-			 enum MHD_RequestTerminationCode toe)
-{
-	Request    *req = *con_cls;
-
-	(void) cls;
-	(void) conn;
-	(void) toe;
-	if (req)
-	{
-		free(req->body);
-		free(req);
-	}
-	*con_cls = NULL;
-}
-
-/* Leaves the URL as sent: the order id is percent-decoded by us. */
-static size_t
-unescape_nothing(void *cls, struct MHD_Connection *conn, char *s)
-{
-	(void) cls;
-	(void) conn;
-	return strlen(s);
-}
-
-/* A non-negative number for option opt. */
-static long
-number_option(const char *opt, const char *s)
-{
-	char	   *end;
-	long		v;
-
-	errno = 0;
-	v = strtol(s, &end, 10);
-	if (errno != 0 || end == s || *end != '\0' || v < 0)
-		die("invalid number for option", opt);
-	return v;
-}
-
 /* Reads the command line. */
 static void
 parse_args(int argc, char **argv)
 {
 	static const struct option longopts[] = {
-		{"port", required_argument, NULL, 'p'},
-		{"log", required_argument, NULL, 'L'},
+		MOCK_LONGOPTS_COMMON,
 		{"client-id", required_argument, NULL, 'i'},
 		{"client-secret", required_argument, NULL, 's'},
 		{"token-ttl", required_argument, NULL, 't'},
@@ -761,16 +580,10 @@ parse_args(int argc, char **argv)
 	};
 	int			c;
 
-	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1)
+	while ((c = mock_next_option(argc, argv, longopts)) != -1)
 	{
 		switch (c)
 		{
-			case 'p':
-				opt_port = (unsigned int) number_option("--port", optarg);
-				break;
-			case 'L':
-				opt_log = optarg;
-				break;
 			case 'i':
 				opt_client_id = optarg;
 				break;
@@ -778,13 +591,13 @@ parse_args(int argc, char **argv)
 				opt_client_secret = optarg;
 				break;
 			case 't':
-				opt_token_ttl = number_option("--token-ttl", optarg);
+				opt_token_ttl = mock_parse_number("--token-ttl", optarg, LONG_MAX);
 				break;
 			case 'e':
-				opt_expires_in = number_option("--expires-in", optarg);
+				opt_expires_in = mock_parse_number("--expires-in", optarg, LONG_MAX);
 				break;
 			case 'r':
-				opt_revoke_after = number_option("--revoke-after", optarg);
+				opt_revoke_after = mock_parse_number("--revoke-after", optarg, LONG_MAX);
 				break;
 			default:
 				fprintf(stderr,
@@ -794,54 +607,22 @@ parse_args(int argc, char **argv)
 		}
 	}
 	if (opt_client_id == NULL || opt_client_secret == NULL)
-		die("--client-id and --client-secret are required", NULL);
+		mock_die("--client-id and --client-secret are required", NULL);
 }
 
 /* Serves until SIGTERM or SIGINT. */
 int
 main(int argc, char **argv)
 {
-	struct MHD_Daemon *daemon;
-	const union MHD_DaemonInfo *info;
-	struct sockaddr_in sa;
-	sigset_t	sigs;
-	int			sig;
+	struct MHD_OptionItem options[] = {
+		{MHD_OPTION_NOTIFY_COMPLETED, (intptr_t) mock_request_completed, NULL},
+		{MHD_OPTION_UNESCAPE_CALLBACK, (intptr_t) mock_unescape_nothing, NULL},
+		{MHD_OPTION_END, 0, NULL}
+	};
 
+	mock_init("mock_paypal");
 	parse_args(argc, argv);
-	if (opt_log)
-	{
-		log_fd = open(opt_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-		if (log_fd < 0)
-			die("cannot open log file", opt_log);
-	}
-	signal(SIGPIPE, SIG_IGN);
-	sigemptyset(&sigs);
-	sigaddset(&sigs, SIGTERM);
-	sigaddset(&sigs, SIGINT);
-	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-
-	memset(&sa, 0, sizeof(sa));
-	sa.sin_family = AF_INET;
-	sa.sin_port = htons((uint16_t) opt_port);
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG,
-							  (uint16_t) opt_port, NULL, NULL, handle_request, NULL,
-							  MHD_OPTION_SOCK_ADDR, (struct sockaddr *) &sa,
-							  MHD_OPTION_NOTIFY_COMPLETED, request_done, NULL,
-							  MHD_OPTION_UNESCAPE_CALLBACK, unescape_nothing, NULL,
-							  MHD_OPTION_END);
-	if (daemon == NULL)
-		die("cannot start HTTP daemon", NULL);
-	info = MHD_get_daemon_info(daemon, MHD_DAEMON_INFO_BIND_PORT);
-	if (info == NULL || info->port == 0)
-		die("cannot determine listening port", NULL);
-	printf("port=%u\n", (unsigned int) info->port);
-	fflush(stdout);
-
-	while (sigwait(&sigs, &sig) != 0 || (sig != SIGTERM && sig != SIGINT))
-		;
-	MHD_stop_daemon(daemon);
-	if (log_fd >= 0)
-		close(log_fd);
+	mock_log_open(mock_opt_log);
+	mock_serve(MHD_USE_EPOLL, mock_opt_port, handle_request, options);
 	return 0;
 }

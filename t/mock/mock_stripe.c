@@ -57,28 +57,20 @@
  */
 #define _GNU_SOURCE
 
-#include <arpa/inet.h>
 #include <ctype.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <getopt.h>
-#include <netinet/in.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <jansson.h>
 #include <microhttpd.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+
+#include "mock_common.h"
 
 #define PI_PREFIX "/v1/payment_intents/"
 #define MAX_STEPS 256
@@ -92,43 +84,7 @@ typedef struct Action
 	char		currency[4];	/* S: lower case */
 } Action;
 
-/* Attempts counted per payment id. */
-typedef struct Attempts
-{
-	struct Attempts *next;
-	long		count;
-	char		id[];
-} Attempts;
-
 static const char *opt_secret_key = NULL;
-static const char *opt_log = NULL;
-static unsigned int opt_port = 0;
-static int	log_fd = -1;
-
-static pthread_mutex_t attempts_lock = PTHREAD_MUTEX_INITIALIZER;
-static Attempts *attempts = NULL;
-
-/*
- * Prints a message and exits with status 2.
- */
-static void
-die(const char *msg, const char *detail)
-{
-	fprintf(stderr, "mock_stripe: %s%s%s\n", msg, detail ? ": " : "", detail ? detail : "");
-	exit(2);
-}
-
-/*
- * Current wall clock time in microseconds.
- */
-static long long
-now_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (long long) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
 
 /*
  * Copies text for the log, bytes outside 0x21-0x7e made "_", "-" if empty.
@@ -136,13 +92,9 @@ now_us(void)
 static void
 log_word(char *out, size_t outlen, const char *text)
 {
-	size_t		i = 0;
-
 	if (text == NULL || *text == '\0')
 		text = "-";
-	for (; text[i] && i + 1 < outlen; i++)
-		out[i] = (text[i] >= 0x21 && text[i] <= 0x7e) ? text[i] : '_';
-	out[i] = '\0';
+	out[mock_log_token(out, text, strnlen(text, outlen - 1))] = '\0';
 }
 
 /*
@@ -159,43 +111,16 @@ log_request(const char *method, const char *path, const char *id,
 	char		line[1200];
 	int			len;
 
-	if (log_fd < 0)
+	if (!mock_log_enabled())
 		return;
 	log_word(w_path, sizeof(w_path), path);
 	log_word(w_id, sizeof(w_id), id);
 	log_word(w_version, sizeof(w_version), version);
 	log_word(w_account, sizeof(w_account), account);
 	len = snprintf(line, sizeof(line), "%lld %s %s %s v=%s acct=%s auth=%s\n",
-				   now_us(), method, w_path, w_id, w_version, w_account, auth);
-	if (len > 0 && write(log_fd, line, (size_t) len) < 0)
-		perror("mock_stripe: log");
-}
-
-/*
- * Counts one more request for id and returns its number (from 1).
- */
-static long
-next_attempt(const char *id)
-{
-	Attempts   *a;
-	long		n;
-
-	pthread_mutex_lock(&attempts_lock);
-	for (a = attempts; a; a = a->next)
-		if (strcmp(a->id, id) == 0)
-			break;
-	if (a == NULL)
-	{
-		a = calloc(1, sizeof(Attempts) + strlen(id) + 1);
-		if (a == NULL)
-			die("out of memory", NULL);
-		strcpy(a->id, id);
-		a->next = attempts;
-		attempts = a;
-	}
-	n = ++a->count;
-	pthread_mutex_unlock(&attempts_lock);
-	return n;
+				   mock_now_us(), method, w_path, w_id, w_version, w_account, auth);
+	if (len > 0)
+		mock_log_write(line, (size_t) len);
 }
 
 /*
@@ -281,17 +206,15 @@ send_answer(struct MHD_Connection *conn, unsigned int status, const char *body,
 			const char *content_type, const char *version, ...)
 {
 	struct MHD_Response *response;
-	enum MHD_Result ret;
 	char		rid[32];
 	va_list		args;
 	const char *name;
 
-	response = MHD_create_response_from_buffer(strlen(body), (void *) body,
-											   MHD_RESPMEM_MUST_COPY);
+	response = mock_response(body, strlen(body), MHD_RESPMEM_MUST_COPY,
+							 content_type);
 	if (response == NULL)
 		return MHD_NO;
 	request_id(rid);
-	MHD_add_response_header(response, "Content-Type", content_type);
 	MHD_add_response_header(response, "Request-Id", rid);
 	MHD_add_response_header(response, "Stripe-Version", version ? version : DEFAULT_VERSION);
 	va_start(args, version);
@@ -302,9 +225,7 @@ send_answer(struct MHD_Connection *conn, unsigned int status, const char *body,
 		MHD_add_response_header(response, name, value);
 	}
 	va_end(args);
-	ret = MHD_queue_response(conn, status, response);
-	MHD_destroy_response(response);
-	return ret;
+	return mock_queue(conn, status, response);
 }
 
 /*
@@ -335,7 +256,7 @@ error_body(const char *type, const char *code, const char *message, const char *
 	text = json_dumps(root, JSON_COMPACT);
 	json_decref(root);
 	if (text == NULL)
-		die("out of memory", NULL);
+		mock_die("out of memory", NULL);
 	return text;
 }
 
@@ -386,7 +307,7 @@ check_auth(struct MHD_Connection *conn, char **presented)
 		char	   *colon;
 
 		if (raw == NULL)
-			die("out of memory", NULL);
+			mock_die("out of memory", NULL);
 		n = EVP_DecodeBlock(raw, (const unsigned char *) b64, (int) len);
 		if (n < 0)
 		{
@@ -529,7 +450,7 @@ payment_intent_body(const char *id, const Action *a, bool livemode)
 	text = json_dumps(pi, JSON_INDENT(2));
 	json_decref(pi);
 	if (text == NULL)
-		die("out of memory", NULL);
+		mock_die("out of memory", NULL);
 	return text;
 }
 
@@ -557,7 +478,6 @@ handle_request(void *cls, struct MHD_Connection *conn, const char *url,
 
 	(void) cls;
 	(void) version_http;
-	(void) upload_data;
 
 	/* first call: headers only; wait for the (ignored) body */
 	if (*con_cls == NULL)
@@ -565,11 +485,8 @@ handle_request(void *cls, struct MHD_Connection *conn, const char *url,
 		*con_cls = (void *) 1;
 		return MHD_YES;
 	}
-	if (*upload_data_size != 0)
-	{
-		*upload_data_size = 0;
-		return MHD_YES;
-	}
+	if (mock_take_body(NULL, upload_data, upload_data_size, 0, false, &ret))
+		return ret;
 
 	version = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Stripe-Version");
 	account = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Stripe-Account");
@@ -613,7 +530,7 @@ handle_request(void *cls, struct MHD_Connection *conn, const char *url,
 	}
 
 	tilde = strrchr(id, '~');
-	attempt = next_attempt(id);
+	attempt = (long) mock_next_attempt(id);
 	n = tilde ? parse_script(tilde + 1, actions, MAX_STEPS) : 0;
 	if (tilde && n < 0)
 		return send_error(conn, 400,
@@ -674,30 +591,16 @@ static void
 parse_args(int argc, char **argv)
 {
 	static const struct option longopts[] = {
-		{"port", required_argument, NULL, 'p'},
-		{"log", required_argument, NULL, 'L'},
+		MOCK_LONGOPTS_COMMON,
 		{"secret-key", required_argument, NULL, 'k'},
 		{NULL, 0, NULL, 0}
 	};
 	int			c;
 
-	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1)
+	while ((c = mock_next_option(argc, argv, longopts)) != -1)
 	{
 		switch (c)
 		{
-			case 'p':
-				{
-					char	   *end;
-					long		v = strtol(optarg, &end, 10);
-
-					if (*optarg == '\0' || *end != '\0' || v < 0 || v > 65535)
-						die("invalid --port", optarg);
-					opt_port = (unsigned int) v;
-				}
-				break;
-			case 'L':
-				opt_log = optarg;
-				break;
 			case 'k':
 				opt_secret_key = optarg;
 				break;
@@ -719,47 +622,14 @@ parse_args(int argc, char **argv)
 int
 main(int argc, char **argv)
 {
-	struct MHD_Daemon *daemon;
-	const union MHD_DaemonInfo *info;
-	struct sockaddr_in sa;
-	sigset_t	sigs;
-	int			sig;
+	static const struct MHD_OptionItem options[] = {
+		{MHD_OPTION_CONNECTION_TIMEOUT, 120, NULL},
+		{MHD_OPTION_END, 0, NULL}
+	};
 
+	mock_init("mock_stripe");
 	parse_args(argc, argv);
-	if (opt_log)
-	{
-		log_fd = open(opt_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-		if (log_fd < 0)
-			die("cannot open log file", opt_log);
-	}
-	signal(SIGPIPE, SIG_IGN);
-	sigemptyset(&sigs);
-	sigaddset(&sigs, SIGTERM);
-	sigaddset(&sigs, SIGINT);
-	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-
-	memset(&sa, 0, sizeof(sa));
-	sa.sin_family = AF_INET;
-	sa.sin_port = htons((uint16_t) opt_port);
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
-							  MHD_USE_ERROR_LOG,
-							  (uint16_t) opt_port, NULL, NULL, handle_request, NULL,
-							  MHD_OPTION_SOCK_ADDR, (struct sockaddr *) &sa,
-							  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) 120,
-							  MHD_OPTION_END);
-	if (daemon == NULL)
-		die("cannot start HTTP daemon", NULL);
-	info = MHD_get_daemon_info(daemon, MHD_DAEMON_INFO_BIND_PORT);
-	if (info == NULL || info->port == 0)
-		die("cannot determine listening port", NULL);
-	printf("port=%u\n", (unsigned int) info->port);
-	fflush(stdout);
-
-	while (sigwait(&sigs, &sig) != 0 || (sig != SIGTERM && sig != SIGINT))
-		;
-	MHD_stop_daemon(daemon);
-	if (log_fd >= 0)
-		close(log_fd);
+	mock_log_open(mock_opt_log);
+	mock_serve(MHD_USE_EPOLL, mock_opt_port, handle_request, options);
 	return 0;
 }

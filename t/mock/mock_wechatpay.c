@@ -72,49 +72,25 @@
  */
 #define _GNU_SOURCE
 
-#include <arpa/inet.h>
-#include <ctype.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <getopt.h>
-#include <netinet/in.h>
 #include <pthread.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stdbool.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
-#include <sys/time.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <jansson.h>
 #include <microhttpd.h>
 #include <openssl/evp.h>
-#include <openssl/pem.h>
 #include <openssl/rand.h>
-#include <openssl/rsa.h>
+
+#include "mock_common.h"
 
 #define MAX_BODY		(64 * 1024)
 #define QUERY_PREFIX	"/v3/pay/transactions/out-trade-no/"
 #define SCHEME			"WECHATPAY2-SHA256-RSA2048"
 #define MAX_SKEW_S		300
 #define STALE_S			600
-
-/* Per-request state; the URI log callback creates it. */
-typedef struct Request
-{
-	char	   *uri;			/* request target as sent */
-	struct timeval arrival;
-	bool		started;
-	char	   *body;
-	size_t		body_len;
-	bool		body_overflow;
-} Request;
 
 /* One step of a script. */
 typedef struct Step
@@ -133,101 +109,21 @@ typedef struct Answer
 	const char *modifiers;
 } Answer;
 
-static unsigned int opt_port = 0;
-static const char *opt_log = NULL;
 static const char *opt_mchid = NULL;
 static const char *opt_merchant_serial = NULL;
 static const char *opt_platform_serial = NULL;
 static long opt_amount = 100;
-static long opt_latency_ms = 0;
 static EVP_PKEY *merchant_public_key = NULL;
 static EVP_PKEY *platform_private_key = NULL;
 static EVP_PKEY *other_private_key = NULL;
-static int	log_fd = -1;
 
-/* Attempts per payment id: id -> integer. */
+/*
+ * Attempts per payment id: id -> integer.  Not mock_next_attempt(): jansson
+ * takes only UTF-8 keys, so an id that is not UTF-8 is never counted here
+ * (every request for it is attempt 1), and the answers stay as they are.
+ */
 static json_t *attempts;
 static pthread_mutex_t attempts_lock = PTHREAD_MUTEX_INITIALIZER;
-
-/* Prints a message and exits with status 2. */
-static void
-die(const char *msg, const char *detail)
-{
-	fprintf(stderr, "mock_wechatpay: %s%s%s\n", msg, detail ? ": " : "", detail ? detail : "");
-	exit(2);
-}
-
-/* Loads a PEM key file: a private key, or a public key. */
-static EVP_PKEY *
-load_key(const char *path, bool private_key)
-{
-	FILE	   *f = fopen(path, "r");
-	EVP_PKEY   *key;
-
-	if (f == NULL)
-		die("cannot open key file", path);
-	key = private_key ? PEM_read_PrivateKey(f, NULL, NULL, NULL) :
-		PEM_read_PUBKEY(f, NULL, NULL, NULL);
-	fclose(f);
-	if (key == NULL)
-		die("cannot read key", path);
-	return key;
-}
-
-/* Base64 of data, malloc'd. */
-static char *
-b64_encode(const unsigned char *data, size_t len)
-{
-	char	   *out = malloc(4 * ((len + 2) / 3) + 1);
-
-	if (out == NULL)
-		die("out of memory", NULL);
-	EVP_EncodeBlock((unsigned char *) out, data, (int) len);
-	return out;
-}
-
-/* SHA256withRSA signature of data by key, base64, malloc'd. */
-static char *
-sign_b64(EVP_PKEY *key, const char *data, size_t len)
-{
-	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-	unsigned char sig[1024];
-	size_t		sig_len = sizeof(sig);
-
-	if (ctx == NULL ||
-		EVP_DigestSignInit(ctx, NULL, EVP_sha256(), NULL, key) != 1 ||
-		EVP_DigestSign(ctx, sig, &sig_len, (const unsigned char *) data, len) != 1)
-		die("signing failed", NULL);
-	EVP_MD_CTX_free(ctx);
-	return b64_encode(sig, sig_len);
-}
-
-/* True if signature_b64 is key's SHA256withRSA signature of data. */
-static bool
-verify_b64(EVP_PKEY *key, const char *data, size_t len, const char *signature_b64)
-{
-	size_t		b64_len = strlen(signature_b64);
-	unsigned char sig[1024];
-	int			n;
-	EVP_MD_CTX *ctx;
-	bool		ok;
-
-	if (b64_len == 0 || b64_len % 4 != 0 || b64_len / 4 * 3 > sizeof(sig))
-		return false;
-	n = EVP_DecodeBlock(sig, (const unsigned char *) signature_b64, (int) b64_len);
-	if (n < 0)
-		return false;
-	if (signature_b64[b64_len - 1] == '=')
-		n--;
-	if (signature_b64[b64_len - 2] == '=')
-		n--;
-	ctx = EVP_MD_CTX_new();
-	ok = ctx != NULL &&
-		EVP_DigestVerifyInit(ctx, NULL, EVP_sha256(), NULL, key) == 1 &&
-		EVP_DigestVerify(ctx, sig, (size_t) n, (const unsigned char *) data, len) == 1;
-	EVP_MD_CTX_free(ctx);
-	return ok;
-}
 
 /* Random hex of nbytes bytes into out (2 * nbytes + 1 chars). */
 static void
@@ -236,60 +132,9 @@ random_hex(char *out, size_t nbytes)
 	unsigned char buf[32];
 
 	if (nbytes > sizeof(buf) || RAND_bytes(buf, (int) nbytes) != 1)
-		die("no random bytes", NULL);
+		mock_die("no random bytes", NULL);
 	for (size_t i = 0; i < nbytes; i++)
 		sprintf(out + 2 * i, "%02X", buf[i]);
-}
-
-/* malloc'd printf. */
-static char *
-format(const char *fmt,...)
-{
-	va_list		args;
-	char	   *out;
-
-	va_start(args, fmt);
-	if (vasprintf(&out, fmt, args) < 0)
-		die("out of memory", NULL);
-	va_end(args);
-	return out;
-}
-
-/* Value of a hex digit, or -1. */
-static int
-hex_value(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
-/* Percent-decodes len bytes of src into a malloc'd string. */
-static char *
-percent_decode(const char *src, size_t len)
-{
-	char	   *out = malloc(len + 1);
-	size_t		o = 0;
-
-	if (out == NULL)
-		die("out of memory", NULL);
-	for (size_t i = 0; i < len; i++)
-	{
-		if (src[i] == '%' && i + 2 < len &&
-			hex_value(src[i + 1]) >= 0 && hex_value(src[i + 2]) >= 0)
-		{
-			out[o++] = (char) (hex_value(src[i + 1]) * 16 + hex_value(src[i + 2]));
-			i += 2;
-		}
-		else
-			out[o++] = src[i];
-	}
-	out[o] = '\0';
-	return out;
 }
 
 /* Counts one more request for id; returns its number, from 1. */
@@ -497,7 +342,7 @@ scripted_answer(const char *id, bool is_close, const Step *step)
  */
 static const char *
 check_authorization(struct MHD_Connection *conn, const char *method,
-					const Request *req)
+					const MockRequest *req)
 {
 	const char *auth = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization");
 	char		mchid[64] = "",
@@ -553,9 +398,9 @@ check_authorization(struct MHD_Connection *conn, const char *method,
 	stamp = strtoll(timestamp, NULL, 10);
 	if (llabs(stamp - (long long) time(NULL)) > MAX_SKEW_S)
 		return "timestamp is too far from the clock";
-	message = format("%s\n%s\n%s\n%s\n%.*s\n", method, req->uri, timestamp, nonce,
-					 (int) req->body_len, req->body ? req->body : "");
-	ok = verify_b64(merchant_public_key, message, strlen(message), signature);
+	message = mock_format("%s\n%s\n%s\n%s\n%.*s\n", method, req->uri, timestamp, nonce,
+						  (int) req->body.len, req->body.data ? req->body.data : "");
+	ok = mock_verify_b64(merchant_public_key, message, strlen(message), signature);
 	free(message);
 	return ok ? NULL : "signature does not verify";
 }
@@ -565,14 +410,12 @@ static enum MHD_Result
 send_answer(struct MHD_Connection *conn, Answer *a)
 {
 	struct MHD_Response *r;
-	enum MHD_Result ret;
 	size_t		len = strlen(a->body);
 
-	r = MHD_create_response_from_buffer(len, a->body, MHD_RESPMEM_MUST_FREE);
+	r = mock_response(a->body, len, MHD_RESPMEM_MUST_FREE,
+					  len > 0 ? "application/json; charset=utf-8" : NULL);
 	if (r == NULL)
 		return MHD_NO;
-	if (len > 0)
-		MHD_add_response_header(r, "Content-Type", "application/json; charset=utf-8");
 	MHD_add_response_header(r, "Request-ID", "08F8B5A8-mock");
 	if (a->sign && !strchr(a->modifiers, 'h'))
 	{
@@ -585,13 +428,13 @@ send_answer(struct MHD_Connection *conn, Answer *a)
 		snprintf(timestamp, sizeof(timestamp), "%lld", stamp);
 		random_hex(nonce, 16);
 		/* t: the signature is over the body with one more byte */
-		message = format("%s\n%s\n%s%s\n", timestamp, nonce, a->body,
-						 strchr(a->modifiers, 't') ? " " : "");
+		message = mock_format("%s\n%s\n%s%s\n", timestamp, nonce, a->body,
+							  strchr(a->modifiers, 't') ? " " : "");
 		if (strchr(a->modifiers, 'g'))
 			signature = strdup("WECHATPAY/SIGNTEST/c2lnbmF0dXJlIHRlc3Q=");
 		else
-			signature = sign_b64(strchr(a->modifiers, 'k') ? other_private_key :
-								 platform_private_key, message, strlen(message));
+			signature = mock_sign_b64(strchr(a->modifiers, 'k') ? other_private_key :
+									  platform_private_key, message, strlen(message));
 		MHD_add_response_header(r, "Wechatpay-Timestamp", timestamp);
 		MHD_add_response_header(r, "Wechatpay-Nonce", nonce);
 		MHD_add_response_header(r, "Wechatpay-Signature", signature);
@@ -602,9 +445,7 @@ send_answer(struct MHD_Connection *conn, Answer *a)
 		free(message);
 		free(signature);
 	}
-	ret = MHD_queue_response(conn, a->status, r);
-	MHD_destroy_response(r);
-	return ret;
+	return mock_queue(conn, a->status, r);
 }
 
 /* A malloc'd copy of len bytes of text with bytes outside 0x21-0x7e as '_'. */
@@ -614,30 +455,26 @@ log_word(const char *text, size_t len)
 	char	   *out = strndup(text, len);
 
 	if (out == NULL)
-		die("out of memory", NULL);
-	for (char *p = out; *p; p++)
-		if ((unsigned char) *p <= 0x20 || (unsigned char) *p > 0x7e)
-			*p = '_';
+		mock_die("out of memory", NULL);
+	mock_log_token(out, out, strlen(out));
 	return out;
 }
 
 /* Appends the log line of a request, with one write(). */
 static void
-log_request(const Request *req, const char *method, const char *id, unsigned int status)
+log_request(const MockRequest *req, const char *method, const char *id, unsigned int status)
 {
 	char	   *path;
 	char	   *logged_id;
 	char	   *line;
 
-	if (log_fd < 0)
+	if (!mock_log_enabled())
 		return;
 	path = log_word(req->uri, strcspn(req->uri, "?"));
 	logged_id = log_word(id ? id : "-", strlen(id ? id : "-"));
-	line = format("%lld %s %s %s %u\n",
-				  (long long) req->arrival.tv_sec * 1000000LL + req->arrival.tv_usec,
-				  method, path, logged_id, status);
-	if (write(log_fd, line, strlen(line)) < 0)
-		perror("mock_wechatpay: log");
+	line = mock_format("%lld %s %s %s %u\n", mock_timespec_us(&req->arrival),
+					   method, path, logged_id, status);
+	mock_log_write(line, strlen(line));
 	free(path);
 	free(logged_id);
 	free(line);
@@ -645,7 +482,7 @@ log_request(const Request *req, const char *method, const char *id, unsigned int
 
 /* Answers one whole request. */
 static enum MHD_Result
-answer_request(struct MHD_Connection *conn, const char *method, Request *req)
+answer_request(struct MHD_Connection *conn, const char *method, MockRequest *req)
 {
 	const char *uri = req->uri;
 	size_t		path_len = strcspn(uri, "?");
@@ -670,7 +507,7 @@ answer_request(struct MHD_Connection *conn, const char *method, Request *req)
 			len -= 6;
 		}
 		if (len > 0 && memchr(start, '/', len) == NULL)
-			id = percent_decode(start, len);
+			id = mock_percent_decode_dup(start, len, false);
 	}
 
 	if ((why = check_authorization(conn, method, req)) != NULL)
@@ -679,7 +516,7 @@ answer_request(struct MHD_Connection *conn, const char *method, Request *req)
 			 (is_post && (ctype == NULL || strstr(ctype, "application/json") == NULL)))
 		a = error_answer(400, "INVALID_REQUEST", "Accept and Content-Type must be application/json", true);
 	else if (id == NULL || (strcmp(method, "GET") != 0 && !is_close) ||
-			 (is_post && !is_close) || req->body_overflow)
+			 (is_post && !is_close) || req->body.overflow)
 		a = error_answer(404, "NOT_FOUND", "no such API", true);
 	else
 	{
@@ -687,7 +524,7 @@ answer_request(struct MHD_Connection *conn, const char *method, Request *req)
 
 		if (is_close)
 		{
-			json_t	   *o = json_loadb(req->body ? req->body : "", req->body_len, 0, NULL);
+			json_t	   *o = json_loadb(req->body.data ? req->body.data : "", req->body.len, 0, NULL);
 			json_t	   *m = json_object_get(o, "mchid");
 
 			mchid_ok = json_is_string(m) && strcmp(json_string_value(m), opt_mchid) == 0 &&
@@ -715,9 +552,9 @@ answer_request(struct MHD_Connection *conn, const char *method, Request *req)
 	}
 
 	log_request(req, method, id, a.status);
-	if (opt_latency_ms > 0)
+	if (mock_opt_latency_ms > 0)
 	{
-		struct timespec ts = {opt_latency_ms / 1000, (opt_latency_ms % 1000) * 1000000L};
+		struct timespec ts = {mock_opt_latency_ms / 1000, (mock_opt_latency_ms % 1000) * 1000000L};
 
 		nanosleep(&ts, NULL);
 	}
@@ -732,69 +569,16 @@ handle_request(void *cls, struct MHD_Connection *conn, const char *url,
 			   const char *method, const char *version, const char *upload_data,
 			   size_t *upload_data_size, void **req_cls)
 {
-	Request    *req = *req_cls;
+	MockRequest *req;
+	enum MHD_Result ret;
 
 	(void) cls;
 	(void) url;
 	(void) version;
+	req = mock_request_begin(req_cls, upload_data, upload_data_size, MAX_BODY, &ret);
 	if (req == NULL)
-		return MHD_NO;
-	if (!req->started)
-	{
-		req->started = true;
-		return MHD_YES;
-	}
-	if (*upload_data_size > 0)
-	{
-		if (req->body_len + *upload_data_size > MAX_BODY)
-			req->body_overflow = true;
-		else
-		{
-			char	   *grown = realloc(req->body, req->body_len + *upload_data_size + 1);
-
-			if (grown == NULL)
-				return MHD_NO;
-			req->body = grown;
-			memcpy(req->body + req->body_len, upload_data, *upload_data_size);
-			req->body_len += *upload_data_size;
-			req->body[req->body_len] = '\0';
-		}
-		*upload_data_size = 0;
-		return MHD_YES;
-	}
+		return ret;
 	return answer_request(conn, method, req);
-}
-
-/* MHD URI log callback: keeps the request target as sent. */
-static void *
-remember_uri(void *cls, const char *uri, struct MHD_Connection *conn)
-{
-	Request    *req = calloc(1, sizeof(Request));
-
-	(void) cls;
-	(void) conn;
-	if (req == NULL || (req->uri = strdup(uri)) == NULL)
-		die("out of memory", NULL);
-	gettimeofday(&req->arrival, NULL);
-	return req;
-}
-
-/* MHD completion callback: frees the request state. */
-static void
-request_done(void *cls, struct MHD_Connection *conn, void **req_cls,
-			 enum MHD_RequestTerminationCode toe)
-{
-	Request    *req = *req_cls;
-
-	(void) cls;
-	(void) conn;
-	(void) toe;
-	if (req == NULL)
-		return;
-	free(req->uri);
-	free(req->body);
-	free(req);
-	*req_cls = NULL;
 }
 
 /* Prints the usage. */
@@ -813,30 +597,23 @@ static void
 parse_args(int argc, char **argv)
 {
 	static const struct option longopts[] = {
-		{"port", required_argument, NULL, 'p'},
-		{"log", required_argument, NULL, 'l'},
+		MOCK_LONGOPTS_COMMON,
 		{"mchid", required_argument, NULL, 'm'},
 		{"merchant-serial", required_argument, NULL, 's'},
 		{"merchant-public-key", required_argument, NULL, 'k'},
 		{"platform-private-key", required_argument, NULL, 'K'},
 		{"platform-serial", required_argument, NULL, 'S'},
 		{"amount", required_argument, NULL, 'a'},
-		{"latency-ms", required_argument, NULL, 'L'},
+		MOCK_LONGOPT_LATENCY,
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0}
 	};
 	int			c;
 
-	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1)
+	while ((c = mock_next_option(argc, argv, longopts)) != -1)
 	{
 		switch (c)
 		{
-			case 'p':
-				opt_port = (unsigned int) atoi(optarg);
-				break;
-			case 'l':
-				opt_log = optarg;
-				break;
 			case 'm':
 				opt_mchid = optarg;
 				break;
@@ -844,19 +621,16 @@ parse_args(int argc, char **argv)
 				opt_merchant_serial = optarg;
 				break;
 			case 'k':
-				merchant_public_key = load_key(optarg, false);
+				merchant_public_key = mock_load_key(optarg, false);
 				break;
 			case 'K':
-				platform_private_key = load_key(optarg, true);
+				platform_private_key = mock_load_key(optarg, true);
 				break;
 			case 'S':
 				opt_platform_serial = optarg;
 				break;
 			case 'a':
 				opt_amount = atol(optarg);
-				break;
-			case 'L':
-				opt_latency_ms = atol(optarg);
 				break;
 			case 'h':
 				usage(stdout);
@@ -867,8 +641,7 @@ parse_args(int argc, char **argv)
 		}
 	}
 	if (optind < argc || !opt_mchid || !opt_merchant_serial || !merchant_public_key ||
-		!platform_private_key || !opt_platform_serial || opt_port > 65535 ||
-		opt_latency_ms < 0)
+		!platform_private_key || !opt_platform_serial)
 	{
 		usage(stderr);
 		exit(2);
@@ -879,59 +652,22 @@ parse_args(int argc, char **argv)
 int
 main(int argc, char **argv)
 {
-	struct MHD_Daemon *daemon;
-	const union MHD_DaemonInfo *info;
-	struct sockaddr_in sa;
-	sigset_t	sigs;
-	int			sig;
-	struct rlimit rl;
+	struct MHD_OptionItem options[] = {
+		{MHD_OPTION_CONNECTION_LIMIT, 4096, NULL},
+		{MHD_OPTION_CONNECTION_TIMEOUT, 600, NULL},
+		{MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024, NULL},
+		{MHD_OPTION_URI_LOG_CALLBACK, (intptr_t) mock_request_from_uri, NULL},
+		{MHD_OPTION_NOTIFY_COMPLETED, (intptr_t) mock_request_completed, NULL},
+		{MHD_OPTION_END, 0, NULL}
+	};
 
+	mock_init("mock_wechatpay");
 	parse_args(argc, argv);
-	if (opt_log != NULL &&
-		(log_fd = open(opt_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644)) < 0)
-		die("cannot open log file", opt_log);
-	other_private_key = EVP_RSA_gen(2048);
-	if (other_private_key == NULL)
-		die("cannot make the other key", NULL);
+	mock_log_open(mock_opt_log);
+	other_private_key = mock_new_rsa_key();
 	attempts = json_object();
-
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max)
-	{
-		rl.rlim_cur = rl.rlim_max;
-		setrlimit(RLIMIT_NOFILE, &rl);
-	}
-	signal(SIGPIPE, SIG_IGN);
-	sigemptyset(&sigs);
-	sigaddset(&sigs, SIGTERM);
-	sigaddset(&sigs, SIGINT);
-	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-
-	memset(&sa, 0, sizeof(sa));
-	sa.sin_family = AF_INET;
-	sa.sin_port = htons((uint16_t) opt_port);
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
-							  MHD_USE_POLL | MHD_USE_ERROR_LOG,
-							  (uint16_t) opt_port, NULL, NULL, handle_request, NULL,
-							  MHD_OPTION_SOCK_ADDR, (struct sockaddr *) &sa,
-							  MHD_OPTION_CONNECTION_LIMIT, (unsigned int) 4096,
-							  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) 600,
-							  MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int) 1024,
-							  MHD_OPTION_URI_LOG_CALLBACK, remember_uri, NULL,
-							  MHD_OPTION_NOTIFY_COMPLETED, request_done, NULL,
-							  MHD_OPTION_END);
-	if (daemon == NULL)
-		die("cannot start HTTP daemon", NULL);
-	info = MHD_get_daemon_info(daemon, MHD_DAEMON_INFO_BIND_PORT);
-	if (info == NULL || info->port == 0)
-		die("cannot determine listening port", NULL);
-	printf("port=%u\n", (unsigned int) info->port);
-	fflush(stdout);
-
-	while (sigwait(&sigs, &sig) != 0 || (sig != SIGTERM && sig != SIGINT))
-		;
-	MHD_stop_daemon(daemon);
-	if (log_fd >= 0)
-		close(log_fd);
+	mock_raise_fd_limit();
+	mock_serve(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL, mock_opt_port,
+			   handle_request, options);
 	return 0;
 }
