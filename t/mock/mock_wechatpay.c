@@ -254,6 +254,11 @@ trade_answer(const char *id, const char *state, long total, const char *currency
 				  "trade_state_desc", paid ? "支付成功" : "订单状态",
 				  "attach", "",
 				  "amount", amount);
+	if (o == NULL)
+	{
+		/* jansson refuses text that is not UTF-8: so does WeChat Pay */
+		return error_answer(400, "PARAM_ERROR", "out_trade_no is not valid UTF-8", true);
+	}
 	if (paid)
 	{
 		json_object_set_new(o, "transaction_id", json_string("4200000000202611260000000001"));
