@@ -11,6 +11,7 @@
 
 #include "postgres.h"
 
+#include "common/jsonapi.h"
 #include "datatype/timestamp.h"
 #include "utils/jsonb.h"
 
@@ -111,6 +112,48 @@ extern const PaysyncDriver *driver_lookup(const char *name);
 extern ChannelConfig *channel_compile(const char *name, const char *driver,
 									  const char *base_url, Jsonb *options);
 
+/*
+ * A field json_fields() reads from a JSON answer.  path is a dot path of
+ * object member names ("amount.total"); with JSON_FIELDS_INDEXES, "[n]"
+ * after a name picks element n (from 0) of its array
+ * ("purchase_units[0].payments.captures[0].status").  The rest is filled
+ * in by json_fields().
+ */
+typedef struct JsonField
+{
+	const char *path;
+	JsonTokenType only;			/* take only scalars of this type; 0: any */
+
+	char	   *value;			/* the first scalar taken (strings unescaped,
+								 * numbers as written), never null; or NULL */
+	JsonTokenType type;			/* its token type */
+	int			count;			/* scalars that could be taken: > 1 means the
+								 * member is given twice */
+	int			members;		/* members at the path, whatever their value */
+	char	   *last;			/* the last scalar at the path, null included */
+	JsonTokenType last_type;	/* its token type */
+	const char *raw_start;		/* the first object or array at the path, */
+	size_t		raw_len;		/* exactly as received; or NULL */
+} JsonField;
+
+/* json_fields() flags */
+#define JSON_FIELDS_OBJECT	0x01	/* the answer must be a JSON object */
+#define JSON_FIELDS_SHALLOW 0x02	/* nested at most JSON_FIELDS_MAX_DEPTH */
+#define JSON_FIELDS_UTF8	0x04	/* UTF-8, not the database encoding */
+#define JSON_FIELDS_INDEXES 0x08	/* "[n]" in paths picks array elements */
+
+#define JSON_FIELDS_MAX_DEPTH 64
+
+/* What json_fields() made of an answer. */
+typedef enum JsonFieldsResult
+{
+	JSON_FIELDS_OK,
+	JSON_FIELDS_BAD_TEXT,		/* NULL, a NUL inside, or bad encoding */
+	JSON_FIELDS_NOT_OBJECT,		/* JSON_FIELDS_OBJECT and not "{" */
+	JSON_FIELDS_TOO_DEEP,		/* JSON_FIELDS_SHALLOW and nested deeper */
+	JSON_FIELDS_INVALID			/* not valid JSON */
+} JsonFieldsResult;
+
 /* Helpers for drivers */
 extern bool option_string(Jsonb *options, const char *key, char **value,
 						  const char *channel);
@@ -118,6 +161,9 @@ extern JsonbValue *option_value(Jsonb *options, const char *key);
 extern void answer_error(CheckAnswer *answer, const char *fmt,...) pg_attribute_printf(2, 3);
 extern bool answer_transport_error(const HttpResult *result, CheckAnswer *answer);
 extern bool answer_http_error(const HttpResult *result, CheckAnswer *answer);
+extern JsonFieldsResult json_fields(const char *body, size_t len, int flags,
+									JsonField *fields, int n);
+extern const char *json_fields_problem(JsonFieldsResult result);
 extern bool json_scalar_at_path(const char *body, size_t body_len, const char *path,
 								char **value, CheckAnswer *answer);
 extern bool is_settable_status(const char *status);

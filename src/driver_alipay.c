@@ -37,10 +37,8 @@
 
 #include <openssl/evp.h>
 
-#include "common/jsonapi.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
-#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
@@ -77,19 +75,10 @@ typedef struct AlipayParam
 /* What a pass of the JSON parser found in an answer. */
 typedef struct AlipayAnswer
 {
-	JsonLexContext *lex;
-	const char *const *wanted;	/* response node names looked for */
-	int			n_wanted;
-	int			depth;			/* containers open around the parser */
-	int			top_field;		/* the top-level field being read */
-	bool		in_node;		/* inside the response object */
-	char	   *node_field;		/* its field being read (depth 2) */
-
 	const char *node_name;		/* the response node found, or NULL */
 	int			node_count;		/* how many wanted nodes there were */
-	bool		node_not_object;
-	const char *node_start;		/* its raw text: from "{" ... */
-	const char *node_end;		/* ... to just after "}" */
+	const char *node_start;		/* its raw text, from "{" to "}" */
+	size_t		node_len;
 	char	   *sign;
 	int			sign_count;
 
@@ -104,10 +93,11 @@ typedef struct AlipayAnswer
 	char	   *trans_currency;
 } AlipayAnswer;
 
-/* top_field values: which top-level field the parser is in */
-#define TOP_OTHER 0
-#define TOP_NODE 1
-#define TOP_SIGN 2
+/* The fields of a response node read, as paths below the node. */
+static const char *const node_fields[] = {
+	"code", "msg", "sub_code", "sub_msg", "trade_status", "out_trade_no",
+	"total_amount", "trans_currency"
+};
 
 static const char *const alipay_option_names[] = {
 	"app_id", "app_private_key", "alipay_public_key", NULL
@@ -279,134 +269,6 @@ alipay_build_request(const void *cfg, const char *base_url,
 	request->n_headers = 2;
 }
 
-/* The parser opens an object: the response node's starts at "{". */
-static void
-answer_object_start(void *state)
-{
-	AlipayAnswer *a = state;
-
-	if (a->depth == 1 && a->top_field == TOP_NODE && a->node_start == NULL)
-	{
-		a->node_start = a->lex->token_start;
-		a->in_node = true;
-	}
-	a->depth++;
-}
-
-/* The parser closes an object: the response node's ends just after "}". */
-static void
-answer_object_end(void *state)
-{
-	AlipayAnswer *a = state;
-
-	a->depth--;
-	if (a->depth == 1 && a->in_node)
-	{
-		a->node_end = a->lex->prev_token_terminator;
-		a->in_node = false;
-	}
-}
-
-/* An array opens: nothing inside it is read. */
-static void
-answer_array_start(void *state)
-{
-	AlipayAnswer *a = state;
-
-	if (a->depth == 1 && a->top_field == TOP_NODE)
-		a->node_not_object = true;
-	a->depth++;
-}
-
-/* An array closes. */
-static void
-answer_array_end(void *state)
-{
-	AlipayAnswer *a = state;
-
-	a->depth--;
-}
-
-/* A field starts: at the top, the response node or sign; in the node, one of its fields. */
-static void
-answer_field_start(void *state, char *fname, bool isnull)
-{
-	AlipayAnswer *a = state;
-
-	if (a->depth == 1)
-	{
-		a->top_field = TOP_OTHER;
-		for (int i = 0; i < a->n_wanted; i++)
-		{
-			if (strcmp(fname, a->wanted[i]) == 0)
-			{
-				a->top_field = TOP_NODE;
-				a->node_name = a->wanted[i];
-				a->node_count++;
-			}
-		}
-		if (strcmp(fname, "sign") == 0)
-		{
-			a->top_field = TOP_SIGN;
-			a->sign_count++;
-		}
-	}
-	else if (a->depth == 2 && a->in_node)
-		a->node_field = fname;
-}
-
-/* Sets *slot to token unless it was set already (a duplicate field). */
-static void
-take_field(char **slot, char *token, bool *duplicate)
-{
-	if (*slot != NULL)
-		*duplicate = true;
-	*slot = token;
-}
-
-/* A scalar: the sign, or a field of the response node. */
-static void
-answer_scalar(void *state, char *token, JsonTokenType tokentype)
-{
-	AlipayAnswer *a = state;
-	bool		duplicate = false;
-
-	if (a->depth == 1 && a->top_field == TOP_SIGN)
-	{
-		a->sign = (tokentype == JSON_TOKEN_STRING) ? token : NULL;
-		return;
-	}
-	if (a->depth == 1 && a->top_field == TOP_NODE)
-	{
-		a->node_not_object = true;
-		return;
-	}
-	if (a->depth != 2 || !a->in_node || a->node_field == NULL ||
-		tokentype == JSON_TOKEN_NULL)
-		return;
-
-	if (strcmp(a->node_field, "code") == 0)
-		take_field(&a->code, token, &duplicate);
-	else if (strcmp(a->node_field, "msg") == 0)
-		take_field(&a->msg, token, &duplicate);
-	else if (strcmp(a->node_field, "sub_code") == 0)
-		take_field(&a->sub_code, token, &duplicate);
-	else if (strcmp(a->node_field, "sub_msg") == 0)
-		take_field(&a->sub_msg, token, &duplicate);
-	else if (strcmp(a->node_field, "trade_status") == 0)
-		take_field(&a->trade_status, token, &duplicate);
-	else if (strcmp(a->node_field, "out_trade_no") == 0)
-		take_field(&a->out_trade_no, token, &duplicate);
-	else if (strcmp(a->node_field, "total_amount") == 0)
-		take_field(&a->total_amount, token, &duplicate);
-	else if (strcmp(a->node_field, "trans_currency") == 0)
-		take_field(&a->trans_currency, token, &duplicate);
-
-	/* two values for one field: which would the merchant believe? */
-	if (duplicate)
-		a->node_count = 2;
-}
-
 /*
  * Reads an Alipay answer body: finds the response node among wanted, its
  * raw text, its fields and the sign.  False with *answer the error if the
@@ -416,35 +278,62 @@ static bool
 parse_answer(const char *body, size_t body_len, const char *const *wanted,
 			 int n_wanted, AlipayAnswer *a, CheckAnswer *answer)
 {
-	JsonSemAction sem;
+	char	  **slots[] = {
+		&a->code, &a->msg, &a->sub_code, &a->sub_msg, &a->trade_status,
+		&a->out_trade_no, &a->total_amount, &a->trans_currency
+	};
+	int			per_node = 1 + lengthof(node_fields);
+	JsonField  *f = palloc0(sizeof(JsonField) * (1 + n_wanted * per_node));
+	JsonFieldsResult read;
+	bool		duplicate = false;
 
+	StaticAssertStmt(lengthof(slots) == lengthof(node_fields), "one slot per node field");
 	memset(a, 0, sizeof(*a));
-	a->wanted = wanted;
-	a->n_wanted = n_wanted;
 
-	if (body == NULL || strlen(body) != body_len ||
-		!pg_verify_mbstr(PG_UTF8, body, (int) body_len, true))
+	/* the sign, then each wanted node followed by its fields */
+	f[0].path = "sign";
+	for (int w = 0; w < n_wanted; w++)
+	{
+		f[1 + w * per_node].path = wanted[w];
+		for (size_t i = 0; i < lengthof(node_fields); i++)
+			f[2 + w * per_node + i].path = psprintf("%s.%s", wanted[w], node_fields[i]);
+	}
+	read = json_fields(body, body_len, JSON_FIELDS_UTF8, f, 1 + n_wanted * per_node);
+	if (read == JSON_FIELDS_BAD_TEXT)
 	{
 		answer_error(answer, "the Alipay answer is not UTF-8 text");
 		return false;
 	}
-
-	memset(&sem, 0, sizeof(sem));
-	sem.semstate = a;
-	sem.object_start = answer_object_start;
-	sem.object_end = answer_object_end;
-	sem.array_start = answer_array_start;
-	sem.array_end = answer_array_end;
-	sem.object_field_start = answer_field_start;
-	sem.scalar = answer_scalar;
-
-	a->lex = makeJsonLexContextCstringLen(unconstify(char *, body), (int) body_len,
-										  PG_UTF8, true);
-	if (pg_parse_json(a->lex, &sem) != JSON_SUCCESS)
+	if (read != JSON_FIELDS_OK)
 	{
 		answer_error(answer, "the Alipay answer is not valid JSON");
 		return false;
 	}
+
+	/* the last sign given counts, if it is a string */
+	a->sign_count = f[0].members;
+	a->sign = f[0].last_type == JSON_TOKEN_STRING ? f[0].last : NULL;
+	for (int w = 0; w < n_wanted; w++)
+	{
+		JsonField  *node = &f[1 + w * per_node];
+
+		if (node->members == 0)
+			continue;
+		a->node_name = wanted[w];
+		a->node_count += node->members;
+		a->node_start = node->raw_start;
+		a->node_len = node->raw_len;
+		for (size_t i = 0; i < lengthof(node_fields); i++)
+		{
+			*slots[i] = node[1 + i].value;
+			/* two values for one field: which would the merchant believe? */
+			if (node[1 + i].count > 1)
+				duplicate = true;
+		}
+	}
+	if (duplicate)
+		a->node_count = Max(a->node_count, 2);
+
 	if (a->node_count == 0)
 	{
 		answer_error(answer, "the Alipay answer has no %s", wanted[0]);
@@ -455,7 +344,7 @@ parse_answer(const char *body, size_t body_len, const char *const *wanted,
 		answer_error(answer, "the Alipay answer is ambiguous (a response or one of its fields given twice)");
 		return false;
 	}
-	if (a->node_not_object || a->node_start == NULL || a->node_end == NULL)
+	if (a->node_start == NULL || a->node_start[0] != '{')
 	{
 		answer_error(answer, "the Alipay answer's %s is not an object", a->node_name);
 		return false;
@@ -515,8 +404,7 @@ verify_answer(const AlipayConfig *config, const AlipayAnswer *a, CheckAnswer *an
 		answer_error(answer, "the Alipay answer has two signs");
 		return false;
 	}
-	if (!crypto_verify_b64(config->alipay_key, a->node_start,
-						   a->node_end - a->node_start, a->sign))
+	if (!crypto_verify_b64(config->alipay_key, a->node_start, a->node_len, a->sign))
 	{
 		answer_error(answer, "the Alipay answer's signature does not verify with alipay_public_key");
 		return false;

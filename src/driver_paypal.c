@@ -40,10 +40,8 @@
  */
 #include "postgres.h"
 
-#include "common/jsonapi.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
-#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 
@@ -55,11 +53,11 @@
 /* Longest access token accepted from the token endpoint. */
 #define PAYPAL_MAX_TOKEN 8192
 
-/* Deepest nesting of containers read in an answer; deeper is an error. */
-#define PAYPAL_MAX_NESTING 64
-
-/* Most paths looked up in one parse of an answer. */
-#define PAYPAL_MAX_PATHS 8
+/*
+ * How answers are read: objects, array indexes in paths, and nesting
+ * bounded before parsing (deeper is an error).
+ */
+#define PAYPAL_JSON (JSON_FIELDS_OBJECT | JSON_FIELDS_SHALLOW | JSON_FIELDS_INDEXES)
 
 typedef struct PaypalConfig
 {
@@ -73,7 +71,7 @@ static const char *const paypal_option_names[] = {
 };
 
 /* Paths into an order that the query reads. */
-#define CAPTURE_PATH "purchase_units.0.payments.captures.0"
+#define CAPTURE_PATH "purchase_units[0].payments.captures[0]"
 enum
 {
 	ORDER_STATUS,
@@ -88,219 +86,10 @@ static const char *const order_paths[N_ORDER_FIELDS] = {
 	CAPTURE_PATH ".status",
 	CAPTURE_PATH ".amount.value",
 	CAPTURE_PATH ".amount.currency_code",
-	"purchase_units.0.payments.authorizations.0.status",
+	"purchase_units[0].payments.authorizations[0].status",
 };
 
 /* ---------------------------------------------------------------- JSON */
-
-/*
- * Looks for several scalars in one JSON document.  A path is a dot list of
- * object field names and array indexes ("purchase_units.0.status"): a
- * segment of digits picks that element (from 0) of an array.
- */
-typedef struct PaypalJsonSearch
-{
-	int			n_paths;
-	char	   *segments[PAYPAL_MAX_PATHS][PAYPAL_MAX_NESTING];
-	int			n_segments[PAYPAL_MAX_PATHS];
-	int			index_of[PAYPAL_MAX_PATHS][PAYPAL_MAX_NESTING]; /* -1: a name */
-	char	   *found[PAYPAL_MAX_PATHS];
-	JsonTokenType found_type[PAYPAL_MAX_PATHS];
-
-	int			depth;			/* open containers */
-	/* per depth (1 = the root container), bit i standing for path i: */
-	uint32		leads_here[PAYPAL_MAX_NESTING + 1]; /* paths through this container */
-	uint32		matching[PAYPAL_MAX_NESTING + 1];	/* paths through the member being read */
-	int			element[PAYPAL_MAX_NESTING + 1];	/* array: index of the element being read */
-} PaypalJsonSearch;
-
-/* A container opens: paths through the member holding it lead into it. */
-static void
-search_container_start(void *state)
-{
-	PaypalJsonSearch *s = state;
-
-	s->depth++;
-	if (s->depth > PAYPAL_MAX_NESTING)
-		return;
-	s->leads_here[s->depth] = (s->depth == 1) ?
-		((uint32) 1 << s->n_paths) - 1 : s->matching[s->depth - 1];
-	s->matching[s->depth] = 0;
-	s->element[s->depth] = -1;
-}
-
-/* A container closes. */
-static void
-search_container_end(void *state)
-{
-	PaypalJsonSearch *s = state;
-
-	s->depth--;
-}
-
-/* An object member starts: the paths whose next segment is its name. */
-static void
-search_field_start(void *state, char *fname, bool isnull)
-{
-	PaypalJsonSearch *s = state;
-	int			d = s->depth;
-	uint32		m = 0;
-
-	if (d > PAYPAL_MAX_NESTING)
-		return;
-	for (int i = 0; i < s->n_paths; i++)
-		if ((s->leads_here[d] & ((uint32) 1 << i)) && d <= s->n_segments[i] &&
-			s->index_of[i][d - 1] < 0 && strcmp(s->segments[i][d - 1], fname) == 0)
-			m |= (uint32) 1 << i;
-	s->matching[d] = m;
-}
-
-/* An array element starts: the paths whose next segment is its index. */
-static void
-search_element_start(void *state, bool isnull)
-{
-	PaypalJsonSearch *s = state;
-	int			d = s->depth;
-	uint32		m = 0;
-
-	if (d > PAYPAL_MAX_NESTING)
-		return;
-	s->element[d]++;
-	for (int i = 0; i < s->n_paths; i++)
-		if ((s->leads_here[d] & ((uint32) 1 << i)) && d <= s->n_segments[i] &&
-			s->index_of[i][d - 1] == s->element[d])
-			m |= (uint32) 1 << i;
-	s->matching[d] = m;
-}
-
-/* A scalar: taken for the paths that end at the member holding it. */
-static void
-search_scalar(void *state, char *token, JsonTokenType tokentype)
-{
-	PaypalJsonSearch *s = state;
-	int			d = s->depth;
-
-	if (d < 1 || d > PAYPAL_MAX_NESTING || tokentype == JSON_TOKEN_NULL)
-		return;
-	for (int i = 0; i < s->n_paths; i++)
-		if ((s->matching[d] & ((uint32) 1 << i)) && s->n_segments[i] == d &&
-			s->found[i] == NULL)
-		{
-			s->found[i] = token;
-			s->found_type[i] = tokentype;
-		}
-}
-
-/*
- * The deepest nesting of containers in body, strings skipped.  Measured
- * before parsing so that a hostile answer never drives the recursive
- * parser deep.
- */
-static int
-json_nesting(const char *body, size_t len)
-{
-	int			depth = 0;
-	int			deepest = 0;
-	bool		in_string = false;
-
-	for (size_t i = 0; i < len; i++)
-	{
-		char		c = body[i];
-
-		if (in_string)
-		{
-			if (c == '\\')
-				i++;
-			else if (c == '"')
-				in_string = false;
-		}
-		else if (c == '"')
-			in_string = true;
-		else if (c == '{' || c == '[')
-			deepest = Max(deepest, ++depth);
-		else if (c == '}' || c == ']')
-			depth--;
-	}
-	return deepest;
-}
-
-/*
- * Finds the scalars at n paths in a JSON object: values[i] is the i-th
- * (strings unescaped, numbers as written), or NULL when it is missing, null
- * or not a scalar; types[i] (if types is not NULL) its token type.  False
- * with a message in error if body is not a JSON object this can read.
- */
-static bool
-paypal_json_fields(const char *body, size_t len, const char *const *paths, int n,
-				   char **values, JsonTokenType *types, char *error, size_t errlen)
-{
-	PaypalJsonSearch *s = palloc0(sizeof(PaypalJsonSearch));
-	JsonSemAction sem;
-	JsonLexContext *lex;
-	const char *p;
-
-	Assert(n <= PAYPAL_MAX_PATHS);
-	if (body == NULL || strlen(body) != len ||
-		!pg_verifymbstr(body, (int) len, true))
-	{
-		snprintf(error, errlen, "the answer is not valid JSON text (bad bytes)");
-		return false;
-	}
-	for (p = body; *p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'; p++)
-		;
-	if (*p != '{')
-	{
-		snprintf(error, errlen, "the answer is not a JSON object");
-		return false;
-	}
-	if (json_nesting(body, len) > PAYPAL_MAX_NESTING)
-	{
-		snprintf(error, errlen, "the answer nests deeper than %d levels", PAYPAL_MAX_NESTING);
-		return false;
-	}
-
-	s->n_paths = n;
-	for (int i = 0; i < n; i++)
-	{
-		char	   *copy = pstrdup(paths[i]);
-		char	   *saveptr = NULL;
-
-		for (char *seg = strtok_r(copy, ".", &saveptr); seg;
-			 seg = strtok_r(NULL, ".", &saveptr))
-		{
-			int			k = s->n_segments[i]++;
-
-			Assert(k < PAYPAL_MAX_NESTING);
-			s->segments[i][k] = seg;
-			s->index_of[i][k] = strspn(seg, "0123456789") == strlen(seg) ? atoi(seg) : -1;
-		}
-	}
-
-	memset(&sem, 0, sizeof(sem));
-	sem.semstate = s;
-	sem.object_start = search_container_start;
-	sem.object_end = search_container_end;
-	sem.array_start = search_container_start;
-	sem.array_end = search_container_end;
-	sem.object_field_start = search_field_start;
-	sem.array_element_start = search_element_start;
-	sem.scalar = search_scalar;
-
-	lex = makeJsonLexContextCstringLen(unconstify(char *, body), (int) len,
-									   GetDatabaseEncoding(), true);
-	if (pg_parse_json(lex, &sem) != JSON_SUCCESS)
-	{
-		snprintf(error, errlen, "the answer is not valid JSON");
-		return false;
-	}
-	for (int i = 0; i < n; i++)
-	{
-		values[i] = s->found[i];
-		if (types)
-			types[i] = s->found_type[i];
-	}
-	return true;
-}
 
 /*
  * PayPal's name for an error answer ("name" of a REST error, "error" of an
@@ -310,20 +99,19 @@ paypal_json_fields(const char *body, size_t len, const char *const *paths, int n
 static const char *
 paypal_error_name(const HttpResult *result)
 {
-	static const char *const paths[] = {"name", "error"};
-	char	   *values[2];
-	char		error[100];
+	JsonField	f[] = {{.path = "name"}, {.path = "error"}};
 
-	if (!paypal_json_fields(result->body, result->body_len, paths, 2, values, NULL,
-							error, sizeof(error)))
+	if (json_fields(result->body, result->body_len, PAYPAL_JSON, f, lengthof(f)) != JSON_FIELDS_OK)
 		return "no error name";
-	for (int i = 0; i < 2; i++)
+	for (size_t i = 0; i < lengthof(f); i++)
 	{
-		if (values[i] == NULL || values[i][0] == '\0' || strlen(values[i]) > 64)
+		const char *value = f[i].value;
+
+		if (value == NULL || value[0] == '\0' || strlen(value) > 64)
 			continue;
-		if (strspn(values[i], "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-") ==
-			strlen(values[i]))
-			return values[i];
+		if (strspn(value, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-") ==
+			strlen(value))
+			return value;
 	}
 	return "no error name";
 }
@@ -452,10 +240,8 @@ static bool
 paypal_interpret_token(const void *cfg, const HttpResult *result, char **token,
 					   int *expires_in_s, char *error, size_t errlen)
 {
-	static const char *const paths[] = {"access_token", "token_type", "expires_in"};
-	char	   *values[3];
-	JsonTokenType types[3];
-	char		jsonerr[100];
+	JsonField	f[] = {{.path = "access_token"}, {.path = "token_type"}, {.path = "expires_in"}};
+	JsonFieldsResult read;
 	char	   *end;
 	long		expires;
 
@@ -482,47 +268,47 @@ paypal_interpret_token(const void *cfg, const HttpResult *result, char **token,
 				 result->status, paypal_error_name(result));
 		return false;
 	}
-	if (!paypal_json_fields(result->body, result->body_len, paths, 3, values, types,
-							jsonerr, sizeof(jsonerr)))
+	read = json_fields(result->body, result->body_len, PAYPAL_JSON, f, lengthof(f));
+	if (read != JSON_FIELDS_OK)
 	{
-		snprintf(error, errlen, "token answer: %s", jsonerr);
+		snprintf(error, errlen, "token answer: %s", json_fields_problem(read));
 		return false;
 	}
-	if (values[0] == NULL || types[0] != JSON_TOKEN_STRING)
+	if (f[0].value == NULL || f[0].type != JSON_TOKEN_STRING)
 	{
 		snprintf(error, errlen, "the token answer has no access_token");
 		return false;
 	}
-	if (values[0][0] == '\0' || strlen(values[0]) > PAYPAL_MAX_TOKEN)
+	if (f[0].value[0] == '\0' || strlen(f[0].value) > PAYPAL_MAX_TOKEN)
 	{
 		snprintf(error, errlen, "the token answer's access_token is empty or too long");
 		return false;
 	}
 	/* it goes into a header line: printable ASCII only */
-	for (const char *p = values[0]; *p; p++)
+	for (const char *p = f[0].value; *p; p++)
 		if ((unsigned char) *p < 0x21 || (unsigned char) *p > 0x7e)
 		{
 			snprintf(error, errlen, "the token answer's access_token has characters a header cannot carry");
 			return false;
 		}
-	if (values[1] != NULL && pg_strcasecmp(values[1], "Bearer") != 0)
+	if (f[1].value != NULL && pg_strcasecmp(f[1].value, "Bearer") != 0)
 	{
 		snprintf(error, errlen, "the token answer's token_type is not Bearer");
 		return false;
 	}
-	if (values[2] == NULL || types[2] != JSON_TOKEN_NUMBER)
+	if (f[2].value == NULL || f[2].type != JSON_TOKEN_NUMBER)
 	{
 		snprintf(error, errlen, "the token answer has no expires_in");
 		return false;
 	}
 	errno = 0;
-	expires = strtol(values[2], &end, 10);
+	expires = strtol(f[2].value, &end, 10);
 	if (*end != '\0' || errno != 0 || expires <= 0)
 	{
 		snprintf(error, errlen, "the token answer's expires_in is not a positive whole number");
 		return false;
 	}
-	*token = values[0];
+	*token = f[0].value;
 	*expires_in_s = (int) Min(expires, (long) PG_INT32_MAX);
 	return true;
 }
@@ -562,16 +348,16 @@ answer_status(CheckAnswer *answer, const char *status, char *channel_status)
  * succeeded answer carries the captured amount.
  */
 static void
-interpret_capture(char **fields, CheckAnswer *answer)
+interpret_capture(const JsonField *fields, CheckAnswer *answer)
 {
-	const char *capture = fields[CAPTURE_STATUS];
-	const char *value = fields[CAPTURE_VALUE];
-	const char *currency = fields[CAPTURE_CURRENCY];
+	const char *capture = fields[CAPTURE_STATUS].value;
+	const char *value = fields[CAPTURE_VALUE].value;
+	const char *currency = fields[CAPTURE_CURRENCY].value;
 	char	   *word;
 
 	if (capture == NULL)
 	{
-		if (fields[AUTHORIZATION_STATUS] != NULL)
+		if (fields[AUTHORIZATION_STATUS].value != NULL)
 			answer_error(answer, "order COMPLETED with an authorization and no capture: orders with intent AUTHORIZE are not supported");
 		else
 			answer_error(answer, "order COMPLETED but the answer has no purchase_units[0].payments.captures[0].status");
@@ -624,8 +410,8 @@ static void
 paypal_interpret(const void *cfg, CheckKind kind, const char *payment_id, const HttpResult *result,
 				 CheckAnswer *answer)
 {
-	char	   *fields[N_ORDER_FIELDS];
-	char		jsonerr[100];
+	JsonField	fields[N_ORDER_FIELDS];
+	JsonFieldsResult read;
 	const char *status;
 
 	if (kind != CHECK_QUERY)
@@ -661,22 +447,25 @@ paypal_interpret(const void *cfg, CheckKind kind, const char *payment_id, const 
 		return;
 	}
 
-	if (!paypal_json_fields(result->body, result->body_len, order_paths, N_ORDER_FIELDS,
-							fields, NULL, jsonerr, sizeof(jsonerr)))
+	memset(fields, 0, sizeof(fields));
+	for (int i = 0; i < N_ORDER_FIELDS; i++)
+		fields[i].path = order_paths[i];
+	read = json_fields(result->body, result->body_len, PAYPAL_JSON, fields, N_ORDER_FIELDS);
+	if (read != JSON_FIELDS_OK)
 	{
-		answer_error(answer, "%s", jsonerr);
+		answer_error(answer, "%s", json_fields_problem(read));
 		return;
 	}
-	status = fields[ORDER_STATUS];
+	status = fields[ORDER_STATUS].value;
 	if (status == NULL)
 		answer_error(answer, "the answer has no order status");
 	else if (strcmp(status, "COMPLETED") == 0)
 		interpret_capture(fields, answer);
 	else if (strcmp(status, "VOIDED") == 0)
-		answer_status(answer, "cancelled", fields[ORDER_STATUS]);
+		answer_status(answer, "cancelled", fields[ORDER_STATUS].value);
 	else if (strcmp(status, "CREATED") == 0 || strcmp(status, "SAVED") == 0 ||
 			 strcmp(status, "APPROVED") == 0 || strcmp(status, "PAYER_ACTION_REQUIRED") == 0)
-		answer_status(answer, "pending", fields[ORDER_STATUS]);
+		answer_status(answer, "pending", fields[ORDER_STATUS].value);
 	else
 		answer_error(answer, "unknown PayPal order status \"%.64s\"", status);
 }

@@ -24,9 +24,6 @@
  */
 #include "postgres.h"
 
-#include <limits.h>
-
-#include "common/jsonapi.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
@@ -49,20 +46,15 @@ typedef struct StripeConfig
 /* The fields of a Stripe answer the driver reads, found in one pass. */
 typedef struct StripeFields
 {
-	int			depth;			/* containers open */
 	bool		root_is_object;
 	bool		duplicate;		/* a field read here appears twice */
-	char	   *top_field;		/* the name of the depth-1 field being read */
-	char	   *error_field;	/* the same inside the top-level "error" */
-	bool		in_error;		/* inside the top-level "error" object */
-	bool		has_error;		/* the answer has an "error" object */
 
 	char	   *object;
 	char	   *status;
 	char	   *amount_received;
 	bool		amount_is_number;
 	char	   *currency;
-	char	   *error_type;
+	char	   *error_type;		/* in the top-level "error" object */
 	char	   *error_code;
 	char	   *error_message;
 } StripeFields;
@@ -225,103 +217,6 @@ stripe_build_request(const void *cfg, const char *base_url,
 	request->n_headers = n;
 }
 
-/* An object opens: the root, or the top-level "error". */
-static void
-fields_object_start(void *state)
-{
-	StripeFields *f = state;
-
-	f->depth++;
-	if (f->depth == 1)
-		f->root_is_object = true;
-	else if (f->depth == 2 && f->top_field && strcmp(f->top_field, "error") == 0)
-		f->in_error = f->has_error = true;
-}
-
-/* An object closes. */
-static void
-fields_object_end(void *state)
-{
-	StripeFields *f = state;
-
-	if (f->depth == 2)
-		f->in_error = false;
-	f->depth--;
-}
-
-/* An array opens: nothing in it is read. */
-static void
-fields_array_start(void *state)
-{
-	StripeFields *f = state;
-
-	f->depth++;
-}
-
-/* An array closes. */
-static void
-fields_array_end(void *state)
-{
-	StripeFields *f = state;
-
-	f->depth--;
-}
-
-/* A field starts: remember its name at the levels the driver reads. */
-static void
-fields_field_start(void *state, char *fname, bool isnull)
-{
-	StripeFields *f = state;
-
-	if (f->depth == 1)
-		f->top_field = fname;
-	else if (f->depth == 2 && f->in_error)
-		f->error_field = fname;
-}
-
-/* Keeps token in *slot, noting a second value for the same field. */
-static void
-fields_keep(StripeFields *f, char **slot, char *token)
-{
-	if (*slot != NULL)
-		f->duplicate = true;
-	else
-		*slot = token;
-}
-
-/* A scalar: kept if it is the value of a field the driver reads. */
-static void
-fields_scalar(void *state, char *token, JsonTokenType tokentype)
-{
-	StripeFields *f = state;
-
-	if (tokentype == JSON_TOKEN_NULL)
-		return;
-	if (f->depth == 1 && f->top_field)
-	{
-		if (strcmp(f->top_field, "object") == 0)
-			fields_keep(f, &f->object, token);
-		else if (strcmp(f->top_field, "status") == 0)
-			fields_keep(f, &f->status, token);
-		else if (strcmp(f->top_field, "currency") == 0)
-			fields_keep(f, &f->currency, token);
-		else if (strcmp(f->top_field, "amount_received") == 0)
-		{
-			fields_keep(f, &f->amount_received, token);
-			f->amount_is_number = (tokentype == JSON_TOKEN_NUMBER);
-		}
-	}
-	else if (f->depth == 2 && f->in_error && f->error_field)
-	{
-		if (strcmp(f->error_field, "type") == 0)
-			fields_keep(f, &f->error_type, token);
-		else if (strcmp(f->error_field, "code") == 0)
-			fields_keep(f, &f->error_code, token);
-		else if (strcmp(f->error_field, "message") == 0)
-			fields_keep(f, &f->error_message, token);
-	}
-}
-
 /*
  * Reads the fields the driver needs from a JSON body in one pass with
  * PostgreSQL's JSON parser.  False if the body is not JSON text.
@@ -329,25 +224,28 @@ fields_scalar(void *state, char *token, JsonTokenType tokentype)
 static bool
 stripe_read_fields(const char *body, size_t body_len, StripeFields *fields)
 {
-	JsonSemAction sem;
-	JsonLexContext *lex;
+	JsonField	f[] = {
+		{.path = "object"}, {.path = "status"}, {.path = "amount_received"},
+		{.path = "currency"}, {.path = "error.type"}, {.path = "error.code"},
+		{.path = "error.message"},
+	};
 
 	memset(fields, 0, sizeof(StripeFields));
-	if (body == NULL || body_len > INT_MAX || strlen(body) != body_len ||
-		!pg_verifymbstr(body, (int) body_len, true))
+	if (json_fields(body, body_len, 0, f, lengthof(f)) != JSON_FIELDS_OK)
 		return false;
-
-	memset(&sem, 0, sizeof(sem));
-	sem.semstate = fields;
-	sem.object_start = fields_object_start;
-	sem.object_end = fields_object_end;
-	sem.array_start = fields_array_start;
-	sem.array_end = fields_array_end;
-	sem.object_field_start = fields_field_start;
-	sem.scalar = fields_scalar;
-	lex = makeJsonLexContextCstringLen(unconstify(char *, body), (int) body_len,
-									   GetDatabaseEncoding(), true);
-	return pg_parse_json(lex, &sem) == JSON_SUCCESS;
+	fields->root_is_object = body[strspn(body, " \t\r\n")] == '{';
+	for (size_t i = 0; i < lengthof(f); i++)
+		if (f[i].count > 1)
+			fields->duplicate = true;
+	fields->object = f[0].value;
+	fields->status = f[1].value;
+	fields->amount_received = f[2].value;
+	fields->amount_is_number = (f[2].type == JSON_TOKEN_NUMBER);
+	fields->currency = f[3].value;
+	fields->error_type = f[4].value;
+	fields->error_code = f[5].value;
+	fields->error_message = f[6].value;
+	return true;
 }
 
 /* True if word is one of the NULL-terminated words. */
@@ -427,7 +325,7 @@ stripe_answer_http_error(const HttpResult *result, const StripeFields *fields,
 
 	initStringInfo(&msg);
 	appendStringInfo(&msg, "%s: HTTP %ld", what, result->status);
-	if (parsed && fields->has_error)
+	if (parsed)
 	{
 		/* the code says more than the type, when there is one */
 		if (fields->error_code)

@@ -23,10 +23,8 @@
 
 #include <time.h>
 
-#include "common/jsonapi.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
-#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 
@@ -373,104 +371,6 @@ wechatpay_verify(CryptoKey *platform_key, const char *platform_serial,
 	return true;
 }
 
-/* Parser state: the fields of a WeChat Pay answer this driver reads. */
-typedef struct AnswerParse
-{
-	WechatpayAnswer *answer;
-	int			depth;
-	bool		in_object[4];	/* per depth up to 3: object (true) or array */
-	char	   *top_field;		/* current field at depth 1 */
-	char	   *sub_field;		/* current field at depth 2 */
-} AnswerParse;
-
-/* An object opens. */
-static void
-parse_object_start(void *state)
-{
-	AnswerParse *s = state;
-
-	s->depth++;
-	if (s->depth < (int) lengthof(s->in_object))
-		s->in_object[s->depth] = true;
-}
-
-/* An array opens. */
-static void
-parse_array_start(void *state)
-{
-	AnswerParse *s = state;
-
-	s->depth++;
-	if (s->depth < (int) lengthof(s->in_object))
-		s->in_object[s->depth] = false;
-}
-
-/* An object or array closes. */
-static void
-parse_end(void *state)
-{
-	AnswerParse *s = state;
-
-	s->depth--;
-}
-
-/* A field starts: remember its name at depths 1 and 2. */
-static void
-parse_field_start(void *state, char *fname, bool isnull)
-{
-	AnswerParse *s = state;
-
-	if (s->depth == 1)
-	{
-		s->top_field = fname;
-		s->sub_field = NULL;
-	}
-	else if (s->depth == 2)
-		s->sub_field = fname;
-}
-
-/* Sets *slot to token unless already set. */
-static void
-take(char **slot, char *token)
-{
-	if (*slot == NULL)
-		*slot = token;
-}
-
-/* A scalar: kept if it is one of the fields this driver reads. */
-static void
-parse_scalar(void *state, char *token, JsonTokenType tokentype)
-{
-	AnswerParse *s = state;
-	WechatpayAnswer *a = s->answer;
-
-	if (tokentype == JSON_TOKEN_NULL || s->depth < 1 || s->depth > 2 ||
-		!s->in_object[s->depth])
-		return;
-	if (s->depth == 1 && s->top_field)
-	{
-		if (strcmp(s->top_field, "trade_state") == 0 && tokentype == JSON_TOKEN_STRING)
-			take(&a->trade_state, token);
-		else if (strcmp(s->top_field, "mchid") == 0 && tokentype == JSON_TOKEN_STRING)
-			take(&a->mchid, token);
-		else if (strcmp(s->top_field, "out_trade_no") == 0 && tokentype == JSON_TOKEN_STRING)
-			take(&a->out_trade_no, token);
-		else if (strcmp(s->top_field, "code") == 0 && tokentype == JSON_TOKEN_STRING)
-			take(&a->code, token);
-	}
-	else if (s->depth == 2 && s->in_object[1] && s->top_field && s->sub_field &&
-			 strcmp(s->top_field, "amount") == 0)
-	{
-		if (strcmp(s->sub_field, "total") == 0 && a->total == NULL)
-		{
-			a->total = token;
-			a->total_type = tokentype;
-		}
-		else if (strcmp(s->sub_field, "currency") == 0 && tokentype == JSON_TOKEN_STRING)
-			take(&a->currency, token);
-	}
-}
-
 /*
  * Reads a WeChat Pay JSON answer (an object) into *parsed.  False with the
  * error in *answer if the body is not a JSON object.
@@ -478,36 +378,36 @@ parse_scalar(void *state, char *token, JsonTokenType tokentype)
 static bool
 wechatpay_parse(const HttpResult *result, WechatpayAnswer *parsed, CheckAnswer *answer)
 {
-	AnswerParse state;
-	JsonSemAction sem;
-	JsonLexContext *lex;
+	JsonField	f[] = {
+		{.path = "trade_state", .only = JSON_TOKEN_STRING},
+		{.path = "mchid", .only = JSON_TOKEN_STRING},
+		{.path = "out_trade_no", .only = JSON_TOKEN_STRING},
+		{.path = "code", .only = JSON_TOKEN_STRING},
+		{.path = "amount.total"},
+		{.path = "amount.currency", .only = JSON_TOKEN_STRING},
+	};
+	JsonFieldsResult read;
 
 	memset(parsed, 0, sizeof(*parsed));
-	if (result->body == NULL || result->body_len == 0 ||
-		strlen(result->body) != result->body_len ||
-		!pg_verifymbstr(result->body, (int) result->body_len, true))
+	read = result->body_len == 0 ? JSON_FIELDS_BAD_TEXT :
+		json_fields(result->body, result->body_len, JSON_FIELDS_OBJECT, f, lengthof(f));
+	if (read == JSON_FIELDS_BAD_TEXT)
 	{
 		answer_error(answer, "the answer is not valid JSON text (HTTP %ld)", result->status);
 		return false;
 	}
-	memset(&state, 0, sizeof(state));
-	state.answer = parsed;
-	memset(&sem, 0, sizeof(sem));
-	sem.semstate = &state;
-	sem.object_start = parse_object_start;
-	sem.object_end = parse_end;
-	sem.array_start = parse_array_start;
-	sem.array_end = parse_end;
-	sem.object_field_start = parse_field_start;
-	sem.scalar = parse_scalar;
-	lex = makeJsonLexContextCstringLen(result->body, (int) result->body_len,
-									   GetDatabaseEncoding(), true);
-	if (pg_parse_json(lex, &sem) != JSON_SUCCESS ||
-		result->body[strspn(result->body, " \t\r\n")] != '{')
+	if (read != JSON_FIELDS_OK)
 	{
 		answer_error(answer, "the answer is not a JSON object (HTTP %ld)", result->status);
 		return false;
 	}
+	parsed->trade_state = f[0].value;
+	parsed->mchid = f[1].value;
+	parsed->out_trade_no = f[2].value;
+	parsed->code = f[3].value;
+	parsed->total = f[4].value;
+	parsed->total_type = f[4].type;
+	parsed->currency = f[5].value;
 	return true;
 }
 
