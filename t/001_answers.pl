@@ -34,14 +34,6 @@ my $node = new_paysync_node('answers', conf => "log_min_messages = debug5\n");
 
 # ---------------------------------------------------------------- helpers
 
-# A SQL string literal.
-sub lit
-{
-	my ($s) = @_;
-	$s =~ s/'/''/g;
-	return "'$s'";
-}
-
 sub sql
 {
 	my ($query) = @_;
@@ -51,16 +43,12 @@ sub sql
 # Columns of one payment, '|'-separated.
 sub row_of
 {
-	my ($id, $cols) = @_;
-	return sql("SELECT $cols FROM paysync.payments WHERE payment_id = " . lit($id));
+	return payment_row($node, @_);
 }
 
 sub wait_status
 {
-	my ($id, $status) = @_;
-	return wait_for_sql($node,
-		'SELECT status FROM paysync.payments WHERE payment_id = ' . lit($id),
-		$status, "$id becomes $status");
+	return wait_payment_status($node, @_);
 }
 
 sub wait_true

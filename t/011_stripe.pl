@@ -75,13 +75,6 @@ my $node = new_paysync_node('stripe',
 
 # ---------------------------------------------------------------- helpers
 
-sub lit
-{
-	my ($s) = @_;
-	$s =~ s/'/''/g;
-	return "'$s'";
-}
-
 sub sql
 {
 	my ($query) = @_;
@@ -90,8 +83,7 @@ sub sql
 
 sub row_of
 {
-	my ($id, $cols) = @_;
-	return sql("SELECT $cols FROM paysync.payments WHERE payment_id = " . lit($id));
+	return payment_row($node, @_);
 }
 
 sub wait_true

@@ -118,13 +118,6 @@ sub sql
 	return $node->safe_psql('postgres', $query);
 }
 
-sub lit
-{
-	my ($s) = @_;
-	$s =~ s/'/''/g;
-	return "'$s'";
-}
-
 # ---------------------------------------------------------------- unit: request signature
 
 sql(q{

@@ -108,13 +108,6 @@ my $node = new_paysync_node('alipay');
 
 # ---------------------------------------------------------------- helpers
 
-sub lit
-{
-	my ($s) = @_;
-	$s =~ s/'/''/g;
-	return "'$s'";
-}
-
 sub sql
 {
 	my ($query) = @_;
@@ -132,16 +125,12 @@ sub sql_error
 
 sub row_of
 {
-	my ($id, $cols) = @_;
-	return sql("SELECT $cols FROM paysync.payments WHERE payment_id = " . lit($id));
+	return payment_row($node, @_);
 }
 
 sub wait_status
 {
-	my ($id, $status) = @_;
-	return wait_for_sql($node,
-		'SELECT status FROM paysync.payments WHERE payment_id = ' . lit($id),
-		$status, "$id becomes $status");
+	return wait_payment_status($node, @_);
 }
 
 sub events_of

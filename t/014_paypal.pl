@@ -76,13 +76,6 @@ sub sql
 	return $node->safe_psql('postgres', $query);
 }
 
-sub lit
-{
-	my ($s) = @_;
-	$s =~ s/'/''/g;
-	return "'$s'";
-}
-
 sub create_paypal_channel
 {
 	my ($name, $mock, $secret_sql) = @_;
@@ -92,16 +85,12 @@ sub create_paypal_channel
 
 sub wait_status
 {
-	my ($id, $status) = @_;
-	return wait_for_sql($node,
-		'SELECT status FROM paysync.payments WHERE payment_id = ' . lit($id),
-		$status, "$id becomes $status");
+	return wait_payment_status($node, @_);
 }
 
 sub row_of
 {
-	my ($id, $cols) = @_;
-	return sql("SELECT $cols FROM paysync.payments WHERE payment_id = " . lit($id));
+	return payment_row($node, @_);
 }
 
 # ---------------------------------------------------------------- create_channel

@@ -14,7 +14,8 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-our @EXPORT = qw(start_mock start_mock_program stop_mock mock_requests
+our @EXPORT = qw(lit payment_row wait_payment_status
+  start_mock start_mock_program stop_mock mock_requests
   mock_log mock_stats new_paysync_node create_mock_channel wait_for_sql
   status_of make_rsa_key spew_file STATUS_MAP);
 
@@ -182,6 +183,31 @@ sub make_rsa_key
 		  or die "openssl @$args failed: $err";
 	}
 	return ($key, $pub);
+}
+
+# text as an SQL string literal.
+sub lit
+{
+	my ($text) = @_;
+	$text =~ s/'/''/g;
+	return "'$text'";
+}
+
+# Columns of one payment, '|'-separated.
+sub payment_row
+{
+	my ($node, $payment_id, $columns) = @_;
+	return $node->safe_psql('postgres',
+		"SELECT $columns FROM paysync.payments WHERE payment_id = " . lit($payment_id));
+}
+
+# Waits until a payment has status (a test of its own).
+sub wait_payment_status
+{
+	my ($node, $payment_id, $status) = @_;
+	return wait_for_sql($node,
+		'SELECT status FROM paysync.payments WHERE payment_id = ' . lit($payment_id),
+		$status, "$payment_id becomes $status");
 }
 
 1;
