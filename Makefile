@@ -18,7 +18,7 @@ OBJS = \
 	src/stats.o \
 	src/functions.o
 
-DATA = sql/paysync--0.1.sql sql/paysync--0.1--0.2.sql
+DATA = sql/paysync--0.1.sql sql/paysync--0.1--0.2.sql sql/paysync--0.2--0.3.sql
 
 REGRESS = surface errors privileges operations
 REGRESS_OPTS = --temp-instance=tmp_check_regress --temp-config=expected/regress.conf

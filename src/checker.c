@@ -37,6 +37,15 @@
 /* The most of a channel's status word kept in channel_status and events. */
 #define CHANNEL_STATUS_MAX_BYTES 256
 
+/* The most of a recording failure kept in last_error. */
+#define RECORD_ERROR_MAX_BYTES 200
+
+/*
+ * Time a claim must still have, after a request's timeout, for its answer
+ * to be recorded before the claim lapses.
+ */
+#define RECORD_ALLOWANCE_MS 1000
+
 /* A channel row compiled for use; shared by the requests made with it. */
 typedef struct CompiledChannel
 {
@@ -73,6 +82,7 @@ typedef struct Check
 	char	   *payment_id;		/* NULL for CHECK_TOKEN */
 	int32		attempts;
 	TimestampTz due_at;
+	TimestampTz claimed_until;	/* a request must end before the claim lapses */
 	ChannelState *channel;
 	CompiledChannel *compiled;	/* set when the request starts */
 	uint32		token_generation;	/* of the token the request carried */
@@ -224,32 +234,59 @@ channel_timeout_ms(const CompiledChannel *compiled)
 	return paysync_request_timeout_ms;
 }
 
+/* The cap of a channel's own on requests in flight; 0 if it has none. */
+static int
+channel_cap(const ChannelState *channel)
+{
+	return channel->compiled->config ? channel->compiled->config->max_inflight : 0;
+}
+
 /*
- * The channels with a cap of their own and their free slots; with
- * only_full, just those with none free.
+ * Every known channel, with how long a claim of its payments lasts and,
+ * with honour_caps, how many may be claimed now (else no cap: -1).
  */
 static ChannelSlots
-channel_caps(bool only_full)
+channel_slots(bool honour_caps)
 {
-	ChannelSlots caps = {0};
+	ChannelSlots slots = {0};
 	int			n = 0;
 
 	for (ChannelState *c = channels; c; c = c->next)
 		n++;
-	caps.names = palloc(sizeof(char *) * Max(n, 1));
-	caps.free_slots = palloc(sizeof(int32) * Max(n, 1));
+	slots.names = palloc(sizeof(char *) * Max(n, 1));
+	slots.claim_ms = palloc(sizeof(int32) * Max(n, 1));
+	slots.free_slots = palloc(sizeof(int32) * Max(n, 1));
 	for (ChannelState *c = channels; c; c = c->next)
 	{
-		int			cap = c->compiled->config ? c->compiled->config->max_inflight : 0;
-		int			free_slots = Max(cap - c->in_flight, 0);
+		int			cap = channel_cap(c);
 
-		if (cap == 0 || (only_full && free_slots > 0))
-			continue;
-		caps.names[caps.n] = c->name;
-		caps.free_slots[caps.n] = free_slots;
-		caps.n++;
+		slots.names[slots.n] = c->name;
+		slots.claim_ms[slots.n] = channel_timeout_ms(c->compiled) + PAYSYNC_CLAIM_MARGIN_MS;
+		slots.free_slots[slots.n] = (honour_caps && cap > 0) ? Max(cap - c->in_flight, 0) : -1;
+		c->at_cap = (slots.free_slots[slots.n] == 0);
+		slots.n++;
 	}
-	return caps;
+	return slots;
+}
+
+/* The channels with a cap of their own and no free slot. */
+static ChannelSlots
+channels_at_cap(void)
+{
+	ChannelSlots full = {0};
+	int			n = 0;
+
+	for (ChannelState *c = channels; c; c = c->next)
+		n++;
+	full.names = palloc(sizeof(char *) * Max(n, 1));
+	for (ChannelState *c = channels; c; c = c->next)
+	{
+		int			cap = channel_cap(c);
+
+		if (cap > 0 && c->in_flight >= cap)
+			full.names[full.n++] = c->name;
+	}
+	return full;
 }
 
 /* Adds an answer to those waiting to be recorded (strings copied). */
@@ -327,17 +364,14 @@ int
 checker_claim(int limit, bool honour_caps, bool *maybe_more)
 {
 	ClaimedCheck *claimed;
-	ChannelSlots caps = {0};
+	ChannelSlots slots;
 	int			n;
 	MemoryContext old;
 
 	refresh_channels();
 	old = MemoryContextSwitchTo(scratch_context);
-	if (honour_caps)
-		caps = channel_caps(false);
-	for (int i = 0; i < caps.n; i++)
-		channel_find(caps.names[i])->at_cap = (caps.free_slots[i] == 0);
-	n = storage_claim(limit, paysync_request_timeout_ms, &caps, &claimed);
+	slots = channel_slots(honour_caps);
+	n = storage_claim(limit, &slots, &claimed);
 	MemoryContextSwitchTo(checker_context);
 	for (int i = 0; i < n; i++)
 	{
@@ -347,6 +381,8 @@ checker_claim(int limit, bool honour_caps, bool *maybe_more)
 		check->payment_id = pstrdup(claimed[i].payment_id);
 		check->attempts = claimed[i].attempts;
 		check->due_at = claimed[i].due_at;
+		/* the caller's transaction holds run_once()'s rows to its end */
+		check->claimed_until = honour_caps ? claimed[i].claimed_until : DT_NOEND;
 		check->channel = channel_find(claimed[i].channel);
 		if (check->channel == NULL) /* cannot happen: rows were just loaded */
 			elog(ERROR, "paysync: claimed a payment of unknown channel \"%s\"",
@@ -374,8 +410,8 @@ bool
 checker_next_due(TimestampTz *due_at)
 {
 	MemoryContext old = MemoryContextSwitchTo(scratch_context);
-	ChannelSlots caps = channel_caps(true);
-	bool		found = storage_next_due(&caps, due_at);
+	ChannelSlots full = channels_at_cap();
+	bool		found = storage_next_due(&full, due_at);
 
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(scratch_context);
@@ -449,6 +485,7 @@ checker_start_claimed(void)
 	int			kept = 0;
 	MemoryContext old = MemoryContextSwitchTo(scratch_context);
 	CompiledChannel *token_failed = NULL;
+	TimestampTz now = GetCurrentTimestamp();
 
 	http_engine_configure(paysync_max_inflight, (size_t) paysync_max_response_kb * 1024);
 	for (int i = 0; i < queue_len; i++)
@@ -498,6 +535,22 @@ checker_start_claimed(void)
 			}
 			token = compiled->token;
 			check->token_generation = compiled->token_generation;
+		}
+
+		/*
+		 * The request must be over, and its answer recorded, before the
+		 * claim lapses, or another checker could ask about the same payment
+		 * at the same time.  A check that waited too long (for a token, a
+		 * free slot) is dropped unasked: the payment is due again when its
+		 * claim lapses, with no error counted.
+		 */
+		if (now + (int64) (channel_timeout_ms(compiled) + RECORD_ALLOWANCE_MS) * 1000 >
+			check->claimed_until)
+		{
+			elog(DEBUG1, "paysync: the claim on payment \"%s\" is too close to lapsing to start its check",
+				 check->payment_id);
+			check_done(check);
+			continue;
 		}
 
 		memset(&request, 0, sizeof(request));
@@ -665,21 +718,111 @@ checker_wait(long timeout_ms, uint32 wait_event_info)
 }
 
 /*
- * Records up to limit waiting answers in the current transaction.  Returns
- * how many were recorded.
+ * Records n answers in a subtransaction, counting the final statuses they
+ * reached.  False if that failed, with the error message in *failure (the
+ * subtransaction rolled back); a cancel is passed on.
+ */
+static bool
+record_in_subtransaction(const RecordedAnswer *batch, int n, char **failure)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	FinalCount *volatile finals = NULL;
+	volatile int n_finals = 0;
+	volatile bool recorded = false;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(caller);
+	PG_TRY();
+	{
+		FinalCount *counted;
+
+		n_finals = storage_record(batch, n, &counted);
+		finals = counted;
+		ReleaseCurrentSubTransaction();
+		recorded = true;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(caller);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(caller);
+		CurrentResourceOwner = owner;
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+			ReThrowError(edata);
+		*failure = pstrdup(edata->message);
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(caller);
+	CurrentResourceOwner = owner;
+	for (int i = 0; i < n_finals; i++)
+		stats_final(finals[i].channel, finals[i].status, finals[i].count);
+	return recorded;
+}
+
+/*
+ * One answer that could not be recorded becomes an error on its own
+ * payment, so the rest of its batch is not lost with it.  If even that
+ * cannot be recorded, the answer is dropped: the payment is checked again
+ * when its claim lapses.
+ */
+static void
+record_alone(RecordedAnswer *answer)
+{
+	char	   *failure = NULL;
+	char	   *message;
+
+	if (record_in_subtransaction(answer, 1, &failure))
+		return;
+	message = psprintf("the answer could not be recorded: %s", failure);
+	message[pg_mbcliplen(message, strlen(message), RECORD_ERROR_MAX_BYTES)] = '\0';
+	ereport(LOG,
+			(errmsg("paysync could not record the answer for payment \"%s\"",
+					answer->payment_id),
+			 errdetail("%s", failure),
+			 errhint("The payment gets an error answer instead, and is checked again.")));
+	answer->status = NULL;
+	answer->channel_status = NULL;
+	answer->error = message;
+	answer->has_paid_amount = false;
+	answer->paid_currency = NULL;
+	answer->retry_after_s = -1;
+	if (!record_in_subtransaction(answer, 1, &failure))
+		ereport(LOG,
+				(errmsg("paysync could not record an error for payment \"%s\" either",
+						answer->payment_id),
+				 errdetail("%s", failure),
+				 errhint("It is checked again when its claim lapses.")));
+}
+
+/*
+ * Records up to limit waiting answers in the current transaction, all in
+ * one statement; if that fails, answer by answer, so that one answer that
+ * cannot be recorded costs only its own payment.  Returns how many answers
+ * were handled.
  */
 int
 checker_record(int limit)
 {
 	int			n = Min(limit, answers_len);
-	FinalCount *finals;
-	int			n_finals;
+	char	   *failure = NULL;
 
+	Assert(n >= 0 && answers_len <= answers_cap);
 	if (n == 0)
 		return 0;
-	n_finals = storage_record(answers, n, &finals);
-	for (int i = 0; i < n_finals; i++)
-		stats_final(finals[i].channel, finals[i].status, finals[i].count);
+	if (!record_in_subtransaction(answers, n, &failure))
+	{
+		ereport(LOG,
+				(errmsg("paysync could not record a batch of %d answers, recording them one by one", n),
+				 errdetail("%s", failure)));
+		for (int i = 0; i < n; i++)
+			record_alone(&answers[i]);
+	}
 	memmove(answers, answers + n, sizeof(RecordedAnswer) * (answers_len - n));
 	answers_len -= n;
 	if (answers_len == 0)

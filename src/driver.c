@@ -16,6 +16,10 @@
 #include "utils/datetime.h"
 #include "utils/fmgrprotos.h"
 #include "utils/resowner.h"
+#include "catalog/pg_type.h"
+#include "utils/array.h"
+#include "utils/fmgroids.h"
+#include "lib/stringinfo.h"
 
 #include "driver.h"
 
@@ -771,4 +775,31 @@ json_scalar_at_path(const char *body, size_t body_len, const char *path,
 	}
 	*value = field.value;
 	return true;
+}
+
+/* TEMPORARY (replaced by channel.c at merge) */
+ArrayType *
+channel_schedule(Jsonb *options, const char *channel)
+{
+	JsonbValue *v = option_value(options, "schedule");
+	StringInfoData text;
+
+	option_schedule(options, channel);
+	initStringInfo(&text);
+	if (v == NULL)
+		appendStringInfoString(&text, "{10s,30s,1min,2min,5min,10min,30min,1h}");
+	else
+	{
+		JsonbIterator *it = JsonbIteratorInit(v->val.binary.data);
+		JsonbValue	elem;
+		JsonbIteratorToken tok;
+
+		appendStringInfoChar(&text, '{');
+		while ((tok = JsonbIteratorNext(&it, &elem, true)) != WJB_DONE)
+			if (tok == WJB_ELEM)
+				appendStringInfo(&text, "%s\"%.*s\"", text.len > 1 ? "," : "",
+								 elem.val.string.len, elem.val.string.val);
+		appendStringInfoChar(&text, '}');
+	}
+	return DatumGetArrayTypeP(OidInputFunctionCall(F_ARRAY_IN, text.data, INTERVALOID, -1));
 }

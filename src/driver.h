@@ -170,6 +170,8 @@ extern bool is_settable_status(const char *status);
 extern void schedule_check(Interval **items, int n, const char *what);
 extern bool option_bool(Jsonb *options, const char *key, bool *value, const char *channel);
 extern bool amount_to_minor(const char *decimal, const char *currency, int64 *minor);
+#include "utils/array.h"
+extern ArrayType *channel_schedule(Jsonb *options, const char *channel);
 extern CryptoKey *option_key(Jsonb *options, const char *key, bool private_key,
 							 const char *channel);
 

@@ -27,6 +27,7 @@ PG_FUNCTION_INFO_V1(paysync_wake_worker_at_commit);
 PG_FUNCTION_INFO_V1(paysync_run_once);
 PG_FUNCTION_INFO_V1(paysync_worker_status);
 PG_FUNCTION_INFO_V1(paysync_channel_counters);
+PG_FUNCTION_INFO_V1(paysync_channel_schedule);
 
 /* _validate_channel(name, driver, base_url, options): ERROR if invalid. */
 Datum
@@ -213,4 +214,13 @@ paysync_channel_counters(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
+}
+
+/* _channel_schedule(channel, options): TEMPORARY */
+Datum
+paysync_channel_schedule(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	PG_RETURN_ARRAYTYPE_P(channel_schedule(PG_GETARG_JSONB_P(1), name));
 }

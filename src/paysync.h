@@ -13,7 +13,7 @@
 #include "port/atomics.h"
 #include "utils/timestamp.h"
 
-#define PAYSYNC_VERSION "0.2"
+#define PAYSYNC_VERSION "0.3"
 #define PAYSYNC_USER_AGENT "paysync/" PAYSYNC_VERSION
 
 /* A claim lapses this long after the request timeout. */

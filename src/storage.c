@@ -14,38 +14,16 @@
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 
-#include "paysync.h"
 #include "storage.h"
 
 /*
- * Claim: lock due payments per enabled channel (skipping any another
- * checker holds), at most its free slots, and push next_check_at past the
- * request timeout plus a margin.  That is the claim: if the answer never
- * comes back (crash), the payment is due again once the claim lapses.
+ * The payment state machine is SQL of the installed extension script
+ * (paysync._claim, paysync._record_answers): these statements only call it,
+ * and know nothing of its rules.
  */
 static const char *claim_sql =
-"WITH cand AS ("
-"  SELECT d.payment_id, d.next_check_at AS due_at,"
-"         coalesce((c.options->>'timeout_ms')::int, $2) + $5 AS claim_ms"
-"  FROM paysync.channels c"
-"  CROSS JOIN LATERAL ("
-"    SELECT p.payment_id, p.next_check_at"
-"    FROM paysync.payments p"
-"    WHERE p.channel = c.name AND p.status = 'pending'"
-"      AND p.next_check_at <= now()"
-"    ORDER BY p.next_check_at"
-"    LIMIT least($1, coalesce($4[array_position($3, c.name)], $1))"
-"    FOR UPDATE SKIP LOCKED) d"
-"  WHERE c.enabled"
-"  ORDER BY d.next_check_at"
-"  LIMIT $1)"
-" UPDATE paysync.payments p"
-" SET attempts = p.attempts + 1,"
-"     claimed_until = now() + make_interval(secs => cand.claim_ms / 1000.0),"
-"     next_check_at = now() + make_interval(secs => cand.claim_ms / 1000.0)"
-" FROM cand"
-" WHERE p.payment_id = cand.payment_id"
-" RETURNING p.payment_id, p.channel, p.attempts, cand.due_at, p.closing";
+"SELECT payment_id, channel, attempts, due_at, claimed_until, closing"
+" FROM paysync._claim($1, $2, $3, $4)";
 
 /* When the next check falls due, over channels not at their cap. */
 static const char *next_due_sql =
@@ -60,115 +38,18 @@ static const char *next_due_sql =
 static const char *channels_sql =
 "SELECT name, driver, base_url, options::text FROM paysync.channels";
 
-static const char *lock_events_sql = "SELECT paysync._lock_events()";
-
-/*
- * Record: apply each answer to its payment if the payment is still pending
- * and still on the same attempt (a report, or a newer claim after this one
- * lapsed, wins), write the event of each status change, all in one
- * statement.  The events trigger sends the NOTIFYs.
- *
- * A status answer: a final one is taken (source poll), except that a
- * "succeeded" whose paid amount or currency differs from the payment's is
- * "failed" with last_error saying so.  "pending" moves to the next step of
- * the schedule; when the schedule is used up with no deadline ahead, or the
- * answer came at or after expires_at, paysync gives up: the payment becomes
- * expired (source expiry), or, on a channel that closes trades it gives up
- * on, it is marked closing and due now, and the answer to that close makes
- * it closed (source expiry) or succeeded (paid meanwhile).  A close answer
- * "pending" (the channel refused the close without saying why: paid or
- * closed meanwhile), or "succeeded" with no amount for a payment that has
- * one, makes it a query again a second later, so the query says which and
- * the amount is checked.  An error:
- * errors + 1, step kept, retried after min(2^(errors-1) s, 5 min) +-20%,
- * or after Retry-After if later; an error never expires a payment.
- */
+/* The answers go over as parallel arrays, zipped into paysync._answer rows. */
 static const char *record_sql =
-"WITH answer AS ("
-"  SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[],"
-"                       $6::int[], $7::int8[], $8::text[], $9::bool[], $10::bool[])"
-"    AS a(payment_id, attempts, status, channel_status, error,"
-"         retry_after, paid_amount, paid_currency, is_close, close_on_expiry)"
-"), current AS ("
-"  SELECT p.payment_id, p.step, p.schedule, p.expires_at, p.amount_minor, p.currency,"
-"         a.status::paysync.payment_status AS answered, a.channel_status, a.error,"
-"         a.retry_after, a.paid_amount, upper(a.paid_currency) AS paid_currency,"
-"         a.is_close, a.close_on_expiry"
-"  FROM paysync.payments p JOIN answer a USING (payment_id)"
-"  WHERE p.status = 'pending' AND p.attempts = a.attempts"
-"  ORDER BY p.payment_id"
-"  FOR UPDATE OF p"
-"), judged AS ("
-"  SELECT c.*,"
-"    coalesce(c.error IS NULL AND c.answered = 'succeeded' AND c.amount_minor IS NOT NULL"
-"      AND c.paid_amount IS NOT NULL"
-"      AND (c.paid_amount <> c.amount_minor"
-"           OR (c.currency IS NOT NULL AND c.paid_currency IS NOT NULL"
-"               AND c.paid_currency <> c.currency)), false)"
-"      AS mismatch,"
-"    coalesce(c.error IS NULL AND NOT c.is_close AND c.answered = 'pending'"
-"      AND (c.expires_at <= now()"
-"           OR (c.step + 1 >= cardinality(c.schedule) AND c.expires_at IS NULL)), false)"
-"      AS gives_up,"
-"    coalesce(c.error IS NULL AND c.is_close AND (c.answered = 'pending'"
-"      OR (c.answered = 'succeeded' AND c.paid_amount IS NULL"
-"          AND c.amount_minor IS NOT NULL)), false)"
-"      AS requery"
-"  FROM current c"
-"), decided AS ("
-"  SELECT j.*, CASE"
-"    WHEN j.error IS NOT NULL THEN 'pending'"
-"    WHEN j.requery THEN 'pending'"
-"    WHEN j.mismatch THEN 'failed'"
-"    WHEN j.gives_up AND j.close_on_expiry THEN 'pending'"
-"    WHEN j.gives_up THEN 'expired'"
-"    ELSE j.answered END::paysync.payment_status AS new_status,"
-"    CASE WHEN j.mismatch THEN format('amount mismatch: expected %s %s, channel reports %s %s',"
-"      j.amount_minor, coalesce(j.currency, ''), j.paid_amount, coalesce(j.paid_currency, ''))"
-"    END AS mismatch_error"
-"  FROM judged j"
-"), changed AS ("
-"  UPDATE paysync.payments p SET"
-"    status = d.new_status,"
-"    channel_status = CASE WHEN d.error IS NULL"
-"      THEN coalesce(d.channel_status, p.channel_status) ELSE p.channel_status END,"
-"    step = CASE WHEN d.error IS NULL AND NOT d.is_close THEN p.step + 1 ELSE p.step END,"
-"    errors = CASE WHEN d.error IS NULL THEN 0 ELSE p.errors + 1 END,"
-"    last_error = coalesce(d.error, d.mismatch_error, p.last_error),"
-"    last_checked_at = now(),"
-"    claimed_until = NULL,"
-"    closing = NOT d.requery AND (p.closing OR (d.gives_up AND d.close_on_expiry)),"
-"    updated_at = now(),"
-"    finalized_at = CASE WHEN d.new_status <> 'pending' THEN now() END,"
-"    next_check_at = CASE"
-"      WHEN d.new_status <> 'pending' THEN NULL"
-"      WHEN d.error IS NOT NULL THEN now() + greatest("
-"        make_interval(secs => least(power(2, p.errors), 300) * (0.8 + random() * 0.4)),"
-"        make_interval(secs => coalesce(d.retry_after, 0)))"
-"      WHEN d.gives_up THEN now()"
-"      WHEN d.requery THEN now() + interval '1 second'"
-"      ELSE least(now() + p.schedule[least(p.step + 2, cardinality(p.schedule))],"
-"                 coalesce(p.expires_at, 'infinity'))"
-"      END"
-"  FROM decided d"
-"  WHERE p.payment_id = d.payment_id AND p.status = 'pending'"
-"  RETURNING p.payment_id, p.channel, p.status, p.channel_status, d.is_close"
-"), event AS ("
-"  INSERT INTO paysync.events (payment_id, channel, previous, status, channel_status, source)"
-"  SELECT payment_id, channel, 'pending', status, channel_status,"
-"         CASE WHEN status = 'expired' OR (is_close AND status = 'closed')"
-"              THEN 'expiry' ELSE 'poll' END"
-"  FROM changed WHERE status <> 'pending'"
-"  ORDER BY payment_id"
-"  RETURNING event_id"
-")"
-" SELECT channel, status::text, count(*) FROM changed"
-" WHERE status <> 'pending' GROUP BY channel, status";
+"SELECT channel, status::text, payments"
+" FROM paysync._record_answers(ARRAY("
+"   SELECT ROW(a.*)::paysync._answer"
+"   FROM unnest($1::text[], $2::int[], $3::text[]::paysync.payment_status[],"
+"               $4::text[], $5::text[], $6::int[], $7::int8[], $8::text[],"
+"               $9::bool[], $10::bool[]) a))";
 
 static SPIPlanPtr claim_plan = NULL;
 static SPIPlanPtr next_due_plan = NULL;
 static SPIPlanPtr channels_plan = NULL;
-static SPIPlanPtr lock_events_plan = NULL;
 static SPIPlanPtr record_plan = NULL;
 
 /* Prepares sql once per process and keeps the plan. */
@@ -242,26 +123,25 @@ storage_extension_exists(void)
 }
 
 /*
- * Claims up to limit due payments, no more per capped channel than its free
- * slots.  Returns how many, with *claimed allocated in the caller's context.
+ * Claims up to limit due payments of the channels in slots, no more of a
+ * capped channel than its free slots.  Returns how many, with *claimed
+ * allocated in the caller's context.
  */
 int
-storage_claim(int limit, int default_timeout_ms, const ChannelSlots *caps,
-			  ClaimedCheck **claimed)
+storage_claim(int limit, const ChannelSlots *slots, ClaimedCheck **claimed)
 {
 	MemoryContext caller = CurrentMemoryContext;
-	Oid			argtypes[5] = {INT4OID, INT4OID, TEXTARRAYOID, INT4ARRAYOID, INT4OID};
-	Datum		args[5];
+	Oid			argtypes[4] = {INT4OID, TEXTARRAYOID, INT4ARRAYOID, INT4ARRAYOID};
+	Datum		args[4];
 	int			n;
 
 	SPI_connect();
 	args[0] = Int32GetDatum(limit);
-	args[1] = Int32GetDatum(default_timeout_ms);
-	args[2] = text_array(caps->names, caps->n);
-	args[3] = int_array(caps->free_slots, caps->n, false);
-	args[4] = Int32GetDatum(PAYSYNC_CLAIM_MARGIN_MS);
-	if (SPI_execute_plan(kept_plan(&claim_plan, claim_sql, 5, argtypes),
-						 args, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+	args[1] = text_array(slots->names, slots->n);
+	args[2] = int_array(slots->claim_ms, slots->n, false);
+	args[3] = int_array(slots->free_slots, slots->n, true);
+	if (SPI_execute_plan(kept_plan(&claim_plan, claim_sql, 4, argtypes),
+						 args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "paysync: claim failed");
 
 	n = (int) SPI_processed;
@@ -276,7 +156,8 @@ storage_claim(int limit, int default_timeout_ms, const ChannelSlots *caps,
 		(*claimed)[i].channel = MemoryContextStrdup(caller, SPI_getvalue(tuple, desc, 2));
 		(*claimed)[i].attempts = DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull));
 		(*claimed)[i].due_at = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 4, &isnull));
-		(*claimed)[i].closing = DatumGetBool(SPI_getbinval(tuple, desc, 5, &isnull));
+		(*claimed)[i].claimed_until = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 5, &isnull));
+		(*claimed)[i].closing = DatumGetBool(SPI_getbinval(tuple, desc, 6, &isnull));
 	}
 	SPI_finish();
 	return n;
@@ -287,14 +168,14 @@ storage_claim(int limit, int default_timeout_ms, const ChannelSlots *caps,
  * False if no payment is pending.
  */
 bool
-storage_next_due(const ChannelSlots *caps, TimestampTz *due_at)
+storage_next_due(const ChannelSlots *full, TimestampTz *due_at)
 {
 	Oid			argtypes[1] = {TEXTARRAYOID};
 	Datum		args[1];
 	bool		isnull = true;
 
 	SPI_connect();
-	args[0] = text_array(caps->names, caps->n);
+	args[0] = text_array(full->names, full->n);
 	if (SPI_execute_plan(kept_plan(&next_due_plan, next_due_sql, 1, argtypes),
 						 args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "paysync: next due query failed");
@@ -339,8 +220,7 @@ storage_load_channels(ChannelRow **rows)
 /*
  * Records n answers in one statement; returns how many (channel, final
  * status) pairs were reached, with their counts in *finals (caller's
- * context).  Takes the events lock first, as report() does, so the two
- * never wait on each other in opposite orders.
+ * context).
  */
 int
 storage_record(const RecordedAnswer *answers, int n, FinalCount **finals)
@@ -395,9 +275,6 @@ storage_record(const RecordedAnswer *answers, int n, FinalCount **finals)
 	args[8] = PointerGetDatum(construct_array(is_close, n, BOOLOID, 1, true, TYPALIGN_CHAR));
 	args[9] = PointerGetDatum(construct_array(close_on_expiry, n, BOOLOID, 1, true, TYPALIGN_CHAR));
 
-	if (SPI_execute_plan(kept_plan(&lock_events_plan, lock_events_sql, 0, NULL),
-						 NULL, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "paysync: taking the events lock failed");
 	if (SPI_execute_plan(kept_plan(&record_plan, record_sql, 10, argtypes),
 						 args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "paysync: recording answers failed");

@@ -19,6 +19,7 @@ typedef struct ClaimedCheck
 	char	   *channel;
 	int32		attempts;		/* the attempt this claim is; the answer must match */
 	TimestampTz due_at;
+	TimestampTz claimed_until;	/* the claim lapses then */
 	bool		closing;		/* close the trade rather than ask about it */
 } ClaimedCheck;
 
@@ -47,18 +48,22 @@ typedef struct RecordedAnswer
 	bool		close_on_expiry;	/* the channel closes trades it gives up on */
 } RecordedAnswer;
 
-/* Channels whose own max_inflight limits how many may be claimed now. */
+/*
+ * Channels to claim from: how long a claim of each lasts (its request
+ * timeout and a margin), and how many of its payments may be claimed now
+ * (-1: no cap of its own).
+ */
 typedef struct ChannelSlots
 {
 	int			n;
 	char	  **names;
+	int32	   *claim_ms;
 	int32	   *free_slots;
 } ChannelSlots;
 
 extern bool storage_extension_exists(void);
-extern int	storage_claim(int limit, int default_timeout_ms, const ChannelSlots *caps,
-						  ClaimedCheck **claimed);
-extern bool storage_next_due(const ChannelSlots *caps, TimestampTz *due_at);
+extern int	storage_claim(int limit, const ChannelSlots *slots, ClaimedCheck **claimed);
+extern bool storage_next_due(const ChannelSlots *full, TimestampTz *due_at);
 extern int	storage_load_channels(ChannelRow **rows);
 /* How many payments of a channel reached a final status in one record. */
 typedef struct FinalCount

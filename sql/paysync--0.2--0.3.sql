@@ -1,0 +1,447 @@
+/* paysync--0.2--0.3.sql: the payment state machine in SQL, one owner per fact */
+
+\echo Use "ALTER EXTENSION paysync UPDATE TO '0.3'" to load this file. \quit
+
+/*
+ * The payment state machine.  Every rule of the contract's "Checking and
+ * scheduling" lives below, in this versioned script, and nowhere else: the
+ * worker and run_once() only claim (paysync._claim) and hand over what the
+ * channels answered (paysync._record_answers); report() and the answers
+ * end a payment through the same step (paysync._finalize).  The C module
+ * checks that the installed version is the one it was built for.
+ */
+
+-- One answer from a channel, as the checker hands it over.
+CREATE TYPE paysync._answer AS (
+	payment_id		text,
+	attempts		integer,	/* the claim it answers: an older one is ignored */
+	status			paysync.payment_status,	/* the channel's, mapped; NULL: error */
+	channel_status	text,		/* the channel's own word, or NULL */
+	error			text,		/* what went wrong, when status is NULL */
+	retry_after_s	integer,	/* the channel's Retry-After, or NULL */
+	paid_amount		bigint,		/* what the channel says was paid, or NULL */
+	paid_currency	text,
+	is_close		boolean,	/* the answer to a close request */
+	close_on_expiry boolean		/* the channel closes trades paysync gives up on */
+);
+
+-- The delay before checking again after the errors-th error in a row:
+-- min(2^(errors-1) s, 5 min) times jitter (0.8 to 1.2 in use), or the
+-- channel's Retry-After if that is later, itself at most one hour.
+CREATE FUNCTION paysync._error_delay(errors integer, retry_after_s integer,
+									 jitter double precision)
+RETURNS interval
+LANGUAGE sql
+IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT make_interval(secs => greatest(
+		least(power(2, least(greatest(errors, 1) - 1, 30)), 300) * jitter,
+		least(greatest(coalesce(retry_after_s, 0), 0), 3600)))
+$$;
+
+-- When a payment is due next once answered = answers "pending" have come:
+-- the next delay of its schedule (the last one repeats), never past its
+-- deadline.
+CREATE FUNCTION paysync._next_check_at(schedule interval[], answered integer,
+									   expires_at timestamptz)
+RETURNS timestamptz
+LANGUAGE sql
+STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT least(now() + schedule[least(answered + 1, cardinality(schedule))],
+				 coalesce(expires_at, 'infinity'))
+$$;
+
+-- Ends pending payments: each takes its final status (the channel's word
+-- kept if given), is no longer due or claimed, and gets its one event with
+-- the given source.  Payments no longer pending are left alone.  Returns
+-- the payments it ended.  Every way a payment ends comes through here.
+CREATE FUNCTION paysync._finalize(payment_ids text[],
+								  statuses paysync.payment_status[],
+								  channel_statuses text[], sources text[])
+RETURNS TABLE (payment_id text, channel text, status paysync.payment_status)
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH final AS (
+		SELECT * FROM unnest(payment_ids, statuses, channel_statuses, sources)
+			AS f(payment_id, status, channel_status, source)
+	), changed AS (
+		UPDATE paysync.payments p
+		SET status = f.status,
+			channel_status = coalesce(f.channel_status, p.channel_status),
+			next_check_at = NULL,
+			claimed_until = NULL,
+			finalized_at = now(),
+			updated_at = now()
+		FROM final f
+		WHERE p.payment_id = f.payment_id AND p.status = 'pending'
+			AND f.status <> 'pending'
+		RETURNING p.payment_id, p.channel, p.status, p.channel_status, f.source
+	), event AS (
+		INSERT INTO paysync.events (payment_id, channel, previous, status,
+									channel_status, source)
+		SELECT c.payment_id, c.channel, 'pending', c.status, c.channel_status,
+			   c.source
+		FROM changed c
+		ORDER BY c.payment_id
+		RETURNING 1
+	)
+	SELECT c.payment_id, c.channel, c.status FROM changed c
+$$;
+
+/*
+ * Claims up to max_rows due payments for checking, oldest due first, from
+ * the enabled channels named in channel_names only, at most
+ * channel_free_slots of each (NULL: no cap of its own), skipping rows
+ * another checker holds.  A claim is the payment's next attempt: attempts
+ * goes up and the payment is not due again until the claim lapses, after
+ * channel_claim_ms (the channel's request timeout and a margin, which only
+ * the compiled channel knows); an answer that never comes back (a crash) is
+ * thus retried, and an answer to an older attempt is never recorded.
+ */
+CREATE FUNCTION paysync._claim(max_rows integer, channel_names text[],
+							   channel_claim_ms integer[],
+							   channel_free_slots integer[])
+RETURNS TABLE (payment_id text, channel text, attempts integer,
+			   due_at timestamptz, claimed_until timestamptz, closing boolean)
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH chan AS (
+		SELECT u.name, u.claim_ms, u.free_slots
+		FROM unnest(channel_names, channel_claim_ms, channel_free_slots)
+			AS u(name, claim_ms, free_slots)
+		JOIN paysync.channels c ON c.name = u.name AND c.enabled
+	), cand AS (
+		SELECT d.payment_id, d.next_check_at AS due_at, ch.claim_ms
+		FROM chan ch
+		CROSS JOIN LATERAL (
+			SELECT p.payment_id, p.next_check_at
+			FROM paysync.payments p
+			WHERE p.channel = ch.name AND p.status = 'pending'
+				AND p.next_check_at <= now()
+			ORDER BY p.next_check_at
+			LIMIT least(max_rows, coalesce(ch.free_slots, max_rows))
+			FOR UPDATE SKIP LOCKED
+		) d
+		ORDER BY d.next_check_at
+		LIMIT max_rows
+	)
+	UPDATE paysync.payments p
+	SET attempts = p.attempts + 1,
+		claimed_until = now() + make_interval(secs => cand.claim_ms / 1000.0),
+		next_check_at = now() + make_interval(secs => cand.claim_ms / 1000.0)
+	FROM cand
+	WHERE p.payment_id = cand.payment_id
+	RETURNING p.payment_id, p.channel, p.attempts, cand.due_at, p.claimed_until,
+			  p.closing
+$$;
+
+/*
+ * Records what the channels answered.  An answer counts only if its payment
+ * is still pending and still on the attempt that was asked (a report, or a
+ * newer claim after this one lapsed, wins).
+ *
+ * A status answer resets errors and is taken as it is (source poll), except:
+ * - "succeeded" with a paid amount or currency other than the payment's is
+ *   "failed", last_error saying so;
+ * - "pending" moves to the next step of the schedule (the last delay
+ *   repeats while expires_at lies ahead); when the schedule is used up with
+ *   no deadline, or the answer came at or after expires_at, paysync gives
+ *   up: the payment becomes expired (source expiry), or, on a channel that
+ *   closes trades it gives up on, it is marked closing and due at once;
+ * - the answer to that close: "closed" ends it closed (source expiry),
+ *   "succeeded" (paid meanwhile) ends it succeeded; "pending" (the channel
+ *   refused the close without saying why) or "succeeded" without the amount
+ *   a payment with one must have makes it a query again a second later, so
+ *   the query says which and the amount is checked.
+ * An error: errors + 1, last_error set, step kept, checked again after
+ * paysync._error_delay (never past a deadline still ahead); an error never
+ * ends a payment.  Returns how many payments of each channel reached each
+ * final status.
+ */
+CREATE FUNCTION paysync._record_answers(answers paysync._answer[])
+RETURNS TABLE (channel text, status paysync.payment_status, payments bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	final_ids	text[];
+	final_statuses paysync.payment_status[];
+	final_words	text[];
+	final_sources text[];
+BEGIN
+	/* the events lock first, then the rows: report() takes them in this order */
+	PERFORM paysync._lock_events();
+
+	WITH current AS (
+		SELECT p.payment_id, p.step, p.errors, p.schedule, p.expires_at,
+			   p.amount_minor, p.currency,
+			   a.status AS answered, a.channel_status, a.error,
+			   a.retry_after_s, a.paid_amount,
+			   upper(a.paid_currency) AS paid_currency,
+			   coalesce(a.is_close, false) AS is_close,
+			   coalesce(a.close_on_expiry, false) AS close_on_expiry
+		FROM paysync.payments p
+		JOIN unnest(answers) a ON a.payment_id = p.payment_id
+		WHERE p.status = 'pending' AND p.attempts = a.attempts
+		ORDER BY p.payment_id
+		FOR UPDATE OF p
+	), judged AS (
+		SELECT c.*,
+			coalesce(c.error IS NULL AND c.answered = 'succeeded'
+					 AND c.amount_minor IS NOT NULL AND c.paid_amount IS NOT NULL
+					 AND (c.paid_amount <> c.amount_minor
+						  OR (c.currency IS NOT NULL AND c.paid_currency IS NOT NULL
+							  AND c.paid_currency <> c.currency)), false)
+				AS mismatch,
+			coalesce(c.error IS NULL AND NOT c.is_close AND c.answered = 'pending'
+					 AND (c.expires_at <= now()
+						  OR (c.step + 1 >= cardinality(c.schedule)
+							  AND c.expires_at IS NULL)), false)
+				AS gives_up,
+			coalesce(c.error IS NULL AND c.is_close
+					 AND (c.answered = 'pending'
+						  OR (c.answered = 'succeeded' AND c.paid_amount IS NULL
+							  AND c.amount_minor IS NOT NULL)), false)
+				AS requery
+		FROM current c
+	), decided AS (
+		SELECT j.*,
+			CASE
+				WHEN j.error IS NOT NULL OR j.answered IS NULL THEN 'pending'
+				WHEN j.requery THEN 'pending'
+				WHEN j.mismatch THEN 'failed'
+				WHEN j.gives_up AND j.close_on_expiry THEN 'pending'
+				WHEN j.gives_up THEN 'expired'
+				ELSE j.answered
+			END::paysync.payment_status AS new_status,
+			CASE WHEN j.mismatch THEN
+				format('amount mismatch: expected %s %s, channel reports %s %s',
+					   j.amount_minor, coalesce(j.currency, ''), j.paid_amount,
+					   coalesce(j.paid_currency, ''))
+			END AS mismatch_error,
+			j.error IS NOT NULL OR j.answered IS NULL AS failed
+		FROM judged j
+	), changed AS (
+		UPDATE paysync.payments p
+		SET channel_status = CASE WHEN d.failed THEN p.channel_status
+								  ELSE coalesce(d.channel_status, p.channel_status) END,
+			step = CASE WHEN NOT d.failed AND NOT d.is_close THEN p.step + 1
+						ELSE p.step END,
+			errors = CASE WHEN d.failed THEN p.errors + 1 ELSE 0 END,
+			last_error = coalesce(d.error, d.mismatch_error,
+								  CASE WHEN d.failed THEN 'no answer' END,
+								  p.last_error),
+			last_checked_at = now(),
+			claimed_until = NULL,
+			closing = NOT d.requery AND (p.closing OR (d.gives_up AND d.close_on_expiry)),
+			updated_at = now(),
+			next_check_at = CASE
+				WHEN d.new_status <> 'pending' THEN NULL
+				WHEN d.failed THEN
+					CASE WHEN p.expires_at > now()
+						 THEN least(now() + paysync._error_delay(p.errors + 1, d.retry_after_s,
+																 0.8 + random() * 0.4),
+									p.expires_at)
+						 ELSE now() + paysync._error_delay(p.errors + 1, d.retry_after_s,
+														   0.8 + random() * 0.4)
+					END
+				WHEN d.gives_up THEN now()
+				WHEN d.requery THEN now() + interval '1 second'
+				ELSE paysync._next_check_at(p.schedule, p.step + 1, p.expires_at)
+			END
+		FROM decided d
+		WHERE p.payment_id = d.payment_id
+		RETURNING d.payment_id, d.new_status, d.channel_status,
+				  CASE WHEN d.new_status = 'expired'
+						 OR (d.is_close AND d.new_status = 'closed')
+					   THEN 'expiry' ELSE 'poll' END AS source
+	)
+	SELECT array_agg(c.payment_id) FILTER (WHERE c.new_status <> 'pending'),
+		   array_agg(c.new_status) FILTER (WHERE c.new_status <> 'pending'),
+		   array_agg(c.channel_status) FILTER (WHERE c.new_status <> 'pending'),
+		   array_agg(c.source) FILTER (WHERE c.new_status <> 'pending')
+	INTO final_ids, final_statuses, final_words, final_sources
+	FROM changed c;
+
+	IF final_ids IS NULL THEN
+		RETURN;
+	END IF;
+	RETURN QUERY
+		SELECT f.channel, f.status, count(*)
+		FROM paysync._finalize(final_ids, final_statuses, final_words,
+							   final_sources) f
+		GROUP BY f.channel, f.status;
+END
+$$;
+
+-- A channel's default schedule: its "schedule" option, else the built-in
+-- default.  Read by the compiled channel, the one owner of channel options.
+CREATE FUNCTION paysync._channel_schedule(channel text, options jsonb)
+RETURNS interval[]
+LANGUAGE C STRICT STABLE
+AS 'MODULE_PATHNAME', 'paysync_channel_schedule';
+
+/* track() and report() move onto the shared steps above. */
+
+CREATE OR REPLACE FUNCTION paysync.track(payment_id text, channel text,
+										 amount_minor bigint DEFAULT NULL,
+										 currency text DEFAULT NULL,
+										 schedule interval[] DEFAULT NULL,
+										 expires_at timestamptz DEFAULT NULL,
+										 metadata jsonb DEFAULT NULL)
+RETURNS paysync.payments
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	chan		paysync.channels;
+	plan		interval[] := schedule;
+	tracked		paysync.payments;
+BEGIN
+	IF payment_id IS NULL THEN
+		RAISE EXCEPTION 'track: payment_id must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF channel IS NULL THEN
+		RAISE EXCEPTION 'track: channel must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF length(payment_id) NOT BETWEEN 1 AND 128 OR payment_id ~ '[[:cntrl:]]' THEN
+		RAISE EXCEPTION 'invalid payment_id "%"', left(regexp_replace(payment_id, '[[:cntrl:]]', '?', 'g'), 140)
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'A payment_id has 1 to 128 characters and no control characters.';
+	END IF;
+	IF amount_minor < 0 THEN
+		RAISE EXCEPTION 'invalid amount_minor %', amount_minor
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'An amount must not be negative.';
+	END IF;
+	IF currency !~ '^[A-Z]{3}$' THEN
+		RAISE EXCEPTION 'invalid currency "%"', currency
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Use an ISO 4217 code in capitals, such as CNY or USD.';
+	END IF;
+
+	SELECT * INTO chan FROM paysync.channels c WHERE c.name = track.channel;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'unknown channel "%"', channel
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'Create it first with paysync.create_channel().';
+	END IF;
+
+	IF plan IS NULL THEN
+		plan := paysync._channel_schedule(chan.name, chan.options);
+	END IF;
+	PERFORM paysync._validate_schedule(plan);
+
+	INSERT INTO paysync.payments AS p
+		(payment_id, channel, amount_minor, currency, schedule, expires_at,
+		 metadata, next_check_at)
+	VALUES (payment_id, channel, amount_minor, currency, plan, expires_at,
+			metadata, paysync._next_check_at(plan, 0, expires_at))
+	ON CONFLICT ON CONSTRAINT payments_pkey DO NOTHING
+	RETURNING * INTO tracked;
+
+	IF FOUND THEN
+		PERFORM paysync._wake_worker_at_commit(tracked.next_check_at);
+		RETURN tracked;
+	END IF;
+
+	SELECT * INTO tracked FROM paysync.payments p WHERE p.payment_id = track.payment_id;
+	IF tracked.channel IS DISTINCT FROM channel
+		OR tracked.amount_minor IS DISTINCT FROM amount_minor
+		OR tracked.currency IS DISTINCT FROM currency THEN
+		RAISE EXCEPTION 'payment "%" is already tracked with other details', payment_id
+			USING ERRCODE = 'unique_violation',
+				  DETAIL = format('Tracked: channel %s, amount_minor %s, currency %s; given: channel %s, amount_minor %s, currency %s.',
+								  tracked.channel, coalesce(tracked.amount_minor::text, 'null'),
+								  coalesce(tracked.currency, 'null'), channel,
+								  coalesce(amount_minor::text, 'null'), coalesce(currency, 'null'));
+	END IF;
+	RETURN tracked;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION paysync.report(payment_id text,
+										  status paysync.payment_status,
+										  channel_status text DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	current		paysync.payments;
+BEGIN
+	IF payment_id IS NULL THEN
+		RAISE EXCEPTION 'report: payment_id must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF status IS NULL THEN
+		RAISE EXCEPTION 'report: status must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF octet_length(channel_status) > 256 THEN
+		RAISE EXCEPTION 'report: channel_status "%..." is too long', left(channel_status, 32)
+			USING ERRCODE = 'string_data_right_truncation',
+				  DETAIL = format('It has %s bytes; at most 256 are kept.', octet_length(channel_status));
+	END IF;
+	IF status IN ('pending', 'expired') THEN
+		RAISE EXCEPTION 'report: status "%" cannot be reported', status
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Report a final status: succeeded, failed, cancelled or closed.';
+	END IF;
+
+	/* the events lock first, then the row: the worker takes them in this order */
+	PERFORM paysync._lock_events();
+	SELECT * INTO current FROM paysync.payments p
+	WHERE p.payment_id = report.payment_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'unknown payment "%"', payment_id
+			USING ERRCODE = 'no_data_found';
+	END IF;
+
+	IF current.status = status THEN
+		RETURN false;
+	END IF;
+	IF current.status <> 'pending' THEN
+		RAISE EXCEPTION 'payment "%" is already %, it cannot become %',
+			payment_id, current.status, status
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'A final status never changes; reconcile this payment by hand.';
+	END IF;
+
+	PERFORM paysync._finalize(ARRAY[payment_id], ARRAY[status],
+							  ARRAY[channel_status], ARRAY['report']);
+	RETURN true;
+END
+$$;
+
+/* Privileges: the new internals are for the extension's owner only. */
+
+REVOKE ALL ON FUNCTION paysync._error_delay(integer, integer, double precision) FROM PUBLIC;
+REVOKE ALL ON FUNCTION paysync._next_check_at(interval[], integer, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION paysync._finalize(text[], paysync.payment_status[], text[], text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION paysync._claim(integer, text[], integer[], integer[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION paysync._record_answers(paysync._answer[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION paysync._channel_schedule(text, jsonb) FROM PUBLIC;
+/* 0.2 left it executable by PUBLIC: it lists every channel and its traffic */
+REVOKE ALL ON FUNCTION paysync._channel_counters() FROM PUBLIC;
+
+/*
+ * 0.2 let a schedule whose first index is not 1 through (such as
+ * '[2:3]={1h,2h}'): its payments were never due.  Renumber such schedules
+ * from 1 and make their pending payments due now.
+ */
+UPDATE paysync.payments
+SET schedule = schedule[array_lower(schedule, 1):array_upper(schedule, 1)],
+	next_check_at = CASE WHEN status = 'pending'
+						 THEN coalesce(next_check_at, now()) END
+WHERE array_lower(schedule, 1) <> 1;
