@@ -1,0 +1,54 @@
+--
+-- upgrade: 0.2 with data in it, then ALTER EXTENSION ... UPDATE TO '0.3'.
+-- The data is kept; a schedule 0.2 let start at index 2 (its payment never
+-- due) is renumbered and made due; the state machine of 0.3 carries on with
+-- rows 0.2 wrote.  (0.1 to 0.3 in one step is in operations.)
+--
+SET timezone = 'UTC';
+SET datestyle = 'ISO, YMD';
+SET intervalstyle = 'postgres';
+
+SET client_min_messages = warning;
+DROP EXTENSION IF EXISTS paysync CASCADE;
+RESET client_min_messages;
+
+CREATE EXTENSION paysync VERSION '0.2';
+SELECT paysync.create_channel('wallet', 'http_json', 'http://127.0.0.1:9',
+	'{"status_map": {"PAID": "succeeded", "WAIT": "pending"}}');
+SELECT payment_id, status FROM paysync.track('V-1', 'wallet', 100, 'CNY', '{10s,1min}');
+SELECT payment_id, status FROM paysync.track('V-2', 'wallet', 200, 'CNY');
+SELECT payment_id, status FROM paysync.track('V-3', 'wallet', 300, 'CNY', '[2:3]={1h,2h}');
+SELECT paysync.report('V-2', 'succeeded', 'PAID');
+SELECT payment_id, schedule, next_check_at IS NULL AS never_due
+FROM paysync.payments WHERE payment_id = 'V-3';
+CREATE TEMP TABLE before_update AS
+	SELECT p.*, e.event_id, e.source FROM paysync.payments p
+	LEFT JOIN paysync.events e USING (payment_id);
+
+ALTER EXTENSION paysync UPDATE TO '0.3';
+SELECT extversion FROM pg_extension WHERE extname = 'paysync';
+
+-- every row but V-3 is untouched
+SELECT payment_id FROM (
+	(SELECT * FROM before_update EXCEPT
+	 SELECT p.*, e.event_id, e.source FROM paysync.payments p
+	 LEFT JOIN paysync.events e USING (payment_id))
+	UNION ALL
+	(SELECT p.*, e.event_id, e.source FROM paysync.payments p
+	 LEFT JOIN paysync.events e USING (payment_id) EXCEPT
+	 SELECT * FROM before_update)) diff
+ORDER BY 1;
+SELECT payment_id, schedule, array_lower(schedule, 1) AS first_index,
+	   next_check_at <= now() AS due_now
+FROM paysync.payments WHERE payment_id = 'V-3';
+
+-- 0.3's state machine works on rows 0.2 wrote
+SELECT * FROM paysync._record_answers(ARRAY[
+	ROW('V-1', 0, 'pending', 'WAIT', NULL, NULL, NULL, NULL, false, false)::paysync._answer,
+	ROW('V-3', 0, 'succeeded', 'PAID', NULL, NULL, 300, 'CNY', false, false)::paysync._answer]);
+SELECT payment_id, status, step, channel_status FROM paysync.payments ORDER BY 1;
+SELECT event_id, payment_id, status, source FROM paysync.events_since(0);
+SELECT paysync.report('V-1', 'failed', 'CLOSED_BY_BUYER');
+
+DROP TABLE before_update;
+DROP EXTENSION paysync;
