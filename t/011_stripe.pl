@@ -201,6 +201,12 @@ sub pi_body
 	like(interpret(200, '["succeeded"]'), qr/^error=.*not a JSON object/, 'an array is an error');
 	like(interpret(0, 'Timeout was reached'), qr/^error=Timeout was reached$/m,
 		'a transport error is an error');
+	# paysync_test_interpret escapes values to keep each on its line;
+	# test_fields() undoes that
+	my $escaped = interpret(0, "two\nlines, a \\ and a \x01");
+	is($escaped, 'error=two\nlines, a \\\\ and a \x01',
+		'paysync_test_interpret escapes line breaks, backslashes and control characters');
+	is(test_fields($escaped)->{error}, "two\nlines, a \\ and a \x01", '... and test_fields() undoes it');
 
 	my $r = interpret(401,
 		q({"error": {"type": "invalid_request_error", "message": "Invalid API Key provided: sk_test_****************WXYZ"}}),
