@@ -48,7 +48,9 @@
  *					or error=the message
  *
  *		Header values and tokens are secrets in production; these functions
- *		show them because the tests check them.  They are not installed.
+ *		show them because the tests check them, for options the caller gives.
+ *		No install script declares them, and only a superuser can (LANGUAGE
+ *		C).
  */
 #include "postgres.h"
 

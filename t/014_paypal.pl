@@ -39,16 +39,6 @@ sub start_paypal_mock
 		'--client-secret', $SECRET, @args);
 }
 
-# The mock's counters: token_requests, tokens_issued, orders_requests,
-# unauthorized.
-sub stats
-{
-	my ($mock) = @_;
-	my $json = `curl -s http://127.0.0.1:$mock->{port}/_stats`;
-	my %stats = $json =~ /"(\w+)":(\d+)/g;
-	return \%stats;
-}
-
 # The mock's log: [unix_us, method, path, payment_id, http_status, token].
 sub paypal_log
 {
@@ -226,7 +216,7 @@ for my $case ([ 'u~U', qr/unknown PayPal order status "WEIRD"/ ],
 
 # One token served every check of channel pp.
 {
-	my $s = stats($good);
+	my $s = mock_stats($good);
 	is($s->{token_requests}, 1, 'pp: one token request for all its checks');
 	is($s->{tokens_issued}, 1, '... one token issued');
 	is($s->{unauthorized}, 0, '... no order request refused');
@@ -238,7 +228,7 @@ for my $case ([ 'u~U', qr/unknown PayPal order status "WEIRD"/ ],
 # A token is renewed before it expires: no request is ever refused.
 wait_payment_status($node, 'renew~C,C,C,C,C,C,P', 'succeeded');
 {
-	my $s = stats($renew);
+	my $s = mock_stats($renew);
 	cmp_ok($s->{tokens_issued}, '>=', 2, "pp_renew: the token was renewed ($s->{tokens_issued} issued)");
 	is($s->{unauthorized}, 0, '... before it expired: no request refused');
 	is(payment_row($node, 'renew~C,C,C,C,C,C,P', 'errors'), '0', '... and no error');
@@ -248,7 +238,7 @@ wait_payment_status($node, 'renew~C,C,C,C,C,C,P', 'succeeded');
 # fetched again, and the payment still completes.
 wait_payment_status($node, 'exp~C,C,C,C,P', 'succeeded');
 {
-	my $s = stats($expire);
+	my $s = mock_stats($expire);
 	cmp_ok($s->{unauthorized}, '>=', 1, "pp_expire: the expired token was refused ($s->{unauthorized} times)");
 	cmp_ok($s->{tokens_issued}, '>=', 2, "... and a new one fetched ($s->{tokens_issued} issued)");
 	my @log = paypal_log($expire);
@@ -264,7 +254,7 @@ wait_payment_status($node, 'exp~C,C,C,C,P', 'succeeded');
 wait_payment_status($node, 'rv~C,A,C,A,C,P', 'succeeded');
 wait_payment_status($node, 'rv2~C,C,C,P', 'succeeded');
 {
-	my $s = stats($revoke);
+	my $s = mock_stats($revoke);
 	cmp_ok($s->{unauthorized}, '>=', 1, "pp_revoke: revoked tokens were refused ($s->{unauthorized} times)");
 	cmp_ok($s->{tokens_issued}, '>=', 3, "... and new ones fetched ($s->{tokens_issued} issued)");
 	is($s->{tokens_issued}, $s->{token_requests}, '... every token request was answered with a token');
@@ -280,7 +270,7 @@ like(payment_row($node, 'bad~P', 'last_error'),
 	'... last_error: the credentials were refused');
 is(sql($node, "SELECT count(*) FROM paysync.events WHERE payment_id = 'bad~P'"), '0', '... no event');
 {
-	my $s = stats($badcred);
+	my $s = mock_stats($badcred);
 	is($s->{tokens_issued}, 0, '... no token was issued');
 	is($s->{orders_requests}, 0, '... and the order was never asked for without one');
 	cmp_ok($s->{token_requests}, '>=', 2, '... the token was asked for again at each retry');
@@ -290,7 +280,7 @@ is(sql($node, "SELECT count(*) FROM paysync.events WHERE payment_id = 'bad~P'"),
 sql($node, "UPDATE paysync.channels SET options = jsonb_set(options, '{client_secret}', to_jsonb($SECRET_SQL)) WHERE name = 'pp_bad'");
 sql($node, "SELECT paysync.check_now('bad~P')");
 wait_payment_status($node, 'bad~P', 'succeeded');
-is(stats($badcred)->{tokens_issued}, 1, '... with the token fetched once the secret is right');
+is(mock_stats($badcred)->{tokens_issued}, 1, '... with the token fetched once the secret is right');
 
 # ---------------------------------------------------------------- secrets
 

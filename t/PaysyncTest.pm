@@ -104,7 +104,9 @@ sub mock_requests
 	return scalar grep { $_->[2] eq $payment_id } mock_log($mock);
 }
 
-# The mock's /_stats as a hash (requests, in_flight, max_in_flight).
+# A mock's /_stats counters as a hash: for mock_channel requests, in_flight,
+# max_in_flight; for mock_paypal token_requests, tokens_issued,
+# orders_requests, unauthorized.
 sub mock_stats
 {
 	my ($mock) = @_;
