@@ -14,6 +14,7 @@ OBJS = \
 	src/driver_wechatpay.o \
 	src/driver_alipay.o \
 	src/driver_paypal.o \
+	src/driver_test.o \
 	src/crypto.o \
 	src/stats.o \
 	src/functions.o

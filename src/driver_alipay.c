@@ -37,9 +37,7 @@
 
 #include <openssl/evp.h>
 
-#include "fmgr.h"
 #include "lib/stringinfo.h"
-#include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
@@ -610,82 +608,3 @@ const PaysyncDriver alipay_driver = {
 	.can_close = true,
 	.close_on_expiry_default = true,
 };
-
-/*
- * Test-only SQL functions, not in the install script: a test creates them
- * with CREATE FUNCTION ... AS '$libdir/paysync', '<name>' LANGUAGE C.
- */
-PG_FUNCTION_INFO_V1(paysync_test_alipay_request);
-PG_FUNCTION_INFO_V1(paysync_test_alipay_interpret);
-
-/* CHECK_QUERY or CHECK_CLOSE from "query" or "close". */
-static CheckKind
-test_kind(const char *kind)
-{
-	if (strcmp(kind, "query") == 0)
-		return CHECK_QUERY;
-	if (strcmp(kind, "close") == 0)
-		return CHECK_CLOSE;
-	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("kind must be \"query\" or \"close\", not \"%s\"", kind)));
-	return CHECK_QUERY;
-}
-
-/*
- * paysync_test_alipay_request(options jsonb, base_url text, payment_id
- * text, kind text) returns text: the URL, a newline and the body of the
- * request the driver builds.
- */
-Datum
-paysync_test_alipay_request(PG_FUNCTION_ARGS)
-{
-	Jsonb	   *options = PG_GETARG_JSONB_P(0);
-	char	   *base_url = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	char	   *payment_id = text_to_cstring(PG_GETARG_TEXT_PP(2));
-	CheckKind	kind = test_kind(text_to_cstring(PG_GETARG_TEXT_PP(3)));
-	void	   *config = alipay_compile("test", base_url, options);
-	HttpRequest request;
-
-	memset(&request, 0, sizeof(request));
-	alipay_build_request(config, base_url, payment_id, kind, NULL, &request);
-	PG_RETURN_TEXT_P(cstring_to_text(psprintf("%s\n%s", request.url, request.body)));
-}
-
-/*
- * paysync_test_alipay_interpret(options jsonb, kind text, http_status int,
- * body text) returns text: "status|channel_status|amount currency" for a
- * status (the amount part empty if none), "error: ..." for an error.
- */
-Datum
-paysync_test_alipay_interpret(PG_FUNCTION_ARGS)
-{
-	Jsonb	   *options = PG_GETARG_JSONB_P(0);
-	CheckKind	kind = test_kind(text_to_cstring(PG_GETARG_TEXT_PP(1)));
-	int32		http_status = PG_GETARG_INT32(2);
-	text	   *body = PG_GETARG_TEXT_PP(3);
-	void	   *config = alipay_compile("test", "http://127.0.0.1/gateway.do", options);
-	HttpResult	result;
-	CheckAnswer answer;
-
-	memset(&result, 0, sizeof(result));
-	memset(&answer, 0, sizeof(answer));
-	answer.retry_after_s = -1;
-	result.status = http_status;
-	result.retry_after_s = -1;
-	result.body = text_to_cstring(body);
-	result.body_len = VARSIZE_ANY_EXHDR(body);
-	if (http_status == 0)
-		snprintf(result.error, sizeof(result.error), "connection refused");
-	alipay_interpret(config, kind, NULL, &result, &answer);
-	if (answer.is_error)
-		PG_RETURN_TEXT_P(cstring_to_text(psprintf("error: %s", answer.error)));
-	if (answer.has_paid_amount)
-		PG_RETURN_TEXT_P(cstring_to_text(psprintf("%s|%s|" INT64_FORMAT " %s",
-												  answer.status,
-												  answer.channel_status ? answer.channel_status : "",
-												  answer.paid_amount_minor,
-												  answer.paid_currency)));
-	PG_RETURN_TEXT_P(cstring_to_text(psprintf("%s|%s|", answer.status,
-											  answer.channel_status ? answer.channel_status : "")));
-}

@@ -34,15 +34,11 @@
  *		reports bad JSON as a result, not an ERROR; nesting is bounded before
  *		parsing because PostgreSQL 15's parser raises "stack depth limit
  *		exceeded" on deep input, and the checker calls interpret() outside
- *		any transaction.  The paysync_test_paypal_* functions at the end expose
- *		the request building and answer reading to the TAP tests; they are
- *		not in the install script.
+ *		any transaction.
  */
 #include "postgres.h"
 
-#include "fmgr.h"
 #include "lib/stringinfo.h"
-#include "utils/builtins.h"
 #include "utils/jsonb.h"
 
 #include "driver.h"
@@ -481,114 +477,3 @@ const PaysyncDriver paypal_driver = {
 	.build_token_request = paypal_build_token_request,
 	.interpret_token = paypal_interpret_token,
 };
-
-/* ---------------------------------------------------------------- tests */
-
-/*
- * SQL-callable for the TAP tests only (not in the install script; the
- * test creates them).
- */
-PG_FUNCTION_INFO_V1(paysync_test_paypal_interpret);
-PG_FUNCTION_INFO_V1(paysync_test_paypal_token);
-PG_FUNCTION_INFO_V1(paysync_test_paypal_requests);
-
-/* An HttpResult holding HTTP status and body as a channel's answer. */
-static HttpResult
-test_result(int32 status, text *body)
-{
-	HttpResult	result;
-
-	memset(&result, 0, sizeof(result));
-	result.status = status;
-	result.retry_after_s = -1;
-	result.body = text_to_cstring(body);
-	result.body_len = strlen(result.body);
-	if (status == 0)
-		snprintf(result.error, sizeof(result.error), "Couldn't connect to server");
-	return result;
-}
-
-/*
- * paysync_test_paypal_interpret(http_status int, body text) RETURNS text:
- * how the driver reads an order answer: "status|channel_status|amount|
- * currency", or "error: message", prefixed "rejected " when the token
- * would be dropped.
- */
-Datum
-paysync_test_paypal_interpret(PG_FUNCTION_ARGS)
-{
-	HttpResult	result = test_result(PG_GETARG_INT32(0), PG_GETARG_TEXT_PP(1));
-	CheckAnswer answer;
-	char	   *out;
-
-	memset(&answer, 0, sizeof(answer));
-	answer.retry_after_s = -1;
-	paypal_interpret(NULL, CHECK_QUERY, NULL, &result, &answer);
-	if (answer.is_error)
-		out = psprintf("%serror: %s", answer.credentials_rejected ? "rejected " : "",
-					   answer.error);
-	else if (answer.has_paid_amount)
-		out = psprintf("%s|%s|" INT64_FORMAT "|%s", answer.status,
-					   answer.channel_status ? answer.channel_status : "",
-					   answer.paid_amount_minor, answer.paid_currency);
-	else
-		out = psprintf("%s|%s||", answer.status,
-					   answer.channel_status ? answer.channel_status : "");
-	PG_RETURN_TEXT_P(cstring_to_text(out));
-}
-
-/*
- * paysync_test_paypal_token(http_status int, body text) RETURNS text: how
- * the driver reads a token answer: "token|expires_in" or "error: message".
- */
-Datum
-paysync_test_paypal_token(PG_FUNCTION_ARGS)
-{
-	HttpResult	result = test_result(PG_GETARG_INT32(0), PG_GETARG_TEXT_PP(1));
-	char	   *token = NULL;
-	int			expires_in = 0;
-	char		error[200];
-
-	error[0] = '\0';
-	if (!paypal_interpret_token(NULL, &result, &token, &expires_in, error, sizeof(error)))
-		PG_RETURN_TEXT_P(cstring_to_text(psprintf("error: %s", error)));
-	PG_RETURN_TEXT_P(cstring_to_text(psprintf("%s|%d", token, expires_in)));
-}
-
-/* Appends a request as text: method and URL, headers, body. */
-static void
-append_request(StringInfo out, const HttpRequest *request)
-{
-	appendStringInfo(out, "%s %s\n", request->post ? "POST" : "GET", request->url);
-	for (int i = 0; i < request->n_headers; i++)
-		appendStringInfo(out, "%s\n", request->headers[i]);
-	if (request->body)
-		appendStringInfo(out, "\n%s\n", request->body);
-}
-
-/*
- * paysync_test_paypal_requests(base_url text, options jsonb, payment_id
- * text, token text) RETURNS text: the token request and the order query
- * the driver builds for a channel with these options, as text.
- */
-Datum
-paysync_test_paypal_requests(PG_FUNCTION_ARGS)
-{
-	char	   *base_url = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	Jsonb	   *options = PG_GETARG_JSONB_P(1);
-	char	   *payment_id = text_to_cstring(PG_GETARG_TEXT_PP(2));
-	char	   *token = text_to_cstring(PG_GETARG_TEXT_PP(3));
-	void	   *config = paypal_compile("test", base_url, options);
-	HttpRequest request;
-	StringInfoData out;
-
-	initStringInfo(&out);
-	memset(&request, 0, sizeof(request));
-	paypal_build_token_request(config, base_url, &request);
-	append_request(&out, &request);
-	appendStringInfoString(&out, "--\n");
-	memset(&request, 0, sizeof(request));
-	paypal_build_request(config, base_url, payment_id, CHECK_QUERY, token, &request);
-	append_request(&out, &request);
-	PG_RETURN_TEXT_P(cstring_to_text(out.data));
-}

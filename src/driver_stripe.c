@@ -24,10 +24,8 @@
  */
 #include "postgres.h"
 
-#include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
-#include "utils/builtins.h"
 #include "utils/jsonb.h"
 
 #include "driver.h"
@@ -503,46 +501,3 @@ const PaysyncDriver stripe_driver = {
 	.can_close = false,
 	.close_on_expiry_default = false,
 };
-
-/*
- * Tests only (not in the install script): interprets a canned Stripe answer
- * (HTTP status, body, raw header lines) and returns what the driver made of
- * it: "status|channel_status|amount|currency|credentials_rejected" or
- * "error|message|retry_after|credentials_rejected".
- */
-PG_FUNCTION_INFO_V1(paysync_test_stripe_interpret);
-
-Datum
-paysync_test_stripe_interpret(PG_FUNCTION_ARGS)
-{
-	HttpResult	result;
-	CheckAnswer answer;
-	char	   *headers;
-
-	memset(&result, 0, sizeof(result));
-	result.status = PG_GETARG_INT32(0);
-	result.body = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	result.body_len = strlen(result.body);
-	headers = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
-	result.headers = headers;
-	result.retry_after_s = -1;
-	if (headers && http_header(&result, "Retry-After"))
-		result.retry_after_s = atol(http_header(&result, "Retry-After"));
-	if (result.status == 0)
-		strlcpy(result.error, result.body, sizeof(result.error));
-
-	memset(&answer, 0, sizeof(answer));
-	answer.retry_after_s = -1;
-	stripe_interpret(NULL, CHECK_QUERY, NULL, &result, &answer);
-
-	if (answer.is_error)
-		PG_RETURN_TEXT_P(cstring_to_text(psprintf("error|%s|%ld|%s", answer.error,
-												  answer.retry_after_s,
-												  answer.credentials_rejected ? "t" : "f")));
-	PG_RETURN_TEXT_P(cstring_to_text(psprintf("%s|%s|%s|%s|%s", answer.status,
-											  answer.channel_status ? answer.channel_status : "",
-											  answer.has_paid_amount ?
-											  psprintf("%lld", (long long) answer.paid_amount_minor) : "",
-											  answer.paid_currency,
-											  answer.credentials_rejected ? "t" : "f")));
-}

@@ -15,17 +15,12 @@
  *		body), its timestamp within five minutes of the clock, and, when
  *		platform_serial is set, its Wechatpay-Serial that serial.  An answer
  *		that fails any of this is an error, never a status.
- *
- *		Also here: SQL-callable functions for the tests only (not in the
- *		install script), paysync_test_wechatpay_*.
  */
 #include "postgres.h"
 
 #include <time.h>
 
-#include "fmgr.h"
 #include "lib/stringinfo.h"
-#include "utils/builtins.h"
 #include "utils/jsonb.h"
 
 #include "driver.h"
@@ -635,128 +630,3 @@ const PaysyncDriver wechatpay_driver = {
 	.can_close = true,
 	.close_on_expiry_default = true,
 };
-
-/* ---------------------------------------------------------------------
- * For the tests only: SQL-callable, not in the install script.  The TAP
- * test creates them with CREATE FUNCTION ... AS '$libdir/paysync', ...
- * ---------------------------------------------------------------------
- */
-
-PG_FUNCTION_INFO_V1(paysync_test_wechatpay_authorization);
-PG_FUNCTION_INFO_V1(paysync_test_wechatpay_verify);
-PG_FUNCTION_INFO_V1(paysync_test_wechatpay_request);
-
-/* Frees a key loaded by a test function when its memory context goes. */
-static void
-test_key_free(void *arg)
-{
-	crypto_key_free((CryptoKey *) arg);
-}
-
-/* Loads a key for a test function; ERROR if it does not parse. */
-static CryptoKey *
-test_key(text *pem, bool private_key)
-{
-	char	   *text = text_to_cstring(pem);
-	char		error[160];
-	CryptoKey  *key = private_key ? crypto_private_key(text, error, sizeof(error)) :
-		crypto_public_key(text, error, sizeof(error));
-	MemoryContextCallback *cb;
-
-	if (key == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid key: %s", error)));
-	cb = palloc0(sizeof(MemoryContextCallback));
-	cb->func = test_key_free;
-	cb->arg = key;
-	MemoryContextRegisterResetCallback(CurrentMemoryContext, cb);
-	return key;
-}
-
-/*
- * paysync_test_wechatpay_authorization(private_key, mchid, serial_no,
- * method, path, timestamp, nonce, body): the Authorization header value
- * the driver would send.
- */
-Datum
-paysync_test_wechatpay_authorization(PG_FUNCTION_ARGS)
-{
-	CryptoKey  *key = test_key(PG_GETARG_TEXT_PP(0), true);
-	char		error[160];
-	char	   *header;
-
-	header = wechatpay_authorization(key,
-									 text_to_cstring(PG_GETARG_TEXT_PP(1)),
-									 text_to_cstring(PG_GETARG_TEXT_PP(2)),
-									 text_to_cstring(PG_GETARG_TEXT_PP(3)),
-									 text_to_cstring(PG_GETARG_TEXT_PP(4)),
-									 text_to_cstring(PG_GETARG_TEXT_PP(5)),
-									 text_to_cstring(PG_GETARG_TEXT_PP(6)),
-									 text_to_cstring(PG_GETARG_TEXT_PP(7)),
-									 error, sizeof(error));
-	if (header == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
-				 errmsg("%s", error)));
-	PG_RETURN_TEXT_P(cstring_to_text(header));
-}
-
-/*
- * paysync_test_wechatpay_verify(public_key, platform_serial or NULL,
- * headers, body, now): 'ok' if an answer with these raw headers ("Name:
- * value" lines) and body verifies at unix time now, else why not.
- */
-Datum
-paysync_test_wechatpay_verify(PG_FUNCTION_ARGS)
-{
-	CryptoKey  *key = test_key(PG_GETARG_TEXT_PP(0), false);
-	char	   *serial = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
-	char	   *lines = text_to_cstring(PG_GETARG_TEXT_PP(2));
-	HttpResult	result;
-	StringInfoData headers;
-	char		error[200];
-	char	   *saveptr = NULL;
-
-	/* the engine's form: "Name: value\r\n" lines */
-	initStringInfo(&headers);
-	for (char *line = strtok_r(lines, "\r\n", &saveptr); line;
-		 line = strtok_r(NULL, "\r\n", &saveptr))
-		appendStringInfo(&headers, "%s\r\n", line);
-
-	memset(&result, 0, sizeof(result));
-	result.status = 200;
-	result.body = text_to_cstring(PG_GETARG_TEXT_PP(3));
-	result.body_len = strlen(result.body);
-	result.headers = headers.data;
-	if (!wechatpay_verify(key, serial, &result, PG_GETARG_INT64(4), error, sizeof(error)))
-		PG_RETURN_TEXT_P(cstring_to_text(error));
-	PG_RETURN_TEXT_P(cstring_to_text("ok"));
-}
-
-/*
- * paysync_test_wechatpay_request(base_url, options, payment_id, close):
- * the request the driver builds, as text: "METHOD URL", the header lines,
- * an empty line and the body.
- */
-Datum
-paysync_test_wechatpay_request(PG_FUNCTION_ARGS)
-{
-	char	   *base_url = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	Jsonb	   *options = PG_GETARG_JSONB_P(1);
-	char	   *payment_id = text_to_cstring(PG_GETARG_TEXT_PP(2));
-	bool		is_close = PG_GETARG_BOOL(3);
-	void	   *config = wechatpay_compile("test", base_url, options);
-	HttpRequest request;
-	StringInfoData out;
-
-	memset(&request, 0, sizeof(request));
-	wechatpay_build_request(config, base_url, payment_id,
-							is_close ? CHECK_CLOSE : CHECK_QUERY, NULL, &request);
-	initStringInfo(&out);
-	appendStringInfo(&out, "%s %s\n", request.post ? "POST" : "GET", request.url);
-	for (int i = 0; i < request.n_headers; i++)
-		appendStringInfo(&out, "%s\n", request.headers[i]);
-	appendStringInfo(&out, "\n%s", request.body ? request.body : "");
-	PG_RETURN_TEXT_P(cstring_to_text(out.data));
-}

@@ -34,42 +34,6 @@ my $node = new_paysync_node('answers', conf => "log_min_messages = debug5\n");
 
 # ---------------------------------------------------------------- helpers
 
-sub sql
-{
-	my ($query) = @_;
-	return $node->safe_psql('postgres', $query);
-}
-
-# Columns of one payment, '|'-separated.
-sub row_of
-{
-	return payment_row($node, @_);
-}
-
-sub wait_status
-{
-	return wait_payment_status($node, @_);
-}
-
-sub wait_true
-{
-	my ($id, $cond, $what) = @_;
-	return wait_for_sql($node,
-		"SELECT coalesce(bool_and($cond), false) FROM paysync.payments WHERE payment_id = "
-		  . lit($id),
-		't', $what);
-}
-
-# The events of one payment as "status|previous|channel_status|source|channel".
-sub events_of
-{
-	my ($id) = @_;
-	return sql(
-		"SELECT status || '|' || previous || '|' || coalesce(channel_status, '<null>') || '|' || source || '|' || channel"
-		  . ' FROM paysync.events WHERE payment_id = ' . lit($id)
-		  . ' ORDER BY event_id');
-}
-
 sub reset_mock
 {
 	my ($m) = @_;
@@ -87,7 +51,7 @@ sub arrivals
 sub set_and_reload
 {
 	my ($name, $value, $shown) = @_;
-	sql("ALTER SYSTEM SET $name = " . lit($value));
+	sql($node, "ALTER SYSTEM SET $name = " . lit($value));
 	$node->reload;
 	# New sessions see the value once the postmaster has reloaded, and by
 	# then it has signalled the worker too.
@@ -157,7 +121,7 @@ create_mock_channel($node, 'mock_post', $mock,
 create_mock_channel($node, 'mock_sf', $mock, '{"status_field": "data.trade_state"}');
 create_mock_channel($node, 'mock_sf_bad', $mock, '{"status_field": "data.nope"}');
 create_mock_channel($node, 'noauth', $auth_mock);
-sql(qq{SELECT paysync.create_channel('auth', 'http_json', 'http://127.0.0.1:$auth_mock->{port}',
+sql($node, qq{SELECT paysync.create_channel('auth', 'http_json', 'http://127.0.0.1:$auth_mock->{port}',
 	jsonb_build_object('path', '/pay/{payment_id}',
 		'status_map', '@{[STATUS_MAP]}'::jsonb,
 		'headers', jsonb_build_object('Authorization', 'Bearer ' || $SECRET_SQL)))});
@@ -218,7 +182,7 @@ my @tracked = (
 	[ 'rep_1', 'mock', '{30s}' ],
 	[ 'rep_2', 'mock', '{30s}' ],);
 
-sql(join("\n",
+sql($node, join("\n",
 		'BEGIN;',
 		(map {
 			my ($id, $channel, $schedule, $expires) = @$_;
@@ -229,8 +193,8 @@ sql(join("\n",
 my $tracked_at = time;
 
 # Callback reports: source 'report', with and without a channel status.
-is(sql(q{SELECT paysync.report('rep_1', 'succeeded', 'CB_OK')}), 't', 'report rep_1 succeeded');
-is(sql(q{SELECT paysync.report('rep_2', 'failed')}), 't', 'report rep_2 failed');
+is(sql($node, q{SELECT paysync.report('rep_1', 'succeeded', 'CB_OK')}), 't', 'report rep_1 succeeded');
+is(sql($node, q{SELECT paysync.report('rep_2', 'failed')}), 't', 'report rep_2 failed');
 
 # ---------------------------------------------------------------- sampler
 
@@ -316,8 +280,8 @@ sub samples_where
 # ================================================================ 1. answers
 
 # P then S: step counts both answers, attempts both requests.
-wait_status('k_ps~P,S', 'succeeded');
-is(row_of('k_ps~P,S', 'status, channel_status, step, attempts, errors, next_check_at IS NULL, finalized_at IS NOT NULL'),
+wait_payment_status($node, 'k_ps~P,S', 'succeeded');
+is(payment_row($node, 'k_ps~P,S', 'status, channel_status, step, attempts, errors, next_check_at IS NULL, finalized_at IS NOT NULL'),
 	'succeeded|PAID|2|2|0|t|t',
 	'P,S: succeeded with channel_status PAID, step 2, attempts 2, errors 0, no next check');
 is(mock_requests($mock, 'k_ps~P,S'), 2, 'P,S: two requests');
@@ -332,17 +296,17 @@ is(mock_requests($mock, 'k_ps~P,S'), 2, 'P,S: two requests');
 		'P,S: after WAIT, step 1 and the next check due schedule[2] = 2 s later')
 	  or diag explain \@after_p;
 }
-is(events_of('k_ps~P,S'), 'succeeded|pending|PAID|poll|mock', 'P,S: one event, source poll');
+is(events_of($node, 'k_ps~P,S'), 'pending>succeeded|PAID|poll|mock', 'P,S: one event, source poll');
 
 my %final_kind = ('k_f~F' => 'failed|FAILED', 'k_c~C' => 'closed|CLOSED',
 	'k_x~X' => 'cancelled|CANCELLED');
 foreach my $id (sort keys %final_kind)
 {
 	my ($status, $word) = split /\|/, $final_kind{$id};
-	wait_status($id, $status);
-	is(row_of($id, 'channel_status, step, attempts, errors'), "$word|1|1|0",
+	wait_payment_status($node, $id, $status);
+	is(payment_row($node, $id, 'channel_status, step, attempts, errors'), "$word|1|1|0",
 		"$id: channel_status $word after one answer");
-	is(events_of($id), "$status|pending|$word|poll|mock", "$id: one event, source poll");
+	is(events_of($node, $id), "pending>$status|$word|poll|mock", "$id: one event, source poll");
 }
 
 # HTTP 500: an error, not an answer.
@@ -361,8 +325,8 @@ foreach my $id (sort keys %final_kind)
 	  or diag explain \@after_two;
 	ok(!grep({ $_->{errors} > 0 && $_->{status} ne 'pending' } @{ $samples{$id} }),
 		'E500: no status change while erroring');
-	wait_status($id, 'succeeded');
-	is(row_of($id, 'errors, step, attempts, channel_status'), '0|1|3|PAID',
+	wait_payment_status($node, $id, 'succeeded');
+	is(payment_row($node, $id, 'errors, step, attempts, channel_status'), '0|1|3|PAID',
 		'E500: the good answer resets errors to 0; step counts only it');
 }
 
@@ -376,7 +340,7 @@ foreach my $id (sort keys %final_kind)
 		'429: next_check_at is Retry-After (3 s) after last_checked_at, not the 1 s backoff')
 	  or diag explain \@after;
 	like($after[0]{last_error} // '', qr/429/, '429: last_error mentions HTTP 429');
-	wait_status($id, 'succeeded');
+	wait_payment_status($node, $id, 'succeeded');
 	my @t = arrivals($mock, $id);
 	ok(@t == 2 && $t[1] - $t[0] >= 2.95,
 		'429: the retry reached the channel at least 3 s after the 429')
@@ -396,14 +360,14 @@ foreach my $id (sort keys %final_kind)
 			@after_one),
 		'404: counts as a pending answer: step 1, errors 0, channel_status HTTP 404')
 	  or diag explain \@after_one;
-	wait_status($id, 'expired');
-	is(row_of($id, 'step, errors, channel_status'), '2|0|HTTP 404',
+	wait_payment_status($node, $id, 'expired');
+	is(payment_row($node, $id, 'step, errors, channel_status'), '2|0|HTTP 404',
 		'404: the schedule of two checks used up by 404 answers');
-	is(events_of($id), 'expired|pending|HTTP 404|expiry|mock', '404: expired, source expiry');
+	is(events_of($node, $id), 'pending>expired|HTTP 404|expiry|mock', '404: expired, source expiry');
 }
 
-wait_status('k_nf~N', 'failed');
-is(row_of('k_nf~N', 'channel_status, errors'), 'HTTP 404|0',
+wait_payment_status($node, 'k_nf~N', 'failed');
+is(payment_row($node, 'k_nf~N', 'channel_status, errors'), 'HTTP 404|0',
 	'404 on a channel with not_found = failed: failed, channel_status HTTP 404');
 
 # J, M, U: errors that never change the status (a {1s} schedule would
@@ -414,9 +378,9 @@ my %bad_body = (
 	'k_u~U' => qr/WEIRD/);
 foreach my $id (sort keys %bad_body)
 {
-	wait_true($id, 'errors >= 2', "$id: two errors recorded");
+	wait_true($node, $id, 'errors >= 2', "$id: two errors recorded");
 	my ($status, $step, $cs, $err) = split /\|/,
-	  row_of($id, "status, step, coalesce(channel_status, '<null>'), last_error"), 4;
+	  payment_row($node, $id, "status, step, coalesce(channel_status, '<null>'), last_error"), 4;
 	is("$status|$step|$cs", 'pending|0|<null>', "$id: still pending, step 0, no channel status");
 	like($err, $bad_body{$id}, "$id: last_error says what was wrong");
 }
@@ -433,21 +397,21 @@ foreach my $id (sort keys %bad_body)
 			@timed_out),
 		'T3000: a request slower than the timeout is an error "timeout", still pending')
 	  or diag explain \@timed_out;
-	wait_status($id, 'succeeded');
-	is(row_of($id, 'errors, step, attempts'), '0|1|3', 'T3000: retried until answered');
+	wait_payment_status($node, $id, 'succeeded');
+	is(payment_row($node, $id, 'errors, step, attempts'), '0|1|3', 'T3000: retried until answered');
 	is(mock_requests($mock, $id), 3, 'T3000: three requests reached the channel');
 }
 
 # Bodies larger than paysync.max_response_size (64kB after the reload).
 foreach my $id ('k_big~B2000000', 'k_mid~B200000')
 {
-	wait_true($id, 'errors >= 1', "$id: an error recorded");
-	my ($status, $err) = split /\|/, row_of($id, 'status, last_error'), 2;
+	wait_true($node, $id, 'errors >= 1', "$id: an error recorded");
+	my ($status, $err) = split /\|/, payment_row($node, $id, 'status, last_error'), 2;
 	is($status, 'pending', "$id: still pending");
 	like($err, qr/max_response_size|too (large|big)|larger|size/i,
 		"$id: last_error mentions the size");
 }
-wait_status('k_small~B30000', 'succeeded');
+wait_payment_status($node, 'k_small~B30000', 'succeeded');
 
 # ================================================================ 2. backoff
 
@@ -475,29 +439,29 @@ wait_status('k_small~B30000', 'succeeded');
 		  && $t[3] - $t[2] >= 3.15,
 		'backoff: the retries reached the channel no earlier than the backoff allows')
 	  or diag explain [ map { $t[$_] - $t[ $_ - 1 ] } 1 .. $#t ];
-	is(row_of($id, 'status, step'), 'pending|0', 'backoff: still pending, step 0');
+	is(payment_row($node, $id, 'status, step'), 'pending|0', 'backoff: still pending, step 0');
 }
 
 # ================================================================ 3. schedule and expiry
 
 {
 	my $id = 'exp_a~P';
-	wait_status($id, 'expired');
+	wait_payment_status($node, $id, 'expired');
 	is(mock_requests($mock, $id), 2, 'schedule {1s,1s}, always pending: exactly 2 requests');
-	is(row_of($id, 'step, channel_status, next_check_at IS NULL'), '2|WAIT|t',
+	is(payment_row($node, $id, 'step, channel_status, next_check_at IS NULL'), '2|WAIT|t',
 		'schedule used up: expired with the last channel status');
-	is(events_of($id), 'expired|pending|WAIT|expiry|mock', 'expired: one event, source expiry');
+	is(events_of($node, $id), 'pending>expired|WAIT|expiry|mock', 'expired: one event, source expiry');
 }
 
 {
 	my $id = 'exp_b~P';
-	wait_status($id, 'expired');
+	wait_payment_status($node, $id, 'expired');
 	my $n = mock_requests($mock, $id);
 	cmp_ok($n, '>', 2,
 		'expires_at beyond the schedule: the last delay repeats (more than 2 requests)');
-	is(row_of($id, q{finalized_at >= expires_at AND finalized_at < expires_at + interval '2s'}),
+	is(payment_row($node, $id, q{finalized_at >= expires_at AND finalized_at < expires_at + interval '2s'}),
 		't', 'expires_at: expired once expires_at has come, not before');
-	is(events_of($id), 'expired|pending|WAIT|expiry|mock', 'expires_at: source expiry');
+	is(events_of($node, $id), 'pending>expired|WAIT|expiry|mock', 'expires_at: source expiry');
 	my @idle = samples_where($id,
 		sub { $_[0]{status} eq 'pending' && $_[0]{attempts} == $_[0]{step} && $_[0]{step} > 0 });
 	ok(all_of(sub { $_[0]{le_expires} eq 'true' }, @idle),
@@ -512,8 +476,8 @@ wait_status('k_small~B30000', 'succeeded');
 	ok(all_of(sub { $_[0]{eq_expires} eq 'true' }, @after_one),
 		'schedule {1s,30s}, expires_at in 2.5 s: the next check is due at expires_at, not 30 s later')
 	  or diag explain \@after_one;
-	wait_status($id, 'expired');
-	is(row_of($id, q{finalized_at < expires_at + interval '3s'}), 't',
+	wait_payment_status($node, $id, 'expired');
+	is(payment_row($node, $id, q{finalized_at < expires_at + interval '3s'}), 't',
 		'... and the payment expired right after expires_at');
 	is(mock_requests($mock, $id), 2, '... after 2 requests');
 }
@@ -522,16 +486,16 @@ wait_status('k_small~B30000', 'succeeded');
 
 {
 	my $id = 'noexp~E500';
-	wait_true($id, 'errors >= 3 AND now() > expires_at',
+	wait_true($node, $id, 'errors >= 3 AND now() > expires_at',
 		'E500 forever: three errors, expires_at passed');
-	is(row_of($id, 'status, step, next_check_at IS NOT NULL'), 'pending|0|t',
+	is(payment_row($node, $id, 'status, step, next_check_at IS NOT NULL'), 'pending|0|t',
 		'errors never expire a payment: still pending past expires_at');
-	is(events_of($id), '', 'errors never expire a payment: no event');
+	is(events_of($node, $id), '', 'errors never expire a payment: no event');
 }
 
 # ================================================================ 7. http_json options
 
-wait_status($POST_ID, 'succeeded');
+wait_payment_status($node, $POST_ID, 'succeeded');
 {
 	my @lines = grep { $_->[2] eq $POST_ID } mock_log($mock);
 	my $escaped = $POST_ID =~ s/(["\\])/\\$1/gr;
@@ -541,31 +505,31 @@ wait_status($POST_ID, 'succeeded');
 		'POST: the body template with the id JSON-escaped');
 }
 
-wait_status($URL_ID, 'succeeded');
+wait_payment_status($node, $URL_ID, 'succeeded');
 is(mock_requests($mock, 'a_b/c~S'), 1,
 	'an id with a space and a slash is URL-encoded into one path segment');
 is(scalar(grep { $_->[2] eq 'c~S' } mock_log($mock)), 0, '... never split at the slash');
 
-wait_status('sf~P,S', 'succeeded');
-is(row_of('sf~P,S', 'channel_status, step'), 'PAID|2',
+wait_payment_status($node, 'sf~P,S', 'succeeded');
+is(payment_row($node, 'sf~P,S', 'channel_status, step'), 'PAID|2',
 	'status_field data.trade_state: the status is read there');
-wait_true('sf_bad~S', 'errors >= 1', 'status_field data.nope: an error');
-like(row_of('sf_bad~S', 'last_error'), qr/data\.nope/,
+wait_true($node, 'sf_bad~S', 'errors >= 1', 'status_field data.nope: an error');
+like(payment_row($node, 'sf_bad~S', 'last_error'), qr/data\.nope/,
 	'status_field data.nope: last_error names the missing field');
 is(status_of($node, 'sf_bad~S'), 'pending', 'status_field data.nope: still pending');
 
 # headers
-wait_true('noauth~S', 'errors >= 1', 'without the header the channel refuses');
-like(row_of('noauth~S', 'last_error'), qr/401/, '... with HTTP 401');
-wait_status('auth~P,S', 'succeeded');
-is(row_of('auth~P,S', 'errors, step, attempts'), '0|2|2',
+wait_true($node, 'noauth~S', 'errors >= 1', 'without the header the channel refuses');
+like(payment_row($node, 'noauth~S', 'last_error'), qr/401/, '... with HTTP 401');
+wait_payment_status($node, 'auth~P,S', 'succeeded');
+is(payment_row($node, 'auth~P,S', 'errors, step, attempts'), '0|2|2',
 	'with the channel header Authorization every check succeeds');
 is(mock_requests($auth_mock, 'auth~P,S'), 2, '... two requests reached the channel');
-wait_true('auth_j~J', 'errors >= 1', 'an error on the channel with the secret header');
+wait_true($node, 'auth_j~J', 'errors >= 1', 'an error on the channel with the secret header');
 
 # ================================================================ 5. NOTIFY
 
-my @events = map { [ split /\|/, $_, 7 ] } split /\n/, sql(
+my @events = map { [ split /\|/, $_, 7 ] } split /\n/, sql($node, 
 	q{SELECT event_id, payment_id, channel, status, previous, coalesce(channel_status, '<null>'), source
 	  FROM paysync.events ORDER BY event_id});
 {
@@ -626,7 +590,7 @@ my @events = map { [ split /\|/, $_, 7 ] } split /\n/, sql(
 	my $ids = sub { join(',', map { (split /\|/)[0] } split /\n/, $_[0]) };
 	my $since = sub {
 		my ($after, $max) = @_;
-		$ids->(sql("SELECT event_id, payment_id FROM paysync.events_since($after"
+		$ids->(sql($node, "SELECT event_id, payment_id FROM paysync.events_since($after"
 			  . (defined $max ? ", $max" : '') . ')'));
 	};
 	my @all = map { $_->[0] } @events;
@@ -638,7 +602,7 @@ my @events = map { [ split /\|/, $_, 7 ] } split /\n/, sql(
 	is($since->(0, 3), join(',', @all[ 0 .. 2 ]), 'events_since(0, 3): the first 3');
 	is($since->($k, 2), join(',', @all[ 3 .. 4 ]), 'events_since(k, 2): the next 2');
 	is($since->($all[-1]), '', 'events_since(last): nothing');
-	is(sql(q{SELECT count(*) FROM paysync.payments p
+	is(sql($node, q{SELECT count(*) FROM paysync.payments p
 			 WHERE (SELECT count(*) FROM paysync.events e WHERE e.payment_id = p.payment_id)
 			       <> CASE WHEN p.status = 'pending' THEN 0 ELSE 1 END
 			    OR p.status <> 'pending' AND NOT EXISTS (SELECT 1 FROM paysync.events e
@@ -653,7 +617,7 @@ foreach my $case ([ 'capped', 'cap', 5 ], [ 'uncapped', 'glob', 8 ])
 	my ($channel, $prefix, $cap) = @$case;
 	set_and_reload('paysync.max_inflight', '8', '8') if $channel eq 'uncapped';
 	reset_mock($slow_mock);
-	sql(join("\n", 'BEGIN;',
+	sql($node, join("\n", 'BEGIN;',
 			(map { "SELECT 1 FROM paysync.track('${prefix}_$_~S', '$channel', schedule => '{1s}');" }
 				1 .. 40),
 			'COMMIT;'));
@@ -671,8 +635,8 @@ foreach my $case ([ 'capped', 'cap', 5 ], [ 'uncapped', 'glob', 8 ])
 # ================================================================ 5b. notify_channel
 
 set_and_reload('paysync.notify_channel', 'paysync_alt', 'paysync_alt');
-sql(q{SELECT 1 FROM paysync.track('alt~S', 'mock', schedule => '{1s}')});
-wait_status('alt~S', 'succeeded');
+sql($node, q{SELECT 1 FROM paysync.track('alt~S', 'mock', schedule => '{1s}')});
+wait_payment_status($node, 'alt~S', 'succeeded');
 notifications_until(sub { grep { $_->[1] =~ /alt~S/ } @notifications });
 is_deeply([ map { $_->[0] } grep { $_->[1] =~ /"alt~S"/ } @notifications ],
 	['paysync_alt'],
@@ -684,7 +648,7 @@ is_deeply([ map { $_->[0] } grep { $_->[1] =~ /"alt~S"/ } @notifications ],
 sample_once();
 is($activity_secret_sightings, 0,
 	"the secret never showed in pg_stat_activity.query ($activity_samples samples)");
-is(sql("SELECT count(*) FROM paysync.payments WHERE strpos(coalesce(last_error, ''), $SECRET_SQL) > 0"),
+is(sql($node, "SELECT count(*) FROM paysync.payments WHERE strpos(coalesce(last_error, ''), $SECRET_SQL) > 0"),
 	'0', 'the secret never appears in paysync.payments.last_error');
 my $server_log = slurp_file($node->logfile);
 ok(length($server_log) > 0 && index($server_log, $SECRET) < 0,
@@ -694,11 +658,11 @@ ok(length($server_log) > 0 && index($server_log, $SECRET) < 0,
 
 # Everything above took many seconds after these were done or erroring.
 is(mock_requests($mock, 'exp_a~P'), 2, 'an expired payment is never checked again');
-is(sql(q{SELECT string_agg(payment_id || ':' || status || ':' || (errors >= 3)::text, ',' ORDER BY payment_id)
+is(sql($node, q{SELECT string_agg(payment_id || ':' || status || ':' || (errors >= 3)::text, ',' ORDER BY payment_id)
 		 FROM paysync.payments WHERE payment_id IN ('k_j~J', 'k_m~M', 'k_u~U', 'noexp~E500', 'bo~E503')}),
 	'bo~E503:pending:true,k_j~J:pending:true,k_m~M:pending:true,k_u~U:pending:true,noexp~E500:pending:true',
 	'payments that only ever got errors are still pending, errors still growing');
-is(sql(q{SELECT count(*) FROM paysync.events WHERE payment_id IN ('k_j~J', 'k_m~M', 'k_u~U', 'noexp~E500', 'bo~E503')}),
+is(sql($node, q{SELECT count(*) FROM paysync.events WHERE payment_id IN ('k_j~J', 'k_m~M', 'k_u~U', 'noexp~E500', 'bo~E503')}),
 	'0', '... with no event');
 
 $listener->quit;

@@ -9,7 +9,7 @@
 # a refused key (401) as an error; Stripe-Version and Stripe-Account sent;
 # the secret key nowhere in the server log or in paysync's tables but
 # paysync.channels.  Plus unit-level checks of the driver's reading of
-# Stripe's answers through paysync_test_stripe_interpret().
+# Stripe's answers through paysync_test_interpret() (src/driver_test.c).
 #
 # Stripe signs none of these answers, so there is no signature to test.
 use strict;
@@ -75,26 +75,6 @@ my $node = new_paysync_node('stripe',
 
 # ---------------------------------------------------------------- helpers
 
-sub sql
-{
-	my ($query) = @_;
-	return $node->safe_psql('postgres', $query);
-}
-
-sub row_of
-{
-	return payment_row($node, @_);
-}
-
-sub wait_true
-{
-	my ($id, $cond, $what) = @_;
-	return wait_for_sql($node,
-		"SELECT coalesce(bool_and($cond), false) FROM paysync.payments WHERE payment_id = "
-		  . lit($id),
-		't', $what);
-}
-
 # create_channel with options (SQL jsonb); returns (ok, stderr with SQLSTATE).
 sub try_channel
 {
@@ -138,26 +118,27 @@ sub try_channel
 		like($err, $expected, "... with an error naming the option");
 		unlike($err, qr/\Q$hidden\E/, '... never showing the key') if defined $hidden;
 	}
-	is(sql("SELECT count(*) FROM paysync.channels WHERE name = 's1'"), '0',
+	is(sql($node, "SELECT count(*) FROM paysync.channels WHERE name = 's1'"), '0',
 		'no refused channel was created');
 
 	my ($ok, $err) = try_channel('s_restricted',
 		q{jsonb_build_object('secret_key', 'rk_test_' || upper('restricted5'))});
 	ok($ok, 'a restricted key (rk_) is taken') or diag($err);
-	sql("DELETE FROM paysync.channels WHERE name = 's_restricted'");
+	sql($node, "DELETE FROM paysync.channels WHERE name = 's_restricted'");
 }
 
 # ---------------------------------------------------------------- answers, unit level
 
-sql(q{CREATE FUNCTION paysync_test_stripe_interpret(int, text, text) RETURNS text
-	AS '$libdir/paysync', 'paysync_test_stripe_interpret' LANGUAGE C});
+create_test_functions($node);
 
-# What the driver makes of an answer (HTTP status, body, header lines).
+# What the driver makes of an answer (HTTP status, body, header lines), for
+# a channel with a made-up key: paysync_test_interpret's "name=value" lines.
 sub interpret
 {
 	my ($status, $body, $headers) = @_;
-	my $h = defined $headers ? 'E' . lit($headers) : 'NULL';
-	return sql("SELECT paysync_test_stripe_interpret($status, " . lit($body) . ", $h)");
+	return test_interpret($node, driver => 'stripe',
+		options => q{'{"secret_key": "sk_test_UNIT"}'},
+		status => $status, headers => $headers, body => $body);
 }
 
 # A PaymentIntent body; extra is JSON text of more members.
@@ -173,86 +154,97 @@ sub pi_body
 
 {
 	my $paid = q{"amount_received": 1999, "currency": "usd"};
-	is(interpret(200, pi_body('succeeded', $paid)), 'succeeded|succeeded|1999|USD|f',
+	is(interpret(200, pi_body('succeeded', $paid)),
+		"status=succeeded\nchannel_status=succeeded\npaid_amount=1999\npaid_currency=USD",
 		'succeeded: the paid amount and upper-cased currency');
-	is(interpret(200, pi_body('canceled')), 'cancelled|canceled|||f', 'canceled is cancelled');
+	is(interpret(200, pi_body('canceled')), "status=cancelled\nchannel_status=canceled",
+		'canceled is cancelled');
 	for my $s (qw(requires_payment_method requires_confirmation requires_action processing
 		requires_capture requires_source requires_source_action))
 	{
-		is(interpret(200, pi_body($s)), "pending|$s|||f", "$s is pending");
+		is(interpret(200, pi_body($s)), "status=pending\nchannel_status=$s", "$s is pending");
 	}
-	like(interpret(200, pi_body('unheard_of')), qr/^error\|unknown PaymentIntent status "unheard_of"/,
+	like(interpret(200, pi_body('unheard_of')), qr/^error=unknown PaymentIntent status "unheard_of"/,
 		'an unknown status is an error');
-	like(interpret(200, pi_body('succeeded')), qr/^error\|the succeeded PaymentIntent has no amount_received/,
+	like(interpret(200, pi_body('succeeded')), qr/^error=the succeeded PaymentIntent has no amount_received/,
 		'succeeded without amount_received is an error');
 	like(interpret(200, pi_body('succeeded', q{"amount_received": 1999})),
-		qr/^error\|the succeeded PaymentIntent has no currency/, '... and without currency');
+		qr/^error=the succeeded PaymentIntent has no currency/, '... and without currency');
 	like(interpret(200, pi_body('succeeded', q{"amount_received": "1999", "currency": "usd"})),
-		qr/^error\|.*not a whole number/, '... and with the amount as a string');
+		qr/^error=.*not a whole number/, '... and with the amount as a string');
 	like(interpret(200, pi_body('succeeded', q{"amount_received": -5, "currency": "usd"})),
-		qr/^error\|.*not a whole number/, '... and with a negative amount');
+		qr/^error=.*not a whole number/, '... and with a negative amount');
 	like(interpret(200, pi_body('succeeded', q{"amount_received": 19.99, "currency": "usd"})),
-		qr/^error\|.*not a whole number/, '... and with a fraction');
+		qr/^error=.*not a whole number/, '... and with a fraction');
 	like(interpret(200, pi_body('succeeded', q{"amount_received": 1999, "currency": "dollars"})),
-		qr/^error\|.*not an ISO 4217 code/, '... and with a currency that is no code');
+		qr/^error=.*not an ISO 4217 code/, '... and with a currency that is no code');
 	is(interpret(200, pi_body('succeeded', q{"amount_received": 50000, "currency": "isk"})),
-		'succeeded|succeeded|500|ISK|f', 'ISK: Stripe\'s hundredths become whole kronur');
+		"status=succeeded\nchannel_status=succeeded\npaid_amount=500\npaid_currency=ISK",
+		'ISK: Stripe\'s hundredths become whole kronur');
 	like(interpret(200, pi_body('succeeded', q{"amount_received": 50050, "currency": "isk"})),
-		qr/^error\|.*no ISO 4217 equivalent/, '... and fractional kronur are an error');
+		qr/^error=.*no ISO 4217 equivalent/, '... and fractional kronur are an error');
 	is(interpret(200, pi_body('succeeded', q{"amount_received": 500, "currency": "mga"})),
-		'succeeded|succeeded|50000|MGA|f', 'MGA: Stripe\'s whole ariary become hundredths');
+		"status=succeeded\nchannel_status=succeeded\npaid_amount=50000\npaid_currency=MGA",
+		'MGA: Stripe\'s whole ariary become hundredths');
 	is(interpret(200, pi_body('succeeded', q{"amount_received": 500, "currency": "jpy"})),
-		'succeeded|succeeded|500|JPY|f', 'JPY: zero-decimal, as in ISO');
+		"status=succeeded\nchannel_status=succeeded\npaid_amount=500\npaid_currency=JPY",
+		'JPY: zero-decimal, as in ISO');
 	like(interpret(200, q({"object": "payment_intent", "status": "processing", "status": "succeeded"})),
-		qr/^error\|.*twice/, 'a field given twice is an error');
+		qr/^error=.*twice/, 'a field given twice is an error');
 	like(interpret(200, q({"object": "charge", "status": "succeeded"})),
-		qr/^error\|Stripe's answer is not a PaymentIntent/, 'an answer that is no PaymentIntent is an error');
+		qr/^error=Stripe's answer is not a PaymentIntent/, 'an answer that is no PaymentIntent is an error');
 	like(interpret(200, q({"object": "payment_intent", "last_payment_error": {"status": "succeeded"}})),
-		qr/^error\|the PaymentIntent has no status/, 'a PaymentIntent without status is an error');
+		qr/^error=the PaymentIntent has no status/, 'a PaymentIntent without status is an error');
 	like(interpret(200, q({"object": "payment_intent", "status": null})),
-		qr/^error\|the PaymentIntent has no status/, '... and with a null status');
-	like(interpret(200, '<html>ok</html>'), qr/^error\|.*not a JSON object/, 'HTML is an error');
-	like(interpret(200, '["succeeded"]'), qr/^error\|.*not a JSON object/, 'an array is an error');
-	like(interpret(0, 'Timeout was reached'), qr/^error\|Timeout was reached\|/,
+		qr/^error=the PaymentIntent has no status/, '... and with a null status');
+	like(interpret(200, '<html>ok</html>'), qr/^error=.*not a JSON object/, 'HTML is an error');
+	like(interpret(200, '["succeeded"]'), qr/^error=.*not a JSON object/, 'an array is an error');
+	like(interpret(0, 'Timeout was reached'), qr/^error=Timeout was reached$/m,
 		'a transport error is an error');
+	# paysync_test_interpret escapes values to keep each on its line;
+	# test_fields() undoes that
+	my $escaped = interpret(0, "two\nlines, a \\ and a \x01");
+	is($escaped, 'error=two\nlines, a \\\\ and a \x01',
+		'paysync_test_interpret escapes line breaks, backslashes and control characters');
+	is(test_fields($escaped)->{error}, "two\nlines, a \\ and a \x01", '... and test_fields() undoes it');
 
 	my $r = interpret(401,
 		q({"error": {"type": "invalid_request_error", "message": "Invalid API Key provided: sk_test_****************WXYZ"}}),
 		"Request-Id: req_ABC123\r\n");
-	like($r, qr/^error\|Stripe refused the secret key: HTTP 401 invalid_request_error \[req_ABC123\]\|-1\|t$/,
+	like($r, qr/^error=Stripe refused the secret key: HTTP 401 invalid_request_error \[req_ABC123\]\ncredentials_rejected=true$/,
 		'401: an error, credentials rejected, with the request id');
 	unlike($r, qr/WXYZ|sk_/, '... and Stripe\'s message quoting the key is left out');
 	$r = interpret(403,
 		q({"error": {"type": "invalid_request_error", "message": "The provided key 'rk_test_***WXYZ' does not have the required permissions"}}));
-	like($r, qr/^error\|Stripe refused access.*HTTP 403/, '403: an error');
+	like($r, qr/^error=Stripe refused access.*HTTP 403/, '403: an error');
 	unlike($r, qr/WXYZ|rk_/, '... without Stripe\'s message quoting the key');
 	$r = interpret(404,
 		q({"error": {"type": "invalid_request_error", "code": "resource_missing", "param": "intent", "message": "No such payment_intent: 'pi_x'"}}),
 		"Stripe-Should-Retry: false\r\nRequest-Id: req_N1\r\n");
-	is($r, q{error|Stripe has no such PaymentIntent (wrong id, or key of another mode/account): HTTP 404 resource_missing, Stripe-Should-Retry false [req_N1]: No such payment_intent: 'pi_x'|-1|f},
+	is($r, q{error=Stripe has no such PaymentIntent (wrong id, or key of another mode/account): HTTP 404 resource_missing, Stripe-Should-Retry false [req_N1]: No such payment_intent: 'pi_x'},
 		'404 resource_missing: an error (never "not paid") saying what Stripe said');
 	$r = interpret(429,
 		q({"error": {"type": "invalid_request_error", "code": "rate_limit", "message": "Too many requests"}}),
 		"Stripe-Should-Retry: true\r\nRetry-After: 7\r\n");
-	like($r, qr/^error\|Stripe rate limit: HTTP 429 rate_limit: Too many requests\|7\|f$/,
+	like($r, qr/^error=Stripe rate limit: HTTP 429 rate_limit: Too many requests\nretry_after=7$/,
 		'429: an error keeping Retry-After');
 	like(interpret(500, q({"error": {"type": "api_error", "message": "Sorry"}})),
-		qr/^error\|Stripe server error: HTTP 500 api_error: Sorry\|/, '500: an error');
+		qr/^error=Stripe server error: HTTP 500 api_error: Sorry$/m, '500: an error');
 	like(interpret(502, '<html>bad gateway</html>'),
-		qr/^error\|Stripe server error: HTTP 502 \(not a Stripe error body\)/, '502 HTML: an error');
+		qr/^error=Stripe server error: HTTP 502 \(not a Stripe error body\)/, '502 HTML: an error');
 	$r = interpret(400,
 		q({"error": {"type": "invalid_request_error", "message": "Key sk_live_abc is not allowed"}}));
-	like($r, qr/^error\|unexpected answer from Stripe: HTTP 400 invalid_request_error\|/,
+	like($r, qr/^error=unexpected answer from Stripe: HTTP 400 invalid_request_error$/m,
 		'400: an error');
 	unlike($r, qr/sk_live/, '... leaving out a message that mentions a key');
 	$r = interpret(400,
 		'{"error": {"type": "invalid_request_error", "message": "' . ("\xc3\xa9" x 300) . '"}}');
-	my ($msg) = $r =~ /^error\|(.*)\|-1\|f$/;
+	my ($msg) = $r =~ /\Aerror=(.*)\z/;
 	my $copy = $msg;
 	ok(defined $msg && length($msg) <= 199 && utf8::decode($copy),
 		'a long message is clipped to fit last_error');
 	$r = interpret(200, pi_body("\xc3\xa9" x 100));
-	($msg) = $r =~ /^error\|unknown PaymentIntent status "(.*)"\|-1\|f$/;
+	($msg) = $r =~ /\Aerror=unknown PaymentIntent status "(.*)"\z/;
 	$copy = $msg;
 	ok(defined $msg && length($msg) <= 64 && utf8::decode($copy),
 		'a long unknown status is clipped on a whole character');
@@ -260,11 +252,11 @@ sub pi_body
 
 # ---------------------------------------------------------------- end to end
 
-sql("SELECT paysync.create_channel('stripe', 'stripe', '$base',
+sql($node, "SELECT paysync.create_channel('stripe', 'stripe', '$base',
 	jsonb_build_object('secret_key', $SECRET_SQL, 'api_version', '2024-06-20'))");
-sql("SELECT paysync.create_channel('stripe_conn', 'stripe', '$base/v1/',
+sql($node, "SELECT paysync.create_channel('stripe_conn', 'stripe', '$base/v1/',
 	jsonb_build_object('secret_key', $SECRET_SQL, 'stripe_account', 'acct_1TESTconn'))");
-sql("SELECT paysync.create_channel('stripe_wrong', 'stripe', '$base',
+sql($node, "SELECT paysync.create_channel('stripe_wrong', 'stripe', '$base',
 	jsonb_build_object('secret_key', $WRONG_SQL))");
 
 # [payment_id, channel, amount, currency, schedule]
@@ -286,7 +278,7 @@ my @tracked = (
 	[ 'pi_acct~S', 'stripe_conn', 1000, 'USD', '{0.3s}' ],
 	[ 'pi_wrong~S', 'stripe_wrong', 1000, 'USD', '{0.2s}' ],
 );
-sql(join ";\n", map {
+sql($node, join ";\n", map {
 	my ($id, $channel, $amount, $currency, $schedule) = @$_;
 	"SELECT (paysync.track(" . lit($id) . ", '$channel', "
 	  . ($amount // 'NULL') . ', ' . ($currency ? lit($currency) : 'NULL')
@@ -294,67 +286,65 @@ sql(join ";\n", map {
 } @tracked);
 
 # pending (with Stripe's words) then succeeded with the tracked amount
-wait_true('pi_paid~M,A,P,S1000', q{status = 'pending' AND channel_status = 'requires_action'},
+wait_true($node, 'pi_paid~M,A,P,S1000', q{status = 'pending' AND channel_status = 'requires_action'},
 	'pi_paid: pending while Stripe says requires_action');
-wait_true('pi_paid~M,A,P,S1000', q{status = 'succeeded'}, 'pi_paid: then succeeded');
-is(row_of('pi_paid~M,A,P,S1000', 'channel_status, step, errors, last_error IS NULL'),
+wait_true($node, 'pi_paid~M,A,P,S1000', q{status = 'succeeded'}, 'pi_paid: then succeeded');
+is(payment_row($node, 'pi_paid~M,A,P,S1000', 'channel_status, step, errors, last_error IS NULL'),
 	'succeeded|4|0|t', '... after three pending answers, with no error');
-is(sql(q{SELECT string_agg(previous || '>' || status || '|' || channel_status || '|' || source, ',')
-	FROM paysync.events WHERE payment_id = 'pi_paid~M,A,P,S1000'}),
-	'pending>succeeded|succeeded|poll', '... one event');
+is(events_of($node, 'pi_paid~M,A,P,S1000'), 'pending>succeeded|succeeded|poll|stripe', '... one event');
 my @paid_log = stripe_log($mock, 'pi_paid~M,A,P,S1000');
 is(scalar @paid_log, 4, '... four requests');
 is(scalar(grep { $_->{method} eq 'GET' && $_->{path} eq '/v1/payment_intents/pi_paid~M,A,P,S1000'
 	&& $_->{auth} eq 'ok' && $_->{v} eq '2024-06-20' && $_->{acct} eq '-' } @paid_log),
 	4, '... each a GET of the PaymentIntent with the Bearer key and Stripe-Version');
 
-wait_true('pi_capture~K,S2500eur', q{status = 'succeeded' AND channel_status = 'succeeded'},
+wait_true($node, 'pi_capture~K,S2500eur', q{status = 'succeeded' AND channel_status = 'succeeded'},
 	'requires_capture is pending, then succeeded in EUR');
-wait_true('pi_cancel~P,X', q{status = 'cancelled' AND channel_status = 'canceled'},
+wait_true($node, 'pi_cancel~P,X', q{status = 'cancelled' AND channel_status = 'canceled'},
 	'canceled becomes cancelled');
-wait_true('pi_over~S1500', q{status = 'failed'}, 'a larger amount received: failed');
-is(row_of('pi_over~S1500', 'last_error'),
+wait_true($node, 'pi_over~S1500', q{status = 'failed'}, 'a larger amount received: failed');
+is(payment_row($node, 'pi_over~S1500', 'last_error'),
 	'amount mismatch: expected 1000 USD, channel reports 1500 USD', '... saying why');
-wait_true('pi_cur~S1000eur', q{status = 'failed'}, 'another currency: failed');
-is(row_of('pi_cur~S1000eur', 'last_error'),
+wait_true($node, 'pi_cur~S1000eur', q{status = 'failed'}, 'another currency: failed');
+is(payment_row($node, 'pi_cur~S1000eur', 'last_error'),
 	'amount mismatch: expected 1000 USD, channel reports 1000 EUR', '... saying why');
-wait_true('pi_noamount~S777', q{status = 'succeeded'}, 'no tracked amount: succeeded');
-wait_true('pi_isk~S50000isk', q{status = 'succeeded' AND last_error IS NULL},
+wait_true($node, 'pi_noamount~S777', q{status = 'succeeded'}, 'no tracked amount: succeeded');
+wait_true($node, 'pi_isk~S50000isk', q{status = 'succeeded' AND last_error IS NULL},
 	'ISK 500 tracked, Stripe reports 50000 hundredths: succeeded');
 
-wait_true('pi_429~R,S', q{status = 'succeeded'}, '429 then succeeded');
-like(row_of('pi_429~R,S', 'last_error'), qr/^Stripe rate limit: HTTP 429 rate_limit/,
+wait_true($node, 'pi_429~R,S', q{status = 'succeeded'}, '429 then succeeded');
+like(payment_row($node, 'pi_429~R,S', 'last_error'), qr/^Stripe rate limit: HTTP 429 rate_limit/,
 	'... the 429 was recorded as an error');
 is(scalar(stripe_log($mock, 'pi_429~R,S')), 2, '... and retried once');
 
-wait_true('pi_ra~R3,S', q{status = 'succeeded'}, '429 with Retry-After 3 then succeeded');
+wait_true($node, 'pi_ra~R3,S', q{status = 'succeeded'}, '429 with Retry-After 3 then succeeded');
 {
 	my @l = stripe_log($mock, 'pi_ra~R3,S');
 	my $gap = @l == 2 ? ($l[1]{us} - $l[0]{us}) / 1e6 : 0;
 	ok($gap >= 2.8, "... retried after Stripe's Retry-After (${gap}s)");
 }
 
-wait_true('pi_500~E,E,S', q{status = 'succeeded'}, '500 twice then succeeded');
-like(row_of('pi_500~E,E,S', 'last_error'), qr/^Stripe server error: HTTP 500 api_error/,
+wait_true($node, 'pi_500~E,E,S', q{status = 'succeeded'}, '500 twice then succeeded');
+like(payment_row($node, 'pi_500~E,E,S', 'last_error'), qr/^Stripe server error: HTTP 500 api_error/,
 	'... the 500 was recorded as an error');
 
-wait_true('pi_missing', q{errors >= 2}, 'an id Stripe does not know (404) is an error, retried');
-is(row_of('pi_missing', 'status, step'), 'pending|0',
+wait_true($node, 'pi_missing', q{errors >= 2}, 'an id Stripe does not know (404) is an error, retried');
+is(payment_row($node, 'pi_missing', 'status, step'), 'pending|0',
 	'... never a status: pending, no step taken, not expired though its schedule is one check');
-like(row_of('pi_missing', 'last_error'),
+like(payment_row($node, 'pi_missing', 'last_error'),
 	qr/^Stripe has no such PaymentIntent .*HTTP 404 resource_missing, Stripe-Should-Retry false \[req_\w+\]: No such payment_intent: 'pi_missing'$/,
 	'... last_error says what Stripe said');
 
-wait_true('pi_odd~U', q{errors >= 1}, 'an unknown PaymentIntent status is an error');
-is(row_of('pi_odd~U', 'status, step, last_error'),
+wait_true($node, 'pi_odd~U', q{errors >= 1}, 'an unknown PaymentIntent status is an error');
+is(payment_row($node, 'pi_odd~U', 'status, step, last_error'),
 	'pending|0|unknown PaymentIntent status "unheard_of"', '... never a status');
-wait_true('pi_html~J', q{errors >= 1 AND last_error LIKE '%not a JSON object%'},
+wait_true($node, 'pi_html~J', q{errors >= 1 AND last_error LIKE '%not a JSON object%'},
 	'an answer that is not JSON is an error');
 
-wait_true('pi_expire~M', q{status = 'expired'},
+wait_true($node, 'pi_expire~M', q{status = 'expired'},
 	'requires_payment_method until the schedule runs out: expired');
 
-wait_true('pi_acct~S', q{status = 'succeeded'}, 'a connected account\'s PaymentIntent succeeded');
+wait_true($node, 'pi_acct~S', q{status = 'succeeded'}, 'a connected account\'s PaymentIntent succeeded');
 {
 	my @l = stripe_log($mock, 'pi_acct~S');
 	ok(@l >= 1 && $l[0]{acct} eq 'acct_1TESTconn' && $l[0]{v} eq '-'
@@ -362,21 +352,21 @@ wait_true('pi_acct~S', q{status = 'succeeded'}, 'a connected account\'s PaymentI
 		'... asked with Stripe-Account, no Stripe-Version, base_url\'s /v1/ not doubled');
 }
 
-wait_true('pi_wrong~S', q{errors >= 1}, 'a key Stripe refuses (401) is an error');
-is(row_of('pi_wrong~S', 'status'), 'pending', '... never a status');
-like(row_of('pi_wrong~S', 'last_error'),
+wait_true($node, 'pi_wrong~S', q{errors >= 1}, 'a key Stripe refuses (401) is an error');
+is(payment_row($node, 'pi_wrong~S', 'status'), 'pending', '... never a status');
+like(payment_row($node, 'pi_wrong~S', 'last_error'),
 	qr/^Stripe refused the secret key: HTTP 401 invalid_request_error/, '... saying the key was refused');
-unlike(row_of('pi_wrong~S', 'last_error'), qr/QZQZ|sk_|\*\*\*/,
+unlike(payment_row($node, 'pi_wrong~S', 'last_error'), qr/QZQZ|sk_|\*\*\*/,
 	'... without Stripe\'s message that quotes the (redacted) key');
 ok((grep { $_->{auth} eq 'wrong' } stripe_log($mock, 'pi_wrong~S')) >= 1,
 	'... the mock saw the wrong key');
 
 # ---------------------------------------------------------------- secrets
 
-is(sql(q{SELECT count(*) FROM paysync.payments
+is(sql($node, q{SELECT count(*) FROM paysync.payments
 	WHERE last_error ~ '(sk|rk)_' OR channel_status ~ '(sk|rk)_'}), '0',
 	'no key in payments');
-is(sql(q{SELECT count(*) FROM paysync.events WHERE channel_status ~ '(sk|rk)_'}), '0',
+is(sql($node, q{SELECT count(*) FROM paysync.events WHERE channel_status ~ '(sk|rk)_'}), '0',
 	'no key in events');
 
 $node->stop;

@@ -1,10 +1,12 @@
 # 012_wechatpay.pl: driver "wechatpay" (WeChat Pay API v3).
 #
-# Unit level, through test-only SQL functions: the request signature (checked
-# with openssl dgst -verify, an independent implementation), the request as
-# built (URL, headers, body), and the verification of answers (good, bad
-# signature, wrong key, tampered body, stale or future timestamp, missing
-# headers, another platform serial).  Then create_channel's checks of the
+# Unit level, through the drivers' test interface (paysync_test_request and
+# paysync_test_interpret, src/driver_test.c), which runs the driver as the
+# worker does: the request signature (checked with openssl dgst -verify, an
+# independent implementation), the request as built (URL, headers, body),
+# and the verification of answers with canned headers (good, bad signature,
+# wrong key, tampered body, stale or future timestamp, missing headers,
+# another platform serial).  Then create_channel's checks of the
 # options, and end to end through the worker against t/mock/mock_wechatpay,
 # which verifies the merchant's request signatures and signs its answers
 # with the platform key: every trade_state, ORDER_NOT_EXIST, the amount
@@ -18,8 +20,7 @@ use warnings;
 
 use FindBin;
 use lib $FindBin::Bin;
-use IPC::Run;
-use MIME::Base64 qw(encode_base64 decode_base64);
+use MIME::Base64 qw(encode_base64);
 use PaysyncTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -34,54 +35,19 @@ my $dir = PostgreSQL::Test::Utils::tempdir();
 
 # ---------------------------------------------------------------- keys
 
-sub run_ok_quiet
-{
-	my @cmd = @_;
-	my ($out, $err) = ('', '');
-	IPC::Run::run(\@cmd, '>', \$out, '2>', \$err)
-	  or die "@cmd failed: $err";
-	return $out;
-}
-
 for my $name (qw(merchant platform other short))
 {
 	make_rsa_key($dir, $name, $name eq 'short' ? 1024 : 2048);
 }
 # the platform key as WeChat Pay hands it out: in a certificate
-run_ok_quiet('openssl', 'req', '-x509', '-new', '-key', "$dir/platform.key",
-	'-subj', '/CN=Tenpay.com Root CA mock', '-days', '2', '-out', "$dir/platform.crt");
+run_openssl([ 'req', '-x509', '-new', '-key', "$dir/platform.key",
+	'-subj', '/CN=Tenpay.com Root CA mock', '-days', '2', '-out', "$dir/platform.crt" ]);
 
 # SQL that reads a file on the server: keys never appear in statement text.
 sub file_sql
 {
 	my ($name) = @_;
 	return "pg_read_file('$dir/$name')";
-}
-
-# base64 SHA256withRSA signature of text by a key file, made by openssl.
-sub openssl_sign
-{
-	my ($key, $text) = @_;
-	spew_file("$dir/to_sign", $text);
-	run_ok_quiet('openssl', 'dgst', '-sha256', '-sign', "$dir/$key", '-out',
-		"$dir/signed.bin", "$dir/to_sign");
-	return encode_base64(slurp_file("$dir/signed.bin"), '');
-}
-
-# True if openssl dgst -verify accepts signature_b64 of text by a public key.
-sub openssl_verifies
-{
-	my ($pub, $text, $signature_b64) = @_;
-	spew_file("$dir/to_verify", $text);
-	spew_file("$dir/signature.bin", decode_base64($signature_b64));
-	my ($out, $err) = ('', '');
-	IPC::Run::run(
-		[
-			'openssl', 'dgst', '-sha256', '-verify', "$dir/$pub",
-			'-signature', "$dir/signature.bin", "$dir/to_verify"
-		],
-		'>', \$out, '2>', \$err);
-	return $out =~ /Verified OK/ ? 1 : 0;
 }
 
 # ---------------------------------------------------------------- mock
@@ -112,22 +78,35 @@ my $mock = start_mock_program(
 my $node = new_paysync_node('wechatpay',
 	conf => "log_statement = 'all'\nlog_min_messages = debug1\n");
 
-sub sql
+# Options of a channel (SQL jsonb): the merchant's and the platform's keys
+# read from files; %o replaces or adds options (SQL values, undef: left out).
+sub options_sql
 {
-	my ($query) = @_;
-	return $node->safe_psql('postgres', $query);
+	my (%o) = @_;
+	my %v = (
+		mchid => lit($MCHID),
+		merchant_serial_no => lit($MERCHANT_SERIAL),
+		merchant_private_key => file_sql('merchant.key'),
+		platform_public_key => file_sql('platform.pub'),
+		%o);
+	return 'jsonb_build_object('
+	  . join(', ', map { lit($_) . ", $v{$_}" } grep { defined $v{$_} } sort keys %v) . ')';
+}
+
+create_test_functions($node);
+
+# The request the driver builds for payment id and kind (query or close) on
+# a channel with base_url base: ("METHOD URL", {header name => value}, body).
+sub built_request
+{
+	my ($base, $id, $kind) = @_;
+	my $r = test_fields(test_request($node, driver => 'wechatpay', options => options_sql(),
+		base_url => $base, payment_id => $id, kind => $kind));
+	my %h = map { /^([^:]+): (.*)$/ ? ($1, $2) : () } @{ $r->{header} };
+	return ("$r->{method} $r->{url}", \%h, $r->{body} // '');
 }
 
 # ---------------------------------------------------------------- unit: request signature
-
-sql(q{
-CREATE FUNCTION public.wx_authorization(text, text, text, text, text, text, text, text)
-	RETURNS text AS '$libdir/paysync', 'paysync_test_wechatpay_authorization' LANGUAGE C STRICT;
-CREATE FUNCTION public.wx_verify(text, text, text, text, bigint)
-	RETURNS text AS '$libdir/paysync', 'paysync_test_wechatpay_verify' LANGUAGE C;
-CREATE FUNCTION public.wx_request(text, jsonb, text, boolean)
-	RETURNS text AS '$libdir/paysync', 'paysync_test_wechatpay_request' LANGUAGE C STRICT;
-});
 
 # Splits an Authorization value into its fields; undef if the form is wrong.
 sub auth_fields
@@ -141,54 +120,38 @@ sub auth_fields
 
 {
 	my $path = "/v3/pay/transactions/out-trade-no/T20261126001?mchid=$MCHID";
-	my $header = sql(
-		"SELECT wx_authorization(@{[file_sql('merchant.key')]}, '$MCHID', '$MERCHANT_SERIAL',"
-		  . " 'GET', '$path', '1554208460', '593BEC0C930BF1AFEB40B4A08C8FB242', '')");
-	my $f = auth_fields($header);
+	my (undef, $h) = built_request('http://127.0.0.1:1', 'T20261126001', 'query');
+	my $f = auth_fields($h->{Authorization} // '');
 	ok($f, 'the Authorization header has the WECHATPAY2-SHA256-RSA2048 form');
 	is_deeply(
-		[ @{$f}{qw(mchid nonce_str timestamp serial_no)} ],
-		[ $MCHID, '593BEC0C930BF1AFEB40B4A08C8FB242', '1554208460', $MERCHANT_SERIAL ],
+		[
+			$f->{mchid}, ($f->{nonce_str} // '') =~ /^[0-9A-F]{32}$/ ? 'a nonce' : $f->{nonce_str},
+			($f->{timestamp} // '') =~ /^[0-9]{10}$/ ? 'a timestamp' : $f->{timestamp},
+			$f->{serial_no}
+		],
+		[ $MCHID, 'a nonce', 'a timestamp', $MERCHANT_SERIAL ],
 		'... with mchid, nonce_str, timestamp and serial_no');
-	my $message = "GET\n$path\n1554208460\n593BEC0C930BF1AFEB40B4A08C8FB242\n\n";
-	ok(openssl_verifies('merchant.pub', $message, $f->{signature}),
+	my $message = "GET\n$path\n$f->{timestamp}\n$f->{nonce_str}\n\n";
+	ok(openssl_verifies("$dir/merchant.pub", $message, $f->{signature}),
 		'a GET signature verifies with openssl dgst -verify and the merchant public key');
-	ok(!openssl_verifies('merchant.pub', "POST" . substr($message, 3), $f->{signature}),
+	ok(!openssl_verifies("$dir/merchant.pub", "POST" . substr($message, 3), $f->{signature}),
 		'... and not for another message');
-	ok(!openssl_verifies('other.pub', $message, $f->{signature}),
+	ok(!openssl_verifies("$dir/other.pub", $message, $f->{signature}),
 		'... nor with another public key');
 
 	my $body = qq{{"mchid":"$MCHID"}};
-	$header = sql(
-		"SELECT wx_authorization(@{[file_sql('merchant.key')]}, '$MCHID', '$MERCHANT_SERIAL',"
-		  . " 'POST', '/v3/pay/transactions/out-trade-no/T1/close', '1554208460', 'N1', "
-		  . lit($body) . ")");
-	$f = auth_fields($header);
+	(undef, $h) = built_request('http://127.0.0.1:1', 'T1', 'close');
+	$f = auth_fields($h->{Authorization} // '');
 	ok( openssl_verifies(
-			'merchant.pub',
-			"POST\n/v3/pay/transactions/out-trade-no/T1/close\n1554208460\nN1\n$body\n",
+			"$dir/merchant.pub",
+			"POST\n/v3/pay/transactions/out-trade-no/T1/close\n$f->{timestamp}\n$f->{nonce_str}\n$body\n",
 			$f->{signature}),
 		'a POST signature (body included) verifies with openssl');
 }
 
-# The request as the driver builds it for a channel.
-my $unit_options = "jsonb_build_object('mchid', '$MCHID', 'merchant_serial_no', '$MERCHANT_SERIAL',"
-  . " 'merchant_private_key', @{[file_sql('merchant.key')]},"
-  . " 'platform_public_key', @{[file_sql('platform.pub')]})";
-
-sub built_request
-{
-	my ($base, $id, $close) = @_;
-	my $text = sql("SELECT wx_request('$base', $unit_options, " . lit($id) . ", $close)");
-	my ($head, $body) = split /\n\n/, $text, 2;
-	my ($first, @headers) = split /\n/, $head;
-	my %h = map { /^([^:]+): (.*)$/ ? ($1, $2) : () } @headers;
-	return ($first, \%h, $body // '');
-}
-
 {
 	my $before = time;
-	my ($first, $h, $body) = built_request('http://127.0.0.1:1/proxy/', 'T 1/x~N', 'false');
+	my ($first, $h, $body) = built_request('http://127.0.0.1:1/proxy/', 'T 1/x~N', 'query');
 	is($first,
 		"GET http://127.0.0.1:1/proxy/v3/pay/transactions/out-trade-no/T%201%2Fx~N?mchid=$MCHID",
 		'the query goes to /v3/pay/transactions/out-trade-no/{id}?mchid= (id URL-encoded)');
@@ -197,21 +160,21 @@ sub built_request
 	my $f = auth_fields($h->{Authorization} // '');
 	ok($f && $f->{nonce_str} =~ /^[0-9A-F]{32}$/, '... a fresh 32-digit nonce');
 	ok($f && abs($f->{timestamp} - $before) < 30, '... the current timestamp');
-	ok( $f && openssl_verifies('merchant.pub',
+	ok( $f && openssl_verifies("$dir/merchant.pub",
 			"GET\n/proxy/v3/pay/transactions/out-trade-no/T%201%2Fx~N?mchid=$MCHID\n"
 			  . "$f->{timestamp}\n$f->{nonce_str}\n\n", $f->{signature}),
 		'... signed over the path as sent (base_url path included), verified by openssl');
-	my (undef, $h2) = built_request('http://127.0.0.1:1/proxy/', 'T 1/x~N', 'false');
+	my (undef, $h2) = built_request('http://127.0.0.1:1/proxy/', 'T 1/x~N', 'query');
 	isnt(auth_fields($h2->{Authorization})->{nonce_str}, $f->{nonce_str},
 		'each request has its own nonce');
 
-	($first, $h, $body) = built_request('http://127.0.0.1:1', 'T2', 'true');
+	($first, $h, $body) = built_request('http://127.0.0.1:1', 'T2', 'close');
 	is($first, 'POST http://127.0.0.1:1/v3/pay/transactions/out-trade-no/T2/close',
 		'the close goes to POST .../out-trade-no/{id}/close');
 	is($body, qq{{"mchid":"$MCHID"}}, '... with body {"mchid": ...}');
 	is($h->{'Content-Type'}, 'application/json', '... as application/json');
 	$f = auth_fields($h->{Authorization} // '');
-	ok( $f && openssl_verifies('merchant.pub',
+	ok( $f && openssl_verifies("$dir/merchant.pub",
 			"POST\n/v3/pay/transactions/out-trade-no/T2/close\n$f->{timestamp}\n$f->{nonce_str}\n$body\n",
 			$f->{signature}),
 		'... signed with the body, verified by openssl');
@@ -226,7 +189,7 @@ sub answer_headers
 	my $ts = $o{timestamp} // int(time);
 	my $nonce = $o{nonce} // 'c5ac7061fccab6bf3e254dcf98995b8c';
 	my $sig = $o{signature}
-	  // openssl_sign($o{key} // 'platform.key', "$ts\n$nonce\n$o{signed_body}\n");
+	  // openssl_sign("$dir/" . ($o{key} // 'platform.key'), "$ts\n$nonce\n$o{signed_body}\n");
 	my %h = (
 		'Wechatpay-Timestamp' => $ts,
 		'Wechatpay-Nonce' => $nonce,
@@ -237,13 +200,21 @@ sub answer_headers
 	return join("\n", map { "$_: $h{$_}" } sort keys %h);
 }
 
+# What the driver makes of an answer with these headers and body, for a
+# channel whose platform key is the file pub (default platform.pub) and
+# platform_serial serial (default none): the error, or the status when the
+# answer verifies.  kind and status: the request's kind and the answer's
+# HTTP status (query and 200 by default).
 sub verify_answer
 {
 	my ($headers, $body, %o) = @_;
-	my $serial = exists $o{serial} ? (defined $o{serial} ? lit($o{serial}) : 'NULL') : 'NULL';
-	my $now = $o{now} // int(time);
-	return sql("SELECT wx_verify(@{[file_sql($o{pub} // 'platform.pub')]}, $serial, "
-		  . lit($headers) . ', ' . lit($body) . ", $now)");
+	my $r = test_fields(test_interpret($node, driver => 'wechatpay',
+		options => options_sql(
+			platform_public_key => file_sql($o{pub} // 'platform.pub'),
+			platform_serial => defined $o{serial} ? lit($o{serial}) : undef),
+		kind => $o{kind} // 'query', status => $o{status} // 200,
+		headers => $headers, body => $body));
+	return $r->{error} // $r->{status};
 }
 
 {
@@ -251,10 +222,10 @@ sub verify_answer
 	my $now = int(time);
 	my $good = answer_headers(signed_body => $body, timestamp => $now);
 
-	is(verify_answer($good, $body), 'ok', 'a signed answer verifies');
-	is(verify_answer($good, $body, pub => 'platform.crt'), 'ok',
+	is(verify_answer($good, $body), 'succeeded', 'a signed answer verifies');
+	is(verify_answer($good, $body, pub => 'platform.crt'), 'succeeded',
 		'... also with the platform certificate as platform_public_key');
-	is(verify_answer($good, $body, serial => $PLATFORM_SERIAL), 'ok',
+	is(verify_answer($good, $body, serial => $PLATFORM_SERIAL), 'succeeded',
 		'... and with platform_serial set to its Wechatpay-Serial');
 	like(verify_answer($good, $body, serial => 'PUB_KEY_ID_0000000001'),
 		qr/not platform_serial/, 'another Wechatpay-Serial than platform_serial is refused');
@@ -278,15 +249,15 @@ sub verify_answer
 		qr/does not verify/, 'a bad signature is refused');
 	like(
 		verify_answer(
-			answer_headers(signed_body => $body, timestamp => $now - 600), $body, now => $now),
-		qr/Timestamp is -600 s off/, 'a correctly signed answer ten minutes old is refused (stale)');
+			answer_headers(signed_body => $body, timestamp => $now - 600), $body),
+		qr/Timestamp is -60\d s off/, 'a correctly signed answer ten minutes old is refused (stale)');
 	like(
 		verify_answer(
-			answer_headers(signed_body => $body, timestamp => $now + 400), $body, now => $now),
-		qr/Timestamp is 400 s off/, '... as is one from the future');
+			answer_headers(signed_body => $body, timestamp => $now + 400), $body),
+		qr/Timestamp is (?:400|39\d) s off/, '... as is one from the future');
 	is( verify_answer(
-			answer_headers(signed_body => $body, timestamp => $now - 290), $body, now => $now),
-		'ok', '... but 290 s is within the five minutes');
+			answer_headers(signed_body => $body, timestamp => $now - 290), $body),
+		'succeeded', '... but 290 s is within the five minutes');
 	for my $h (qw(Wechatpay-Timestamp Wechatpay-Nonce Wechatpay-Signature))
 	{
 		like(verify_answer(answer_headers(signed_body => $body, drop => [$h]), $body),
@@ -300,26 +271,14 @@ sub verify_answer
 		verify_answer(answer_headers(signed_body => $body, type => 'WECHATPAY2-SM2-WITH-SM3'),
 			$body),
 		qr/signed with WECHATPAY2-SM2-WITH-SM3/, 'another signature type is refused');
-	is(verify_answer(answer_headers(signed_body => '', timestamp => $now), ''),
-		'ok', 'an empty body (204) verifies over "timestamp\\nnonce\\n\\n"');
+	is( verify_answer(answer_headers(signed_body => '', timestamp => $now), '',
+			kind => 'close', status => 204),
+		'closed', 'an empty body (204) verifies over "timestamp\\nnonce\\n\\n"');
 }
 
 # ---------------------------------------------------------------- create_channel
 
 my $base = "http://127.0.0.1:$mock->{port}";
-
-sub options_sql
-{
-	my (%o) = @_;
-	my %v = (
-		mchid => lit($MCHID),
-		merchant_serial_no => lit($MERCHANT_SERIAL),
-		merchant_private_key => file_sql('merchant.key'),
-		platform_public_key => file_sql('platform.pub'),
-		%o);
-	return 'jsonb_build_object('
-	  . join(', ', map { lit($_) . ", $v{$_}" } grep { defined $v{$_} } sort keys %v) . ')';
-}
 
 sub create_channel
 {
@@ -361,7 +320,7 @@ sub create_channel
 		"SELECT paysync.create_channel('wx_bad', 'wechatpay', '$base', "
 		  . options_sql() . " || '{\"close_on_expiry\": \"yes\"}')");
 	like($err, qr/close_on_expiry/, 'close_on_expiry must be a boolean');
-	is(sql(q{SELECT count(*) FROM paysync.channels WHERE name = 'wx_bad'}), '0',
+	is(sql($node, q{SELECT count(*) FROM paysync.channels WHERE name = 'wx_bad'}), '0',
 		'no refused channel was created');
 }
 
@@ -409,7 +368,7 @@ my @tracked = (
 	[ 'v_paid~N,Pk', 'wx', '{1s}' ],
 	[ 'badkey~S', 'wx_badkey', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
 );
-sql(join(";\n",
+sql($node, join(";\n",
 	map {
 		my ($id, $ch, $sched, $amount, $cur) = @$_;
 		"SELECT paysync.track(" . lit($id) . ", '$ch', "
@@ -425,16 +384,9 @@ sub wait_row
 		$expected, $what);
 }
 
-sub events_of
-{
-	my ($id) = @_;
-	return sql("SELECT string_agg(previous || '>' || status || '|' || coalesce(channel_status, '') || '|' || source, ' ' ORDER BY event_id)"
-		  . " FROM paysync.events WHERE payment_id = " . lit($id));
-}
-
 wait_row('pay~N,N,S', 'status, channel_status', 'succeeded|SUCCESS',
 	'NOTPAY, NOTPAY, SUCCESS -> succeeded');
-is(events_of('pay~N,N,S'), 'pending>succeeded|SUCCESS|poll', '... one event, source poll');
+is(events_of($node, 'pay~N,N,S'), 'pending>succeeded|SUCCESS|poll|wx', '... one event, source poll');
 is(scalar(grep { $_->[4] eq '200' } mock_lines($mock, 'pay~N,N,S')), 3,
 	'... three queries, each accepted by the mock\'s signature check');
 wait_row('pay_cert~U,S', 'status', 'succeeded',
@@ -444,16 +396,16 @@ wait_row('notexist~O,N,S', 'status, step', 'succeeded|3',
 wait_row('refund~R', 'status, channel_status', 'succeeded|REFUND', 'REFUND -> succeeded');
 wait_row('failed~F', 'status, channel_status', 'failed|PAYERROR', 'PAYERROR -> failed');
 wait_row('closed~C', 'status, channel_status', 'closed|CLOSED', 'CLOSED -> closed');
-is(events_of('closed~C'), 'pending>closed|CLOSED|poll', '... source poll');
+is(events_of($node, 'closed~C'), 'pending>closed|CLOSED|poll|wx', '... source poll');
 wait_row('revoked~V', 'status, channel_status', 'cancelled|REVOKED', 'REVOKED -> cancelled');
 wait_row('mismatch~A', 'status, last_error',
 	'failed|amount mismatch: expected 100 CNY, channel reports 101 CNY',
 	'SUCCESS with another amount.total -> failed, amount mismatch');
-is(events_of('mismatch~A'), 'pending>failed|SUCCESS|poll', '... with its event');
+is(events_of($node, 'mismatch~A'), 'pending>failed|SUCCESS|poll|wx', '... with its event');
 wait_row('replayed~W', q{status || '|' || (errors >= 2) || '|' || last_error},
 	'pending|true|the answer is about out_trade_no "T-ANOTHER-TRADE", not the payment asked about',
 	'a genuine signed SUCCESS of another trade (replayed) is an error, never a status');
-is(events_of('replayed~W'), '', '... and no event');
+is(events_of($node, 'replayed~W'), '', '... and no event');
 wait_row('currency~Y', 'status, last_error',
 	'failed|amount mismatch: expected 100 CNY, channel reports 100 USD',
 	'SUCCESS in another currency -> failed');
@@ -465,7 +417,7 @@ wait_row('unknown~Q', q{status || '|' || (errors >= 1) || '|' || last_error},
 # close on expiry
 wait_row('exp_close~N,X', 'status, channel_status', 'closed|CLOSED',
 	'schedule used up: the trade is closed at the channel -> closed');
-is(events_of('exp_close~N,X'), 'pending>closed|CLOSED|expiry', '... event source expiry');
+is(events_of($node, 'exp_close~N,X'), 'pending>closed|CLOSED|expiry|wx', '... event source expiry');
 is( join(',', map { "$_->[1] $_->[4]" } mock_lines($mock, 'exp_close~N,X')),
 	'GET 200,POST 204', '... one query, then one close (POST .../close, 204)');
 like((mock_lines($mock, 'exp_close~N,X'))[1][2], qr{/out-trade-no/exp_close~N%2CX/close$},
@@ -486,7 +438,7 @@ wait_row('exp_retry~N,E503,X', 'status, errors', 'closed|0',
 is(scalar(grep { $_->[1] eq 'POST' } mock_lines($mock, 'exp_retry~N,E503,X')), 2,
 	'... two close requests');
 wait_row('exp_keep~N', 'status', 'expired', 'close_on_expiry false: expired');
-is(events_of('exp_keep~N'), 'pending>expired|NOTPAY|expiry', '... source expiry');
+is(events_of($node, 'exp_keep~N'), 'pending>expired|NOTPAY|expiry|wx_keep', '... source expiry');
 is(scalar(grep { $_->[1] eq 'POST' } mock_lines($mock, 'exp_keep~N')), 0,
 	'... and no close request');
 
@@ -508,17 +460,17 @@ for my $case (@unverified)
 {
 	my ($id, $re, $what) = @$case;
 	wait_row($id, 'errors >= 2', 't', "$what: retried as an error");
-	my ($status, $error) = split /\|/, sql(
+	my ($status, $error) = split /\|/, sql($node, 
 		'SELECT status, last_error FROM paysync.payments WHERE payment_id = ' . lit($id)), 2;
 	is($status, 'pending', "$what: never a status");
 	like($error, $re, "$what: last_error says why");
-	is(events_of($id), '', "$what: no event");
+	is(events_of($node, $id), '', "$what: no event");
 }
 ok( (grep { $_->[4] eq '200' } mock_lines($mock, 'v_tampered~St')),
 	'the tampered answers were 200s from the mock (refused by the driver, not the mock)');
 ok(!(grep { $_->[4] ne '401' } mock_lines($mock, 'badkey~S')),
 	'the mock refused every request signed with the unknown key');
-is(sql(q{SELECT closing FROM paysync.payments WHERE payment_id = 'exp_badsig~N,Xt'}), 't',
+is(sql($node, q{SELECT closing FROM paysync.payments WHERE payment_id = 'exp_badsig~N,Xt'}), 't',
 	'the payment whose close answer fails verification is still closing');
 
 # ---------------------------------------------------------------- secrets

@@ -3,10 +3,10 @@
 # (RSA2 signature with the application's public key, app_id, timestamp in
 # Shanghai time) and signs its answers with "Alipay's" private key.
 #
-# Unit level (through paysync_test_alipay_request/_interpret, created here
-# from the library, not in the install script): the request signature
-# verifies with `openssl dgst -sha256 -verify` over the string to sign
-# rebuilt here; answers signed here with openssl verify, and bad
+# Unit level (through the drivers' test interface, paysync_test_request and
+# paysync_test_interpret, created here from the library, not in the install
+# script): the request signature verifies with `openssl dgst -sha256
+# -verify` over the string to sign rebuilt here; answers signed here with openssl verify, and bad
 # signatures, a wrong key, a tampered body, a re-serialised body and a
 # missing sign are errors.  (Alipay's answers carry no timestamp, so there
 # is no stale timestamp to refuse.)
@@ -25,9 +25,7 @@ use warnings;
 
 use FindBin;
 use lib $FindBin::Bin;
-use IPC::Run;
 use JSON::PP;
-use MIME::Base64 qw(encode_base64 decode_base64);
 use PaysyncTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -38,15 +36,6 @@ my $APP_ID = '2021000000000001';
 my $tmp = PostgreSQL::Test::Utils::tempdir;
 
 # ---------------------------------------------------------------- keys
-
-# Runs openssl with args (stdin from $in if given); returns (ok, stdout, stderr).
-sub openssl
-{
-	my ($args, $in) = @_;
-	my ($out, $err) = ('', '');
-	my $ok = IPC::Run::run([ 'openssl', @$args ], '<', \($in // ''), '>', \$out, '2>', \$err);
-	return ($ok, $out, $err);
-}
 
 # The bare base64 body of a PEM, as Alipay's console hands keys out.
 sub bare
@@ -72,15 +61,6 @@ my %KEY = (
 # Lines from the middle of the application private key: they must show
 # nowhere but in paysync.channels.
 my @APP_KEY_LINES = (split /\n/, slurp_file("$tmp/app.key"))[ 3 .. 8 ];
-
-# Signs text with a key file the way Alipay does; base64.
-sub rsa2_sign
-{
-	my ($keyfile, $text) = @_;
-	my ($ok, $sig, $err) = openssl([ 'dgst', '-sha256', '-sign', $keyfile ], $text);
-	die "openssl dgst -sign: $err" unless $ok;
-	return encode_base64($sig, '');
-}
 
 # ---------------------------------------------------------------- the mock
 
@@ -108,12 +88,6 @@ my $node = new_paysync_node('alipay');
 
 # ---------------------------------------------------------------- helpers
 
-sub sql
-{
-	my ($query) = @_;
-	return $node->safe_psql('postgres', $query);
-}
-
 # Runs a statement expected to fail; returns its stderr (or undef if it worked).
 sub sql_error
 {
@@ -123,47 +97,27 @@ sub sql_error
 	return $rc == 0 ? undef : $err;
 }
 
-sub row_of
-{
-	return payment_row($node, @_);
-}
-
-sub wait_status
-{
-	return wait_payment_status($node, @_);
-}
-
-sub events_of
-{
-	my ($id) = @_;
-	return sql("SELECT string_agg(previous || '>' || status || '|' || coalesce(channel_status, '') || '|' || source, ',' ORDER BY event_id)"
-		  . ' FROM paysync.events WHERE payment_id = ' . lit($id));
-}
-
 # The keys live in a table so that no statement text carries them: a
 # failing statement is logged, and would show a key spelled out in it.
-sql('CREATE TABLE test_keys (name text PRIMARY KEY, value text NOT NULL)');
+sql($node, 'CREATE TABLE test_keys (name text PRIMARY KEY, value text NOT NULL)');
 for my $name (sort keys %KEY)
 {
 	my ($file, $bare) = @{ $KEY{$name} };
 	my $read = 'pg_read_file(' . lit("$tmp/$file") . ')';
 	$read = "regexp_replace($read, '-----[A-Z ]+-----|\\s', '', 'g')" if $bare;
-	sql('INSERT INTO test_keys SELECT ' . lit($name) . ", $read");
+	sql($node, 'INSERT INTO test_keys SELECT ' . lit($name) . ", $read");
 }
-is(sql("SELECT value FROM test_keys WHERE name = 'app_priv_bare'"),
+is(sql($node, "SELECT value FROM test_keys WHERE name = 'app_priv_bare'"),
 	join('', grep { !/^-----/ } split /\n/, slurp_file("$tmp/app.key")),
 	'the bare base64 form of a key is its PEM body');
-sql(<<"EOF");
+sql($node, <<"EOF");
 CREATE FUNCTION opts(app text, ali text) RETURNS jsonb LANGUAGE sql AS \$\$
   SELECT jsonb_strip_nulls(jsonb_build_object('app_id', '$APP_ID',
     'app_private_key', (SELECT value FROM test_keys WHERE name = app),
     'alipay_public_key', (SELECT value FROM test_keys WHERE name = ali)))
 \$\$;
-CREATE FUNCTION paysync_test_alipay_request(jsonb, text, text, text) RETURNS text
-  AS '\$libdir/paysync', 'paysync_test_alipay_request' LANGUAGE C STRICT;
-CREATE FUNCTION paysync_test_alipay_interpret(jsonb, text, int, text) RETURNS text
-  AS '\$libdir/paysync', 'paysync_test_alipay_interpret' LANGUAGE C STRICT;
 EOF
+create_test_functions($node);
 
 # ---------------------------------------------------------------- request signing
 
@@ -180,9 +134,10 @@ sub form_decode
 sub driver_request
 {
 	my ($id, $kind) = @_;
-	my $req = sql("SELECT paysync_test_alipay_request(opts('app_priv_bare', 'ali_pub_bare'), "
-		  . lit($GATEWAY) . ', ' . lit($id) . ', ' . lit($kind) . ')');
-	my ($url, $body) = split /\n/, $req, 2;
+	my $req = test_fields(test_request($node, driver => 'alipay',
+		options => q{opts('app_priv_bare', 'ali_pub_bare')}, base_url => $GATEWAY,
+		payment_id => $id, kind => $kind));
+	my ($url, $body) = ($req->{url}, $req->{body});
 	my ($base, $query) = split /\?/, $url, 2;
 	my %params;
 	for my $pair (split(/&/, $query), split(/&/, $body))
@@ -197,16 +152,12 @@ sub driver_request
 
 # True if openssl verifies the request's sign with the key in pubfile over
 # the string to sign built here from Alipay's rules.
-sub openssl_verifies
+sub request_verifies
 {
 	my ($params, $pubfile) = @_;
 	my $content = join '&', map { "$_=$params->{$_}" }
 	  sort grep { $_ ne 'sign' && $params->{$_} ne '' } keys %$params;
-	spew_file("$tmp/content.txt", $content);
-	spew_file("$tmp/sig.bin", decode_base64($params->{sign}));
-	my ($ok, $out) = openssl([ 'dgst', '-sha256', '-verify', $pubfile, '-signature',
-		"$tmp/sig.bin", "$tmp/content.txt" ]);
-	return $ok && $out =~ /Verified OK/;
+	return openssl_verifies($pubfile, $content, $params->{sign});
 }
 
 {
@@ -230,15 +181,15 @@ sub openssl_verifies
 	my $shanghai_before = sprintf('%04d-%02d-%02d %02d:%02d', $t2[5] + 1900, $t2[4] + 1, $t2[3], $t2[2], $t2[1]);
 	ok(substr($p->{timestamp}, 0, 16) eq $shanghai || substr($p->{timestamp}, 0, 16) eq $shanghai_before,
 		'timestamp is Asia/Shanghai time');
-	ok(openssl_verifies($p, "$tmp/app.pub"),
+	ok(request_verifies($p, "$tmp/app.pub"),
 		'openssl dgst -sha256 -verify accepts the request signature with the app public key');
-	ok(!openssl_verifies($p, "$tmp/other.pub"), '... and refuses it with another public key');
+	ok(!request_verifies($p, "$tmp/other.pub"), '... and refuses it with another public key');
 	my %tampered = (%$p, biz_content => '{"out_trade_no":"someone-else"}');
-	ok(!openssl_verifies(\%tampered, "$tmp/app.pub"), '... and refuses a changed biz_content');
+	ok(!request_verifies(\%tampered, "$tmp/app.pub"), '... and refuses a changed biz_content');
 
 	my (undef, $c) = driver_request('T-2', 'close');
 	is($c->{method}, 'alipay.trade.close', 'CHECK_CLOSE sends alipay.trade.close');
-	ok(openssl_verifies($c, "$tmp/app.pub"), 'the close request signature verifies with openssl');
+	ok(request_verifies($c, "$tmp/app.pub"), 'the close request signature verifies with openssl');
 }
 
 # ---------------------------------------------------------------- answer verification
@@ -268,93 +219,102 @@ sub answer
 	my ($name, $node_text, %o) = @_;
 	my $sent = $o{sent} // $node_text;
 	return qq({"$name": $sent}) if $o{nosign};
-	my $sig = $o{sig} // rsa2_sign($o{key} // "$tmp/ali.key", $node_text);
+	my $sig = $o{sig} // openssl_sign($o{key} // "$tmp/ali.key", $node_text);
 	return qq({"sign": "$sig", "$name": $sent}) if $o{sign_first};
 	return qq({"$name": $sent, "sign": "$sig"});
 }
 
+# What the driver makes of an answer: paysync_test_interpret's "name=value"
+# lines.
 sub interpret
 {
 	my ($kind, $http, $body) = @_;
-	return sql("SELECT paysync_test_alipay_interpret(opts('app_priv_pem', 'ali_pub_pem'), '$kind', $http, "
-		  . lit($body) . ')');
+	return test_interpret($node, driver => 'alipay',
+		options => q{opts('app_priv_pem', 'ali_pub_pem')},
+		kind => $kind, status => $http, body => $body);
 }
 
 my $Q = 'alipay_trade_query_response';
 my $CL = 'alipay_trade_close_response';
 is(interpret('query', 200, answer($Q, query_node('WAIT_BUYER_PAY'))),
-	'pending|WAIT_BUYER_PAY|', 'a good signature verifies: WAIT_BUYER_PAY is pending');
+	"status=pending\nchannel_status=WAIT_BUYER_PAY",
+	'a good signature verifies: WAIT_BUYER_PAY is pending');
 is(interpret('query', 200, answer($Q, query_node('TRADE_SUCCESS'))),
-	'succeeded|TRADE_SUCCESS|8888 CNY', 'TRADE_SUCCESS is succeeded, with 88.88 yuan as 8888 CNY');
+	"status=succeeded\nchannel_status=TRADE_SUCCESS\npaid_amount=8888\npaid_currency=CNY",
+	'TRADE_SUCCESS is succeeded, with 88.88 yuan as 8888 CNY');
 is(interpret('query', 200, answer($Q, query_node('TRADE_FINISHED', amount => '0.01'))),
-	'succeeded|TRADE_FINISHED|1 CNY', 'TRADE_FINISHED is succeeded');
+	"status=succeeded\nchannel_status=TRADE_FINISHED\npaid_amount=1\npaid_currency=CNY",
+	'TRADE_FINISHED is succeeded');
 is(interpret('query', 200, answer($Q, query_node('TRADE_CLOSED'))),
-	'closed|TRADE_CLOSED|', 'TRADE_CLOSED is closed');
+	"status=closed\nchannel_status=TRADE_CLOSED", 'TRADE_CLOSED is closed');
 is(interpret('query', 200, answer($Q, error_node('40004', 'ACQ.TRADE_NOT_EXIST'))),
-	'pending|ACQ.TRADE_NOT_EXIST|', 'ACQ.TRADE_NOT_EXIST is pending');
+	"status=pending\nchannel_status=ACQ.TRADE_NOT_EXIST", 'ACQ.TRADE_NOT_EXIST is pending');
 is(interpret('query', 200, answer($Q, query_node('TRADE_SUCCESS', amount => '12.34',
 	extra => ', "trans_currency": "USD"'))),
-	'succeeded|TRADE_SUCCESS|1234 USD', 'trans_currency gives the currency of total_amount');
+	"status=succeeded\nchannel_status=TRADE_SUCCESS\npaid_amount=1234\npaid_currency=USD",
+	'trans_currency gives the currency of total_amount');
 is(interpret('query', 200, answer($Q, query_node('TRADE_SUCCESS'), sign_first => 1)),
-	'succeeded|TRADE_SUCCESS|8888 CNY', 'the sign may come before the response');
+	"status=succeeded\nchannel_status=TRADE_SUCCESS\npaid_amount=8888\npaid_currency=CNY",
+	'the sign may come before the response');
 
-my $good_sig = rsa2_sign("$tmp/ali.key", query_node('WAIT_BUYER_PAY'));
+my $good_sig = openssl_sign("$tmp/ali.key", query_node('WAIT_BUYER_PAY'));
 (my $flipped = $good_sig) =~ s/^(.)/$1 eq 'A' ? 'B' : 'A'/e;
 like(interpret('query', 200, answer($Q, query_node('WAIT_BUYER_PAY'), sig => $flipped)),
-	qr/^error: .*signature does not verify/, 'a bad signature is an error');
+	qr/^error=.*signature does not verify/, 'a bad signature is an error');
 like(interpret('query', 200, answer($Q, query_node('WAIT_BUYER_PAY'), sig => 'not base64!')),
-	qr/^error: .*signature does not verify/, 'a sign that is not base64 is an error');
+	qr/^error=.*signature does not verify/, 'a sign that is not base64 is an error');
 like(interpret('query', 200, answer($Q, query_node('TRADE_SUCCESS'), key => "$tmp/other_ali.key")),
-	qr/^error: .*signature does not verify/, 'a signature by another key is an error');
+	qr/^error=.*signature does not verify/, 'a signature by another key is an error');
 like(interpret('query', 200, answer($Q, query_node('WAIT_BUYER_PAY'), sent => query_node('TRADE_SUCCESS'))),
-	qr/^error: .*signature does not verify/, 'a tampered body is an error');
+	qr/^error=.*signature does not verify/, 'a tampered body is an error');
 my $compact = JSON::PP->new->canonical->encode(JSON::PP->new->decode(query_node('TRADE_SUCCESS')));
 like(interpret('query', 200, answer($Q, query_node('TRADE_SUCCESS'), sent => $compact)),
-	qr/^error: .*signature does not verify/, 'the same response re-serialised does not verify');
-is(interpret('query', 200, answer($Q, $compact)), 'succeeded|TRADE_SUCCESS|8888 CNY',
+	qr/^error=.*signature does not verify/, 'the same response re-serialised does not verify');
+is(interpret('query', 200, answer($Q, $compact)),
+	"status=succeeded\nchannel_status=TRADE_SUCCESS\npaid_amount=8888\npaid_currency=CNY",
 	'... while compact text signed as sent does');
 like(interpret('query', 200, answer($Q, query_node('TRADE_SUCCESS'), nosign => 1)),
-	qr/^error: the Alipay answer is not signed/, 'a missing sign is an error');
+	qr/^error=the Alipay answer is not signed/, 'a missing sign is an error');
 like(interpret('query', 200, answer($Q, error_node('40002', 'isv.invalid-signature'), nosign => 1)),
-	qr/^error: .*unsigned.*40002 \(isv\.invalid-signature\)/, 'an unsigned refusal is an error naming the code');
+	qr/^error=.*unsigned.*40002 \(isv\.invalid-signature\)/, 'an unsigned refusal is an error naming the code');
 like(interpret('query', 200, answer($Q, error_node('40002', 'isv.invalid-signature'))),
-	qr/^error: Alipay refused the query: code 40002 \(isv\.invalid-signature\)/, 'a signed refusal is an error');
+	qr/^error=Alipay refused the query: code 40002 \(isv\.invalid-signature\)/, 'a signed refusal is an error');
 like(interpret('query', 200, answer('error_response', error_node('40002', 'isv.invalid-method'))),
-	qr/^error: Alipay refused the request/, 'error_response is an error');
+	qr/^error=Alipay refused the request/, 'error_response is an error');
 like(interpret('query', 200, answer($Q, query_node('TRADE_WEIRD'))),
-	qr/^error: unknown Alipay trade_status "TRADE_WEIRD"/, 'an unknown trade_status is an error');
+	qr/^error=unknown Alipay trade_status "TRADE_WEIRD"/, 'an unknown trade_status is an error');
 like(interpret('query', 200, answer($Q, '{"code": "10000", "msg": "Success"}')),
-	qr/^error: .*no trade_status/, 'a missing trade_status is an error');
+	qr/^error=.*no trade_status/, 'a missing trade_status is an error');
 like(interpret('query', 200, answer($Q, query_node('TRADE_SUCCESS', amount => '8.888'))),
-	qr/^error: .*total_amount "8\.888" is not an amount/, 'a total_amount that is not an amount is an error');
+	qr/^error=.*total_amount "8\.888" is not an amount/, 'a total_amount that is not an amount is an error');
 like(interpret('query', 200, answer($Q, query_node('TRADE_SUCCESS', extra => ', "trade_status": "TRADE_CLOSED"'))),
-	qr/^error: .*ambiguous/, 'a field given twice is an error');
+	qr/^error=.*ambiguous/, 'a field given twice is an error');
 my $twice = answer($Q, query_node('WAIT_BUYER_PAY'));
 $twice =~ s/^\{/{"$Q": {"trade_status": "TRADE_SUCCESS"}, /;
-like(interpret('query', 200, $twice), qr/^error: .*ambiguous/, 'a response given twice is an error');
-like(interpret('query', 200, 'this is not json'), qr/^error: .*not valid JSON/, 'not JSON is an error');
-like(interpret('query', 200, '{"sign": "x"}'), qr/^error: .*has no alipay_trade_query_response/,
+like(interpret('query', 200, $twice), qr/^error=.*ambiguous/, 'a response given twice is an error');
+like(interpret('query', 200, 'this is not json'), qr/^error=.*not valid JSON/, 'not JSON is an error');
+like(interpret('query', 200, '{"sign": "x"}'), qr/^error=.*has no alipay_trade_query_response/,
 	'an answer without the response is an error');
 like(interpret('query', 200, answer($CL, '{"code": "10000", "msg": "Success"}')),
-	qr/^error: .*has no alipay_trade_query_response/, 'a close response to a query is an error');
-like(interpret('query', 500, answer($Q, query_node('TRADE_SUCCESS'))), qr/^error: HTTP 500/,
+	qr/^error=.*has no alipay_trade_query_response/, 'a close response to a query is an error');
+like(interpret('query', 500, answer($Q, query_node('TRADE_SUCCESS'))), qr/^error=HTTP 500/,
 	'HTTP 500 is an error');
-like(interpret('query', 404, answer($Q, query_node('TRADE_SUCCESS'))), qr/^error: unexpected HTTP 404/,
+like(interpret('query', 404, answer($Q, query_node('TRADE_SUCCESS'))), qr/^error=unexpected HTTP 404/,
 	'HTTP 404 is an error');
-like(interpret('query', 0, ''), qr/^error: connection refused/, 'a transport error is an error');
+like(interpret('query', 0, 'connection refused'), qr/^error=connection refused/, 'a transport error is an error');
 
 is(interpret('close', 200, answer($CL, '{"code": "10000", "msg": "Success", "out_trade_no": "u1", "trade_no": "2024"}')),
-	'closed|TRADE_CLOSED|', 'close: code 10000 is closed');
+	"status=closed\nchannel_status=TRADE_CLOSED", 'close: code 10000 is closed');
 is(interpret('close', 200, answer($CL, error_node('40004', 'ACQ.TRADE_STATUS_ERROR'))),
-	'pending|ACQ.TRADE_STATUS_ERROR|',
+	"status=pending\nchannel_status=ACQ.TRADE_STATUS_ERROR",
 	'close: ACQ.TRADE_STATUS_ERROR (paid or closed meanwhile) is pending: the core queries it again');
 like(interpret('close', 200, answer($CL, error_node('40004', 'ACQ.TRADE_NOT_EXIST'))),
-	qr/^error: Alipay refused to close the trade: code 40004 \(ACQ\.TRADE_NOT_EXIST\)/,
+	qr/^error=Alipay refused to close the trade: code 40004 \(ACQ\.TRADE_NOT_EXIST\)/,
 	'close: ACQ.TRADE_NOT_EXIST is an error');
 like(interpret('close', 200, answer($CL, '{"code": "10000", "msg": "Success"}', key => "$tmp/other_ali.key")),
-	qr/^error: .*signature does not verify/, 'close: a signature by another key is an error');
+	qr/^error=.*signature does not verify/, 'close: a signature by another key is an error');
 like(interpret('close', 200, answer($Q, query_node('TRADE_SUCCESS'))),
-	qr/^error: the Alipay answer has no alipay_trade_close_response/,
+	qr/^error=the Alipay answer has no alipay_trade_close_response/,
 	'close: an answer of another method (a query response) is an error, never a status');
 
 # ---------------------------------------------------------------- create_channel
@@ -392,14 +352,14 @@ refused_naming(q{opts('app_priv_pem', 'app_pub_pem')}, 'alipay_public_key',
 	'the app public key as alipay_public_key', qr/not Alipay's/);
 like(channel_error(q{opts('app_priv_pem', 'ali_pub_pem') || '{"sign_type": "RSA"}'}) // '',
 	qr/unknown option "sign_type"/, 'an unknown option is an ERROR');
-is(sql("SELECT count(*) FROM paysync.channels"), '0', 'no refused channel was created');
+is(sql($node, "SELECT count(*) FROM paysync.channels"), '0', 'no refused channel was created');
 
 # ---------------------------------------------------------------- end to end
 
 sub create_channel
 {
 	my ($name, $options) = @_;
-	sql("SELECT paysync.create_channel('$name', 'alipay', " . lit($GATEWAY) . ", $options)");
+	sql($node, "SELECT paysync.create_channel('$name', 'alipay', " . lit($GATEWAY) . ", $options)");
 }
 
 create_channel('alipay', q{opts('app_priv_bare', 'ali_pub_bare')});    # bare base64, as Alipay hands them out
@@ -416,7 +376,7 @@ sub track
 {
 	my ($id, $channel, $schedule, $amount) = @_;
 	my $amount_sql = defined $amount ? "$amount, 'CNY'" : 'NULL, NULL';
-	sql('SELECT 1 FROM paysync.track(' . lit($id) . ", '$channel', $amount_sql, $schedule)");
+	sql($node, 'SELECT 1 FROM paysync.track(' . lit($id) . ", '$channel', $amount_sql, $schedule)");
 }
 
 track('p1~W,W,S', 'alipay', $STEPS, 8888);
@@ -438,51 +398,51 @@ track('v6~S', 'alipay_wrong_app', $ONCE);
 track('v7~S', 'alipay_wrong_ali', $ONCE);
 
 # pending, then paid
-wait_status('p1~W,W,S', 'succeeded');
-is(events_of('p1~W,W,S'), 'pending>succeeded|TRADE_SUCCESS|poll', 'WAIT_BUYER_PAY then TRADE_SUCCESS: one event, source poll');
-is(row_of('p1~W,W,S', 'step || \'|\' || errors'), '3|0', 'two pending answers, then the paid one, no errors');
+wait_payment_status($node, 'p1~W,W,S', 'succeeded');
+is(events_of($node, 'p1~W,W,S'), 'pending>succeeded|TRADE_SUCCESS|poll|alipay', 'WAIT_BUYER_PAY then TRADE_SUCCESS: one event, source poll');
+is(payment_row($node, 'p1~W,W,S', 'step || \'|\' || errors'), '3|0', 'two pending answers, then the paid one, no errors');
 is_deeply([ methods_for($mock, 'p1~W,W,S') ], [ ('alipay.trade.query') x 3 ], 'three queries');
 
-wait_status('p2~F', 'succeeded');
-is(row_of('p2~F', 'channel_status'), 'TRADE_FINISHED', 'TRADE_FINISHED is succeeded (PEM keys)');
+wait_payment_status($node, 'p2~F', 'succeeded');
+is(payment_row($node, 'p2~F', 'channel_status'), 'TRADE_FINISHED', 'TRADE_FINISHED is succeeded (PEM keys)');
 
-wait_status('p3~W,C', 'closed');
-is(events_of('p3~W,C'), 'pending>closed|TRADE_CLOSED|poll', 'TRADE_CLOSED is closed, source poll');
+wait_payment_status($node, 'p3~W,C', 'closed');
+is(events_of($node, 'p3~W,C'), 'pending>closed|TRADE_CLOSED|poll|alipay', 'TRADE_CLOSED is closed, source poll');
 
 wait_for_sql($node, "SELECT step FROM paysync.payments WHERE payment_id = 'p4~N'", '1',
 	'ACQ.TRADE_NOT_EXIST is answered');
-is(row_of('p4~N', "status || '|' || coalesce(channel_status, '') || '|' || errors"),
+is(payment_row($node, 'p4~N', "status || '|' || coalesce(channel_status, '') || '|' || errors"),
 	'pending|ACQ.TRADE_NOT_EXIST|0', 'ACQ.TRADE_NOT_EXIST is pending, not an error');
 
 # close on expiry
-wait_status('x1~W:c', 'closed');
-is(events_of('x1~W:c'), 'pending>closed|TRADE_CLOSED|expiry', 'closed at Alipay on expiry: source expiry');
+wait_payment_status($node, 'x1~W:c', 'closed');
+is(events_of($node, 'x1~W:c'), 'pending>closed|TRADE_CLOSED|expiry|alipay', 'closed at Alipay on expiry: source expiry');
 is_deeply([ methods_for($mock, 'x1~W:c') ], [ 'alipay.trade.query', 'alipay.trade.close' ],
 	'one query, then alipay.trade.close');
 
-wait_status('x2~W:p', 'succeeded');
-is(events_of('x2~W:p'), 'pending>succeeded|TRADE_SUCCESS|poll', 'paid meanwhile: succeeded');
+wait_payment_status($node, 'x2~W:p', 'succeeded');
+is(events_of($node, 'x2~W:p'), 'pending>succeeded|TRADE_SUCCESS|poll|alipay', 'paid meanwhile: succeeded');
 is_deeply([ methods_for($mock, 'x2~W:p') ],
 	[ 'alipay.trade.query', 'alipay.trade.close', 'alipay.trade.query' ],
 	'the refused close is followed by a query');
-is(row_of('x2~W:p', 'errors'), '0', 'the refused close was no error: the query said what happened');
+is(payment_row($node, 'x2~W:p', 'errors'), '0', 'the refused close was no error: the query said what happened');
 
-wait_status('x3~W:z', 'closed');
-is(events_of('x3~W:z'), 'pending>closed|TRADE_CLOSED|poll',
+wait_payment_status($node, 'x3~W:z', 'closed');
+is(events_of($node, 'x3~W:z'), 'pending>closed|TRADE_CLOSED|poll|alipay',
 	'closed by itself meanwhile: closed, as the query said (source poll)');
 
-wait_status('x4~N:e,c', 'closed');
+wait_payment_status($node, 'x4~N:e,c', 'closed');
 is_deeply([ methods_for($mock, 'x4~N:e,c') ],
 	[ 'alipay.trade.query', 'alipay.trade.close', 'alipay.trade.close' ], 'a failed close is retried');
-like(row_of('x4~N:e,c', 'last_error'), qr/ACQ\.SYSTEM_ERROR/, 'the failed close was an error');
-is(events_of('x4~N:e,c'), 'pending>closed|TRADE_CLOSED|expiry', 'then closed, source expiry');
+like(payment_row($node, 'x4~N:e,c', 'last_error'), qr/ACQ\.SYSTEM_ERROR/, 'the failed close was an error');
+is(events_of($node, 'x4~N:e,c'), 'pending>closed|TRADE_CLOSED|expiry|alipay', 'then closed, source expiry');
 
-wait_status('x5~W', 'expired');
+wait_payment_status($node, 'x5~W', 'expired');
 is_deeply([ methods_for($mock, 'x5~W') ], ['alipay.trade.query'], 'close_on_expiry false: expired, no close');
 
 # amount mismatch
-wait_status('m1~A', 'failed');
-is(row_of('m1~A', 'last_error'), 'amount mismatch: expected 8888 CNY, channel reports 100 CNY',
+wait_payment_status($node, 'm1~A', 'failed');
+is(payment_row($node, 'm1~A', 'last_error'), 'amount mismatch: expected 8888 CNY, channel reports 100 CNY',
 	'a different total_amount is failed with "amount mismatch"');
 
 # verification failures are errors, never statuses
@@ -498,14 +458,14 @@ for my $id (sort keys %why)
 {
 	wait_for_sql($node, 'SELECT errors >= 2 FROM paysync.payments WHERE payment_id = ' . lit($id),
 		't', "$id: answered with errors, retried");
-	is(row_of($id, 'status'), 'pending', "$id: still pending");
-	is(events_of($id), '', "$id: no event");
-	like(row_of($id, 'last_error'), $why{$id}, "$id: last_error says why");
+	is(payment_row($node, $id, 'status'), 'pending', "$id: still pending");
+	is(events_of($node, $id), '', "$id: no event");
+	like(payment_row($node, $id, 'last_error'), $why{$id}, "$id: last_error says why");
 }
 
 # ---------------------------------------------------------------- secrets
 
-sql('DROP TABLE test_keys CASCADE');
+sql($node, 'DROP TABLE test_keys CASCADE');
 
 # True if text holds a line of the application private key.
 sub has_key
@@ -513,10 +473,10 @@ sub has_key
 	my ($text) = @_;
 	return scalar grep { index($text, $_) >= 0 } @APP_KEY_LINES;
 }
-ok(!has_key(sql("SELECT string_agg(coalesce(last_error, '') || ' ' || coalesce(channel_status, '') || ' ' || coalesce(metadata::text, ''), ' ') FROM paysync.payments")),
+ok(!has_key(sql($node, "SELECT string_agg(coalesce(last_error, '') || ' ' || coalesce(channel_status, '') || ' ' || coalesce(metadata::text, ''), ' ') FROM paysync.payments")),
 	'no key in paysync.payments');
-ok(!has_key(sql("SELECT string_agg(t::text, ' ') FROM paysync.events t")), 'no key in paysync.events');
-ok(has_key(sql("SELECT string_agg(options::text, ' ') FROM paysync.channels")),
+ok(!has_key(sql($node, "SELECT string_agg(t::text, ' ') FROM paysync.events t")), 'no key in paysync.events');
+ok(has_key(sql($node, "SELECT string_agg(options::text, ' ') FROM paysync.channels")),
 	'(the key is in paysync.channels, so the search would find it)');
 $node->stop;
 ok(!has_key(slurp_file($node->logfile)), 'no key in the server log');

@@ -1,6 +1,7 @@
 # 014_paypal.pl: the "paypal" driver, end to end through the worker against
 # t/mock/mock_paypal, and its request building and answer reading unit by
-# unit through the test-only functions paysync_test_paypal_*.
+# unit through the drivers' test interface (paysync_test_request and
+# paysync_test_interpret, src/driver_test.c).
 #
 # End to end: pending then COMPLETED is succeeded, VOIDED cancelled, a
 # declined capture failed, amounts checked; the access token is fetched once
@@ -38,16 +39,6 @@ sub start_paypal_mock
 		'--client-secret', $SECRET, @args);
 }
 
-# The mock's counters: token_requests, tokens_issued, orders_requests,
-# unauthorized.
-sub stats
-{
-	my ($mock) = @_;
-	my $json = `curl -s http://127.0.0.1:$mock->{port}/_stats`;
-	my %stats = $json =~ /"(\w+)":(\d+)/g;
-	return \%stats;
-}
-
 # The mock's log: [unix_us, method, path, payment_id, http_status, token].
 sub paypal_log
 {
@@ -70,27 +61,11 @@ my $badcred = start_paypal_mock();
 my $node = new_paysync_node('paypal',
 	conf => "log_min_messages = debug5\nlog_statement = 'all'\n");
 
-sub sql
-{
-	my ($query) = @_;
-	return $node->safe_psql('postgres', $query);
-}
-
 sub create_paypal_channel
 {
 	my ($name, $mock, $secret_sql) = @_;
-	sql("SELECT paysync.create_channel('$name', 'paypal', 'http://127.0.0.1:$mock->{port}',
+	sql($node, "SELECT paysync.create_channel('$name', 'paypal', 'http://127.0.0.1:$mock->{port}',
 		jsonb_build_object('client_id', '$CLIENT_ID', 'client_secret', $secret_sql))");
-}
-
-sub wait_status
-{
-	return wait_payment_status($node, @_);
-}
-
-sub row_of
-{
-	return payment_row($node, @_);
 }
 
 # ---------------------------------------------------------------- create_channel
@@ -126,7 +101,7 @@ sub row_of
 		like($err, $re, "... saying which option");
 		unlike($err, qr/\Q$SECRET\E/, '... never showing the secret');
 	}
-	is(sql("SELECT count(*) FROM paysync.channels WHERE name = 'bad'"), '0',
+	is(sql($node, "SELECT count(*) FROM paysync.channels WHERE name = 'bad'"), '0',
 		'no refused channel was created');
 	my ($ret, $out, $err) = $node->psql('postgres',
 		"SELECT paysync.create_channel('bad', 'paypal', 'ftp://127.0.0.1', jsonb_build_object('client_id', 'x', 'client_secret', 'y'))");
@@ -138,7 +113,7 @@ create_paypal_channel('pp_renew', $renew, $SECRET_SQL);
 create_paypal_channel('pp_expire', $expire, $SECRET_SQL);
 create_paypal_channel('pp_revoke', $revoke, $SECRET_SQL);
 create_paypal_channel('pp_bad', $badcred, $WRONG_SQL);
-is(sql("SELECT count(*) FROM paysync.channels WHERE driver = 'paypal'"), '5',
+is(sql($node, "SELECT count(*) FROM paysync.channels WHERE driver = 'paypal'"), '5',
 	'five paypal channels created');
 
 # ---------------------------------------------------------------- tracking
@@ -167,7 +142,7 @@ my @tracked = (
 	[ 'rv2~C,C,C,P', 'pp_revoke', 1000, 'USD', $S1 ],
 	[ 'bad~P', 'pp_bad', 1000, 'USD', $S1 ],
 );
-sql(join ";\n", map {
+sql($node, join ";\n", map {
 	my ($id, $channel, $amount, $currency, $schedule) = @$_;
 	"SELECT 1 FROM paysync.track(" . lit($id) . ", '$channel', "
 	  . (defined $amount ? $amount : 'NULL') . ', '
@@ -177,48 +152,48 @@ sql(join ";\n", map {
 
 # ---------------------------------------------------------------- statuses
 
-wait_status('ps~C,A,P', 'succeeded');
-is(row_of('ps~C,A,P', 'channel_status'), 'COMPLETED', '... channel_status COMPLETED');
-is(sql("SELECT string_agg(previous || '>' || status || '/' || source, ',') FROM paysync.events WHERE payment_id = 'ps~C,A,P'"),
-	'pending>succeeded/poll', '... one event, pending to succeeded');
+wait_payment_status($node, 'ps~C,A,P', 'succeeded');
+is(payment_row($node, 'ps~C,A,P', 'channel_status'), 'COMPLETED', '... channel_status COMPLETED');
+is(events_of($node, 'ps~C,A,P'), 'pending>succeeded|COMPLETED|poll|pp',
+	'... one event, pending to succeeded');
 is(scalar(grep { $_->[3] eq 'ps~C,A,P' && $_->[4] eq '200' } paypal_log($good)), 3,
 	'... after three answers (CREATED, APPROVED, COMPLETED)');
 
-wait_status('pr~R,H,P~25.50EUR', 'succeeded');
-is(row_of('pr~R,H,P~25.50EUR', 'step'), '3',
+wait_payment_status($node, 'pr~R,H,P~25.50EUR', 'succeeded');
+is(payment_row($node, 'pr~R,H,P~25.50EUR', 'step'), '3',
 	'PAYER_ACTION_REQUIRED and a PENDING capture were pending, then succeeded');
-wait_status('sv~S,P', 'succeeded');
+wait_payment_status($node, 'sv~S,P', 'succeeded');
 
-wait_status('v~C,V', 'cancelled');
-is(row_of('v~C,V', 'channel_status'), 'VOIDED', '... channel_status VOIDED');
+wait_payment_status($node, 'v~C,V', 'cancelled');
+is(payment_row($node, 'v~C,V', 'channel_status'), 'VOIDED', '... channel_status VOIDED');
 
-wait_status('d~A,D', 'failed');
-is(row_of('d~A,D', 'channel_status'), 'COMPLETED/DECLINED',
+wait_payment_status($node, 'd~A,D', 'failed');
+is(payment_row($node, 'd~A,D', 'channel_status'), 'COMPLETED/DECLINED',
 	'a declined capture of a COMPLETED order is failed');
-wait_status('f~F', 'failed');
-is(row_of('f~F', 'channel_status'), 'COMPLETED/FAILED', '... and so is a FAILED capture');
+wait_payment_status($node, 'f~F', 'failed');
+is(payment_row($node, 'f~F', 'channel_status'), 'COMPLETED/FAILED', '... and so is a FAILED capture');
 
-wait_status('rf~B', 'succeeded');
-is(row_of('rf~B', 'channel_status'), 'COMPLETED/REFUNDED',
+wait_payment_status($node, 'rf~B', 'succeeded');
+is(payment_row($node, 'rf~B', 'channel_status'), 'COMPLETED/REFUNDED',
 	'a capture refunded since is still a payment that succeeded');
 
-wait_status('mm~C,P~12.00USD', 'failed');
-like(row_of('mm~C,P~12.00USD', 'last_error'),
+wait_payment_status($node, 'mm~C,P~12.00USD', 'failed');
+like(payment_row($node, 'mm~C,P~12.00USD', 'last_error'),
 	qr/^amount mismatch: expected 1000 USD, channel reports 1200 USD$/,
 	'... amount mismatch: failed, last_error says so');
-is(sql("SELECT status FROM paysync.events WHERE payment_id = 'mm~C,P~12.00USD'"), 'failed',
+is(sql($node, "SELECT status FROM paysync.events WHERE payment_id = 'mm~C,P~12.00USD'"), 'failed',
 	'... and the event says failed');
-wait_status('mc~P~10.00EUR', 'failed');
-like(row_of('mc~P~10.00EUR', 'last_error'), qr/expected 1000 USD, channel reports 1000 EUR/,
+wait_payment_status($node, 'mc~P~10.00EUR', 'failed');
+like(payment_row($node, 'mc~P~10.00EUR', 'last_error'), qr/expected 1000 USD, channel reports 1000 EUR/,
 	'a currency mismatch is failed too');
-wait_status('jp~P~1500JPY', 'succeeded');
+wait_payment_status($node, 'jp~P~1500JPY', 'succeeded');
 
-wait_status('e5~E503,P', 'succeeded');
-is(row_of('e5~E503,P', 'errors || \'|\' || last_error'), '0|HTTP 503 from the channel',
+wait_payment_status($node, 'e5~E503,P', 'succeeded');
+is(payment_row($node, 'e5~E503,P', 'errors || \'|\' || last_error'), '0|HTTP 503 from the channel',
 	'a 503 was an error, then the next answer counted');
 
-wait_status('nf~N', 'expired');
-is(row_of('nf~N', 'channel_status'), 'RESOURCE_NOT_FOUND',
+wait_payment_status($node, 'nf~N', 'expired');
+is(payment_row($node, 'nf~N', 'channel_status'), 'RESOURCE_NOT_FOUND',
 	'an order PayPal does not know is not paid: expired when the schedule ends');
 
 # Answers the driver cannot map are errors, never statuses.
@@ -230,10 +205,10 @@ for my $case ([ 'u~U', qr/unknown PayPal order status "WEIRD"/ ],
 	wait_for_sql($node,
 		"SELECT errors >= 2 FROM paysync.payments WHERE payment_id = " . lit($id),
 		't', "$id: errors");
-	is(row_of($id, 'status || \'|\' || coalesce(channel_status, \'-\')'), 'pending|-',
+	is(payment_row($node, $id, 'status || \'|\' || coalesce(channel_status, \'-\')'), 'pending|-',
 		"... $id stays pending with no channel status");
-	like(row_of($id, 'last_error'), $re, "... $id: last_error says why");
-	is(sql("SELECT count(*) FROM paysync.events WHERE payment_id = " . lit($id)), '0',
+	like(payment_row($node, $id, 'last_error'), $re, "... $id: last_error says why");
+	is(sql($node, "SELECT count(*) FROM paysync.events WHERE payment_id = " . lit($id)), '0',
 		"... $id: no event");
 }
 
@@ -241,7 +216,7 @@ for my $case ([ 'u~U', qr/unknown PayPal order status "WEIRD"/ ],
 
 # One token served every check of channel pp.
 {
-	my $s = stats($good);
+	my $s = mock_stats($good);
 	is($s->{token_requests}, 1, 'pp: one token request for all its checks');
 	is($s->{tokens_issued}, 1, '... one token issued');
 	is($s->{unauthorized}, 0, '... no order request refused');
@@ -251,19 +226,19 @@ for my $case ([ 'u~U', qr/unknown PayPal order status "WEIRD"/ ],
 }
 
 # A token is renewed before it expires: no request is ever refused.
-wait_status('renew~C,C,C,C,C,C,P', 'succeeded');
+wait_payment_status($node, 'renew~C,C,C,C,C,C,P', 'succeeded');
 {
-	my $s = stats($renew);
+	my $s = mock_stats($renew);
 	cmp_ok($s->{tokens_issued}, '>=', 2, "pp_renew: the token was renewed ($s->{tokens_issued} issued)");
 	is($s->{unauthorized}, 0, '... before it expired: no request refused');
-	is(row_of('renew~C,C,C,C,C,C,P', 'errors'), '0', '... and no error');
+	is(payment_row($node, 'renew~C,C,C,C,C,C,P', 'errors'), '0', '... and no error');
 }
 
 # A token that expired at PayPal before its announced lifetime: 401, dropped,
 # fetched again, and the payment still completes.
-wait_status('exp~C,C,C,C,P', 'succeeded');
+wait_payment_status($node, 'exp~C,C,C,C,P', 'succeeded');
 {
-	my $s = stats($expire);
+	my $s = mock_stats($expire);
 	cmp_ok($s->{unauthorized}, '>=', 1, "pp_expire: the expired token was refused ($s->{unauthorized} times)");
 	cmp_ok($s->{tokens_issued}, '>=', 2, "... and a new one fetched ($s->{tokens_issued} issued)");
 	my @log = paypal_log($expire);
@@ -271,15 +246,15 @@ wait_status('exp~C,C,C,C,P', 'succeeded');
 	ok(defined $refused
 		  && grep({ $_->[2] eq '/v1/oauth2/token' && $_->[4] eq '200' } @log[ $refused + 1 .. $#log ]),
 		'... the new token was fetched after the 401');
-	is(sql("SELECT string_agg(status::text, ',') FROM paysync.events WHERE payment_id = 'exp~C,C,C,C,P'"),
+	is(sql($node, "SELECT string_agg(status::text, ',') FROM paysync.events WHERE payment_id = 'exp~C,C,C,C,P'"),
 		'succeeded', '... the 401 made no event');
 }
 
 # A revoked token (after 3 requests each): 401, fetched again, completes.
-wait_status('rv~C,A,C,A,C,P', 'succeeded');
-wait_status('rv2~C,C,C,P', 'succeeded');
+wait_payment_status($node, 'rv~C,A,C,A,C,P', 'succeeded');
+wait_payment_status($node, 'rv2~C,C,C,P', 'succeeded');
 {
-	my $s = stats($revoke);
+	my $s = mock_stats($revoke);
 	cmp_ok($s->{unauthorized}, '>=', 1, "pp_revoke: revoked tokens were refused ($s->{unauthorized} times)");
 	cmp_ok($s->{tokens_issued}, '>=', 3, "... and new ones fetched ($s->{tokens_issued} issued)");
 	is($s->{tokens_issued}, $s->{token_requests}, '... every token request was answered with a token');
@@ -290,22 +265,22 @@ wait_status('rv2~C,C,C,P', 'succeeded');
 wait_for_sql($node, "SELECT errors >= 2 FROM paysync.payments WHERE payment_id = 'bad~P'",
 	't', 'pp_bad: the checks are errors');
 is(status_of($node, 'bad~P'), 'pending', '... the payment stays pending');
-like(row_of('bad~P', 'last_error'),
+like(payment_row($node, 'bad~P', 'last_error'),
 	qr/^access token request failed: PayPal refused the client credentials \(HTTP 401, invalid_client\)/,
 	'... last_error: the credentials were refused');
-is(sql("SELECT count(*) FROM paysync.events WHERE payment_id = 'bad~P'"), '0', '... no event');
+is(sql($node, "SELECT count(*) FROM paysync.events WHERE payment_id = 'bad~P'"), '0', '... no event');
 {
-	my $s = stats($badcred);
+	my $s = mock_stats($badcred);
 	is($s->{tokens_issued}, 0, '... no token was issued');
 	is($s->{orders_requests}, 0, '... and the order was never asked for without one');
 	cmp_ok($s->{token_requests}, '>=', 2, '... the token was asked for again at each retry');
 }
 
 # The right secret, and the payment goes through.
-sql("UPDATE paysync.channels SET options = jsonb_set(options, '{client_secret}', to_jsonb($SECRET_SQL)) WHERE name = 'pp_bad'");
-sql("SELECT paysync.check_now('bad~P')");
-wait_status('bad~P', 'succeeded');
-is(stats($badcred)->{tokens_issued}, 1, '... with the token fetched once the secret is right');
+sql($node, "UPDATE paysync.channels SET options = jsonb_set(options, '{client_secret}', to_jsonb($SECRET_SQL)) WHERE name = 'pp_bad'");
+sql($node, "SELECT paysync.check_now('bad~P')");
+wait_payment_status($node, 'bad~P', 'succeeded');
+is(mock_stats($badcred)->{tokens_issued}, 1, '... with the token fetched once the secret is right');
 
 # ---------------------------------------------------------------- secrets
 
@@ -320,8 +295,8 @@ is(stats($badcred)->{tokens_issued}, 1, '... with the token fetched once the sec
 		'the wrong Basic credentials' => encode_base64("$CLIENT_ID:$WRONG", ''),
 		map { ("token $_" => $_) } @tokens);
 	my $server_log = slurp_file($node->logfile);
-	my $errors = sql("SELECT string_agg(coalesce(last_error, '') || coalesce(channel_status, ''), ' ') FROM paysync.payments")
-	  . sql("SELECT string_agg(coalesce(channel_status, ''), ' ') FROM paysync.events");
+	my $errors = sql($node, "SELECT string_agg(coalesce(last_error, '') || coalesce(channel_status, ''), ' ') FROM paysync.payments")
+	  . sql($node, "SELECT string_agg(coalesce(channel_status, ''), ' ') FROM paysync.events");
 	my @leaks = grep { index($server_log, $secrets{$_}) >= 0 || index($errors, $secrets{$_}) >= 0 }
 	  sort keys %secrets;
 	is_deeply(\@leaks, [], 'no secret or token in the server log, last_error or events');
@@ -330,25 +305,28 @@ is(stats($badcred)->{tokens_issued}, 1, '... with the token fetched once the sec
 
 # ---------------------------------------------------------------- units
 
-sql(q{
-CREATE FUNCTION paypal_interpret(int, text) RETURNS text
-	AS '$libdir/paysync', 'paysync_test_paypal_interpret' LANGUAGE C STRICT;
-CREATE FUNCTION paypal_token(int, text) RETURNS text
-	AS '$libdir/paysync', 'paysync_test_paypal_token' LANGUAGE C STRICT;
-CREATE FUNCTION paypal_requests(text, jsonb, text, text) RETURNS text
-	AS '$libdir/paysync', 'paysync_test_paypal_requests' LANGUAGE C STRICT;
-});
+create_test_functions($node);
 
+# Options of a channel for the units: no secret of the mocks'.
+my $UNIT_OPTIONS = q{'{"client_id": "ID", "client_secret": "SEC"}'};
+
+# What the driver makes of an order answer (HTTP status, body):
+# paysync_test_interpret's "name=value" lines.  An error is one line unless
+# the token is dropped (credentials_rejected=true follows), so the patterns
+# below end in .*$ where the token must be kept.
 sub interpret
 {
 	my ($status, $body) = @_;
-	return sql("SELECT paypal_interpret($status, " . lit($body) . ")");
+	return test_interpret($node, driver => 'paypal', options => $UNIT_OPTIONS,
+		status => $status, body => $body);
 }
 
+# What the driver makes of a token answer (HTTP status, body).
 sub token
 {
 	my ($status, $body) = @_;
-	return sql("SELECT paypal_token($status, " . lit($body) . ")");
+	return test_interpret($node, driver => 'paypal', options => $UNIT_OPTIONS,
+		kind => 'token', status => $status, body => $body);
 }
 
 # An order body: status, and captures (each [status, value, currency]).
@@ -364,47 +342,61 @@ sub order
 }
 
 # Order statuses.
-is(interpret(200, order($_)), "pending|$_||", "$_ is pending")
+is(interpret(200, order($_)), "status=pending\nchannel_status=$_", "$_ is pending")
   for qw(CREATED SAVED APPROVED PAYER_ACTION_REQUIRED);
-is(interpret(200, order('VOIDED')), 'cancelled|VOIDED||', 'VOIDED is cancelled');
-like(interpret(200, order('PARTIALLY_COMPLETED')), qr/^error: unknown PayPal order status "PARTIALLY_COMPLETED"/,
+is(interpret(200, order('VOIDED')), "status=cancelled\nchannel_status=VOIDED", 'VOIDED is cancelled');
+like(interpret(200, order('PARTIALLY_COMPLETED')),
+	qr/^error=unknown PayPal order status "PARTIALLY_COMPLETED".*$/,
 	'an unknown order status is an error');
-like(interpret(200, '{"id":"5O1"}'), qr/^error: the answer has no order status/, 'no status is an error');
-like(interpret(200, '{"status":null}'), qr/^error: the answer has no order status/, 'a null status is an error');
-like(interpret(200, '{"status":{"value":"COMPLETED"}}'), qr/^error: the answer has no order status/,
+like(interpret(200, '{"id":"5O1"}'), qr/^error=the answer has no order status.*$/, 'no status is an error');
+like(interpret(200, '{"status":null}'), qr/^error=the answer has no order status.*$/, 'a null status is an error');
+like(interpret(200, '{"status":{"value":"COMPLETED"}}'), qr/^error=the answer has no order status.*$/,
 	'a status that is an object is an error');
 
 # Captures of a COMPLETED order.
-is(interpret(200, order('COMPLETED', [ 'COMPLETED', '10.00', 'USD' ])), 'succeeded|COMPLETED|1000|USD',
+is(interpret(200, order('COMPLETED', [ 'COMPLETED', '10.00', 'USD' ])),
+	"status=succeeded\nchannel_status=COMPLETED\npaid_amount=1000\npaid_currency=USD",
 	'COMPLETED with a completed capture: succeeded, with the amount');
-is(interpret(200, order('COMPLETED', [ 'PENDING', '10.00', 'USD' ])), 'pending|COMPLETED/PENDING||',
+is(interpret(200, order('COMPLETED', [ 'PENDING', '10.00', 'USD' ])),
+	"status=pending\nchannel_status=COMPLETED/PENDING",
 	'a PENDING capture is pending');
-is(interpret(200, order('COMPLETED', [ 'DECLINED', '10.00', 'USD' ])), 'failed|COMPLETED/DECLINED||',
+is(interpret(200, order('COMPLETED', [ 'DECLINED', '10.00', 'USD' ])),
+	"status=failed\nchannel_status=COMPLETED/DECLINED",
 	'a DECLINED capture is failed');
-is(interpret(200, order('COMPLETED', [ 'FAILED', '10.00', 'USD' ])), 'failed|COMPLETED/FAILED||',
+is(interpret(200, order('COMPLETED', [ 'FAILED', '10.00', 'USD' ])),
+	"status=failed\nchannel_status=COMPLETED/FAILED",
 	'a FAILED capture is failed');
-is(interpret(200, order('COMPLETED', [ 'REFUNDED', '10.00', 'USD' ])), 'succeeded|COMPLETED/REFUNDED|1000|USD',
+is(interpret(200, order('COMPLETED', [ 'REFUNDED', '10.00', 'USD' ])),
+	"status=succeeded\nchannel_status=COMPLETED/REFUNDED\npaid_amount=1000\npaid_currency=USD",
 	'a REFUNDED capture was paid');
 is(interpret(200, order('COMPLETED', [ 'PARTIALLY_REFUNDED', '7.5', 'USD' ])),
-	'succeeded|COMPLETED/PARTIALLY_REFUNDED|750|USD', 'so was a PARTIALLY_REFUNDED one');
-like(interpret(200, order('COMPLETED', [ 'REVERSED', '10.00', 'USD' ])), qr/^error: unknown PayPal capture status "REVERSED"/,
+	"status=succeeded\nchannel_status=COMPLETED/PARTIALLY_REFUNDED\npaid_amount=750\npaid_currency=USD",
+	'so was a PARTIALLY_REFUNDED one');
+like(interpret(200, order('COMPLETED', [ 'REVERSED', '10.00', 'USD' ])),
+	qr/^error=unknown PayPal capture status "REVERSED".*$/,
 	'an unknown capture status is an error');
-is(interpret(200, order('COMPLETED', [ 'COMPLETED', '1500', 'JPY' ])), 'succeeded|COMPLETED|1500|JPY',
+is(interpret(200, order('COMPLETED', [ 'COMPLETED', '1500', 'JPY' ])),
+	"status=succeeded\nchannel_status=COMPLETED\npaid_amount=1500\npaid_currency=JPY",
 	'JPY has no minor unit');
-is(interpret(200, order('COMPLETED', [ 'COMPLETED', '1.234', 'KWD' ])), 'succeeded|COMPLETED|1234|KWD',
+is(interpret(200, order('COMPLETED', [ 'COMPLETED', '1.234', 'KWD' ])),
+	"status=succeeded\nchannel_status=COMPLETED\npaid_amount=1234\npaid_currency=KWD",
 	'KWD has three digits');
-like(interpret(200, order('COMPLETED', [ 'COMPLETED', '10.001', 'USD' ])), qr/^error: .*not a valid USD amount/,
+like(interpret(200, order('COMPLETED', [ 'COMPLETED', '10.001', 'USD' ])),
+	qr/^error=.*not a valid USD amount.*$/,
 	'an amount with too many digits is an error');
-like(interpret(200, order('COMPLETED', [ 'COMPLETED', '-1.00', 'USD' ])), qr/^error: .*not a valid USD amount/,
+like(interpret(200, order('COMPLETED', [ 'COMPLETED', '-1.00', 'USD' ])),
+	qr/^error=.*not a valid USD amount.*$/,
 	'a negative amount is an error');
-like(interpret(200, order('COMPLETED', [ 'COMPLETED', '10.00', 'usd' ])), qr/^error: .*not an ISO 4217 code/,
+like(interpret(200, order('COMPLETED', [ 'COMPLETED', '10.00', 'usd' ])),
+	qr/^error=.*not an ISO 4217 code.*$/,
 	'a currency that is not an ISO code is an error');
-like(interpret(200, order('COMPLETED')), qr/^error: order COMPLETED but the answer has no purchase_units\[0\]\.payments\.captures\[0\]\.status/,
+like(interpret(200, order('COMPLETED')),
+	qr/^error=order COMPLETED but the answer has no purchase_units\[0\]\.payments\.captures\[0\]\.status.*$/,
 	'COMPLETED without a capture is an error');
 like(interpret(200, '{"status":"COMPLETED","purchase_units":[{"payments":{"authorizations":[{"status":"CREATED"}]}}]}'),
-	qr/^error: .*intent AUTHORIZE/, 'COMPLETED with only an authorization is an error');
+	qr/^error=.*intent AUTHORIZE.*$/, 'COMPLETED with only an authorization is an error');
 like(interpret(200, '{"status":"COMPLETED","purchase_units":[{"payments":{"captures":[{"status":"COMPLETED"}]}}]}'),
-	qr/^error: the capture has no amount/, 'a completed capture without an amount is an error');
+	qr/^error=the capture has no amount.*$/, 'a completed capture without an amount is an error');
 
 # The first capture of the first purchase unit decides, wherever members
 # are and whatever else carries a "status".
@@ -413,96 +405,96 @@ is(interpret(200,
 		  . '{"amount":{"value":"10.00","currency_code":"USD"},"status":"COMPLETED","status_details":{"status":"X"}},'
 		  . '{"status":"DECLINED","amount":{"value":"99.00","currency_code":"EUR"}}]}},'
 		  . '{"payments":{"captures":[{"status":"DECLINED"}]}}],"status":"COMPLETED"}'),
-	'succeeded|COMPLETED|1000|USD', 'the first capture of the first unit decides');
+	"status=succeeded\nchannel_status=COMPLETED\npaid_amount=1000\npaid_currency=USD",
+	'the first capture of the first unit decides');
 is(interpret(200,
 		'{"status":"COMPLETED","purchase_units":[{"payments":{"captures":['
 		  . '{"status":"DECLINED","amount":{"value":"10.00","currency_code":"USD"}},'
 		  . '{"status":"COMPLETED","amount":{"value":"10.00","currency_code":"USD"}}]}}]}'),
-	'failed|COMPLETED/DECLINED||', '... not a later one');
+	"status=failed\nchannel_status=COMPLETED/DECLINED", '... not a later one');
 like(interpret(200,
 		'{"status":"COMPLETED","purchase_units":{"0":{"payments":{"captures":{"0":{"status":"COMPLETED",'
 		  . '"amount":{"value":"10.00","currency_code":"USD"}}}}}}}'),
-	qr/^error: order COMPLETED but the answer has no/, 'an object with a member "0" is not an array');
+	qr/^error=order COMPLETED but the answer has no.*$/, 'an object with a member "0" is not an array');
 is(interpret(200, "  \n" . order('COMPLETED', [ 'COMPLETED', '10.00', 'USD' ]) . "\n"),
-	'succeeded|COMPLETED|1000|USD', 'blanks around the JSON are fine');
+	"status=succeeded\nchannel_status=COMPLETED\npaid_amount=1000\npaid_currency=USD",
+	'blanks around the JSON are fine');
 
 # HTTP statuses.
 like(interpret(401, '{"name":"AUTHENTICATION_FAILURE","message":"Authentication failed"}'),
-	qr/^rejected error: HTTP 401 from PayPal \(AUTHENTICATION_FAILURE\)/,
+	qr/^error=HTTP 401 from PayPal \(AUTHENTICATION_FAILURE\).*\ncredentials_rejected=true$/,
 	'401: an error that drops the token');
 like(interpret(401, '{"error":"invalid_token","error_description":"Token signature verification failed"}'),
-	qr/^rejected error: HTTP 401 from PayPal \(invalid_token\)/, '... whatever its body');
-like(interpret(401, 'Unauthorized'), qr/^rejected error: HTTP 401 from PayPal \(no error name\)/,
+	qr/^error=HTTP 401 from PayPal \(invalid_token\).*\ncredentials_rejected=true$/, '... whatever its body');
+like(interpret(401, 'Unauthorized'), qr/^error=HTTP 401 from PayPal \(no error name\).*\ncredentials_rejected=true$/,
 	'... even when it is not JSON');
 is(interpret(404, '{"name":"RESOURCE_NOT_FOUND","details":[{"issue":"INVALID_RESOURCE_ID"}]}'),
-	'pending|RESOURCE_NOT_FOUND||', "404 RESOURCE_NOT_FOUND: PayPal has no such order, not paid");
-like(interpret(404, '<html>Not Found</html>'), qr/^error: HTTP 404 from PayPal \(no error name\)/,
+	"status=pending\nchannel_status=RESOURCE_NOT_FOUND", "404 RESOURCE_NOT_FOUND: PayPal has no such order, not paid");
+like(interpret(404, '<html>Not Found</html>'), qr/^error=HTTP 404 from PayPal \(no error name\).*$/,
 	'another 404 is an error');
-like(interpret(403, '{"name":"NOT_AUTHORIZED"}'), qr/^error: unexpected HTTP 403 from PayPal \(NOT_AUTHORIZED\)/,
+like(interpret(403, '{"name":"NOT_AUTHORIZED"}'), qr/^error=unexpected HTTP 403 from PayPal \(NOT_AUTHORIZED\).*$/,
 	'403 is an error that keeps the token');
-like(interpret(400, '{"name":"INVALID_REQUEST <b>"}'), qr/^error: unexpected HTTP 400 from PayPal \(no error name\)/,
+like(interpret(400, '{"name":"INVALID_REQUEST <b>"}'), qr/^error=unexpected HTTP 400 from PayPal \(no error name\).*$/,
 	'an error name that is not a plain word is not quoted');
-like(interpret(201, order('CREATED')), qr/^error: unexpected HTTP 201/, '201 is an error');
-like(interpret($_, '{}'), qr/^error: HTTP $_ from the channel/, "$_ is an error") for (429, 500, 503);
-like(interpret(0, ''), qr/^error: Couldn't connect/, 'a transport error is an error');
+like(interpret(201, order('CREATED')), qr/^error=unexpected HTTP 201.*$/, '201 is an error');
+like(interpret($_, '{}'), qr/^error=HTTP $_ from the channel.*$/, "$_ is an error") for (429, 500, 503);
+like(interpret(0, "Couldn't connect to server"), qr/^error=Couldn't connect.*$/, 'a transport error is an error');
 
 # Bodies.
-like(interpret(200, 'not json'), qr/^error: the answer is not a JSON object/, 'not JSON');
+like(interpret(200, 'not json'), qr/^error=the answer is not a JSON object.*$/, 'not JSON');
 like(interpret(200, '[' . order('COMPLETED', [ 'COMPLETED', '10.00', 'USD' ]) . ']'),
-	qr/^error: the answer is not a JSON object/, 'an array');
-like(interpret(200, '{"status":"COMPLETED"'), qr/^error: the answer is not valid JSON/, 'truncated JSON');
-like(interpret(200, '{"status":"APPROVED"} x'), qr/^error: the answer is not valid JSON/, 'trailing garbage');
+	qr/^error=the answer is not a JSON object.*$/, 'an array');
+like(interpret(200, '{"status":"COMPLETED"'), qr/^error=the answer is not valid JSON.*$/, 'truncated JSON');
+like(interpret(200, '{"status":"APPROVED"} x'), qr/^error=the answer is not valid JSON.*$/, 'trailing garbage');
 like(interpret(200, '{"a":' . ('[' x 100000) . (']' x 100000) . ',"status":"APPROVED"}'),
-	qr/^error: the answer nests deeper than 64 levels/, 'a deeply nested answer');
-is(interpret(200, '{"a":"[[[[' . ('[' x 100) . '","status":"APPROVED"}'), 'pending|APPROVED||',
+	qr/^error=the answer nests deeper than 64 levels.*$/, 'a deeply nested answer');
+is(interpret(200, '{"a":"[[[[' . ('[' x 100) . '","status":"APPROVED"}'), "status=pending\nchannel_status=APPROVED",
 	'brackets inside strings are not nesting');
 
 # Token answers.
 is(token(200, '{"scope":"x","access_token":"A21AAbc-_.9","token_type":"Bearer","app_id":"APP-1","expires_in":32400,"nonce":"n"}'),
-	'A21AAbc-_.9|32400', 'a token answer gives the token and its lifetime');
-is(token(200, '{"access_token":"A21AAx","expires_in":3600}'), 'A21AAx|3600', 'token_type may be left out');
+	"token=A21AAbc-_.9\nexpires_in=32400", 'a token answer gives the token and its lifetime');
+is(token(200, '{"access_token":"A21AAx","expires_in":3600}'), "token=A21AAx\nexpires_in=3600", 'token_type may be left out');
 like(token(401, '{"error":"invalid_client","error_description":"Client Authentication failed"}'),
-	qr/^error: PayPal refused the client credentials \(HTTP 401, invalid_client\): check client_id and client_secret$/,
+	qr/^error=PayPal refused the client credentials \(HTTP 401, invalid_client\): check client_id and client_secret$/,
 	'401 invalid_client: the credentials were refused');
 like(token(400, '{"error":"unsupported_grant_type"}'),
-	qr/^error: unexpected HTTP 400 from the PayPal token endpoint \(unsupported_grant_type\)/, '400 is an error');
-like(token(503, ''), qr/^error: HTTP 503 from the PayPal token endpoint/, '503 is an error');
-like(token(0, ''), qr/^error: Couldn't connect/, 'a transport error is an error');
-like(token(200, '{"expires_in":3600}'), qr/^error: the token answer has no access_token/, 'no access_token');
-like(token(200, '{"access_token":42,"expires_in":3600}'), qr/^error: the token answer has no access_token/,
+	qr/^error=unexpected HTTP 400 from the PayPal token endpoint \(unsupported_grant_type\)/, '400 is an error');
+like(token(503, ''), qr/^error=HTTP 503 from the PayPal token endpoint/, '503 is an error');
+like(token(0, "Couldn't connect to server"), qr/^error=Couldn't connect/, 'a transport error is an error');
+like(token(200, '{"expires_in":3600}'), qr/^error=the token answer has no access_token/, 'no access_token');
+like(token(200, '{"access_token":42,"expires_in":3600}'), qr/^error=the token answer has no access_token/,
 	'an access_token that is not a string');
-like(token(200, '{"access_token":"","expires_in":3600}'), qr/^error: .*empty/, 'an empty access_token');
-like(token(200, '{"access_token":"A21 AA","expires_in":3600}'), qr/^error: .*characters a header cannot carry/,
+like(token(200, '{"access_token":"","expires_in":3600}'), qr/^error=.*empty/, 'an empty access_token');
+like(token(200, '{"access_token":"A21 AA","expires_in":3600}'), qr/^error=.*characters a header cannot carry/,
 	'an access_token with a blank');
 like(token(200, '{"access_token":"A21AA\r\nX-Evil: 1","expires_in":3600}'),
-	qr/^error: .*characters a header cannot carry/, 'an access_token with a line break');
-like(token(200, '{"access_token":"A21AA","token_type":"MAC","expires_in":3600}'), qr/^error: .*not Bearer/,
+	qr/^error=.*characters a header cannot carry/, 'an access_token with a line break');
+like(token(200, '{"access_token":"A21AA","token_type":"MAC","expires_in":3600}'), qr/^error=.*not Bearer/,
 	'a token that is not a bearer token');
-like(token(200, '{"access_token":"A21AA"}'), qr/^error: the token answer has no expires_in/, 'no expires_in');
-like(token(200, '{"access_token":"A21AA","expires_in":"3600"}'), qr/^error: the token answer has no expires_in/,
+like(token(200, '{"access_token":"A21AA"}'), qr/^error=the token answer has no expires_in/, 'no expires_in');
+like(token(200, '{"access_token":"A21AA","expires_in":"3600"}'), qr/^error=the token answer has no expires_in/,
 	'an expires_in that is a string');
-like(token(200, '{"access_token":"A21AA","expires_in":0}'), qr/^error: .*not a positive whole number/,
+like(token(200, '{"access_token":"A21AA","expires_in":0}'), qr/^error=.*not a positive whole number/,
 	'expires_in 0');
-like(token(200, '{"access_token":"A21AA","expires_in":1.5}'), qr/^error: .*not a positive whole number/,
+like(token(200, '{"access_token":"A21AA","expires_in":1.5}'), qr/^error=.*not a positive whole number/,
 	'a fractional expires_in');
-like(token(200, '{"access_token":"A21AA","expires_in":-60}'), qr/^error: .*not a positive whole number/,
+like(token(200, '{"access_token":"A21AA","expires_in":-60}'), qr/^error=.*not a positive whole number/,
 	'a negative expires_in');
-is(token(200, '{"access_token":"A21AA","expires_in":99999999999}'), 'A21AA|2147483647',
+is(token(200, '{"access_token":"A21AA","expires_in":99999999999}'), "token=A21AA\nexpires_in=2147483647",
 	'a huge expires_in is capped');
-like(token(200, 'oops'), qr/^error: token answer: the answer is not a JSON object/, 'a token answer that is not JSON');
+like(token(200, 'oops'), qr/^error=token answer: the answer is not a JSON object/, 'a token answer that is not JSON');
 
 # Requests: Basic credentials checked against an independent base64
 # (openssl base64), the bearer token, the URL-encoded order id.
-sub openssl_base64
+
+# The request the driver builds (kind query or token) for a channel with
+# options (SQL jsonb): paysync_test_request's "name=value" lines.
+sub request
 {
-	my ($text) = @_;
-	my $file = "$PostgreSQL::Test::Utils::tmp_check/paypal_b64_in";
-	open my $fh, '>:raw', $file or die $!;
-	print $fh $text;
-	close $fh;
-	my $out = `openssl base64 -A -in $file`;
-	die "openssl base64 failed" if $?;
-	return $out;
+	my ($base_url, $options, $kind, $payment_id, $token) = @_;
+	return test_request($node, driver => 'paypal', options => $options,
+		base_url => $base_url, kind => $kind, payment_id => $payment_id, token => $token);
 }
 
 for my $case ([ 'AYshort', 'EKs' ],
@@ -512,25 +504,27 @@ for my $case ([ 'AYshort', 'EKs' ],
 	my ($id, $secret) = @$case;
 	my $bytes = $secret;
 	utf8::encode($bytes);
-	my $want = openssl_base64("$id:$bytes");
-	my $got = sql("SELECT paypal_requests('http://127.0.0.1:9/', jsonb_build_object('client_id', "
-		  . lit($id) . ", 'client_secret', convert_from(decode('" . unpack('H*', $bytes) . "', 'hex'), 'UTF8')), 'ORD1', 'TOK')");
-	like($got, qr/^Authorization: Basic \Q$want\E$/m,
+	my $want = run_openssl([ 'base64', '-A' ], "$id:$bytes");
+	my $got = request('http://127.0.0.1:9/',
+		"jsonb_build_object('client_id', " . lit($id) . ", 'client_secret', convert_from(decode('"
+		  . unpack('H*', $bytes) . "', 'hex'), 'UTF8'))", 'token');
+	like($got, qr/^header=Authorization: Basic \Q$want\E$/m,
 		'Basic credentials for a ' . length($id . $secret) . '-character pair match openssl base64');
 }
 
-is(sql(q{SELECT paypal_requests('http://127.0.0.1:9/api/', '{"client_id":"ID","client_secret":"SEC"}', 'ord a/b~1,ä', 'A21AAtok')}),
-	"POST http://127.0.0.1:9/api/v1/oauth2/token
-Accept: application/json
-Content-Type: application/x-www-form-urlencoded
-Authorization: Basic " . encode_base64('ID:SEC', '') . "
-
-grant_type=client_credentials
+is( request('http://127.0.0.1:9/api/', $UNIT_OPTIONS, 'token') . "\n--\n"
+	  . request('http://127.0.0.1:9/api/', $UNIT_OPTIONS, 'query', 'ord a/b~1,ä', 'A21AAtok'),
+	"method=POST
+url=http://127.0.0.1:9/api/v1/oauth2/token
+header=Accept: application/json
+header=Content-Type: application/x-www-form-urlencoded
+header=Authorization: Basic " . encode_base64('ID:SEC', '') . "
+body=grant_type=client_credentials
 --
-GET http://127.0.0.1:9/api/v2/checkout/orders/ord%20a%2Fb~1%2C%C3%A4
-Accept: application/json
-Authorization: Bearer A21AAtok
-", 'the token request and the order query, as sent');
+method=GET
+url=http://127.0.0.1:9/api/v2/checkout/orders/ord%20a%2Fb~1%2C%C3%A4
+header=Accept: application/json
+header=Authorization: Bearer A21AAtok", 'the token request and the order query, as sent');
 
 stop_mock($_) for ($good, $renew, $expire, $revoke, $badcred);
 $node->stop;

@@ -1,5 +1,7 @@
 # PaysyncTest.pm: what the TAP tests share: a cluster with paysync
-# preloaded, the mock channels on 127.0.0.1, RSA keys, and waiting helpers.
+# preloaded, the mock channels on 127.0.0.1, RSA keys and openssl
+# signatures, queries and waiting helpers, and the drivers' test interface
+# (paysync_test_request and paysync_test_interpret, src/driver_test.c).
 package PaysyncTest;
 
 use strict;
@@ -9,6 +11,7 @@ use Exporter 'import';
 use File::Basename qw(basename);
 use FindBin;
 use IPC::Run;
+use MIME::Base64 qw(encode_base64 decode_base64);
 use Time::HiRes qw(time usleep);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -17,7 +20,9 @@ use Test::More;
 our @EXPORT = qw(lit payment_row wait_payment_status
   start_mock start_mock_program stop_mock mock_requests
   mock_log mock_stats new_paysync_node create_mock_channel wait_for_sql
-  status_of make_rsa_key spew_file STATUS_MAP);
+  status_of make_rsa_key spew_file STATUS_MAP
+  sql wait_true events_of run_openssl openssl_sign openssl_verifies
+  create_test_functions test_request test_interpret test_fields);
 
 # The status words the mock answers with, mapped to paysync statuses.
 use constant STATUS_MAP =>
@@ -99,7 +104,9 @@ sub mock_requests
 	return scalar grep { $_->[2] eq $payment_id } mock_log($mock);
 }
 
-# The mock's /_stats as a hash (requests, in_flight, max_in_flight).
+# A mock's /_stats counters as a hash: for mock_channel requests, in_flight,
+# max_in_flight; for mock_paypal token_requests, tokens_issued,
+# orders_requests, unauthorized.
 sub mock_stats
 {
 	my ($mock) = @_;
@@ -166,6 +173,18 @@ sub spew_file
 	close $fh or die "$path: $!";
 }
 
+# Runs openssl with the arguments in the list ref $args, $stdin (if given)
+# on its standard input; returns its standard output, or dies with its
+# message if it fails.
+sub run_openssl
+{
+	my ($args, $stdin) = @_;
+	my ($out, $err) = ('', '');
+	IPC::Run::run([ 'openssl', @$args ], '<', \($stdin // ''), '>', \$out, '2>', \$err)
+	  or die "openssl @$args failed: $err";
+	return $out;
+}
+
 # Makes an RSA key pair with openssl: $dir/$name.key, the private key, and
 # $dir/$name.pub, its public key, both PEM; $bits (default 2048) long.
 # Returns the two paths; dies with openssl's message if it fails.
@@ -174,15 +193,37 @@ sub make_rsa_key
 	my ($dir, $name, $bits) = @_;
 	my ($key, $pub) = ("$dir/$name.key", "$dir/$name.pub");
 	$bits //= 2048;
-	for my $args (
-		[ 'genpkey', '-algorithm', 'RSA', '-pkeyopt', "rsa_keygen_bits:$bits", '-out', $key ],
-		[ 'pkey', '-in', $key, '-pubout', '-out', $pub ])
-	{
-		my ($out, $err) = ('', '');
-		IPC::Run::run([ 'openssl', @$args ], '>', \$out, '2>', \$err)
-		  or die "openssl @$args failed: $err";
-	}
+	run_openssl([ 'genpkey', '-algorithm', 'RSA', '-pkeyopt', "rsa_keygen_bits:$bits", '-out', $key ]);
+	run_openssl([ 'pkey', '-in', $key, '-pubout', '-out', $pub ]);
 	return ($key, $pub);
+}
+
+# The base64 SHA256withRSA signature of $text (bytes) by the private key in
+# the PEM file $keyfile, made by openssl dgst: an implementation
+# independent of paysync's.
+sub openssl_sign
+{
+	my ($keyfile, $text) = @_;
+	return encode_base64(run_openssl([ 'dgst', '-sha256', '-sign', $keyfile ], $text), '');
+}
+
+my $openssl_dir;
+
+# True if openssl dgst -verify accepts $signature_b64 as a SHA256withRSA
+# signature of $text (bytes) by the public key in the PEM file $pubfile.
+sub openssl_verifies
+{
+	my ($pubfile, $text, $signature_b64) = @_;
+	$openssl_dir //= PostgreSQL::Test::Utils::tempdir('openssl');
+	spew_file("$openssl_dir/signature.bin", decode_base64($signature_b64 // ''));
+	my ($out, $err) = ('', '');
+	IPC::Run::run(
+		[
+			'openssl', 'dgst', '-sha256', '-verify', $pubfile,
+			'-signature', "$openssl_dir/signature.bin"
+		],
+		'<', \$text, '>', \$out, '2>', \$err);
+	return $out =~ /Verified OK/ ? 1 : 0;
 }
 
 # text as an SQL string literal.
@@ -208,6 +249,111 @@ sub wait_payment_status
 	return wait_for_sql($node,
 		'SELECT status FROM paysync.payments WHERE payment_id = ' . lit($payment_id),
 		$status, "$payment_id becomes $status");
+}
+
+# The output of query in database postgres; dies if it fails.
+sub sql
+{
+	my ($node, $query) = @_;
+	return $node->safe_psql('postgres', $query);
+}
+
+# Waits until the SQL condition cond holds for a payment (a test of its
+# own, named what).
+sub wait_true
+{
+	my ($node, $payment_id, $cond, $what) = @_;
+	return wait_for_sql($node,
+		"SELECT coalesce(bool_and($cond), false) FROM paysync.payments WHERE payment_id = "
+		  . lit($payment_id),
+		't', $what);
+}
+
+# The events of a payment, oldest first, each as
+# "previous>status|channel_status|source|channel" (channel_status empty
+# when null), ','-separated; '' if there are none.
+sub events_of
+{
+	my ($node, $payment_id) = @_;
+	return sql($node,
+		"SELECT string_agg(previous || '>' || status || '|' || coalesce(channel_status, '')"
+		  . " || '|' || source || '|' || channel, ',' ORDER BY event_id)"
+		  . ' FROM paysync.events WHERE payment_id = ' . lit($payment_id));
+}
+
+# ---------------------------------------------------------------- drivers
+
+# Creates the drivers' test interface (src/driver_test.c, in the library
+# but in no install script) in database postgres: paysync_test_request()
+# and paysync_test_interpret().
+sub create_test_functions
+{
+	my ($node) = @_;
+	sql($node, q{
+CREATE FUNCTION paysync_test_request(driver text, options jsonb, base_url text,
+		payment_id text, kind text, token text)
+	RETURNS text AS '$libdir/paysync', 'paysync_test_request' LANGUAGE C;
+CREATE FUNCTION paysync_test_interpret(driver text, options jsonb, kind text,
+		http_status int, headers text, body text, payment_id text)
+	RETURNS text AS '$libdir/paysync', 'paysync_test_interpret' LANGUAGE C;
+});
+}
+
+# $text as an SQL literal, or NULL if undefined.
+sub lit_or_null
+{
+	my ($text) = @_;
+	return defined $text ? lit($text) : 'NULL';
+}
+
+# The request a driver builds (paysync_test_request's text: "name=value"
+# lines).  Options: driver, options (an SQL jsonb expression, so that keys
+# can come from files), base_url, payment_id, kind (default query), token.
+sub test_request
+{
+	my ($node, %o) = @_;
+	return sql($node,
+		'SELECT paysync_test_request(' . join(', ',
+			lit($o{driver}), $o{options}, lit($o{base_url}), lit_or_null($o{payment_id}),
+			lit($o{kind} // 'query'), lit_or_null($o{token})) . ')');
+}
+
+# What a driver makes of an answer (paysync_test_interpret's text:
+# "name=value" lines).  Options: driver, options (an SQL jsonb
+# expression), kind (default query), status (the HTTP status, 0 for a
+# transport error whose message is body; default 200), headers ("Name:
+# value" lines), body, payment_id.
+sub test_interpret
+{
+	my ($node, %o) = @_;
+	return sql($node,
+		'SELECT paysync_test_interpret(' . join(', ',
+			lit($o{driver}), $o{options}, lit($o{kind} // 'query'), $o{status} // 200,
+			lit_or_null($o{headers}), lit($o{body} // ''), lit_or_null($o{payment_id})) . ')');
+}
+
+# The fields of paysync_test_request's or paysync_test_interpret's text,
+# unescaped, as a hash ref; header, which may repeat, is a list ref.
+sub test_fields
+{
+	my ($text) = @_;
+	my %fields = (header => []);
+	for my $line (split /\n/, $text)
+	{
+		my ($name, $value) = split /=/, $line, 2;
+		$value //= '';
+		$value =~ s/\\(\\|n|r|x([0-9A-F]{2}))/
+		  $1 eq '\\' ? '\\' : $1 eq 'n' ? "\n" : $1 eq 'r' ? "\r" : chr(hex($2))/ge;
+		if ($name eq 'header')
+		{
+			push @{ $fields{header} }, $value;
+		}
+		else
+		{
+			$fields{$name} = $value;
+		}
+	}
+	return \%fields;
 }
 
 1;
