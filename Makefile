@@ -6,6 +6,7 @@ OBJS = \
 	src/paysync.o \
 	src/worker.o \
 	src/checker.o \
+	src/token.o \
 	src/http.o \
 	src/storage.o \
 	src/driver.o \

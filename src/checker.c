@@ -33,6 +33,7 @@
 #include "http.h"
 #include "stats.h"
 #include "storage.h"
+#include "token.h"
 
 /* The most of a channel's status word kept in channel_status and events. */
 #define CHANNEL_STATUS_MAX_BYTES 256
@@ -55,12 +56,7 @@ typedef struct CompiledChannel
 	int			refs;			/* requests in flight made with it */
 	bool		retired;		/* replaced by a newer version of the row */
 
-	/* the channel's access token, for drivers that use one */
-	char	   *token;			/* secret; NULL until fetched */
-	uint32		token_generation;	/* counts the tokens fetched */
-	TimestampTz token_valid_until;
-	bool		token_requested;	/* a token request is in flight */
-	char		token_error[200];	/* why the last token request failed */
+	ChannelToken token;			/* for drivers that use access tokens */
 } CompiledChannel;
 
 /* What the checker knows of one channel. */
@@ -428,6 +424,7 @@ start_token_request(ChannelState *channel, CompiledChannel *compiled)
 	MemoryContext old = MemoryContextSwitchTo(checker_context);
 	Check	   *fetch = palloc0(sizeof(Check));
 	HttpRequest request;
+	char		error[200];
 
 	fetch->kind = CHECK_TOKEN;
 	fetch->channel = channel;
@@ -437,40 +434,16 @@ start_token_request(ChannelState *channel, CompiledChannel *compiled)
 												  compiled->config->base_url, &request);
 	request.timeout_ms = channel_timeout_ms(compiled);
 	MemoryContextSwitchTo(old);
-	if (!http_submit(&request, fetch, compiled->token_error, sizeof(compiled->token_error)))
+	if (!http_submit(&request, fetch, error, sizeof(error)))
 	{
+		token_request_failed(&compiled->token, error);
 		pfree(fetch);
 		return;
 	}
 	fetch->compiled = compiled;
 	compiled->refs++;
-	compiled->token_requested = true;
-	compiled->token_error[0] = '\0';
+	token_request_started(&compiled->token);
 	requests_in_flight++;
-}
-
-/*
- * For a channel that needs an access token: true if a valid one is at hand;
- * otherwise starts fetching one (once) and returns false.  If the last
- * fetch failed, *failed says why (once; the next call tries again).
- */
-static bool
-token_ready(ChannelState *channel, CompiledChannel *compiled, const char **failed)
-{
-	*failed = NULL;
-	if (compiled->token && GetCurrentTimestamp() < compiled->token_valid_until)
-		return true;
-	if (compiled->token_requested)
-		return false;
-	if (compiled->token_error[0])
-	{
-		*failed = compiled->token_error;
-		return false;
-	}
-	start_token_request(channel, compiled);
-	if (compiled->token_error[0])
-		*failed = compiled->token_error;
-	return false;
 }
 
 /*
@@ -517,24 +490,31 @@ checker_start_claimed(void)
 
 		if (compiled->config->driver->build_token_request)
 		{
-			const char *failed;
+			TokenState state = token_state(&compiled->token, now);
 
-			if (!token_ready(check->channel, compiled, &failed))
+			if (state == TOKEN_FETCH)
 			{
-				if (failed == NULL)
-				{
-					queue[kept++] = check;
-					continue;
-				}
+				start_token_request(check->channel, compiled);
+				state = token_state(&compiled->token, now);
+			}
+			if (state == TOKEN_WAIT)
+			{
+				queue[kept++] = check;
+				continue;
+			}
+			if (state == TOKEN_FAILED)
+			{
 				/* the token request failed: these checks are errors */
-				answer_error(&answer, "access token request failed: %s", failed);
+				answer_error(&answer, "access token request failed: %s",
+							 compiled->token.error);
 				answer_add(check, &answer);
 				check_done(check);
 				token_failed = compiled;
 				continue;
 			}
-			token = compiled->token;
-			check->token_generation = compiled->token_generation;
+			Assert(state == TOKEN_READY);
+			token = compiled->token.value;
+			check->token_generation = compiled->token.generation;
 		}
 
 		/*
@@ -576,7 +556,7 @@ checker_start_claimed(void)
 	queue_len = kept;
 	/* the next checks of a channel whose token request failed try again */
 	if (token_failed)
-		token_failed->token_error[0] = '\0';
+		token_retry(&token_failed->token);
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(scratch_context);
 	return started;
@@ -634,24 +614,14 @@ collect_answers(void)
 		{
 			char	   *token = NULL;
 			int			expires_in_s = 0;
+			char		error[200] = "";
 
-			compiled->token_requested = false;
 			if (config->driver->interpret_token(config->driver_config, &result, &token,
-												&expires_in_s, compiled->token_error,
-												sizeof(compiled->token_error)))
-			{
-				if (compiled->token)
-					pfree(compiled->token);
-				compiled->token = MemoryContextStrdup(compiled->context, token);
-				compiled->token_generation++;
-				/* renew a minute early, so no request carries a dying token */
-				compiled->token_valid_until = GetCurrentTimestamp() +
-					(int64) Max(expires_in_s - 60, 1) * USECS_PER_SEC;
-				compiled->token_error[0] = '\0';
-			}
-			else if (compiled->token_error[0] == '\0')
-				snprintf(compiled->token_error, sizeof(compiled->token_error),
-						 "the token answer could not be read");
+												&expires_in_s, error, sizeof(error)))
+				token_received(&compiled->token, compiled->context, token,
+							   expires_in_s, GetCurrentTimestamp());
+			else
+				token_request_failed(&compiled->token, error);
 			MemoryContextSwitchTo(old);
 			MemoryContextReset(scratch_context);
 			http_result_free(&result);
@@ -669,12 +639,8 @@ collect_answers(void)
 		 * a refused token is dropped, unless a newer one came meanwhile: the
 		 * retry fetches a new one
 		 */
-		if (answer.credentials_rejected && compiled->token &&
-			check->token_generation == compiled->token_generation)
-		{
-			pfree(compiled->token);
-			compiled->token = NULL;
-		}
+		if (answer.credentials_rejected)
+			token_refused(&compiled->token, check->token_generation);
 		answer_add(check, &answer);
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(scratch_context);
