@@ -53,6 +53,8 @@
  *	  tokens handed out, order requests received, and of those the ones
  *	  refused with 401.
  *
+ *	  --latency-ms N delays every answer (the token's too) by N ms.
+ *
  *	  --log FILE appends one line per request (control endpoints aside):
  *		<unix_us> <METHOD> <path> <payment_id or -> <http status> [token]
  *	  the token being the one issued by a successful token request.
@@ -556,6 +558,13 @@ handle_request(void *cls, struct MHD_Connection *conn, const char *url,
 
 	if (strcmp(url, "/_stats") == 0)
 		return handle_stats(conn);
+	if (mock_opt_latency_ms > 0)
+	{
+		struct timespec ts = {mock_opt_latency_ms / 1000,
+		(mock_opt_latency_ms % 1000) * 1000000L};
+
+		nanosleep(&ts, NULL);
+	}
 	if (strcmp(url, "/v1/oauth2/token") == 0 && strcmp(method, "POST") == 0 && !req->body.overflow)
 		return handle_token(conn, req);
 	if (strncmp(url, "/v2/checkout/orders/", 20) == 0 && strcmp(method, "GET") == 0)
@@ -571,6 +580,7 @@ parse_args(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		MOCK_LONGOPTS_COMMON,
+		MOCK_LONGOPT_LATENCY,
 		{"client-id", required_argument, NULL, 'i'},
 		{"client-secret", required_argument, NULL, 's'},
 		{"token-ttl", required_argument, NULL, 't'},
@@ -601,7 +611,7 @@ parse_args(int argc, char **argv)
 				break;
 			default:
 				fprintf(stderr,
-						"usage: mock_paypal --client-id ID --client-secret SECRET [--port N] [--log FILE]\n"
+						"usage: mock_paypal --client-id ID --client-secret SECRET [--port N] [--log FILE] [--latency-ms N]\n"
 						"                   [--token-ttl S] [--expires-in S] [--revoke-after N]\n");
 				exit(2);
 		}
@@ -623,6 +633,8 @@ main(int argc, char **argv)
 	mock_init("mock_paypal");
 	parse_args(argc, argv);
 	mock_log_open(mock_opt_log);
-	mock_serve(MHD_USE_EPOLL, mock_opt_port, handle_request, options);
+	/* a delayed answer holds its thread: one per connection then */
+	mock_serve(mock_opt_latency_ms > 0 ? MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL :
+			   MHD_USE_EPOLL, mock_opt_port, handle_request, options);
 	return 0;
 }
