@@ -165,7 +165,10 @@ compile_channel(const ChannelRow *row)
 		snprintf(compiled->broken, sizeof(compiled->broken),
 				 "channel \"%s\" is misconfigured: %s", row->name, edata->message);
 		ereport(WARNING,
-				(errmsg("paysync: %s", compiled->broken)));
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("paysync channel \"%s\" is misconfigured", row->name),
+				 errdetail("%s", edata->message),
+				 errhint("Its payments get an error answer until the row is fixed; UPDATE paysync.channels runs the checks.")));
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
@@ -331,6 +334,8 @@ check_done(Check *check)
 
 	if (check->kind != CHECK_TOKEN)
 	{
+		Assert(channel->in_flight > 0);
+		Assert(check->compiled == NULL || channel->requests > 0);
 		channel->in_flight--;
 		if (check->compiled)
 			channel->requests--;
@@ -342,6 +347,7 @@ check_done(Check *check)
 	}
 	if (check->compiled)
 	{
+		Assert(check->compiled->refs > 0);
 		check->compiled->refs--;
 		compiled_release(check->compiled);
 	}
@@ -609,6 +615,8 @@ collect_answers(void)
 		const ChannelConfig *config = compiled->config;
 		CheckAnswer answer;
 		MemoryContext old = MemoryContextSwitchTo(scratch_context);
+
+		Assert(config != NULL && requests_in_flight > 0);
 
 		if (check->kind == CHECK_TOKEN)
 		{

@@ -104,12 +104,14 @@ paysync_run_once(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid max_checks null: it must be at least 1")));
+				 errmsg("max_checks must not be null"),
+				 errhint("Pass the most payments to check, at least 1.")));
 	max_checks = PG_GETARG_INT32(0);
 	if (max_checks < 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid max_checks %d: it must be at least 1", max_checks)));
+				 errmsg("invalid max_checks %d", max_checks),
+				 errdetail("It must be at least 1.")));
 
 	checker_init();
 	checker_discard_all();
