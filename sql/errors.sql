@@ -4,25 +4,13 @@
 -- argument or value.  pg_temp.try() runs one statement and shows its error
 -- as "SQLSTATE: message".
 --
-SET timezone = 'UTC';
-SET datestyle = 'ISO, YMD';
-SET intervalstyle = 'postgres';
+\i sql/regress_setup.psql
 
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS paysync CASCADE;
 RESET client_min_messages;
 CREATE EXTENSION paysync;
 
--- Runs a statement; returns 'OK' or the error as "SQLSTATE: message".
-CREATE FUNCTION pg_temp.try(cmd text) RETURNS text
-LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE cmd;
-	RETURN 'OK';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
 
 -- A valid status_map, to isolate the one bad thing in each case.
 \set map '"status_map": {"PAID": "succeeded", "WAIT": "pending"}'

@@ -3,24 +3,13 @@
 -- boundaries, schedule_maintenance() without pg_cron, worker_status() and
 -- stats without the preload.
 --
-SET timezone = 'UTC';
-SET datestyle = 'ISO, YMD';
-SET intervalstyle = 'postgres';
+\i sql/regress_setup.psql
 
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS paysync CASCADE;
 DROP SCHEMA IF EXISTS paysync CASCADE;
 RESET client_min_messages;
 
-CREATE FUNCTION pg_temp.try(cmd text) RETURNS text
-LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE cmd;
-	RETURN 'OK';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
 
 --
 -- 0.1 with data, then ALTER EXTENSION ... UPDATE

@@ -5,9 +5,7 @@
 -- search_path.  Roles are cluster-wide: they are all named regress_paysync_*
 -- and dropped at the end.
 --
-SET timezone = 'UTC';
-SET datestyle = 'ISO, YMD';
-SET intervalstyle = 'postgres';
+\i sql/regress_setup.psql
 
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS paysync CASCADE;
@@ -16,16 +14,6 @@ DROP ROLE IF EXISTS regress_paysync_app;
 RESET client_min_messages;
 CREATE EXTENSION paysync;
 
--- Runs a statement; returns 'OK' or the error as "SQLSTATE: message".
-CREATE FUNCTION pg_temp.try(cmd text) RETURNS text
-LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE cmd;
-	RETURN 'OK';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
 
 SELECT paysync.create_channel('alipay', 'http_json', 'http://127.0.0.1:9',
 	'{"headers": {"Authorization": "Bearer sk_live_SECRET"},

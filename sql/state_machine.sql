@@ -6,9 +6,7 @@
 -- randomness, the +-20% jitter of error backoff, is checked as bounds, and
 -- the backoff itself through paysync._error_delay() with a fixed jitter.
 --
-SET timezone = 'UTC';
-SET datestyle = 'ISO, YMD';
-SET intervalstyle = 'postgres';
+\i sql/regress_setup.psql
 
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS paysync CASCADE;

@@ -7,26 +7,11 @@
 -- no request is ever sent.  Timestamps are never printed; they are compared
 -- with now(), which is fixed inside a transaction.
 --
--- pg_regress's own PGTZ, PGDATESTYLE and PGINTERVALSTYLE override the
--- server's settings: set them here
-SET timezone = 'UTC';
-SET datestyle = 'ISO, YMD';
-SET intervalstyle = 'postgres';
+\i sql/regress_setup.psql
 
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS paysync CASCADE;
 RESET client_min_messages;
-
--- Runs a statement; returns 'OK' or the error as "SQLSTATE: message".
-CREATE FUNCTION pg_temp.try(cmd text) RETURNS text
-LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE cmd;
-	RETURN 'OK';
-EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END
-$$;
 
 CREATE EXTENSION paysync;
 

@@ -4,9 +4,7 @@
 -- due) is renumbered and made due; the state machine of 0.3 carries on with
 -- rows 0.2 wrote.  (0.1 to 0.3 in one step is in operations.)
 --
-SET timezone = 'UTC';
-SET datestyle = 'ISO, YMD';
-SET intervalstyle = 'postgres';
+\i sql/regress_setup.psql
 
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS paysync CASCADE;
