@@ -416,3 +416,29 @@ storage_record(const RecordedAnswer *answers, int n, FinalCount **finals)
 	SPI_finish();
 	return rows;
 }
+
+/*
+ * The installed version of extension paysync in this database
+ * (pg_extension.extversion), palloc'd in the caller's context, or NULL if
+ * the extension is not installed.
+ */
+char *
+storage_extension_version(void)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	char	   *version = NULL;
+
+	SPI_connect();
+	if (SPI_execute("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'paysync'",
+					true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "paysync: reading the extension's version failed");
+	if (SPI_processed == 1)
+	{
+		char	   *text = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+		if (text != NULL)
+			version = MemoryContextStrdup(caller, text);
+	}
+	SPI_finish();
+	return version;
+}

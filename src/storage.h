@@ -56,6 +56,7 @@ typedef struct ChannelSlots
 } ChannelSlots;
 
 extern bool storage_extension_exists(void);
+extern char *storage_extension_version(void);
 extern int	storage_claim(int limit, int default_timeout_ms, const ChannelSlots *caps,
 						  ClaimedCheck **claimed);
 extern bool storage_next_due(const ChannelSlots *caps, TimestampTz *due_at);
