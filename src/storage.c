@@ -425,12 +425,21 @@ storage_record(const RecordedAnswer *answers, int n, FinalCount **finals)
 char *
 storage_extension_version(void)
 {
+	static SPIPlanPtr version_plan = NULL;
 	MemoryContext caller = CurrentMemoryContext;
 	char	   *version = NULL;
 
 	SPI_connect();
-	if (SPI_execute("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'paysync'",
-					true, 1) != SPI_OK_SELECT)
+	if (version_plan == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare("SELECT extversion FROM pg_catalog.pg_extension"
+									   " WHERE extname = 'paysync'", 0, NULL);
+
+		if (plan == NULL || SPI_keepplan(plan) != 0)
+			elog(ERROR, "paysync: preparing the extension version query failed");
+		version_plan = plan;
+	}
+	if (SPI_execute_plan(version_plan, NULL, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "paysync: reading the extension's version failed");
 	if (SPI_processed == 1)
 	{
