@@ -452,9 +452,10 @@ copy_clipped(char *dest, size_t size, const char *text)
 }
 
 /*
- * True if a transfer that failed with result was refused for its response
- * header: past our own limit, or past libcurl's limit on one header line
- * (which libcurl reports as running out of memory) while headers came in.
+ * True if the failed transfer t was refused for its response header: past
+ * our own limit, or past libcurl's limit on one header line, which libcurl
+ * 7.x reports as running out of memory (8.6 and later: CURLE_TOO_LARGE),
+ * while header lines were coming in.
  */
 static bool
 header_refused(const Transfer *t)

@@ -9,7 +9,7 @@
 
 #include "postgres.h"
 
-#include <limits.h>				/* checker.c's INT_MAX came through here */
+#include <limits.h>				/* INT_MAX, which checker.c takes from here */
 
 #include "utils/timestamp.h"
 

@@ -20,9 +20,11 @@
  *		  only around the increments and copies themselves: the slot, the
  *		  time periods and the latency bucket are worked out before.
  *		- shared->mutex, a spinlock, guards the worker's fields (latch, pid,
- *		  connecting, state, start time, requests in flight, last error).  It is held
- *		  only to copy values in or out; text is formatted and clipped
- *		  before, timestamps are read before.
+ *		  connecting, state, start time, requests in flight, last error).
+ *		  It is held only to copy values in or out: text is formatted and
+ *		  clipped before, timestamps are read before, and the latch is set
+ *		  after (should the worker have exited meanwhile, setting its old
+ *		  latch once more is harmless: latches allow spurious wake-ups).
  *		- shared->sleep_until is an atomic, read and written without a lock.
  *		No code holds two of these at once except a slot's mutex inside
  *		shared->lock.
@@ -436,13 +438,16 @@ stats_worker_sleeps_until(TimestampTz wake_at)
 void
 stats_wake_worker_for(TimestampTz due_at)
 {
+	Latch	   *latch;
+
 	if (shared == NULL ||
 		due_at >= (TimestampTz) pg_atomic_read_u64(&shared->sleep_until))
 		return;
 	SpinLockAcquire(&shared->mutex);
-	if (shared->worker_latch != NULL)
-		SetLatch(shared->worker_latch);
+	latch = shared->worker_latch;
 	SpinLockRelease(&shared->mutex);
+	if (latch != NULL)
+		SetLatch(latch);
 }
 
 /* The latency at quantile q of a histogram of total counts, in ms. */
