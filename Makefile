@@ -27,7 +27,9 @@ REGRESS_OPTS = --temp-instance=tmp_check_regress --temp-config=expected/regress.
 TAP_TESTS = 1
 
 PG_CONFIG ?= pg_config
-PG_CPPFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Isrc
+# Warnings are shown, never fatal here: a packager's newer compiler may find
+# new ones.  CI makes them errors (make PG_CFLAGS=-Werror, see .ci/run).
+PG_CPPFLAGS = -Wall -Wextra -Wno-unused-parameter -Isrc
 SHLIB_LINK = -lcurl -lcrypto
 EXTRA_CLEAN = tmp_check_regress t/unit/crypto_test
 
@@ -46,6 +48,6 @@ mock:
 unit: t/unit/crypto_test
 
 t/unit/crypto_test: t/unit/crypto_test.c src/crypto.c src/crypto.h
-	$(CC) -Wall -Wextra -Werror -O2 -o $@ t/unit/crypto_test.c src/crypto.c -lcrypto
+	$(CC) -Wall -Wextra $(PG_CFLAGS) -O2 -o $@ t/unit/crypto_test.c src/crypto.c -lcrypto
 
 installcheck: mock unit

@@ -8,7 +8,8 @@
  *		host by the multi handle's connection cache.
  *
  *		This file never calls SPI and never throws from inside a libcurl
- *		callback: buffers filled by callbacks are malloc'd.
+ *		callback: buffers filled by callbacks are malloc'd.  It knows
+ *		nothing of paysync but the User-Agent it sends (version.h).
  */
 #include "postgres.h"
 
@@ -18,8 +19,17 @@
 
 #include <curl/curl.h>
 
-#include "paysync.h"
+#include "mb/pg_wchar.h"
+
 #include "http.h"
+#include "version.h"
+
+/*
+ * Most bytes of response header lines kept for one response; a response
+ * with more is an error ("response header too large").  libcurl itself
+ * refuses a single header line over 100 kB (CURL_MAX_HTTP_HEADER).
+ */
+#define HTTP_MAX_HEADER_BYTES (64 * 1024)
 
 /* One request on its way, or a finished one waiting to be collected. */
 typedef struct Transfer
@@ -32,7 +42,9 @@ typedef struct Transfer
 	size_t		body_cap;
 	char	   *headers_raw;	/* response header lines of the last response */
 	size_t		headers_len;
-	bool		too_large;
+	bool		in_headers;		/* a status line came, its blank line not yet */
+	bool		too_large;		/* the body passed max_response_bytes */
+	bool		header_too_large;	/* headers passed HTTP_MAX_HEADER_BYTES */
 	long		timeout_ms;
 	CURLcode	result;
 	char		errbuf[CURL_ERROR_SIZE];
@@ -92,6 +104,7 @@ socket_callback(CURL *easy, curl_socket_t s, int what, void *userp, void *socket
 {
 	struct epoll_event ev;
 
+	Assert(epoll_fd >= 0 && multi != NULL);
 	if (what == CURL_POLL_REMOVE)
 	{
 		epoll_ctl(epoll_fd, EPOLL_CTL_DEL, s, NULL);
@@ -121,6 +134,7 @@ socket_callback(CURL *easy, curl_socket_t s, int what, void *userp, void *socket
 static int
 timer_callback(CURLM *m, long timeout_ms, void *userp)
 {
+	Assert(m == multi);
 	timer_deadline_ms = timeout_ms < 0 ? -1 : monotonic_ms() + timeout_ms;
 	return 0;
 }
@@ -132,6 +146,7 @@ write_callback(char *data, size_t size, size_t nmemb, void *userp)
 	Transfer   *t = (Transfer *) userp;
 	size_t		n = size * nmemb;
 
+	Assert(t->body_len <= t->body_cap);
 	if (t->body_len + n > max_response_bytes)
 	{
 		t->too_large = true;
@@ -157,7 +172,8 @@ write_callback(char *data, size_t size, size_t nmemb, void *userp)
 
 /*
  * Keeps the response's header lines ("Name: value\r\n"); a new status line
- * (after a 100 Continue, say) starts over.  Capped like the body.
+ * (after a 100 Continue, say) starts over.  More than HTTP_MAX_HEADER_BYTES
+ * of them end the transfer as "response header too large".
  */
 static size_t
 header_callback(char *data, size_t size, size_t nitems, void *userp)
@@ -166,10 +182,20 @@ header_callback(char *data, size_t size, size_t nitems, void *userp)
 	size_t		n = size * nitems;
 	char	   *grown;
 
+	Assert(t != NULL && t->easy != NULL);
 	if (n >= 5 && strncmp(data, "HTTP/", 5) == 0)
+	{
 		t->headers_len = 0;
-	if (t->headers_len + n > 65536)
-		return n;				/* ignore what is past 64 kB of headers */
+		t->in_headers = true;
+	}
+	else if ((n == 2 && data[0] == '\r' && data[1] == '\n') ||
+			 (n == 1 && data[0] == '\n'))
+		t->in_headers = false;
+	if (t->headers_len + n > HTTP_MAX_HEADER_BYTES)
+	{
+		t->header_too_large = true;
+		return 0;
+	}
 	grown = realloc(t->headers_raw, t->headers_len + n + 1);
 	if (grown == NULL)
 		return 0;
@@ -242,7 +268,9 @@ transfer_get(void)
 	t->body_len = t->body_cap = 0;
 	t->headers_raw = NULL;
 	t->headers_len = 0;
+	t->in_headers = false;
 	t->too_large = false;
+	t->header_too_large = false;
 	t->result = CURLE_OK;
 	t->errbuf[0] = '\0';
 	t->next = NULL;
@@ -274,6 +302,8 @@ http_submit(const HttpRequest *request, void *tag, char *error, size_t errlen)
 	CURL	   *e;
 	CURLMcode	mc;
 
+	Assert(multi != NULL);
+	Assert(request->n_headers == 0 || request->headers != NULL);
 	if (t == NULL)
 	{
 		snprintf(error, errlen, "out of memory starting a request");
@@ -360,6 +390,8 @@ collect_finished(void)
 		if (msg->msg != CURLMSG_DONE)
 			continue;
 		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &t);
+		Assert(t != NULL && t->easy == msg->easy_handle);
+		Assert(transfers_running > 0);
 		t->result = msg->data.result;
 		curl_multi_remove_handle(multi, msg->easy_handle);
 		transfers_running--;
@@ -409,6 +441,36 @@ http_perform(void)
 	collect_finished();
 }
 
+/* Copies text into dest (size bytes), cut on a character boundary. */
+static void
+copy_clipped(char *dest, size_t size, const char *text)
+{
+	int			len = pg_mbcliplen(text, strlen(text), size - 1);
+
+	memcpy(dest, text, len);
+	dest[len] = '\0';
+}
+
+/*
+ * True if the failed transfer t was refused for its response header: past
+ * our own limit, or past libcurl's limit on one header line, which libcurl
+ * 7.x reports as running out of memory (8.6 and later: CURLE_TOO_LARGE),
+ * while header lines were coming in.
+ */
+static bool
+header_refused(const Transfer *t)
+{
+	if (t->header_too_large)
+		return true;
+	if (!t->in_headers)
+		return false;
+#if LIBCURL_VERSION_NUM >= 0x080600
+	if (t->result == CURLE_TOO_LARGE)
+		return true;
+#endif
+	return t->result == CURLE_OUT_OF_MEMORY;
+}
+
 /*
  * Takes the next finished request.  The caller owns result->body and frees
  * it with http_result_free.
@@ -421,7 +483,12 @@ http_next_done(void **tag, HttpResult *result)
 	curl_off_t	total_us = 0;
 
 	if (t == NULL)
+	{
+		Assert(done_tail == NULL);
 		return false;
+	}
+	Assert(done_tail != NULL && t->easy != NULL);
+	Assert(t->active_prev == NULL && t->active_next == NULL);
 	done_head = t->next;
 	if (done_head == NULL)
 		done_tail = NULL;
@@ -434,6 +501,7 @@ http_next_done(void **tag, HttpResult *result)
 
 	if (t->result == CURLE_OK)
 	{
+		Assert(!t->too_large && !t->header_too_large);
 		curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &result->status);
 		if (curl_easy_getinfo(t->easy, CURLINFO_RETRY_AFTER, &retry_after) == CURLE_OK &&
 			retry_after > 0)
@@ -444,6 +512,10 @@ http_next_done(void **tag, HttpResult *result)
 		result->headers = t->headers_raw;
 		t->headers_raw = NULL;
 	}
+	else if (header_refused(t))
+		snprintf(result->error, sizeof(result->error),
+				 "response header too large (more than %d bytes)",
+				 HTTP_MAX_HEADER_BYTES);
 	else if (t->too_large || t->result == CURLE_FILESIZE_EXCEEDED)
 		snprintf(result->error, sizeof(result->error),
 				 "response larger than paysync.max_response_size (%zu bytes)",
@@ -452,8 +524,8 @@ http_next_done(void **tag, HttpResult *result)
 		snprintf(result->error, sizeof(result->error),
 				 "timeout after %ld ms", t->timeout_ms);
 	else
-		snprintf(result->error, sizeof(result->error), "%s",
-				 t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->result));
+		copy_clipped(result->error, sizeof(result->error),
+					 t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->result));
 
 	transfer_put(t);
 	return true;

@@ -1,7 +1,8 @@
 /*
  * paysync.c
- *		Module load: settings, shared memory, registration of the background
- *		worker, and the commit-time wake-up of the worker.
+ *		Module load: settings, the shared memory hooks (the memory itself is
+ *		stats.c's), registration of the background worker, and the
+ *		commit-time wake-up of the worker.
  */
 #include "postgres.h"
 
@@ -29,8 +30,6 @@ int			paysync_request_timeout_ms = 10000;
 char	   *paysync_notify_channel = NULL;
 int			paysync_max_response_kb = 1024;
 
-PaysyncShared *paysync_shared = NULL;
-
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
@@ -38,51 +37,46 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static TimestampTz wake_due_at = 0;
 static bool wake_requested = false;
 
-/* Asks for shared memory for PaysyncShared. */
+/* Asks for paysync's shared memory and its LWLock (see stats.c). */
 static void
 paysync_shmem_request(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(MAXALIGN(sizeof(PaysyncShared)));
-	RequestAddinShmemSpace(stats_shmem_size());
+	stats_shmem_request();
 }
 
-/* Creates or attaches to PaysyncShared. */
+/* Creates or attaches to paysync's shared memory. */
 static void
 paysync_shmem_startup(void)
 {
-	bool		found;
-
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
-
-	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-	paysync_shared = ShmemInitStruct("paysync", sizeof(PaysyncShared), &found);
-	if (!found)
-	{
-		SpinLockInit(&paysync_shared->mutex);
-		paysync_shared->worker_latch = NULL;
-		paysync_shared->worker_pid = 0;
-		pg_atomic_init_u64(&paysync_shared->sleep_until, 0);
-	}
-	stats_shmem_init(ShmemInitStruct("paysync stats", stats_shmem_size(), &found), found);
-	LWLockRelease(AddinShmemInitLock);
+	stats_shmem_startup();
 }
 
-/* Sets the worker's latch, if a worker runs. */
-void
-paysync_wake_worker(void)
+/*
+ * Refuses a paysync.notify_channel that NOTIFY would refuse (empty, or
+ * NAMEDATALEN bytes or longer): accepted, it would make every event insert
+ * fail once loaded.
+ */
+static bool
+check_notify_channel(char **newval, void **extra, GucSource source)
 {
-	Latch	   *latch;
+	size_t		len = *newval ? strlen(*newval) : 0;
 
-	if (paysync_shared == NULL)
-		return;
-	SpinLockAcquire(&paysync_shared->mutex);
-	latch = paysync_shared->worker_latch;
-	if (latch)
-		SetLatch(latch);
-	SpinLockRelease(&paysync_shared->mutex);
+	if (len == 0)
+	{
+		GUC_check_errdetail("The NOTIFY channel name must not be empty.");
+		return false;
+	}
+	if (len >= NAMEDATALEN)
+	{
+		GUC_check_errdetail("The NOTIFY channel name is %zu bytes long; the longest allowed is %d bytes.",
+							len, NAMEDATALEN - 1);
+		return false;
+	}
+	return true;
 }
 
 /*
@@ -108,9 +102,8 @@ paysync_xact_callback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
-			if (wake_requested && paysync_shared != NULL &&
-				(uint64) wake_due_at < pg_atomic_read_u64(&paysync_shared->sleep_until))
-				paysync_wake_worker();
+			if (wake_requested)
+				stats_wake_worker_for(wake_due_at);
 			wake_requested = false;
 			break;
 		case XACT_EVENT_ABORT:
@@ -154,7 +147,7 @@ _PG_init(void)
 	DefineCustomStringVariable("paysync.notify_channel",
 							   "NOTIFY channel on which events are sent.",
 							   NULL, &paysync_notify_channel, "paysync",
-							   PGC_SIGHUP, 0, NULL, NULL, NULL);
+							   PGC_SIGHUP, 0, check_notify_channel, NULL, NULL);
 	DefineCustomIntVariable("paysync.max_response_size",
 							"A larger response body is an error.",
 							NULL, &paysync_max_response_kb, 1024, 1, 1024 * 1024,

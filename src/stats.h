@@ -1,10 +1,13 @@
 /*
  * stats.h
- *		Live counters in shared memory, per channel: requests in flight,
- *		checks, errors and latencies of the last minute, statuses reached in
- *		the last hour; and the worker's own state.  Kept by the worker and
+ *		paysync's shared memory: the worker's state, its latch and the time it
+ *		plans to wake (for the commit-time wake-up), and live counters per
+ *		channel (requests in flight, checks, errors and latencies of the last
+ *		minute, statuses reached in the last hour).  Kept by the worker and
  *		run_once(); read by paysync.stats and paysync.worker_status().
- *		Without shared_preload_libraries nothing is kept.
+ *		Without shared_preload_libraries nothing is kept and every function
+ *		here does nothing (readers get nothing).  The layout and the locking
+ *		rules are private to stats.c.
  */
 #ifndef PAYSYNC_STATS_H
 #define PAYSYNC_STATS_H
@@ -13,12 +16,7 @@
 
 #include "utils/timestamp.h"
 
-#define STATS_MAX_CHANNELS 64
-#define STATS_SECONDS 60		/* per-second slots: the last minute */
-#define STATS_LATENCY_SLOTS 6	/* 10-second slots of latency histograms */
-#define STATS_LATENCY_BUCKETS 48	/* half-octave buckets from 1 ms */
-#define STATS_MINUTES 60		/* per-minute slots: the last hour */
-
+/* What the worker is doing, as worker_status().state shows it. */
 typedef enum WorkerState
 {
 	WORKER_NOT_RUNNING = 0,
@@ -27,33 +25,6 @@ typedef enum WorkerState
 	WORKER_WAITING_FOR_EXTENSION,
 	WORKER_DISABLED
 } WorkerState;
-
-typedef struct ChannelCounters
-{
-	char		name[NAMEDATALEN];	/* "" for a free slot */
-	int32		in_flight;
-	int64		second_of[STATS_SECONDS];	/* epoch second the slot holds */
-	int32		checks[STATS_SECONDS];
-	int32		errors[STATS_SECONDS];
-	int64		latency_slot_of[STATS_LATENCY_SLOTS];	/* epoch 10 s */
-	int32		latency[STATS_LATENCY_SLOTS][STATS_LATENCY_BUCKETS];
-	int64		minute_of[STATS_MINUTES];
-	int32		succeeded[STATS_MINUTES];
-	int32		failed[STATS_MINUTES];
-	int32		expired[STATS_MINUTES];
-} ChannelCounters;
-
-typedef struct PaysyncStats
-{
-	slock_t		mutex;
-	WorkerState worker_state;
-	pid_t		worker_pid;
-	TimestampTz worker_started_at;
-	int32		worker_in_flight;
-	char		last_error[256];
-	TimestampTz last_error_at;
-	ChannelCounters channels[STATS_MAX_CHANNELS];
-} PaysyncStats;
 
 /* What stats_read returns for one channel. */
 typedef struct ChannelFigures
@@ -69,15 +40,27 @@ typedef struct ChannelFigures
 	int64		expired_1h;
 } ChannelFigures;
 
-extern Size stats_shmem_size(void);
-extern void stats_shmem_init(void *place, bool found);
+/* module start-up (paysync.c) */
+extern void stats_shmem_request(void);
+extern void stats_shmem_startup(void);
+
+/* the worker's life and its wake-up */
+extern void stats_worker_connecting(bool connecting);
+extern bool stats_worker_connect_failed(void);
+extern void stats_worker_started(void);
+extern void stats_worker_stopped(void);
+extern void stats_worker_state(WorkerState state, int in_flight);
+extern void stats_worker_error(const char *message);
+extern void stats_worker_sleeps_until(TimestampTz wake_at);
+extern void stats_wake_worker_for(TimestampTz due_at);
+
+/* counters kept by the checker */
 extern void stats_in_flight(const char *channel, int delta);
 extern void stats_check_done(const char *channel, bool is_error, double latency_ms,
 							 const char *error);
 extern void stats_final(const char *channel, const char *status, int64 count);
-extern void stats_worker_state(WorkerState state, int in_flight);
-extern void stats_worker_started(void);
-extern void stats_worker_error(const char *message);
+
+/* readers */
 extern int	stats_read(ChannelFigures **figures);
 extern bool stats_read_worker(WorkerState *state, pid_t *pid, TimestampTz *started_at,
 							  int *in_flight, char *last_error, size_t errlen,

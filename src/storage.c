@@ -115,13 +115,6 @@ int_array(const int32 *values, int n, bool negative_is_null)
 											  INT4OID, 4, true, TYPALIGN_INT));
 }
 
-/* True once CREATE EXTENSION paysync has run in this database. */
-bool
-storage_extension_exists(void)
-{
-	return OidIsValid(get_extension_oid("paysync", true));
-}
-
 /*
  * Claims up to limit due payments of the channels in slots, no more of a
  * capped channel than its free slots.  Returns how many, with *claimed
@@ -292,4 +285,39 @@ storage_record(const RecordedAnswer *answers, int n, FinalCount **finals)
 	}
 	SPI_finish();
 	return rows;
+}
+
+/*
+ * The installed version of extension paysync in this database
+ * (pg_extension.extversion), palloc'd in the caller's context, or NULL if
+ * the extension is not installed.
+ */
+char *
+storage_extension_version(void)
+{
+	static SPIPlanPtr version_plan = NULL;
+	MemoryContext caller = CurrentMemoryContext;
+	char	   *version = NULL;
+
+	SPI_connect();
+	if (version_plan == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare("SELECT extversion FROM pg_catalog.pg_extension"
+									   " WHERE extname = 'paysync'", 0, NULL);
+
+		if (plan == NULL || SPI_keepplan(plan) != 0)
+			elog(ERROR, "paysync: preparing the extension version query failed");
+		version_plan = plan;
+	}
+	if (SPI_execute_plan(version_plan, NULL, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "paysync: reading the extension's version failed");
+	if (SPI_processed == 1)
+	{
+		char	   *text = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+		if (text != NULL)
+			version = MemoryContextStrdup(caller, text);
+	}
+	SPI_finish();
+	return version;
 }

@@ -61,7 +61,7 @@ typedef struct ChannelSlots
 	int32	   *free_slots;
 } ChannelSlots;
 
-extern bool storage_extension_exists(void);
+extern char *storage_extension_version(void);
 extern int	storage_claim(int limit, const ChannelSlots *slots, ClaimedCheck **claimed);
 extern bool storage_next_due(const ChannelSlots *full, TimestampTz *due_at);
 extern int	storage_load_channels(ChannelRow **rows);

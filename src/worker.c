@@ -8,22 +8,33 @@
  *		transaction open, then sleeps on its latch and the requests' sockets
  *		until a request makes progress, the earliest next_check_at comes, or
  *		a committing track()/check_now() wakes it.
+ *
+ *		Where it cannot work, the worker waits, says so once in the log,
+ *		shows it in worker_status() and pg_stat_activity, and looks again
+ *		every WAITING_RECHECK_MS: a standby (until promotion), a database
+ *		whose transactions are read-only, an extension that is missing or
+ *		not at PAYSYNC_SCHEMA_VERSION, a database that does not exist.
  */
 #include "postgres.h"
 
 #include <sys/resource.h>
 
+#include "access/htup_details.h"
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "catalog/pg_database.h"
+#include "commands/dbcommands.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
+#include "storage/latch.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 
 #include "paysync.h"
 #include "checker.h"
@@ -32,19 +43,31 @@
 
 /* Longest sleep with nothing due: a safety net, never a delay of due work. */
 #define IDLE_RECHECK_MS 10000
-/* How often to look again for the extension or for the end of recovery. */
+/* How often to look again at what the worker waits for. */
 #define WAITING_RECHECK_MS 5000
 
-/* Forgets the worker's latch in shared memory as it exits. */
+/* Why the worker is not claiming payments, when it is not. */
+typedef enum WaitReason
+{
+	WAIT_NONE = 0,
+	WAIT_NO_EXTENSION,			/* no CREATE EXTENSION paysync yet */
+	WAIT_EXTENSION_VERSION,		/* installed at another version */
+	WAIT_READ_ONLY				/* transactions are read-only */
+} WaitReason;
+
+/* The loop's state, kept across passes. */
+static MemoryContext loop_context = NULL;
+static TimestampTz next_claim_at = 0;	/* look for due work at or after this */
+static WaitReason waiting = WAIT_NONE;	/* as found by the last claim attempt */
+
+/* What pg_stat_activity shows of the worker while it waits. */
+static const char *shown = NULL;
+
+/* Forgets the worker in shared memory as it exits. */
 static void
 worker_detach(int code, Datum arg)
 {
-	SpinLockAcquire(&paysync_shared->mutex);
-	paysync_shared->worker_latch = NULL;
-	paysync_shared->worker_pid = 0;
-	SpinLockRelease(&paysync_shared->mutex);
-	pg_atomic_write_u64(&paysync_shared->sleep_until, 0);
-	stats_worker_state(WORKER_NOT_RUNNING, 0);
+	stats_worker_stopped();
 }
 
 /*
@@ -66,9 +89,6 @@ raise_open_files_limit(void)
 	}
 }
 
-/* What pg_stat_activity shows of the worker while it waits. */
-static const char *shown = NULL;
-
 /* Starts a short transaction of the worker, showing what it does. */
 static void
 worker_begin(const char *activity)
@@ -86,6 +106,7 @@ worker_commit(void)
 {
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(loop_context);
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
@@ -115,129 +136,293 @@ report_waiting(WorkerState state, const char *what)
 	}
 }
 
+/* True if version a ("major.minor") is older than version b. */
+static bool
+version_older(const char *a, const char *b)
+{
+	int			a_major = 0,
+				a_minor = 0,
+				b_major = 0,
+				b_minor = 0;
+
+	(void) sscanf(a, "%d.%d", &a_major, &a_minor);
+	(void) sscanf(b, "%d.%d", &b_major, &b_minor);
+	return a_major < b_major || (a_major == b_major && a_minor < b_minor);
+}
+
+/*
+ * What keeps the worker from claiming and recording in its database, found
+ * in the open transaction: the extension missing or at another version
+ * than PAYSYNC_SCHEMA_VERSION, or transactions being read-only (a server
+ * just promoted by pg_auto_failover runs with default_transaction_read_only
+ * for a while).  Says so in the log when the reason is new, and keeps it
+ * in waiting.
+ */
+static WaitReason
+find_wait_reason(void)
+{
+	char	   *version = storage_extension_version();
+	WaitReason reason = WAIT_NONE;
+
+	if (version == NULL)
+		reason = WAIT_NO_EXTENSION;
+	else if (strcmp(version, PAYSYNC_SCHEMA_VERSION) != 0)
+		reason = WAIT_EXTENSION_VERSION;
+	else if (XactReadOnly)
+		reason = WAIT_READ_ONLY;
+
+	if (reason == waiting)
+		return reason;
+	waiting = reason;
+	if (reason == WAIT_NO_EXTENSION)
+		ereport(LOG,
+				(errmsg("paysync worker is waiting for CREATE EXTENSION paysync in database \"%s\"",
+						paysync_database)));
+	else if (reason == WAIT_EXTENSION_VERSION && version_older(version, PAYSYNC_SCHEMA_VERSION))
+		ereport(LOG,
+				(errmsg("paysync worker is waiting: extension paysync is version %s in database \"%s\", this library needs %s",
+						version, paysync_database, PAYSYNC_SCHEMA_VERSION),
+				 errhint("Run ALTER EXTENSION paysync UPDATE in database \"%s\".",
+						 paysync_database)));
+	else if (reason == WAIT_EXTENSION_VERSION)
+		ereport(LOG,
+				(errmsg("paysync worker is waiting: extension paysync is version %s in database \"%s\", this library needs %s",
+						version, paysync_database, PAYSYNC_SCHEMA_VERSION),
+				 errhint("Install the paysync library of version %s and restart the server.",
+						 version)));
+	else if (reason == WAIT_READ_ONLY)
+		ereport(LOG,
+				(errmsg("paysync worker is waiting: transactions in database \"%s\" are read-only",
+						paysync_database),
+				 errdetail("No payment is claimed while default_transaction_read_only is on.")));
+	return reason;
+}
+
+/*
+ * Records what came back, batch by batch, each batch in a short
+ * transaction.  Answers that cannot be recorded now (see find_wait_reason)
+ * are dropped: their claims lapse and the payments are checked again.
+ */
+static void
+record_answers(void)
+{
+	if (checker_answers_waiting() == 0)
+		return;
+	/* the answers set new due times, so look for due work again */
+	next_claim_at = 0;
+	while (checker_answers_waiting() > 0)
+	{
+		worker_begin("paysync: recording answers");
+		if (find_wait_reason() == WAIT_NONE)
+			checker_record(paysync_batch_size);
+		else
+			checker_discard_failed_answers();
+		worker_commit();
+	}
+}
+
+/*
+ * Claims due payments in one short transaction, if it is time and there is
+ * room in flight, and starts their requests (with no transaction open);
+ * then the checks that waited for a free slot or an access token.
+ */
+static void
+claim_and_start(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	int			limit = Min(checker_free_slots(), paysync_batch_size);
+
+	if (RecoveryInProgress())
+		next_claim_at = now + WAITING_RECHECK_MS * INT64CONST(1000);
+	else if (paysync_enabled && now >= next_claim_at && limit > 0)
+	{
+		bool		maybe_more = false;
+
+		worker_begin("paysync: claiming due payments");
+		if (find_wait_reason() != WAIT_NONE)
+			next_claim_at = now + WAITING_RECHECK_MS * INT64CONST(1000);
+		else
+		{
+			checker_claim(limit, true, &maybe_more);
+			if (maybe_more)
+				next_claim_at = now;
+			else if (!checker_next_due(&next_claim_at))
+				next_claim_at = now + IDLE_RECHECK_MS * INT64CONST(1000);
+		}
+		worker_commit();
+		checker_start_claimed();
+	}
+
+	if (checker_queued() > 0)
+		checker_start_claimed();
+}
+
+/* Shows what the worker is doing or waiting for, before it sleeps. */
+static void
+report_state(void)
+{
+	if (waiting == WAIT_NO_EXTENSION)
+		report_waiting(WORKER_WAITING_FOR_EXTENSION,
+					   "paysync: waiting for CREATE EXTENSION paysync");
+	else if (waiting == WAIT_EXTENSION_VERSION)
+		report_waiting(WORKER_WAITING_FOR_EXTENSION,
+					   "paysync: waiting for ALTER EXTENSION paysync UPDATE");
+	else if (!paysync_enabled)
+		report_waiting(WORKER_DISABLED, "paysync: disabled (paysync.enabled = off)");
+	else if (RecoveryInProgress())
+		report_waiting(WORKER_IDLE, "paysync: standby, waiting for promotion");
+	else if (waiting == WAIT_READ_ONLY)
+		report_waiting(WORKER_IDLE, "paysync: read-only, waiting for writable transactions");
+	else if (checker_in_flight() > 0 || checker_queued() > 0)
+		report_waiting(WORKER_RUNNING, "paysync: waiting for channel answers and due checks");
+	else
+		report_waiting(WORKER_IDLE, "paysync: waiting for the next due check");
+}
+
+/*
+ * Sleeps on the latch and the requests' sockets until a request makes
+ * progress, the next due check comes, or a commit or signal wakes the
+ * worker; tells committing backends until when it sleeps.
+ */
+static void
+sleep_until_something_happens(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	long		timeout_ms;
+	bool		woken;
+
+	if (!paysync_enabled || RecoveryInProgress())
+	{
+		stats_worker_sleeps_until(DT_NOBEGIN);
+		timeout_ms = WAITING_RECHECK_MS;
+	}
+	else if (checker_free_slots() == 0)
+	{
+		/* full: the next finished request wakes us through its socket */
+		stats_worker_sleeps_until(next_claim_at);
+		timeout_ms = IDLE_RECHECK_MS;
+	}
+	else
+	{
+		stats_worker_sleeps_until(next_claim_at);
+		timeout_ms = Min(ms_until(next_claim_at, now), IDLE_RECHECK_MS);
+	}
+	if (checker_answers_waiting() > 0)
+		timeout_ms = 0;
+
+	report_state();
+	woken = checker_wait(timeout_ms, PG_WAIT_EXTENSION);
+	CHECK_FOR_INTERRUPTS();
+	if (woken || checker_slot_freed_for_capped())
+		next_claim_at = 0;
+}
+
+/* Rereads the configuration file after a SIGHUP. */
+static void
+reload_settings_if_asked(void)
+{
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+}
+
 /* The worker's loop; see the file header.  Never returns. */
 static void
 worker_loop(void)
 {
-	MemoryContext loop_context;
-	TimestampTz next_claim_at = 0;	/* look for due work at or after this */
-	bool		waiting_for_extension = false;
-
 	loop_context = AllocSetContextCreate(TopMemoryContext, "paysync worker loop",
 										 ALLOCSET_DEFAULT_SIZES);
 	for (;;)
 	{
-		TimestampTz now;
-		long		timeout_ms;
-		bool		woken;
-
 		MemoryContextSwitchTo(loop_context);
+		reload_settings_if_asked();
+		/* busy: any commit of due work from now on sets the latch */
+		stats_worker_sleeps_until(DT_NOEND);
+
+		record_answers();
+		claim_and_start();
+		sleep_until_something_happens();
 		MemoryContextReset(loop_context);
-
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-		}
-
-		/* busy: any commit from now on with due work sets the latch */
-		pg_atomic_write_u64(&paysync_shared->sleep_until, PG_UINT64_MAX);
-
-		/*
-		 * 1. record what came back, batch by batch; the answers set new due
-		 * times, so look for due work again
-		 */
-		if (checker_answers_waiting() > 0)
-			next_claim_at = 0;
-		while (checker_answers_waiting() > 0)
-		{
-			worker_begin("paysync: recording answers");
-			if (storage_extension_exists())
-				checker_record(paysync_batch_size);
-			else
-				checker_discard_failed_answers();
-			worker_commit();
-		}
-
-		/* 2. claim due payments and start their requests */
-		now = GetCurrentTimestamp();
-		if (RecoveryInProgress())
-			next_claim_at = now + WAITING_RECHECK_MS * INT64CONST(1000);
-		else if (paysync_enabled && now >= next_claim_at)
-		{
-			int			free_slots = checker_free_slots();
-			int			limit = Min(free_slots, paysync_batch_size);
-
-			if (limit > 0)
-			{
-				bool		maybe_more = false;
-
-				worker_begin("paysync: claiming due payments");
-				if (!storage_extension_exists())
-				{
-					if (!waiting_for_extension)
-						ereport(LOG,
-								(errmsg("paysync worker is waiting for CREATE EXTENSION paysync in database \"%s\"",
-										paysync_database)));
-					waiting_for_extension = true;
-					next_claim_at = now + WAITING_RECHECK_MS * INT64CONST(1000);
-				}
-				else
-				{
-					waiting_for_extension = false;
-					checker_claim(limit, true, &maybe_more);
-					if (maybe_more)
-						next_claim_at = now;
-					else if (!checker_next_due(&next_claim_at))
-						next_claim_at = now + IDLE_RECHECK_MS * INT64CONST(1000);
-				}
-				worker_commit();
-				checker_start_claimed();
-			}
-		}
-
-		/* checks that waited for a free slot or an access token */
-		if (checker_queued() > 0)
-			checker_start_claimed();
-
-		/* 3. sleep until something happens */
-		now = GetCurrentTimestamp();
-		if (!paysync_enabled || RecoveryInProgress())
-		{
-			pg_atomic_write_u64(&paysync_shared->sleep_until, 0);
-			timeout_ms = WAITING_RECHECK_MS;
-		}
-		else if (checker_free_slots() == 0)
-		{
-			/* full: the next finished request wakes us through its socket */
-			pg_atomic_write_u64(&paysync_shared->sleep_until, (uint64) next_claim_at);
-			timeout_ms = IDLE_RECHECK_MS;
-		}
-		else
-		{
-			pg_atomic_write_u64(&paysync_shared->sleep_until, (uint64) next_claim_at);
-			timeout_ms = Min(ms_until(next_claim_at, now), IDLE_RECHECK_MS);
-		}
-		if (checker_answers_waiting() > 0)
-			timeout_ms = 0;
-
-		if (waiting_for_extension)
-			report_waiting(WORKER_WAITING_FOR_EXTENSION,
-						   "paysync: waiting for CREATE EXTENSION paysync");
-		else if (!paysync_enabled)
-			report_waiting(WORKER_DISABLED, "paysync: disabled (paysync.enabled = off)");
-		else if (RecoveryInProgress())
-			report_waiting(WORKER_IDLE, "paysync: standby, waiting for promotion");
-		else if (checker_in_flight() > 0 || checker_queued() > 0)
-			report_waiting(WORKER_RUNNING, "paysync: waiting for channel answers and due checks");
-		else
-			report_waiting(WORKER_IDLE, "paysync: waiting for the next due check");
-
-		woken = checker_wait(timeout_ms, PG_WAIT_EXTENSION);
-		CHECK_FOR_INTERRUPTS();
-		if (woken || checker_slot_freed_for_capped())
-			next_claim_at = 0;
 	}
+}
+
+/*
+ * Why the worker cannot connect to database name, or NULL if it can; looked
+ * up in the shared catalog pg_database.
+ */
+static const char *
+database_problem(const char *name)
+{
+	const char *problem = NULL;
+	Oid			oid;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	oid = get_database_oid(name, true);
+	if (!OidIsValid(oid))
+		problem = "does not exist";
+	else
+	{
+		HeapTuple	tuple = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(oid));
+
+		if (HeapTupleIsValid(tuple))
+		{
+			if (!((Form_pg_database) GETSTRUCT(tuple))->datallowconn)
+				problem = "does not allow connections";
+			ReleaseSysCache(tuple);
+		}
+		else
+			problem = "does not exist";
+	}
+	CommitTransactionCommand();
+	return problem;
+}
+
+/*
+ * Waits, connected to no database, until paysync.database exists and
+ * accepts connections, then exits so that the postmaster starts the worker
+ * again, a second later, into the ordinary connect (a process connects to
+ * a database once in its life).  Used when the last worker died connecting:
+ * instead of a FATAL every second, one LOG line and a look every
+ * WAITING_RECHECK_MS.
+ */
+static void
+wait_for_database(void)
+{
+	const char *told = NULL;
+
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	before_shmem_exit(worker_detach, (Datum) 0);
+	stats_worker_started();
+
+	for (;;)
+	{
+		const char *problem;
+
+		reload_settings_if_asked();
+		problem = database_problem(paysync_database);
+		if (problem == NULL)
+			break;
+		if (problem != told)
+			ereport(LOG,
+					(errmsg("paysync worker is waiting: database \"%s\" %s",
+							paysync_database, problem),
+					 errhint("Create the database, or set paysync.database to a database that accepts connections and restart the server.")));
+		told = problem;
+		report_waiting(WORKER_WAITING_FOR_EXTENSION, "paysync: waiting for its database");
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 WAITING_RECHECK_MS, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+
+	stats_worker_connecting(false);
+	ereport(LOG,
+			(errmsg("paysync worker found database \"%s\" and restarts to connect to it",
+					paysync_database)));
+	proc_exit(1);
 }
 
 /*
@@ -253,12 +438,13 @@ paysync_worker_main(Datum main_arg)
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 
+	/* a FATAL while connecting leaves the mark for the next worker */
+	if (stats_worker_connect_failed())
+		wait_for_database();
+	stats_worker_connecting(true);
 	BackgroundWorkerInitializeConnection(paysync_database, NULL, 0);
+	stats_worker_connecting(false);
 
-	SpinLockAcquire(&paysync_shared->mutex);
-	paysync_shared->worker_latch = MyLatch;
-	paysync_shared->worker_pid = MyProcPid;
-	SpinLockRelease(&paysync_shared->mutex);
 	before_shmem_exit(worker_detach, (Datum) 0);
 	stats_worker_started();
 
