@@ -796,6 +796,7 @@ checker_record(int limit)
 		ereport(LOG,
 				(errmsg("paysync could not record a batch of %d answers, recording them one by one", n),
 				 errdetail("%s", failure)));
+		stats_worker_error(failure);
 		for (int i = 0; i < n; i++)
 			record_alone(&answers[i]);
 	}
