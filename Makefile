@@ -8,7 +8,10 @@ OBJS = \
 	src/checker.o \
 	src/http.o \
 	src/storage.o \
+	src/channel.o \
 	src/driver.o \
+	src/json_fields.o \
+	src/http_util.o \
 	src/driver_http_json.o \
 	src/driver_stripe.o \
 	src/driver_wechatpay.o \

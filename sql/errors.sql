@@ -13,14 +13,18 @@ DROP EXTENSION IF EXISTS paysync CASCADE;
 RESET client_min_messages;
 CREATE EXTENSION paysync;
 
--- Runs a statement; returns 'OK' or the error as "SQLSTATE: message".
+-- Runs a statement; returns 'OK' or the error as "SQLSTATE: message",
+-- followed by " DETAIL: detail" when the error has one.
 CREATE FUNCTION pg_temp.try(cmd text) RETURNS text
 LANGUAGE plpgsql AS $$
+DECLARE
+	detail text;
 BEGIN
 	EXECUTE cmd;
 	RETURN 'OK';
 EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
+	GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
+	RETURN SQLSTATE || ': ' || SQLERRM || coalesce(' DETAIL: ' || nullif(detail, ''), '');
 END
 $$;
 
@@ -161,6 +165,8 @@ SELECT pg_temp.try($$SELECT paysync.track('T-1', 'alipay', schedule => '{1h, 7 d
 SELECT pg_temp.try($$SELECT paysync.track('T-1', 'alipay', schedule => '{1 mon}')$$);
 SELECT pg_temp.try($$SELECT paysync.track('T-1', 'alipay', schedule => '{10s, NULL, 1min}')$$);
 SELECT pg_temp.try($$SELECT paysync.track('T-1', 'alipay', schedule => '{{10s, 20s}, {30s, 40s}}')$$);
+-- track() starts at plan[1]: an array indexed from 2 is refused, not kept unchecked
+SELECT pg_temp.try($$SELECT paysync.track('T-1', 'alipay', schedule => '[2:3]={1h,2h}')$$);
 -- none of them tracked anything
 SELECT count(*) AS payments FROM paysync.payments;
 

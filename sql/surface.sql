@@ -20,11 +20,14 @@ RESET client_min_messages;
 -- Runs a statement; returns 'OK' or the error as "SQLSTATE: message".
 CREATE FUNCTION pg_temp.try(cmd text) RETURNS text
 LANGUAGE plpgsql AS $$
+DECLARE
+	detail text;
 BEGIN
 	EXECUTE cmd;
 	RETURN 'OK';
 EXCEPTION WHEN OTHERS THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
+	GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
+	RETURN SQLSTATE || ': ' || SQLERRM || coalesce(' DETAIL: ' || nullif(detail, ''), '');
 END
 $$;
 

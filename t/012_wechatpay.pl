@@ -332,17 +332,17 @@ sub create_channel
 	my $merchant_key = slurp_file("$dir/merchant.key");
 	my ($key_line) = grep { length($_) > 40 && !/-----/ } split /\n/, $merchant_key;
 	my @bad = (
-		[ 'a key that does not parse', merchant_private_key => lit('-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----'), qr/invalid option "merchant_private_key"/ ],
-		[ 'a public key as the private key', merchant_private_key => file_sql('merchant.pub'), qr/invalid option "merchant_private_key"/ ],
-		[ 'a 1024-bit key', merchant_private_key => file_sql('short.key'), qr/invalid option "merchant_private_key".*1024 bits/ ],
-		[ 'a platform key that does not parse', platform_public_key => lit('garbage'), qr/invalid option "platform_public_key"/ ],
-		[ 'a private key as the platform key', platform_public_key => file_sql('platform.key'), qr/invalid option "platform_public_key"/ ],
+		[ 'a key that does not parse', merchant_private_key => lit('-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----'), qr/invalid value for option "merchant_private_key"/ ],
+		[ 'a public key as the private key', merchant_private_key => file_sql('merchant.pub'), qr/invalid value for option "merchant_private_key"/ ],
+		[ 'a 1024-bit key', merchant_private_key => file_sql('short.key'), qr/invalid value for option "merchant_private_key".*1024 bits/s ],
+		[ 'a platform key that does not parse', platform_public_key => lit('garbage'), qr/invalid value for option "platform_public_key"/ ],
+		[ 'a private key as the platform key', platform_public_key => file_sql('platform.key'), qr/invalid value for option "platform_public_key"/ ],
 		[ 'no merchant_private_key', merchant_private_key => undef, qr/needs option "merchant_private_key"/ ],
 		[ 'no platform_public_key', platform_public_key => undef, qr/needs option "platform_public_key"/ ],
 		[ 'no mchid', mchid => undef, qr/needs option "mchid"/ ],
-		[ 'a mchid with a quote', mchid => lit('19"00'), qr/invalid option "mchid"/ ],
+		[ 'a mchid with a quote', mchid => lit('19"00'), qr/invalid value for option "mchid"/ ],
 		[ 'no merchant_serial_no', merchant_serial_no => undef, qr/needs option "merchant_serial_no"/ ],
-		[ 'a bad platform_serial', platform_serial => lit('a b'), qr/invalid option "platform_serial"/ ],
+		[ 'a bad platform_serial', platform_serial => lit('a b'), qr/invalid value for option "platform_serial"/ ],
 		[ 'an unknown option', appid => lit('wx1'), qr/unknown option "appid"/ ],
 	);
 	for my $case (@bad)
