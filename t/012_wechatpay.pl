@@ -389,6 +389,8 @@ my @tracked = (
 	[ 'mismatch~A', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
 	[ 'replayed~W', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
 	[ 'currency~Y', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
+	[ 'huge~H', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
+	[ 'v_bytes~Sb', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
 	[ 'err500~E500,S', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
 	[ 'unknown~Q', 'wx', '{1s,1s,1s,1s,1s}' ],
 	[ 'exp_close~N,X', 'wx', '{1s}' ],
@@ -457,6 +459,12 @@ is(events_of('replayed~W'), '', '... and no event');
 wait_row('currency~Y', 'status, last_error',
 	'failed|amount mismatch: expected 100 CNY, channel reports 100 USD',
 	'SUCCESS in another currency -> failed');
+wait_row('huge~H', q{status || '|' || (errors >= 1) || '|' || last_error},
+	'pending|true|the answer\'s amount.total "99999999999999999999" is not a whole number of minor units within range',
+	'an amount.total beyond int64 is an error, never another amount');
+wait_row('v_bytes~Sb', q{status || '|' || (errors >= 1) || '|' || last_error},
+	'pending|true|the answer is signed with ???RSA??, not WECHATPAY2-SHA256-RSA2048',
+	'a header of invalid UTF-8, a control character and a cut character reaches last_error as "?"s');
 wait_row('err500~E500,S', 'status, errors, attempts', 'succeeded|0|2',
 	'HTTP 500 is an error, retried, then succeeded');
 wait_row('unknown~Q', q{status || '|' || (errors >= 1) || '|' || last_error},
