@@ -9,7 +9,10 @@ OBJS = \
 	src/token.o \
 	src/http.o \
 	src/storage.o \
+	src/channel.o \
 	src/driver.o \
+	src/json_fields.o \
+	src/http_util.o \
 	src/driver_http_json.o \
 	src/driver_stripe.o \
 	src/driver_wechatpay.o \

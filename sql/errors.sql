@@ -149,6 +149,8 @@ SELECT pg_temp.try($$SELECT paysync.track('T-1', 'alipay', schedule => '{1h, 7 d
 SELECT pg_temp.try($$SELECT paysync.track('T-1', 'alipay', schedule => '{1 mon}')$$);
 SELECT pg_temp.try($$SELECT paysync.track('T-1', 'alipay', schedule => '{10s, NULL, 1min}')$$);
 SELECT pg_temp.try($$SELECT paysync.track('T-1', 'alipay', schedule => '{{10s, 20s}, {30s, 40s}}')$$);
+-- track() starts at plan[1]: an array indexed from 2 is refused, not kept unchecked
+SELECT pg_temp.try($$SELECT paysync.track('T-1', 'alipay', schedule => '[2:3]={1h,2h}')$$);
 -- none of them tracked anything
 SELECT count(*) AS payments FROM paysync.payments;
 

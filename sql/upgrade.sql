@@ -15,7 +15,9 @@ SELECT paysync.create_channel('wallet', 'http_json', 'http://127.0.0.1:9',
 	'{"status_map": {"PAID": "succeeded", "WAIT": "pending"}}');
 SELECT payment_id, status FROM paysync.track('V-1', 'wallet', 100, 'CNY', '{10s,1min}');
 SELECT payment_id, status FROM paysync.track('V-2', 'wallet', 200, 'CNY');
-SELECT payment_id, status FROM paysync.track('V-3', 'wallet', 300, 'CNY', '[2:3]={1h,2h}');
+-- as 0.2's track() wrote it (this library's schedule check refuses it now)
+INSERT INTO paysync.payments (payment_id, channel, amount_minor, currency, schedule, next_check_at)
+VALUES ('V-3', 'wallet', 300, 'CNY', '[2:3]={1h,2h}', NULL);
 SELECT paysync.report('V-2', 'succeeded', 'PAID');
 SELECT payment_id, schedule, next_check_at IS NULL AS never_due
 FROM paysync.payments WHERE payment_id = 'V-3';

@@ -30,6 +30,7 @@
 #include "utils/resowner.h"
 
 #include "paysync.h"
+#include "channel.h"
 #include "checker.h"
 #include "driver.h"
 #include "http.h"

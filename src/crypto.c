@@ -73,6 +73,16 @@ checked_key(EVP_PKEY *key, char *error, size_t errlen)
 	return key;
 }
 
+/*
+ * True if a and b hold the same public key (a private key counts as its
+ * public half): a check that two key options are not one key twice.
+ */
+bool
+crypto_keys_equal(CryptoKey *a, CryptoKey *b)
+{
+	return a != NULL && b != NULL && EVP_PKEY_eq(a, b) == 1;
+}
+
 /* Loads a private key; NULL with a message if it does not parse. */
 CryptoKey *
 crypto_private_key(const char *pem, char *error, size_t errlen)

@@ -16,6 +16,7 @@ typedef struct evp_pkey_st CryptoKey;
 extern CryptoKey *crypto_private_key(const char *pem, char *error, size_t errlen);
 extern CryptoKey *crypto_public_key(const char *pem, char *error, size_t errlen);
 extern void crypto_key_free(CryptoKey *key);
+extern bool crypto_keys_equal(CryptoKey *a, CryptoKey *b);
 extern char *crypto_sign_b64(CryptoKey *key, const char *data, size_t len,
 							 char *error, size_t errlen);
 extern bool crypto_verify_b64(CryptoKey *key, const char *data, size_t len,

@@ -1,25 +1,19 @@
 /*
  * driver.c
- *		The driver registry, the options every channel takes whatever its
- *		driver (timeout_ms, max_inflight, schedule), schedule checks, and
- *		helpers drivers share: option access, HTTP error classification and
- *		reading fields of a JSON answer with PostgreSQL's own JSON parser.
+ *		The driver registry and the helpers drivers share, so that each
+ *		driver keeps only what is its channel's own: reading options,
+ *		making *answer a status, an error or a paid amount, reading amounts
+ *		(every step overflow-checked), and the one policy for channel text
+ *		kept in channel_status, last_error or a log: secrets redacted,
+ *		printable, valid in the database encoding, clipped on a character
+ *		boundary.
  */
 #include "postgres.h"
 
-#include <limits.h>
-
-#include "access/xact.h"
-#include "common/jsonapi.h"
+#include "common/int.h"
+#include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
-#include "utils/datetime.h"
-#include "utils/fmgrprotos.h"
-#include "utils/resowner.h"
-#include "catalog/pg_type.h"
-#include "utils/array.h"
-#include "utils/fmgroids.h"
-#include "lib/stringinfo.h"
 
 #include "driver.h"
 
@@ -37,11 +31,6 @@ static const PaysyncDriver *const all_drivers[] = {
 	&paypal_driver,
 };
 
-/* Options any channel takes, handled here rather than by its driver. */
-static const char *const common_option_names[] = {
-	"timeout_ms", "max_inflight", "schedule", "close_on_expiry", NULL
-};
-
 /* The driver called name, or NULL. */
 const PaysyncDriver *
 driver_lookup(const char *name)
@@ -52,15 +41,46 @@ driver_lookup(const char *name)
 	return NULL;
 }
 
-/* True if key is in the NULL-terminated list names. */
-static bool
-name_in_list(const char *key, const char *const *names)
+/* The names of all drivers, for messages: "http_json, stripe, ...". */
+char *
+driver_names(void)
 {
-	for (int i = 0; names && names[i]; i++)
-		if (strcmp(names[i], key) == 0)
+	StringInfoData out;
+
+	initStringInfo(&out);
+	for (size_t i = 0; i < lengthof(all_drivers); i++)
+		appendStringInfo(&out, "%s%s", i > 0 ? ", " : "", all_drivers[i]->name);
+	return out.data;
+}
+
+/* True if word is in the NULL-terminated list words (NULL: empty). */
+bool
+word_in_list(const char *word, const char *const *words)
+{
+	for (int i = 0; words && words[i]; i++)
+		if (strcmp(words[i], word) == 0)
 			return true;
 	return false;
 }
+
+/*
+ * The paysync status word a channel's word may be mapped to (pending or a
+ * final status but expired), in its static spelling; NULL if word is none.
+ */
+const char *
+settable_status(const char *word)
+{
+	static const char *const settable[] = {
+		"pending", "succeeded", "failed", "cancelled", "closed"
+	};
+
+	for (size_t i = 0; i < lengthof(settable); i++)
+		if (strcmp(settable[i], word) == 0)
+			return settable[i];
+	return NULL;
+}
+
+/* ---------------------------------------------------------------- options */
 
 /* The value of top-level key in options, or NULL. */
 JsonbValue *
@@ -83,8 +103,8 @@ option_string(Jsonb *options, const char *key, char **value, const char *channel
 	if (v->type != jbvString)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid option \"%s\" for channel \"%s\": it must be a string",
-						key, channel)));
+				 errmsg("invalid value for option \"%s\" of channel \"%s\"", key, channel),
+				 errdetail("The value must be a JSON string.")));
 	*value = pnstrdup(v->val.string.val, v->val.string.len);
 	return true;
 }
@@ -103,236 +123,10 @@ option_bool(Jsonb *options, const char *key, bool *value, const char *channel)
 	if (v->type != jbvBool)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid option \"%s\" for channel \"%s\": it must be true or false",
-						key, channel)));
+				 errmsg("invalid value for option \"%s\" of channel \"%s\"", key, channel),
+				 errdetail("The value must be true or false.")));
 	*value = v->val.boolean;
 	return true;
-}
-
-/* Reads integer option key into *value if present, checking its range. */
-static void
-option_int(Jsonb *options, const char *key, int min, int max, int *value,
-		   const char *channel)
-{
-	JsonbValue *v = option_value(options, key);
-	char	   *text;
-	char	   *end;
-	long long	n;
-
-	if (v == NULL)
-		return;
-	if (v->type == jbvNumeric)
-		text = DatumGetCString(DirectFunctionCall1(numeric_out,
-												   NumericGetDatum(v->val.numeric)));
-	else
-		text = "";
-	errno = 0;
-	n = strtoll(text, &end, 10);
-	if (text[0] == '\0' || *end != '\0' || errno != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid option \"%s\" for channel \"%s\": it must be a whole number",
-						key, channel)));
-	if (n < min || n > max)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid option \"%s\" for channel \"%s\": %lld is outside %d to %d",
-						key, channel, (long long) n, min, max)));
-	*value = (int) n;
-}
-
-/*
- * Parses text as an interval; NULL if it is not one.  The parser's ERROR is
- * caught in a subtransaction so the caller can say which option was wrong.
- */
-static Interval *
-parse_interval(const char *text)
-{
-	MemoryContext caller = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	Interval   *volatile result = NULL;
-
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(caller);
-	PG_TRY();
-	{
-		result = DatumGetIntervalP(DirectFunctionCall3(interval_in,
-													   CStringGetDatum(text),
-													   ObjectIdGetDatum(InvalidOid),
-													   Int32GetDatum(-1)));
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		MemoryContextSwitchTo(caller);
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		result = NULL;
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(caller);
-	CurrentResourceOwner = owner;
-	return result;
-}
-
-/* Checks the "schedule" option: an array of interval strings. */
-static void
-option_schedule(Jsonb *options, const char *channel)
-{
-	JsonbValue *v = option_value(options, "schedule");
-	JsonbIterator *it;
-	JsonbValue	elem;
-	JsonbIteratorToken tok;
-	Interval  **items;
-	int			n = 0;
-
-	if (v == NULL)
-		return;
-	if (v->type != jbvBinary || !JsonContainerIsArray(v->val.binary.data))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid option \"schedule\" for channel \"%s\": it must be an array of intervals",
-						channel),
-				 errhint("For example: \"schedule\": [\"10s\", \"30s\", \"1min\"].")));
-
-	items = palloc0(sizeof(Interval *) * (JsonContainerSize(v->val.binary.data) + 1));
-	it = JsonbIteratorInit(v->val.binary.data);
-	while ((tok = JsonbIteratorNext(&it, &elem, true)) != WJB_DONE)
-	{
-		char	   *text;
-
-		if (tok != WJB_ELEM)
-			continue;
-		if (elem.type != jbvString)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid option \"schedule\" for channel \"%s\": element %d is not an interval string",
-							channel, n + 1)));
-		text = pnstrdup(elem.val.string.val, elem.val.string.len);
-		items[n] = parse_interval(text);
-		if (items[n] == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid option \"schedule\" for channel \"%s\": element %d (\"%s\") is not an interval",
-							channel, n + 1, text)));
-		n++;
-	}
-	schedule_check(items, n, "channel option \"schedule\"");
-}
-
-/*
- * Checks a schedule: 1 to 100 delays, each above zero and at most 7 days.
- * what names the argument for the message.
- */
-void
-schedule_check(Interval **items, int n, const char *what)
-{
-	Interval	zero = {0};
-	Interval	week = {0};
-
-	week.day = 7;
-	if (n < 1 || n > 100)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid %s: it has %d delays", what, n),
-				 errhint("A schedule has 1 to 100 delays.")));
-	for (int i = 0; i < n; i++)
-	{
-		if (items[i] == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("invalid %s: delay %d is null", what, i + 1)));
-		if (!DatumGetBool(DirectFunctionCall2(interval_gt, IntervalPGetDatum(items[i]),
-											  IntervalPGetDatum(&zero))) ||
-			DatumGetBool(DirectFunctionCall2(interval_gt, IntervalPGetDatum(items[i]),
-											 IntervalPGetDatum(&week))))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid %s: delay %d (%s) is not above zero and at most 7 days",
-							what, i + 1,
-							DatumGetCString(DirectFunctionCall1(interval_out,
-																IntervalPGetDatum(items[i])))),
-					 errhint("Each delay must be greater than 0 and at most 7 days.")));
-	}
-}
-
-/*
- * Checks a channel definition and compiles it.  Every problem is an ERROR
- * saying which part is wrong.
- */
-ChannelConfig *
-channel_compile(const char *name, const char *driver_name, const char *base_url,
-				Jsonb *options)
-{
-	ChannelConfig *config = palloc0(sizeof(ChannelConfig));
-	const PaysyncDriver *driver = driver_lookup(driver_name);
-	char		urlerr[160];
-	JsonbIterator *it;
-	JsonbValue	v;
-	JsonbIteratorToken tok;
-
-	if (driver == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("unknown driver \"%s\" for channel \"%s\"", driver_name, name),
-				 errhint("Available drivers: http_json, stripe, wechatpay, alipay, paypal.")));
-
-	if (!http_url_valid(base_url, urlerr, sizeof(urlerr)))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid base_url \"%s\" for channel \"%s\": %s",
-						base_url, name, urlerr),
-				 errhint("Give an absolute http:// or https:// URL, such as https://api.example.com.")));
-
-	if (!JB_ROOT_IS_OBJECT(options) || JB_ROOT_IS_SCALAR(options))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid options for channel \"%s\": they must be a JSON object", name)));
-
-	it = JsonbIteratorInit(&options->root);
-	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
-	{
-		char	   *key;
-
-		if (tok != WJB_KEY)
-			continue;
-		key = pnstrdup(v.val.string.val, v.val.string.len);
-		if (!name_in_list(key, common_option_names) &&
-			!name_in_list(key, driver->option_names))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("unknown option \"%s\" for channel \"%s\" (driver %s)",
-							key, name, driver->name)));
-	}
-
-	option_int(options, "timeout_ms", 100, 600000, &config->timeout_ms, name);
-	option_int(options, "max_inflight", 1, 10000, &config->max_inflight, name);
-	option_schedule(options, name);
-
-	config->close_on_expiry = driver->close_on_expiry_default;
-	if (option_bool(options, "close_on_expiry", &config->close_on_expiry, name) &&
-		config->close_on_expiry && !driver->can_close)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid option \"close_on_expiry\" for channel \"%s\": driver %s cannot close a trade",
-						name, driver->name)));
-
-	config->name = pstrdup(name);
-	config->base_url = pstrdup(base_url);
-	config->driver = driver;
-	config->driver_config = driver->compile(name, base_url, options);
-	return config;
-}
-
-/* True for a status a channel may map to: pending or a final one but expired. */
-bool
-is_settable_status(const char *status)
-{
-	static const char *const settable[] = {
-		"pending", "succeeded", "failed", "cancelled", "closed", NULL
-	};
-
-	return name_in_list(status, settable);
 }
 
 /* Frees an OpenSSL key when the memory context holding its user goes. */
@@ -365,7 +159,8 @@ option_key(Jsonb *options, const char *key, bool private_key, const char *channe
 	if (loaded == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid option \"%s\" for channel \"%s\": %s", key, channel, error)));
+				 errmsg("invalid value for option \"%s\" of channel \"%s\"", key, channel),
+				 errdetail("The key does not load: %s.", error)));
 	cb = palloc0(sizeof(MemoryContextCallback));
 	cb->func = key_free_callback;
 	cb->arg = loaded;
@@ -373,74 +168,150 @@ option_key(Jsonb *options, const char *key, bool private_key, const char *channe
 	return loaded;
 }
 
-/* Digits after the decimal point of a currency's minor unit (ISO 4217). */
-static int
-currency_exponent(const char *currency)
-{
-	static const char *const zero[] = {
-		"BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF",
-		"UGX", "UYI", "VND", "VUV", "XAF", "XOF", "XPF", NULL
-	};
-	static const char *const three[] = {
-		"BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND", NULL
-	};
+/* ---------------------------------------------------------------- channel text */
 
-	for (int i = 0; zero[i]; i++)
-		if (pg_strcasecmp(currency, zero[i]) == 0)
+/*
+ * The bytes of the character at p (at most len bytes left) if it may be
+ * kept as it is in channel text; 0 if it must be replaced: a control
+ * character, a byte sequence invalid in the database encoding, or in UTF-8
+ * a C1 control or an invisible character that reorders or hides text.
+ */
+static int
+keepable_char(const unsigned char *p, int len, int encoding)
+{
+	int			charlen;
+
+	if (!IS_HIGHBIT_SET(*p))
+		return (*p < 0x20 || *p == 0x7f) ? 0 : 1;
+	charlen = pg_encoding_verifymbchar(encoding, (const char *) p, len);
+	if (charlen <= 0)
+		return 0;
+	if (encoding == PG_UTF8)
+	{
+		/* U+0080..U+009F */
+		if (charlen == 2 && p[0] == 0xc2 && p[1] < 0xa0)
 			return 0;
-	for (int i = 0; three[i]; i++)
-		if (pg_strcasecmp(currency, three[i]) == 0)
-			return 3;
-	return 2;
+		/* U+200B..U+200F, U+2028..U+202E, U+2066..U+2069 */
+		if (charlen == 3 && p[0] == 0xe2 &&
+			((p[1] == 0x80 && ((p[2] >= 0x8b && p[2] <= 0x8f) ||
+							   (p[2] >= 0xa8 && p[2] <= 0xae))) ||
+			 (p[1] == 0x81 && p[2] >= 0xa6 && p[2] <= 0xa9)))
+			return 0;
+	}
+	return charlen;
 }
 
 /*
- * Converts a decimal amount in major units ("88.88") to minor units of
- * currency (8888).  False if it is not a plain non-negative decimal with
- * at most the currency's digits after the point.
+ * A copy of channel text (anything a channel sent: a word, a message, a
+ * header) fit to keep in channel_status, last_error, a log line or
+ * worker_status(): every character that is not printable or not valid in
+ * the database encoding becomes "?", and the result is cut, on a
+ * character boundary, to at most max_bytes bytes.  NULL gives "".  This is
+ * the one policy for such text; callers never cut it by bytes themselves.
  */
-bool
-amount_to_minor(const char *decimal, const char *currency, int64 *minor)
+char *
+channel_text(const char *text, size_t max_bytes)
 {
-	int			exponent = currency_exponent(currency);
-	int64		value = 0;
-	int			fraction_digits = -1;
+	int			encoding = GetDatabaseEncoding();
+	const unsigned char *p = (const unsigned char *) (text ? text : "");
+	const unsigned char *end = p + strlen((const char *) p);
+	StringInfoData out;
 
-	if (decimal == NULL || *decimal == '\0')
-		return false;
-	for (const char *p = decimal; *p; p++)
+	initStringInfo(&out);
+	while (p < end)
 	{
-		if (*p == '.' && fraction_digits < 0)
+		int			keep = keepable_char(p, (int) (end - p), encoding);
+		int			step = keep;
+
+		if (keep == 0)
 		{
-			fraction_digits = 0;
-			continue;
+			/* an invalid sequence is skipped a byte at a time */
+			step = IS_HIGHBIT_SET(*p) ?
+				Max(1, pg_encoding_verifymbchar(encoding, (const char *) p, (int) (end - p))) : 1;
+			if ((size_t) out.len + 1 > max_bytes)
+				break;
+			appendStringInfoChar(&out, '?');
 		}
-		if (*p < '0' || *p > '9' || value > PG_INT64_MAX / 100)
-			return false;
-		value = value * 10 + (*p - '0');
-		if (fraction_digits >= 0 && ++fraction_digits > exponent)
-			return false;
+		else
+		{
+			if ((size_t) out.len + keep > max_bytes)
+				break;
+			appendBinaryStringInfo(&out, (const char *) p, keep);
+		}
+		p += step;
 	}
-	for (int i = Max(fraction_digits, 0); i < exponent; i++)
-		value *= 10;
-	*minor = value;
-	return true;
+	return out.data;
 }
 
-/* Makes *answer an error with the given message. */
+/*
+ * A copy of text with every occurrence of each of the n_secrets secrets
+ * (empty ones aside) replaced by REDACTED_TEXT.  Give longer secrets first
+ * when one may contain another.  Run it on channel text before
+ * channel_text(), so that no cut leaves part of a secret.
+ */
+char *
+redact_secrets(const char *text, const char *const *secrets, int n_secrets)
+{
+	char	   *current = pstrdup(text ? text : "");
+
+	for (int i = 0; i < n_secrets; i++)
+	{
+		const char *secret = secrets[i];
+		size_t		secret_len = secret ? strlen(secret) : 0;
+		StringInfoData out;
+		const char *p = current;
+		const char *hit;
+
+		if (secret_len == 0 || strstr(current, secret) == NULL)
+			continue;
+		initStringInfo(&out);
+		while ((hit = strstr(p, secret)) != NULL)
+		{
+			appendBinaryStringInfo(&out, p, hit - p);
+			appendStringInfoString(&out, REDACTED_TEXT);
+			p = hit + secret_len;
+		}
+		appendStringInfoString(&out, p);
+		current = out.data;
+	}
+	return current;
+}
+
+/* ---------------------------------------------------------------- answers */
+
+/*
+ * Makes *answer the status status (a paysync status word) with the
+ * channel's own word for it (NULL: none), kept as channel_text().
+ */
+void
+answer_status(CheckAnswer *answer, const char *status, const char *channel_word)
+{
+	Assert(settable_status(status) != NULL);
+	answer->is_error = false;
+	answer->status = status;
+	answer->error[0] = '\0';
+	answer->channel_status = channel_word ?
+		channel_text(channel_word, CHANNEL_WORD_STATUS_MAX_BYTES) : NULL;
+}
+
+/*
+ * Makes *answer an error with the given message.  The message goes through
+ * channel_text(): whatever the arguments hold, last_error gets printable
+ * text valid in the database encoding, cut on a character boundary.
+ */
 void
 answer_error(CheckAnswer *answer, const char *fmt,...)
 {
 	va_list		args;
+	char		message[1024];
 
 	answer->is_error = true;
 	answer->status = NULL;
 	va_start(args, fmt);
-	vsnprintf(answer->error, sizeof(answer->error), fmt, args);
+	vsnprintf(message, sizeof(message), fmt, args);
 	va_end(args);
-	/* never keep half a multibyte character where the message was cut */
-	answer->error[pg_mbcliplen(answer->error, strlen(answer->error),
-							   sizeof(answer->error) - 1)] = '\0';
+	strlcpy(answer->error, channel_text(message, sizeof(answer->error) - 1),
+			sizeof(answer->error));
 }
 
 /* If the request failed in transport, makes *answer that error. */
@@ -470,285 +341,62 @@ answer_http_error(const HttpResult *result, CheckAnswer *answer)
 	return false;
 }
 
-/* Per field of json_fields(): its path, split, and how far it matches. */
-typedef struct FieldPath
-{
-	int			n_segments;
-	char	  **names;			/* per segment: a member name, or NULL ... */
-	int		   *indexes;		/* ... for the array index here */
-	int			matched;		/* segments matched by the members open now */
-	int			raw_depth;		/* depth of the container being captured, or 0 */
-} FieldPath;
-
-/* The state of json_fields() while the parser walks the text. */
-typedef struct FieldsWalk
-{
-	JsonLexContext *lex;
-	JsonField  *fields;
-	FieldPath  *paths;
-	int			n;
-	int			depth;			/* containers open */
-	int			max_segments;	/* the longest path: deeper, nothing matches */
-	int		   *element;		/* per depth to max_segments: array index read */
-} FieldsWalk;
-
 /*
- * A container opens, as the value of the member being read: the first
- * object or array at a path starts its raw text here.
+ * Sets the paid amount of *answer: minor units of currency (an ISO 4217
+ * code in any case, kept upper-cased; NULL: the channel gave none).  False
+ * with *answer the error if the currency is no code or the amount is
+ * negative.
  */
-static void
-walk_container_start(void *state)
+bool
+answer_paid(CheckAnswer *answer, int64 minor, const char *currency)
 {
-	FieldsWalk *w = state;
-
-	for (int i = 0; i < w->n; i++)
+	answer->has_paid_amount = false;
+	answer->paid_currency[0] = '\0';
+	if (currency != NULL && !currency_code_valid(currency))
 	{
-		if (w->depth >= 1 && w->paths[i].matched == w->depth &&
-			w->paths[i].n_segments == w->depth && w->fields[i].raw_start == NULL)
-		{
-			w->fields[i].raw_start = w->lex->token_start;
-			w->paths[i].raw_depth = w->depth + 1;
-		}
+		answer_error(answer, "the answer's currency \"%s\" is not an ISO 4217 code",
+					 channel_text(currency, CHANNEL_WORD_MAX_BYTES));
+		return false;
 	}
-	w->depth++;
-	if (w->depth <= w->max_segments)
-		w->element[w->depth] = -1;
+	if (minor < 0)
+	{
+		answer_error(answer, "the answer's amount " INT64_FORMAT " is negative", minor);
+		return false;
+	}
+	if (currency != NULL)
+	{
+		for (int i = 0; i < 3; i++)
+			answer->paid_currency[i] = pg_toupper((unsigned char) currency[i]);
+		answer->paid_currency[3] = '\0';
+	}
+	answer->has_paid_amount = true;
+	answer->paid_amount_minor = minor;
+	return true;
 }
 
 /*
- * A container closes: a raw text being captured ends just after it, and
- * no member inside it is read any more.
+ * Sets the paid amount of *answer from a decimal amount in major units
+ * ("88.88") and its currency, as amount_to_minor() reads it.  False with
+ * *answer the error if either is not valid.
  */
-static void
-walk_container_end(void *state)
+bool
+answer_paid_decimal(CheckAnswer *answer, const char *amount, const char *currency)
 {
-	FieldsWalk *w = state;
+	int64		minor;
 
-	for (int i = 0; i < w->n; i++)
+	if (currency == NULL || !currency_code_valid(currency))
 	{
-		if (w->paths[i].raw_depth == w->depth)
-		{
-			w->fields[i].raw_len = w->lex->prev_token_terminator - w->fields[i].raw_start;
-			w->paths[i].raw_depth = 0;
-		}
-		if (w->paths[i].matched > w->depth - 1)
-			w->paths[i].matched = w->depth - 1;
+		answer_error(answer, "the answer's currency \"%s\" is not an ISO 4217 code",
+					 channel_text(currency, CHANNEL_WORD_MAX_BYTES));
+		return false;
 	}
-	w->depth--;
-}
-
-/*
- * A member starts at the current depth: an object field (name) or an
- * array element (index, name NULL).  The paths matched up to its container
- * match it too if their next segment is its name or index.
- */
-static void
-walk_member_start(FieldsWalk *w, const char *name, int index)
-{
-	int			d = w->depth;
-
-	if (d > w->max_segments)
-		return;
-	for (int i = 0; i < w->n; i++)
+	if (!amount_to_minor(amount, currency, &minor))
 	{
-		FieldPath  *path = &w->paths[i];
-		bool		hit;
-
-		if (path->matched < d - 1)
-			continue;
-		hit = d <= path->n_segments &&
-			(name ? path->names[d - 1] != NULL && strcmp(path->names[d - 1], name) == 0 :
-			 path->names[d - 1] == NULL && path->indexes[d - 1] == index);
-		path->matched = hit ? d : d - 1;
-		if (hit && d == path->n_segments)
-			w->fields[i].members++;
+		answer_error(answer, "the answer's amount \"%s\" is not a valid %s amount",
+					 channel_text(amount, CHANNEL_WORD_MAX_BYTES), currency);
+		return false;
 	}
-}
-
-/* An object field starts. */
-static void
-walk_field_start(void *state, char *fname, bool isnull)
-{
-	walk_member_start(state, fname, -1);
-}
-
-/* An array element starts. */
-static void
-walk_element_start(void *state, bool isnull)
-{
-	FieldsWalk *w = state;
-
-	if (w->depth <= w->max_segments)
-		walk_member_start(w, NULL, ++w->element[w->depth]);
-}
-
-/*
- * A scalar, the value of the member being read: the last one at a path is
- * noted, and the first that is not null (and of the type asked) taken.
- */
-static void
-walk_scalar(void *state, char *token, JsonTokenType tokentype)
-{
-	FieldsWalk *w = state;
-
-	if (w->depth < 1 || w->depth > w->max_segments)
-		return;
-	for (int i = 0; i < w->n; i++)
-	{
-		JsonField  *f = &w->fields[i];
-
-		if (w->paths[i].matched != w->depth || w->paths[i].n_segments != w->depth)
-			continue;
-		f->last = token;
-		f->last_type = tokentype;
-		if (tokentype == JSON_TOKEN_NULL ||
-			(f->only != JSON_TOKEN_INVALID && tokentype != f->only))
-			continue;
-		if (f->count++ == 0)
-		{
-			f->value = token;
-			f->type = tokentype;
-		}
-	}
-}
-
-/* Splits a json_fields() path into segments (indexes if flags say so). */
-static void
-split_field_path(const char *text, int flags, FieldPath *path)
-{
-	char	   *copy = pstrdup(text);
-	char	   *saveptr = NULL;
-
-	path->names = palloc0(sizeof(char *) * (strlen(text) + 1));
-	path->indexes = palloc0(sizeof(int) * (strlen(text) + 1));
-	for (char *seg = strtok_r(copy, ".", &saveptr); seg;
-		 seg = strtok_r(NULL, ".", &saveptr))
-	{
-		char	   *bracket = (flags & JSON_FIELDS_INDEXES) ? strchr(seg, '[') : NULL;
-
-		if (bracket != seg)
-			path->names[path->n_segments++] = seg;
-		while (bracket != NULL)
-		{
-			/* "[n]": ends the name before it, stands for element n */
-			*bracket = '\0';
-			path->names[path->n_segments] = NULL;
-			path->indexes[path->n_segments++] = (int) strtol(bracket + 1, &bracket, 10);
-			bracket = strchr(bracket, '[');
-		}
-	}
-}
-
-/*
- * The deepest nesting of containers in body, strings skipped.  Measured
- * before parsing so that a hostile answer never drives the recursive
- * parser deep.
- */
-static int
-json_nesting(const char *body, size_t len)
-{
-	int			depth = 0;
-	int			deepest = 0;
-	bool		in_string = false;
-
-	for (size_t i = 0; i < len; i++)
-	{
-		char		c = body[i];
-
-		if (in_string)
-		{
-			if (c == '\\')
-				i++;
-			else if (c == '"')
-				in_string = false;
-		}
-		else if (c == '"')
-			in_string = true;
-		else if (c == '{' || c == '[')
-			deepest = Max(deepest, ++depth);
-		else if (c == '}' || c == ']')
-			depth--;
-	}
-	return deepest;
-}
-
-/*
- * Reads the n fields asked for (each a path; see JsonField) from a JSON
- * body in one pass of PostgreSQL's JSON parser.  The text is checked first,
- * in this order: it must be text valid in the database encoding (UTF-8
- * with JSON_FIELDS_UTF8), start as an object (JSON_FIELDS_OBJECT) and nest
- * at most JSON_FIELDS_MAX_DEPTH levels (JSON_FIELDS_SHALLOW).  Without
- * JSON_FIELDS_SHALLOW, deep text can make the parser raise "stack depth
- * limit exceeded".
- */
-JsonFieldsResult
-json_fields(const char *body, size_t len, int flags, JsonField *fields, int n)
-{
-	int			encoding = (flags & JSON_FIELDS_UTF8) ? PG_UTF8 : GetDatabaseEncoding();
-	FieldsWalk	walk;
-	JsonSemAction sem;
-
-	for (int i = 0; i < n; i++)
-	{
-		fields[i].value = fields[i].last = NULL;
-		fields[i].type = fields[i].last_type = JSON_TOKEN_INVALID;
-		fields[i].count = fields[i].members = 0;
-		fields[i].raw_start = NULL;
-		fields[i].raw_len = 0;
-	}
-	if (body == NULL || len > INT_MAX || strlen(body) != len ||
-		!pg_verify_mbstr(encoding, body, (int) len, true))
-		return JSON_FIELDS_BAD_TEXT;
-	if ((flags & JSON_FIELDS_OBJECT) && body[strspn(body, " \t\r\n")] != '{')
-		return JSON_FIELDS_NOT_OBJECT;
-	if ((flags & JSON_FIELDS_SHALLOW) && json_nesting(body, len) > JSON_FIELDS_MAX_DEPTH)
-		return JSON_FIELDS_TOO_DEEP;
-
-	memset(&walk, 0, sizeof(walk));
-	walk.fields = fields;
-	walk.n = n;
-	walk.paths = palloc0(sizeof(FieldPath) * Max(n, 1));
-	for (int i = 0; i < n; i++)
-	{
-		split_field_path(fields[i].path, flags, &walk.paths[i]);
-		walk.max_segments = Max(walk.max_segments, walk.paths[i].n_segments);
-	}
-	walk.element = palloc0(sizeof(int) * (walk.max_segments + 1));
-
-	memset(&sem, 0, sizeof(sem));
-	sem.semstate = &walk;
-	sem.object_start = walk_container_start;
-	sem.object_end = walk_container_end;
-	sem.array_start = walk_container_start;
-	sem.array_end = walk_container_end;
-	sem.object_field_start = walk_field_start;
-	sem.array_element_start = walk_element_start;
-	sem.scalar = walk_scalar;
-	walk.lex = makeJsonLexContextCstringLen(unconstify(char *, body), (int) len,
-											encoding, true);
-	if (pg_parse_json(walk.lex, &sem) != JSON_SUCCESS)
-		return JSON_FIELDS_INVALID;
-	return JSON_FIELDS_OK;
-}
-
-/* The usual message for what json_fields() found wrong with an answer. */
-const char *
-json_fields_problem(JsonFieldsResult result)
-{
-	switch (result)
-	{
-		case JSON_FIELDS_OK:
-			break;
-		case JSON_FIELDS_BAD_TEXT:
-			return "the answer is not valid JSON text (bad bytes)";
-		case JSON_FIELDS_NOT_OBJECT:
-			return "the answer is not a JSON object";
-		case JSON_FIELDS_TOO_DEEP:
-			return "the answer nests deeper than " CppAsString2(JSON_FIELDS_MAX_DEPTH) " levels";
-		case JSON_FIELDS_INVALID:
-			return "the answer is not valid JSON";
-	}
-	return "";
+	return answer_paid(answer, minor, currency);
 }
 
 /*
@@ -777,29 +425,121 @@ json_scalar_at_path(const char *body, size_t body_len, const char *path,
 	return true;
 }
 
-/* TEMPORARY (replaced by channel.c at merge) */
-ArrayType *
-channel_schedule(Jsonb *options, const char *channel)
+/* ---------------------------------------------------------------- amounts */
+
+/* True if currency is three ASCII letters, as ISO 4217 codes are. */
+bool
+currency_code_valid(const char *currency)
 {
-	JsonbValue *v = option_value(options, "schedule");
-	StringInfoData text;
+	if (currency == NULL || strlen(currency) != 3)
+		return false;
+	for (int i = 0; i < 3; i++)
+		if (!((currency[i] >= 'A' && currency[i] <= 'Z') ||
+			  (currency[i] >= 'a' && currency[i] <= 'z')))
+			return false;
+	return true;
+}
 
-	option_schedule(options, channel);
-	initStringInfo(&text);
-	if (v == NULL)
-		appendStringInfoString(&text, "{10s,30s,1min,2min,5min,10min,30min,1h}");
-	else
+/* Digits after the decimal point of a currency's minor unit (ISO 4217). */
+static int
+currency_exponent(const char *currency)
+{
+	static const char *const zero[] = {
+		"BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF",
+		"UGX", "UYI", "VND", "VUV", "XAF", "XOF", "XPF", NULL
+	};
+	static const char *const three[] = {
+		"BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND", NULL
+	};
+
+	for (int i = 0; zero[i]; i++)
+		if (pg_strcasecmp(currency, zero[i]) == 0)
+			return 0;
+	for (int i = 0; three[i]; i++)
+		if (pg_strcasecmp(currency, three[i]) == 0)
+			return 3;
+	return 2;
+}
+
+/*
+ * *value * 10 + digit, false (and *value untouched) if that does not fit
+ * in an int64.
+ */
+static bool
+append_digit(int64 *value, int digit)
+{
+	int64		result;
+
+	if (pg_mul_s64_overflow(*value, 10, &result) ||
+		pg_add_s64_overflow(result, digit, &result))
+		return false;
+	*value = result;
+	return true;
+}
+
+/*
+ * Reads a whole number of minor units ("1999"): ASCII digits only, no
+ * sign, no point.  False if it is anything else or does not fit in an
+ * int64.
+ */
+bool
+parse_minor_units(const char *text, int64 *minor)
+{
+	int64		value = 0;
+
+	if (text == NULL || *text == '\0')
+		return false;
+	for (const char *p = text; *p; p++)
+		if (*p < '0' || *p > '9' || !append_digit(&value, *p - '0'))
+			return false;
+	*minor = value;
+	return true;
+}
+
+/*
+ * Converts a decimal amount in major units ("88.88") to minor units of
+ * currency (8888).  False if it is not a plain non-negative decimal, has
+ * more digits after the point than the currency has that are not zeros
+ * ("1000.00" JPY is 1000, "1000.50" JPY is refused), or does not fit in an
+ * int64.
+ */
+bool
+amount_to_minor(const char *decimal, const char *currency, int64 *minor)
+{
+	int			exponent = currency_exponent(currency);
+	int64		value = 0;
+	int			fraction_digits = -1;	/* -1: no point yet */
+	bool		digits = false;
+
+	if (decimal == NULL || *decimal == '\0')
+		return false;
+	for (const char *p = decimal; *p; p++)
 	{
-		JsonbIterator *it = JsonbIteratorInit(v->val.binary.data);
-		JsonbValue	elem;
-		JsonbIteratorToken tok;
-
-		appendStringInfoChar(&text, '{');
-		while ((tok = JsonbIteratorNext(&it, &elem, true)) != WJB_DONE)
-			if (tok == WJB_ELEM)
-				appendStringInfo(&text, "%s\"%.*s\"", text.len > 1 ? "," : "",
-								 elem.val.string.len, elem.val.string.val);
-		appendStringInfoChar(&text, '}');
+		if (*p == '.' && fraction_digits < 0)
+		{
+			fraction_digits = 0;
+			continue;
+		}
+		if (*p < '0' || *p > '9')
+			return false;
+		digits = true;
+		if (fraction_digits >= 0 && fraction_digits >= exponent)
+		{
+			/* beyond the minor unit: only zeros say nothing more */
+			if (*p != '0')
+				return false;
+			continue;
+		}
+		if (!append_digit(&value, *p - '0'))
+			return false;
+		if (fraction_digits >= 0)
+			fraction_digits++;
 	}
-	return DatumGetArrayTypeP(OidInputFunctionCall(F_ARRAY_IN, text.data, INTERVALOID, -1));
+	if (!digits)
+		return false;
+	for (int i = Max(fraction_digits, 0); i < exponent; i++)
+		if (!append_digit(&value, 0))
+			return false;
+	*minor = value;
+	return true;
 }

@@ -5,18 +5,22 @@
  *		HTTP request for one payment, and turns the HTTP answer into a status
  *		or an error.  Drivers do no I/O of their own and never call SPI: the
  *		checker sends what they build through the HTTP engine.
+ *
+ *		Also declared here: the driver registry and the helpers drivers
+ *		share (options, answers, amounts, and making channel text safe to
+ *		keep), all in driver.c.
  */
 #ifndef PAYSYNC_DRIVER_H
 #define PAYSYNC_DRIVER_H
 
 #include "postgres.h"
 
-#include "common/jsonapi.h"
-#include "datatype/timestamp.h"
 #include "utils/jsonb.h"
 
 #include "crypto.h"
 #include "http.h"
+#include "http_util.h"
+#include "json_fields.h"
 
 /* What a request asks the channel. */
 typedef enum CheckKind
@@ -96,83 +100,53 @@ typedef struct PaysyncDriver
 									char *error, size_t errlen);
 } PaysyncDriver;
 
-/* A channel row, compiled: what the checker needs to talk to it. */
-typedef struct ChannelConfig
-{
-	char	   *name;
-	char	   *base_url;
-	const PaysyncDriver *driver;
-	void	   *driver_config;
-	int			timeout_ms;		/* 0: paysync.request_timeout */
-	int			max_inflight;	/* 0: no cap of its own */
-	bool		close_on_expiry;	/* close the trade before expiring */
-} ChannelConfig;
-
-extern const PaysyncDriver *driver_lookup(const char *name);
-extern ChannelConfig *channel_compile(const char *name, const char *driver,
-									  const char *base_url, Jsonb *options);
-
 /*
- * A field json_fields() reads from a JSON answer.  path is a dot path of
- * object member names ("amount.total"); with JSON_FIELDS_INDEXES, "[n]"
- * after a name picks element n (from 0) of its array
- * ("purchase_units[0].payments.captures[0].status").  The rest is filled
- * in by json_fields().
+ * The most bytes of channel text kept in a channel_status, and in one piece
+ * of an error message (a word, a message of the channel's).
  */
-typedef struct JsonField
-{
-	const char *path;
-	JsonTokenType only;			/* take only scalars of this type; 0: any */
+#define CHANNEL_WORD_STATUS_MAX_BYTES 256
+#define CHANNEL_WORD_MAX_BYTES 64
 
-	char	   *value;			/* the first scalar taken (strings unescaped,
-								 * numbers as written), never null; or NULL */
-	JsonTokenType type;			/* its token type */
-	int			count;			/* scalars that could be taken: > 1 means the
-								 * member is given twice */
-	int			members;		/* members at the path, whatever their value */
-	char	   *last;			/* the last scalar at the path, null included */
-	JsonTokenType last_type;	/* its token type */
-	const char *raw_start;		/* the first object or array at the path, */
-	size_t		raw_len;		/* exactly as received; or NULL */
-} JsonField;
+/* What replaces a secret in channel text kept in an error. */
+#define REDACTED_TEXT "[redacted]"
 
-/* json_fields() flags */
-#define JSON_FIELDS_OBJECT	0x01	/* the answer must be a JSON object */
-#define JSON_FIELDS_SHALLOW 0x02	/* nested at most JSON_FIELDS_MAX_DEPTH */
-#define JSON_FIELDS_UTF8	0x04	/* UTF-8, not the database encoding */
-#define JSON_FIELDS_INDEXES 0x08	/* "[n]" in paths picks array elements */
+/* The registry */
+extern const PaysyncDriver *driver_lookup(const char *name);
+extern char *driver_names(void);
 
-#define JSON_FIELDS_MAX_DEPTH 64
-
-/* What json_fields() made of an answer. */
-typedef enum JsonFieldsResult
-{
-	JSON_FIELDS_OK,
-	JSON_FIELDS_BAD_TEXT,		/* NULL, a NUL inside, or bad encoding */
-	JSON_FIELDS_NOT_OBJECT,		/* JSON_FIELDS_OBJECT and not "{" */
-	JSON_FIELDS_TOO_DEEP,		/* JSON_FIELDS_SHALLOW and nested deeper */
-	JSON_FIELDS_INVALID			/* not valid JSON */
-} JsonFieldsResult;
-
-/* Helpers for drivers */
+/* Options */
+extern JsonbValue *option_value(Jsonb *options, const char *key);
 extern bool option_string(Jsonb *options, const char *key, char **value,
 						  const char *channel);
-extern JsonbValue *option_value(Jsonb *options, const char *key);
+extern bool option_bool(Jsonb *options, const char *key, bool *value,
+						const char *channel);
+extern CryptoKey *option_key(Jsonb *options, const char *key, bool private_key,
+							 const char *channel);
+
+/* Words */
+extern bool word_in_list(const char *word, const char *const *words);
+extern const char *settable_status(const char *word);
+
+/* Channel text */
+extern char *channel_text(const char *text, size_t max_bytes);
+extern char *redact_secrets(const char *text, const char *const *secrets,
+							int n_secrets);
+
+/* Answers */
+extern void answer_status(CheckAnswer *answer, const char *status,
+						  const char *channel_word);
 extern void answer_error(CheckAnswer *answer, const char *fmt,...) pg_attribute_printf(2, 3);
 extern bool answer_transport_error(const HttpResult *result, CheckAnswer *answer);
 extern bool answer_http_error(const HttpResult *result, CheckAnswer *answer);
-extern JsonFieldsResult json_fields(const char *body, size_t len, int flags,
-									JsonField *fields, int n);
-extern const char *json_fields_problem(JsonFieldsResult result);
+extern bool answer_paid(CheckAnswer *answer, int64 minor, const char *currency);
+extern bool answer_paid_decimal(CheckAnswer *answer, const char *amount,
+								const char *currency);
 extern bool json_scalar_at_path(const char *body, size_t body_len, const char *path,
 								char **value, CheckAnswer *answer);
-extern bool is_settable_status(const char *status);
-extern void schedule_check(Interval **items, int n, const char *what);
-extern bool option_bool(Jsonb *options, const char *key, bool *value, const char *channel);
+
+/* Amounts */
+extern bool currency_code_valid(const char *currency);
+extern bool parse_minor_units(const char *text, int64 *minor);
 extern bool amount_to_minor(const char *decimal, const char *currency, int64 *minor);
-#include "utils/array.h"
-extern ArrayType *channel_schedule(Jsonb *options, const char *channel);
-extern CryptoKey *option_key(Jsonb *options, const char *key, bool private_key,
-							 const char *channel);
 
 #endif							/* PAYSYNC_DRIVER_H */

@@ -35,8 +35,6 @@
 
 #include <time.h>
 
-#include <openssl/evp.h>
-
 #include "lib/stringinfo.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
@@ -173,8 +171,8 @@ alipay_compile(const char *channel, const char *base_url, Jsonb *options)
 	if (!app_id_valid(config->app_id))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid option \"app_id\" for channel \"%s\": it must be 1 to %d letters and digits",
-						channel, ALIPAY_APP_ID_MAX)));
+				 errmsg("invalid value for option \"app_id\" of channel \"%s\"", channel),
+				 errdetail("The value must be 1 to %d letters and digits.", ALIPAY_APP_ID_MAX)));
 
 	config->app_key = option_key(options, "app_private_key", true, channel);
 	config->alipay_key = option_key(options, "alipay_public_key", false, channel);
@@ -183,11 +181,11 @@ alipay_compile(const char *channel, const char *base_url, Jsonb *options)
 	 * The public half of the application's own key in place of Alipay's
 	 * public key is a common slip; every answer would then fail to verify.
 	 */
-	if (EVP_PKEY_eq(config->app_key, config->alipay_key) == 1)
+	if (crypto_keys_equal(config->app_key, config->alipay_key))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid option \"alipay_public_key\" for channel \"%s\": it is the public key of \"app_private_key\", not Alipay's",
-						channel),
+				 errmsg("invalid value for option \"alipay_public_key\" of channel \"%s\"", channel),
+				 errdetail("The key is the public key of \"app_private_key\", not Alipay's."),
 				 errhint("Copy the \"Alipay public key\" (支付宝公钥) from the application's key settings, not the application public key.")));
 
 	return config;
@@ -350,20 +348,11 @@ parse_answer(const char *body, size_t body_len, const char *const *wanted,
 	return true;
 }
 
-/*
- * A piece of the channel's text fit for an error message in any database
- * encoding: printable ASCII only, at most 64 bytes; "" if it has anything
- * else.
- */
+/* A piece of the channel's text as kept in an error message. */
 static const char *
 safe_text(const char *text)
 {
-	if (text == NULL || strlen(text) > 64)
-		return "";
-	for (const char *p = text; *p; p++)
-		if (*p < 0x20 || *p > 0x7e)
-			return "";
-	return text;
+	return channel_text(text, CHANNEL_WORD_MAX_BYTES);
 }
 
 /* Makes *answer the error "Alipay <what>: code ... (sub_code): sub_msg". */
@@ -450,41 +439,12 @@ answer_trade_status(const AlipayAnswer *a, CheckAnswer *answer)
 		return;
 	}
 
-	if (strcmp(status, "succeeded") == 0 && a->total_amount != NULL)
-	{
-		const char *currency = "CNY";
-		int64		minor;
-
-		/* cross-border trades are priced in trans_currency */
-		if (a->trans_currency != NULL)
-		{
-			if (strlen(a->trans_currency) != 3 ||
-				!isalpha((unsigned char) a->trans_currency[0]) ||
-				!isalpha((unsigned char) a->trans_currency[1]) ||
-				!isalpha((unsigned char) a->trans_currency[2]))
-			{
-				answer_error(answer, "the Alipay answer's trans_currency \"%s\" is not a currency",
-							 safe_text(a->trans_currency));
-				return;
-			}
-			currency = a->trans_currency;
-		}
-		if (!amount_to_minor(a->total_amount, currency, &minor))
-		{
-			answer_error(answer, "the Alipay answer's total_amount \"%s\" is not an amount",
-						 safe_text(a->total_amount));
-			return;
-		}
-		answer->has_paid_amount = true;
-		answer->paid_amount_minor = minor;
-		for (int i = 0; i < 3; i++)
-			answer->paid_currency[i] = pg_toupper((unsigned char) currency[i]);
-		answer->paid_currency[3] = '\0';
-	}
-
-	answer->is_error = false;
-	answer->status = status;
-	answer->channel_status = pstrdup(word);
+	/* cross-border trades are priced in trans_currency, others in CNY */
+	if (strcmp(status, "succeeded") == 0 && a->total_amount != NULL &&
+		!answer_paid_decimal(answer, a->total_amount,
+							 a->trans_currency ? a->trans_currency : "CNY"))
+		return;
+	answer_status(answer, status, word);
 }
 
 /* True if sub_code says a close was refused as the trade no longer awaits payment. */
@@ -571,9 +531,7 @@ alipay_interpret(const void *cfg, CheckKind kind, const char *payment_id, const 
 		if (a.sub_code != NULL && strcmp(a.sub_code, "ACQ.TRADE_NOT_EXIST") == 0)
 		{
 			/* the buyer has not opened the trade (yet): not paid */
-			answer->is_error = false;
-			answer->status = "pending";
-			answer->channel_status = pstrdup("ACQ.TRADE_NOT_EXIST");
+			answer_status(answer, "pending", "ACQ.TRADE_NOT_EXIST");
 			return;
 		}
 		answer_alipay_refusal(answer, "refused the query", &a);
@@ -583,17 +541,13 @@ alipay_interpret(const void *cfg, CheckKind kind, const char *payment_id, const 
 	/* alipay.trade.close */
 	if (strcmp(a.code, ALIPAY_CODE_SUCCESS) == 0)
 	{
-		answer->is_error = false;
-		answer->status = "closed";
-		answer->channel_status = pstrdup("TRADE_CLOSED");
+		answer_status(answer, "closed", "TRADE_CLOSED");
 		return;
 	}
 	if (refused_as_not_waiting(a.sub_code))
 	{
 		/* paid or closed meanwhile: the core queries it again to learn which */
-		answer->is_error = false;
-		answer->status = "pending";
-		answer->channel_status = pstrdup(a.sub_code);
+		answer_status(answer, "pending", a.sub_code);
 		return;
 	}
 	answer_alipay_refusal(answer, "refused to close the trade", &a);

@@ -7,7 +7,6 @@
 #include "postgres.h"
 
 #include "lib/stringinfo.h"
-#include "mb/pg_wchar.h"
 #include "utils/json.h"
 
 #include "driver.h"
@@ -27,26 +26,17 @@ typedef struct HttpJsonConfig
 	const char **map_to;		/* ... to paysync status */
 	int			n_map;
 	const char *not_found;		/* paysync status for HTTP 404 */
+	const char **secrets;		/* header values and their long words, */
+	int			n_secrets;		/* longest first: redacted in errors */
 } HttpJsonConfig;
+
+/* Words of a header value at least this long are redacted on their own. */
+#define SECRET_WORD_MIN_BYTES 8
 
 static const char *const http_json_option_names[] = {
 	"path", "method", "body", "headers", "status_field", "status_map",
 	"not_found", NULL
 };
-
-/* The canonical spelling of a settable status word, or NULL. */
-static const char *
-settable_status(const char *word)
-{
-	static const char *const words[] = {
-		"pending", "succeeded", "failed", "cancelled", "closed"
-	};
-
-	for (size_t i = 0; i < lengthof(words); i++)
-		if (strcmp(words[i], word) == 0)
-			return words[i];
-	return NULL;
-}
 
 /* Replaces every placeholder in template with replacement. */
 static char *
@@ -67,17 +57,6 @@ fill_placeholder(const char *template, const char *replacement)
 	return out.data;
 }
 
-/* base_url and path joined with exactly one slash between them. */
-static char *
-join_url(const char *base_url, const char *path)
-{
-	size_t		len = strlen(base_url);
-
-	if (len > 0 && base_url[len - 1] == '/' && path[0] == '/')
-		len--;
-	return psprintf("%.*s%s", (int) len, base_url, path);
-}
-
 /* True if name is an HTTP header name (an RFC 9110 token). */
 static bool
 is_header_name(const char *name)
@@ -88,6 +67,42 @@ is_header_name(const char *name)
 		if (!(isalnum((unsigned char) *p) || strchr("!#$%&'*+-.^_`|~", *p)))
 			return false;
 	return true;
+}
+
+/* Orders secrets longest first, so that none is redacted only in part. */
+static int
+secret_cmp(const void *a, const void *b)
+{
+	size_t		len_a = strlen(*(const char *const *) a);
+	size_t		len_b = strlen(*(const char *const *) b);
+
+	return (len_a < len_b) - (len_a > len_b);
+}
+
+/*
+ * Notes a header value as a secret to redact from channel text kept in
+ * errors (a channel may echo the request): the whole value, and each of
+ * its blank-separated words of SECRET_WORD_MIN_BYTES or more ("Bearer
+ * sk_..." gives "sk_..." too).
+ */
+static void
+add_header_secrets(HttpJsonConfig *config, const char *value)
+{
+	char	   *copy = pstrdup(value);
+	char	   *saveptr = NULL;
+	int			words = 1;
+
+	for (const char *p = value; *p; p++)
+		words += (*p == ' ' || *p == '\t');
+	config->secrets = config->secrets ?
+		repalloc(config->secrets, sizeof(char *) * (config->n_secrets + 1 + words)) :
+		palloc(sizeof(char *) * (1 + words));
+	config->secrets[config->n_secrets++] = pstrdup(value);
+	for (char *word = strtok_r(copy, " \t", &saveptr); word;
+		 word = strtok_r(NULL, " \t", &saveptr))
+		if (strlen(word) >= SECRET_WORD_MIN_BYTES && strcmp(word, value) != 0)
+			config->secrets[config->n_secrets++] = word;
+	qsort(config->secrets, config->n_secrets, sizeof(char *), secret_cmp);
 }
 
 /* Reads the "headers" option; error messages name headers, never values. */
@@ -105,8 +120,8 @@ compile_headers(HttpJsonConfig *config, Jsonb *options, const char *channel)
 	if (v->type != jbvBinary || !JsonContainerIsObject(v->val.binary.data))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid option \"headers\" for channel \"%s\": it must be an object of header names to values",
-						channel)));
+				 errmsg("invalid value for option \"headers\" of channel \"%s\"", channel),
+				 errdetail("The value must be a JSON object of header names to values.")));
 
 	config->headers = palloc0(sizeof(char *) * (JsonContainerSize(v->val.binary.data) + 1));
 	it = JsonbIteratorInit(v->val.binary.data);
@@ -128,17 +143,18 @@ compile_headers(HttpJsonConfig *config, Jsonb *options, const char *channel)
 			if (item.type != jbvString)
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("invalid value for header \"%s\" of channel \"%s\": it must be a string",
-								name, channel)));
+						 errmsg("invalid value for header \"%s\" of channel \"%s\"", name, channel),
+						 errdetail("The value must be a JSON string.")));
 			value = pnstrdup(item.val.string.val, item.val.string.len);
 			if (strpbrk(value, "\r\n") != NULL)
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("invalid value for header \"%s\" of channel \"%s\": it contains a line break",
-								name, channel)));
+						 errmsg("invalid value for header \"%s\" of channel \"%s\"", name, channel),
+						 errdetail("The value contains a line break.")));
 			if (pg_strcasecmp(name, "Content-Type") == 0)
 				config->has_content_type = true;
 			config->headers[config->n_headers++] = psprintf("%s: %s", name, value);
+			add_header_secrets(config, value);
 		}
 	}
 }
@@ -163,8 +179,8 @@ compile_status_map(HttpJsonConfig *config, Jsonb *options, const char *channel)
 		JsonContainerSize(v->val.binary.data) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid option \"status_map\" for channel \"%s\": it must be a non-empty object",
-						channel)));
+				 errmsg("invalid value for option \"status_map\" of channel \"%s\"", channel),
+				 errdetail("The value must be a non-empty JSON object.")));
 
 	size = JsonContainerSize(v->val.binary.data);
 	config->map_from = palloc0(sizeof(char *) * size);
@@ -183,8 +199,8 @@ compile_status_map(HttpJsonConfig *config, Jsonb *options, const char *channel)
 			if (status == NULL)
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("invalid option \"status_map\" for channel \"%s\": \"%s\" maps to \"%s\"",
-								channel, word, target),
+						 errmsg("invalid value for option \"status_map\" of channel \"%s\"", channel),
+						 errdetail("\"%s\" maps to \"%s\".", word, target),
 						 errhint("Map to pending, succeeded, failed, cancelled or closed.")));
 			config->map_from[config->n_map] = word;
 			config->map_to[config->n_map] = status;
@@ -208,11 +224,12 @@ http_json_compile(const char *channel, const char *base_url, Jsonb *options)
 		config->path[0] != '/')
 		config->path = psprintf("/%s", config->path);
 
-	sample_url = join_url(base_url, fill_placeholder(config->path, "T0001"));
+	sample_url = url_join(base_url, fill_placeholder(config->path, "T0001"));
 	if (!http_url_valid(sample_url, urlerr, sizeof(urlerr)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid option \"path\" for channel \"%s\": %s", channel, urlerr)));
+				 errmsg("invalid value for option \"path\" of channel \"%s\"", channel),
+				 errdetail("%s", urlerr)));
 
 	if (option_string(options, "method", &method, channel))
 	{
@@ -221,7 +238,7 @@ http_json_compile(const char *channel, const char *base_url, Jsonb *options)
 		else if (pg_strcasecmp(method, "GET") != 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid option \"method\" for channel \"%s\": \"%s\"", channel, method),
+					 errmsg("invalid value for option \"method\" of channel \"%s\": \"%s\"", channel, method),
 					 errhint("Use GET or POST.")));
 	}
 	if (option_string(options, "body", &config->body, channel) && !config->post)
@@ -243,7 +260,7 @@ http_json_compile(const char *channel, const char *base_url, Jsonb *options)
 			strstr(f, "..") != NULL || segments > 32)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid option \"status_field\" for channel \"%s\": \"%s\"", channel, f),
+					 errmsg("invalid value for option \"status_field\" of channel \"%s\": \"%s\"", channel, f),
 					 errhint("Give a dot path of at most 32 field names, such as data.trade_state.")));
 	}
 
@@ -256,7 +273,7 @@ http_json_compile(const char *channel, const char *base_url, Jsonb *options)
 		if (config->not_found == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid option \"not_found\" for channel \"%s\": \"%s\"", channel, not_found),
+					 errmsg("invalid value for option \"not_found\" of channel \"%s\": \"%s\"", channel, not_found),
 					 errhint("Use pending, succeeded, failed, cancelled or closed.")));
 	}
 	return config;
@@ -272,7 +289,7 @@ http_json_build_request(const void *cfg, const char *base_url,
 	const char **headers = palloc(sizeof(char *) * (config->n_headers + 2));
 	int			n = 0;
 
-	request->url = join_url(base_url, fill_placeholder(config->path, http_escape(payment_id)));
+	request->url = url_join(base_url, fill_placeholder(config->path, http_escape_segment(payment_id)));
 	request->post = config->post;
 	request->body = NULL;
 	if (config->post)
@@ -308,9 +325,7 @@ http_json_interpret(const void *cfg, CheckKind kind, const char *payment_id, con
 		return;
 	if (result->status == 404)
 	{
-		answer->is_error = false;
-		answer->status = config->not_found;
-		answer->channel_status = pstrdup("HTTP 404");
+		answer_status(answer, config->not_found, "HTTP 404");
 		return;
 	}
 	if (result->status < 200 || result->status > 299)
@@ -325,14 +340,14 @@ http_json_interpret(const void *cfg, CheckKind kind, const char *payment_id, con
 	{
 		if (strcmp(config->map_from[i], word) == 0)
 		{
-			answer->is_error = false;
-			answer->status = config->map_to[i];
-			answer->channel_status = word;
+			answer_status(answer, config->map_to[i], word);
 			return;
 		}
 	}
-	answer_error(answer, "unknown channel status \"%.*s\" (not in status_map)",
-				 pg_mbcliplen(word, strlen(word), 64), word);
+	/* the channel may echo the request: its headers are redacted */
+	answer_error(answer, "unknown channel status \"%s\" (not in status_map)",
+				 channel_text(redact_secrets(word, config->secrets, config->n_secrets),
+							  CHANNEL_WORD_MAX_BYTES));
 }
 
 const PaysyncDriver http_json_driver = {

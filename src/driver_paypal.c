@@ -132,30 +132,20 @@ credential_option(Jsonb *options, const char *key, const char *channel)
 	if (value[0] == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid option \"%s\" for channel \"%s\": it is empty", key, channel)));
+				 errmsg("invalid value for option \"%s\" of channel \"%s\"", key, channel),
+				 errdetail("The value is empty.")));
 	if (strlen(value) > PAYPAL_MAX_CREDENTIAL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid option \"%s\" for channel \"%s\": it is longer than %d bytes",
-						key, channel, PAYPAL_MAX_CREDENTIAL)));
+				 errmsg("invalid value for option \"%s\" of channel \"%s\"", key, channel),
+				 errdetail("The value is longer than %d bytes.", PAYPAL_MAX_CREDENTIAL)));
 	for (const char *p = value; *p; p++)
 		if ((unsigned char) *p < 0x20 || *p == 0x7f)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid option \"%s\" for channel \"%s\": it contains a control character",
-							key, channel)));
+					 errmsg("invalid value for option \"%s\" of channel \"%s\"", key, channel),
+					 errdetail("The value contains a control character.")));
 	return value;
-}
-
-/* base_url and path (starting with "/") joined with one slash between. */
-static char *
-join_url(const char *base_url, const char *path)
-{
-	size_t		len = strlen(base_url);
-
-	while (len > 0 && base_url[len - 1] == '/')
-		len--;
-	return psprintf("%.*s%s", (int) len, base_url, path);
 }
 
 /* The Basic credentials header for client_id and client_secret. */
@@ -192,15 +182,16 @@ paypal_compile(const char *channel, const char *base_url, Jsonb *options)
 	if (strchr(client_id, ':') != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid option \"client_id\" for channel \"%s\": it contains \":\"",
-						channel)));
+				 errmsg("invalid value for option \"client_id\" of channel \"%s\"", channel),
+				 errdetail("The value contains \":\", which Basic credentials cannot carry in a user id.")));
 
-	config->orders_url = join_url(base_url, "/v2/checkout/orders/");
-	config->token_url = join_url(base_url, "/v1/oauth2/token");
+	config->orders_url = url_join(base_url, "/v2/checkout/orders/");
+	config->token_url = url_join(base_url, "/v1/oauth2/token");
 	if (!http_url_valid(config->token_url, urlerr, sizeof(urlerr)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid base_url for channel \"%s\": %s", channel, urlerr),
+				 errmsg("invalid base_url for channel \"%s\"", channel),
+				 errdetail("%s", urlerr),
 				 errhint("Use https://api-m.paypal.com, or https://api-m.sandbox.paypal.com for the sandbox.")));
 
 	config->basic_header = basic_header(client_id, client_secret);
@@ -323,20 +314,11 @@ paypal_build_request(const void *cfg, const char *base_url, const char *payment_
 	headers[n++] = "Accept: application/json";
 	if (token != NULL)
 		headers[n++] = psprintf("Authorization: Bearer %s", token);
-	request->url = psprintf("%s%s", config->orders_url, http_escape(payment_id));
+	request->url = psprintf("%s%s", config->orders_url, http_escape_segment(payment_id));
 	request->post = false;
 	request->body = NULL;
 	request->headers = headers;
 	request->n_headers = n;
-}
-
-/* Makes *answer a status with the channel's word. */
-static void
-answer_status(CheckAnswer *answer, const char *status, char *channel_status)
-{
-	answer->is_error = false;
-	answer->status = status;
-	answer->channel_status = channel_status;
 }
 
 /*
@@ -360,7 +342,7 @@ interpret_capture(const JsonField *fields, CheckAnswer *answer)
 		return;
 	}
 	word = strcmp(capture, "COMPLETED") == 0 ? pstrdup("COMPLETED") :
-		psprintf("COMPLETED/%.64s", capture);
+		psprintf("COMPLETED/%s", channel_text(capture, CHANNEL_WORD_MAX_BYTES));
 
 	/* the funds are still on their way (eCheck, review...) */
 	if (strcmp(capture, "PENDING") == 0)
@@ -378,7 +360,8 @@ interpret_capture(const JsonField *fields, CheckAnswer *answer)
 	if (strcmp(capture, "COMPLETED") != 0 && strcmp(capture, "PARTIALLY_REFUNDED") != 0 &&
 		strcmp(capture, "REFUNDED") != 0)
 	{
-		answer_error(answer, "unknown PayPal capture status \"%.64s\"", capture);
+		answer_error(answer, "unknown PayPal capture status \"%s\"",
+					 channel_text(capture, CHANNEL_WORD_MAX_BYTES));
 		return;
 	}
 	if (value == NULL || currency == NULL)
@@ -386,19 +369,15 @@ interpret_capture(const JsonField *fields, CheckAnswer *answer)
 		answer_error(answer, "the capture has no amount.value or amount.currency_code");
 		return;
 	}
-	if (strlen(currency) != 3 || strspn(currency, "ABCDEFGHIJKLMNOPQRSTUVWXYZ") != 3)
+	/* PayPal writes codes upper case */
+	if (strspn(currency, "ABCDEFGHIJKLMNOPQRSTUVWXYZ") != strlen(currency))
 	{
-		answer_error(answer, "the capture's currency_code \"%.16s\" is not an ISO 4217 code", currency);
+		answer_error(answer, "the capture's currency_code \"%s\" is not an ISO 4217 code",
+					 channel_text(currency, CHANNEL_WORD_MAX_BYTES));
 		return;
 	}
-	if (!amount_to_minor(value, currency, &answer->paid_amount_minor))
-	{
-		answer_error(answer, "the capture's amount \"%.32s\" is not a valid %s amount", value, currency);
-		return;
-	}
-	answer->has_paid_amount = true;
-	memcpy(answer->paid_currency, currency, 4);
-	answer_status(answer, "succeeded", word);
+	if (answer_paid_decimal(answer, value, currency))
+		answer_status(answer, "succeeded", word);
 }
 
 /* Turns an answer of the order query into a status or an error. */
@@ -431,7 +410,7 @@ paypal_interpret(const void *cfg, CheckKind kind, const char *payment_id, const 
 
 		/* PayPal's own "no such order": not paid (unknown id, or long gone) */
 		if (strcmp(name, "RESOURCE_NOT_FOUND") == 0)
-			answer_status(answer, "pending", pstrdup("RESOURCE_NOT_FOUND"));
+			answer_status(answer, "pending", "RESOURCE_NOT_FOUND");
 		else
 			answer_error(answer, "HTTP 404 from PayPal (%s)", name);
 		return;
@@ -463,7 +442,8 @@ paypal_interpret(const void *cfg, CheckKind kind, const char *payment_id, const 
 			 strcmp(status, "APPROVED") == 0 || strcmp(status, "PAYER_ACTION_REQUIRED") == 0)
 		answer_status(answer, "pending", fields[ORDER_STATUS].value);
 	else
-		answer_error(answer, "unknown PayPal order status \"%.64s\"", status);
+		answer_error(answer, "unknown PayPal order status \"%s\"",
+					 channel_text(status, CHANNEL_WORD_MAX_BYTES));
 }
 
 const PaysyncDriver paypal_driver = {

@@ -25,7 +25,7 @@
 #include "postgres.h"
 
 #include "lib/stringinfo.h"
-#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
 #include "utils/jsonb.h"
 
 #include "driver.h"
@@ -39,6 +39,7 @@ typedef struct StripeConfig
 	char	   *auth_header;	/* "Authorization: Bearer ..."; a secret */
 	char	   *version_header; /* "Stripe-Version: ...", or NULL */
 	char	   *account_header; /* "Stripe-Account: acct_...", or NULL */
+	char	   *secret_key;		/* redacted from Stripe's messages kept */
 } StripeConfig;
 
 /* The fields of a Stripe answer the driver reads, found in one pass. */
@@ -91,32 +92,32 @@ check_secret_key(const char *key, const char *channel)
 	const char *hint = NULL;
 
 	if (key[0] == '\0')
-		problem = "it is empty";
+		problem = "The key is empty.";
 	else if (strpbrk(key, " \t\r\n\v\f") != NULL)
 	{
-		problem = "it contains white space";
+		problem = "The key contains white space.";
 		hint = "Copy the key alone, without spaces or line breaks around it.";
 	}
 	else if (strncmp(key, "pk_", 3) == 0)
 	{
-		problem = "it is a publishable key (pk_), which cannot read PaymentIntents";
+		problem = "The key is a publishable key (pk_), which cannot read PaymentIntents.";
 		hint = "Use the secret key (sk_live_... or sk_test_...) or a restricted key (rk_...) with read access to PaymentIntents.";
 	}
 	else if (strncmp(key, "sk_", 3) != 0 && strncmp(key, "rk_", 3) != 0)
 	{
-		problem = "it must start with sk_ or rk_";
+		problem = "The key must start with sk_ or rk_.";
 		hint = "Use the secret key (sk_live_... or sk_test_...) or a restricted key (rk_...) with read access to PaymentIntents.";
 	}
 	else if (key[3] == '\0')
-		problem = "it is incomplete";
+		problem = "The key is incomplete.";
 	else if (!is_word_text(key))
-		problem = "it contains characters a Stripe key never has";
+		problem = "The key contains characters a Stripe key never has.";
 
 	if (problem)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid option \"secret_key\" for channel \"%s\": %s",
-						channel, problem),
+				 errmsg("invalid value for option \"secret_key\" of channel \"%s\"", channel),
+				 errdetail("%s", problem),
 				 hint ? errhint("%s", hint) : 0));
 }
 
@@ -159,14 +160,15 @@ stripe_compile(const char *channel, const char *base_url, Jsonb *options)
 				 errhint("Give the Stripe secret key (sk_live_... or sk_test_...) or a restricted key (rk_...) with read access to PaymentIntents.")));
 	check_secret_key(key, channel);
 	config->auth_header = psprintf("Authorization: Bearer %s", key);
+	config->secret_key = key;
 
 	if (option_string(options, "api_version", &version, channel))
 	{
 		if (!is_api_version(version))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid option \"api_version\" for channel \"%s\": \"%s\" is not a Stripe API version",
-							channel, version),
+					 errmsg("invalid value for option \"api_version\" of channel \"%s\"", channel),
+					 errdetail("\"%s\" is not a Stripe API version.", version),
 					 errhint("Give a version such as \"2024-06-20\" or \"2024-09-30.acacia\", or leave the option out to use the account's default.")));
 		config->version_header = psprintf("Stripe-Version: %s", version);
 	}
@@ -177,8 +179,8 @@ stripe_compile(const char *channel, const char *base_url, Jsonb *options)
 			!is_word_text(account) || strlen(account) > 64)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid option \"stripe_account\" for channel \"%s\": \"%s\" is not a Stripe account id",
-							channel, account),
+					 errmsg("invalid value for option \"stripe_account\" of channel \"%s\"", channel),
+					 errdetail("\"%s\" is not a Stripe account id.", account),
 					 errhint("Give the connected account's id, such as \"acct_1032D82eZvKYlo2C\".")));
 		config->account_header = psprintf("Stripe-Account: %s", account);
 	}
@@ -202,7 +204,7 @@ stripe_build_request(const void *cfg, const char *base_url,
 	const char **headers = palloc(sizeof(char *) * 4);
 	int			n = 0;
 
-	request->url = psprintf("%s%s", config->url_prefix, http_escape(payment_id));
+	request->url = psprintf("%s%s", config->url_prefix, http_escape_segment(payment_id));
 	request->post = false;
 	request->body = NULL;
 	headers[n++] = "Accept: application/json";
@@ -246,41 +248,23 @@ stripe_read_fields(const char *body, size_t body_len, StripeFields *fields)
 	return true;
 }
 
-/* True if word is one of the NULL-terminated words. */
-static bool
-word_in_list(const char *word, const char *const *words)
-{
-	for (int i = 0; words[i]; i++)
-		if (strcmp(words[i], word) == 0)
-			return true;
-	return false;
-}
-
-/* The longest head of text within bytes that ends on a whole character. */
-static char *
-clip(const char *text, int bytes)
-{
-	return pnstrdup(text, pg_mbcliplen(text, strlen(text), bytes));
-}
-
 /*
- * Stripe's error message made fit for last_error: clipped, control
- * characters blanked, and left out altogether if it might show a key
- * (Stripe's own messages about keys show a redacted key's prefix and end).
+ * Stripe's error message made fit for last_error (see channel_text), the
+ * channel's secret key redacted; left out altogether if it might show a
+ * key (Stripe's own messages about keys show a redacted key's prefix and
+ * end).
  */
 static char *
-stripe_safe_message(const char *message)
+stripe_safe_message(const StripeConfig *config, const char *message)
 {
-	char	   *copy;
+	const char *secrets[1];
 
 	if (message == NULL || strstr(message, "sk_") || strstr(message, "rk_") ||
 		strstr(message, "pk_") || strstr(message, "***"))
 		return NULL;
-	copy = clip(message, STRIPE_MESSAGE_MAX_BYTES);
-	for (char *p = copy; *p; p++)
-		if ((unsigned char) *p < 0x20 || *p == 0x7f)
-			*p = ' ';
-	return copy;
+	secrets[0] = config ? config->secret_key : NULL;
+	return channel_text(redact_secrets(message, secrets, config ? 1 : 0),
+						STRIPE_MESSAGE_MAX_BYTES);
 }
 
 /*
@@ -290,15 +274,14 @@ stripe_safe_message(const char *message)
  * Every such answer is an error the checker retries with backoff.
  */
 static void
-stripe_answer_http_error(const HttpResult *result, const StripeFields *fields,
-						 bool parsed, CheckAnswer *answer)
+stripe_answer_http_error(const StripeConfig *config, const HttpResult *result,
+						 const StripeFields *fields, bool parsed, CheckAnswer *answer)
 {
 	StringInfoData msg;
 	const char *what;
 	char	   *message = NULL;
 	char	   *should_retry = http_header(result, "Stripe-Should-Retry");
 	char	   *request_id = http_header(result, "Request-Id");
-	int			len;
 
 	switch (result->status)
 	{
@@ -327,12 +310,12 @@ stripe_answer_http_error(const HttpResult *result, const StripeFields *fields,
 	{
 		/* the code says more than the type, when there is one */
 		if (fields->error_code)
-			appendStringInfo(&msg, " %s", clip(fields->error_code, 40));
+			appendStringInfo(&msg, " %s", channel_text(fields->error_code, 40));
 		else if (fields->error_type)
-			appendStringInfo(&msg, " %s", clip(fields->error_type, 40));
+			appendStringInfo(&msg, " %s", channel_text(fields->error_type, 40));
 		/* messages about keys quote the key (redacted): never kept */
 		if (result->status != 401 && result->status != 403)
-			message = stripe_safe_message(fields->error_message);
+			message = stripe_safe_message(config, fields->error_message);
 	}
 	else if (!parsed)
 		appendStringInfoString(&msg, " (not a Stripe error body)");
@@ -344,8 +327,7 @@ stripe_answer_http_error(const HttpResult *result, const StripeFields *fields,
 	if (message)
 		appendStringInfo(&msg, ": %s", message);
 
-	len = pg_mbcliplen(msg.data, msg.len, sizeof(answer->error) - 1);
-	answer_error(answer, "%.*s", len, msg.data);
+	answer_error(answer, "%s", msg.data);
 	answer->retry_after_s = result->retry_after_s;
 }
 
@@ -384,8 +366,9 @@ stripe_amount_to_iso(int64 amount, const char *currency, int64 *minor)
 static bool
 stripe_paid_amount(const StripeFields *fields, CheckAnswer *answer)
 {
-	int64		amount = 0;
+	int64		amount;
 	int64		minor;
+	char		currency[4];
 
 	if (fields->amount_received == NULL || fields->currency == NULL)
 	{
@@ -393,40 +376,27 @@ stripe_paid_amount(const StripeFields *fields, CheckAnswer *answer)
 					 fields->amount_received == NULL ? "amount_received" : "currency");
 		return false;
 	}
-	if (!fields->amount_is_number || fields->amount_received[0] == '\0' ||
-		strspn(fields->amount_received, "0123456789") != strlen(fields->amount_received) ||
-		strlen(fields->amount_received) > 18)
+	if (!fields->amount_is_number || !parse_minor_units(fields->amount_received, &amount))
 	{
-		answer_error(answer, "the PaymentIntent's amount_received \"%s\" is not a whole number",
-					 clip(fields->amount_received, 40));
+		answer_error(answer, "the PaymentIntent's amount_received \"%s\" is not a whole number within range",
+					 channel_text(fields->amount_received, 40));
 		return false;
 	}
-	for (const char *p = fields->amount_received; *p; p++)
-		amount = amount * 10 + (*p - '0');
-
-	if (strlen(fields->currency) != 3 ||
-		!isalpha((unsigned char) fields->currency[0]) ||
-		!isalpha((unsigned char) fields->currency[1]) ||
-		!isalpha((unsigned char) fields->currency[2]))
+	if (!currency_code_valid(fields->currency))
 	{
 		answer_error(answer, "the PaymentIntent's currency \"%s\" is not an ISO 4217 code",
-					 clip(fields->currency, 40));
+					 channel_text(fields->currency, 40));
 		return false;
 	}
-	for (int i = 0; i < 3; i++)
-		answer->paid_currency[i] = pg_toupper((unsigned char) fields->currency[i]);
-	answer->paid_currency[3] = '\0';
-
-	if (!stripe_amount_to_iso(amount, answer->paid_currency, &minor))
+	for (int i = 0; i < 4; i++)
+		currency[i] = pg_toupper((unsigned char) fields->currency[i]);
+	if (!stripe_amount_to_iso(amount, currency, &minor))
 	{
 		answer_error(answer, "Stripe's amount_received %lld %s has no ISO 4217 equivalent",
-					 (long long) amount, answer->paid_currency);
-		answer->paid_currency[0] = '\0';
+					 (long long) amount, currency);
 		return false;
 	}
-	answer->has_paid_amount = true;
-	answer->paid_amount_minor = minor;
-	return true;
+	return answer_paid(answer, minor, currency);
 }
 
 /* Turns Stripe's answer about a PaymentIntent into a status or an error. */
@@ -434,6 +404,7 @@ static void
 stripe_interpret(const void *cfg, CheckKind kind, const char *payment_id, const HttpResult *result,
 				 CheckAnswer *answer)
 {
+	const StripeConfig *config = cfg;
 	StripeFields fields;
 	bool		parsed;
 
@@ -448,7 +419,7 @@ stripe_interpret(const void *cfg, CheckKind kind, const char *payment_id, const 
 	parsed = stripe_read_fields(result->body, result->body_len, &fields);
 	if (result->status < 200 || result->status > 299)
 	{
-		stripe_answer_http_error(result, &fields, parsed, answer);
+		stripe_answer_http_error(config, result, &fields, parsed, answer);
 		return;
 	}
 	if (!parsed || !fields.root_is_object)
@@ -464,7 +435,7 @@ stripe_interpret(const void *cfg, CheckKind kind, const char *payment_id, const 
 	if (fields.object == NULL || strcmp(fields.object, "payment_intent") != 0)
 	{
 		answer_error(answer, "Stripe's answer is not a PaymentIntent (object \"%s\")",
-					 clip(fields.object ? fields.object : "", 40));
+					 channel_text(fields.object, 40));
 		return;
 	}
 	if (fields.status == NULL)
@@ -475,21 +446,16 @@ stripe_interpret(const void *cfg, CheckKind kind, const char *payment_id, const 
 
 	if (strcmp(fields.status, "succeeded") == 0)
 	{
-		if (!stripe_paid_amount(&fields, answer))
-			return;
-		answer->status = "succeeded";
+		if (stripe_paid_amount(&fields, answer))
+			answer_status(answer, "succeeded", fields.status);
 	}
 	else if (strcmp(fields.status, "canceled") == 0)
-		answer->status = "cancelled";
+		answer_status(answer, "cancelled", fields.status);
 	else if (word_in_list(fields.status, stripe_pending_statuses))
-		answer->status = "pending";
+		answer_status(answer, "pending", fields.status);
 	else
-	{
-		answer_error(answer, "unknown PaymentIntent status \"%s\"", clip(fields.status, 64));
-		return;
-	}
-	answer->is_error = false;
-	answer->channel_status = fields.status;
+		answer_error(answer, "unknown PaymentIntent status \"%s\"",
+					 channel_text(fields.status, CHANNEL_WORD_MAX_BYTES));
 }
 
 const PaysyncDriver stripe_driver = {

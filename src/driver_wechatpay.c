@@ -27,14 +27,14 @@
 
 #define WECHATPAY_SCHEME "WECHATPAY2-SHA256-RSA2048"
 
+/* A word of the channel's (error code, trade state) as kept in errors. */
+#define channel_word(text) channel_text((text), CHANNEL_WORD_MAX_BYTES)
+
 /* How far an answer's timestamp may be from the clock, in seconds. */
 #define WECHATPAY_MAX_SKEW_S 300
 
 /* The largest unverified error answer whose code is read. */
 #define WECHATPAY_REFUSAL_MAX 4096
-
-/* The longest channel word (error code, trade state) copied from an answer. */
-#define WECHATPAY_WORD_MAX 64
 
 typedef struct WechatpayConfig
 {
@@ -97,28 +97,6 @@ is_plain_word(const char *text, size_t max_len, const char *extra)
 	return true;
 }
 
-/*
- * A copy of a word from an answer that is safe in last_error: at most
- * WECHATPAY_WORD_MAX ASCII letters, digits and underscores; anything else
- * becomes '?'.
- */
-static char *
-safe_word(const char *text)
-{
-	size_t		len = Min(strlen(text), WECHATPAY_WORD_MAX);
-	char	   *out = palloc(len + 1);
-
-	for (size_t i = 0; i < len; i++)
-	{
-		char		c = text[i];
-
-		out[i] = ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
-				  (c >= 'A' && c <= 'Z') || c == '_' || c == '-') ? c : '?';
-	}
-	out[len] = '\0';
-	return out;
-}
-
 /* Reads a required string option that must be a plain word. */
 static char *
 word_option(Jsonb *options, const char *key, size_t max_len, const char *extra,
@@ -134,7 +112,7 @@ word_option(Jsonb *options, const char *key, size_t max_len, const char *extra,
 	if (!is_plain_word(value, max_len, extra))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid option \"%s\" for channel \"%s\"", key, channel),
+				 errmsg("invalid value for option \"%s\" of channel \"%s\"", key, channel),
 				 errhint("%s", what)));
 	return value;
 }
@@ -155,8 +133,8 @@ split_base_url(WechatpayConfig *config, const char *base_url, const char *channe
 	if (strpbrk(base_url, "?#") != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid base_url for channel \"%s\": driver wechatpay takes no query or fragment in it",
-						channel),
+				 errmsg("invalid base_url for channel \"%s\"", channel),
+				 errdetail("Driver wechatpay takes no query or fragment in it."),
 				 errhint("Use https://api.mch.weixin.qq.com.")));
 	while (len > 0 && base_url[len - 1] == '/')
 		len--;
@@ -170,8 +148,8 @@ split_base_url(WechatpayConfig *config, const char *base_url, const char *channe
 		(len >= 3 && strcmp(config->base + len - 3, "/..") == 0))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid base_url for channel \"%s\": its path has empty or dot segments",
-						channel)));
+				 errmsg("invalid base_url for channel \"%s\"", channel),
+				 errdetail("Its path has empty or dot segments.")));
 }
 
 /* Checks and compiles the options of a wechatpay channel. */
@@ -196,7 +174,7 @@ wechatpay_compile(const char *channel, const char *base_url, Jsonb *options)
 		if (!is_plain_word(serial, 64, "_"))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid option \"platform_serial\" for channel \"%s\"", channel),
+					 errmsg("invalid value for option \"platform_serial\" of channel \"%s\"", channel),
 					 errhint("platform_serial is the serial of the platform certificate or the WeChat Pay public key ID (PUB_KEY_ID_...).")));
 		config->platform_serial = serial;
 	}
@@ -247,7 +225,7 @@ wechatpay_build_request(const void *cfg, const char *base_url,
 	{
 		method = "POST";
 		path = psprintf("%s/v3/pay/transactions/out-trade-no/%s/close",
-						config->base_path, http_escape(payment_id));
+						config->base_path, http_escape_segment(payment_id));
 		/* mchid is letters and digits only: nothing to escape */
 		request->body = psprintf("{\"mchid\":\"%s\"}", config->mchid);
 		request->post = true;
@@ -256,7 +234,7 @@ wechatpay_build_request(const void *cfg, const char *base_url,
 	{
 		method = "GET";
 		path = psprintf("%s/v3/pay/transactions/out-trade-no/%s?mchid=%s",
-						config->base_path, http_escape(payment_id), config->mchid);
+						config->base_path, http_escape_segment(payment_id), config->mchid);
 		request->body = NULL;
 		request->post = false;
 	}
@@ -314,7 +292,7 @@ wechatpay_verify(CryptoKey *platform_key, const char *platform_serial,
 	if (type != NULL && strcmp(type, WECHATPAY_SCHEME) != 0)
 	{
 		snprintf(error, errlen, "the answer is signed with %s, not " WECHATPAY_SCHEME,
-				 safe_word(type));
+				 channel_word(type));
 		return false;
 	}
 	if (platform_serial != NULL)
@@ -328,7 +306,7 @@ wechatpay_verify(CryptoKey *platform_key, const char *platform_serial,
 		{
 			snprintf(error, errlen,
 					 "the answer is signed by platform key %s, not platform_serial %s",
-					 safe_word(serial), platform_serial);
+					 channel_word(serial), platform_serial);
 			return false;
 		}
 	}
@@ -414,46 +392,20 @@ wechatpay_parse(const HttpResult *result, WechatpayAnswer *parsed, CheckAnswer *
 static bool
 paid_amount(const WechatpayAnswer *parsed, CheckAnswer *answer)
 {
-	int64		total = 0;
+	int64		total;
 
 	if (parsed->total == NULL)
 	{
 		answer_error(answer, "the answer for a paid trade has no amount.total");
 		return false;
 	}
-	if (parsed->total_type != JSON_TOKEN_NUMBER || parsed->total[0] == '\0' ||
-		strlen(parsed->total) > 18 ||
-		strspn(parsed->total, "0123456789") != strlen(parsed->total))
+	if (parsed->total_type != JSON_TOKEN_NUMBER || !parse_minor_units(parsed->total, &total))
 	{
-		answer_error(answer, "the answer's amount.total is not a whole number of minor units");
+		answer_error(answer, "the answer's amount.total \"%s\" is not a whole number of minor units within range",
+					 channel_word(parsed->total));
 		return false;
 	}
-	for (const char *p = parsed->total; *p; p++)
-		total = total * 10 + (*p - '0');
-	answer->paid_currency[0] = '\0';
-	if (parsed->currency != NULL)
-	{
-		if (strlen(parsed->currency) != 3 || !is_plain_word(parsed->currency, 3, ""))
-		{
-			answer_error(answer, "the answer's amount.currency is not a currency code");
-			return false;
-		}
-		for (int i = 0; i < 3; i++)
-			answer->paid_currency[i] = pg_toupper((unsigned char) parsed->currency[i]);
-		answer->paid_currency[3] = '\0';
-	}
-	answer->has_paid_amount = true;
-	answer->paid_amount_minor = total;
-	return true;
-}
-
-/* Makes *answer a status with the channel's word. */
-static void
-answer_status(CheckAnswer *answer, const char *status, const char *word)
-{
-	answer->is_error = false;
-	answer->status = status;
-	answer->channel_status = pstrdup(word);
+	return answer_paid(answer, total, parsed->currency);
 }
 
 /*
@@ -476,7 +428,7 @@ static void
 answer_refusal(const HttpResult *result, const WechatpayAnswer *parsed,
 			   CheckAnswer *answer)
 {
-	const char *code = parsed && parsed->code ? safe_word(parsed->code) : NULL;
+	const char *code = parsed && parsed->code ? channel_word(parsed->code) : NULL;
 
 	if (result->status == 401)
 		answer_error(answer,
@@ -530,7 +482,7 @@ interpret_query(const WechatpayConfig *config, const char *payment_id,
 	if (parsed.mchid != NULL && strcmp(parsed.mchid, config->mchid) != 0)
 	{
 		answer_error(answer, "the answer is about merchant %s, not mchid %s",
-					 safe_word(parsed.mchid), config->mchid);
+					 channel_word(parsed.mchid), config->mchid);
 		return;
 	}
 	/* a genuine signed answer about another trade (replayed) is no answer */
@@ -538,7 +490,7 @@ interpret_query(const WechatpayConfig *config, const char *payment_id,
 		(parsed.out_trade_no == NULL || strcmp(parsed.out_trade_no, payment_id) != 0))
 	{
 		answer_error(answer, "the answer is about out_trade_no \"%s\", not the payment asked about",
-					 parsed.out_trade_no ? safe_word(parsed.out_trade_no) : "(none)");
+					 parsed.out_trade_no ? channel_word(parsed.out_trade_no) : "(none)");
 		return;
 	}
 	for (size_t i = 0; i < lengthof(trade_states); i++)
@@ -551,7 +503,7 @@ interpret_query(const WechatpayConfig *config, const char *payment_id,
 		answer_status(answer, trade_states[i].status, trade_states[i].trade_state);
 		return;
 	}
-	answer_error(answer, "unknown trade_state \"%s\"", safe_word(parsed.trade_state));
+	answer_error(answer, "unknown trade_state \"%s\"", channel_word(parsed.trade_state));
 }
 
 /*

@@ -1,7 +1,7 @@
 /*
  * functions.c
  *		SQL-callable C functions: run_once() and the helpers of the SQL
- *		functions in paysync--0.1.sql (channel and schedule checks, the
+ *		functions (channel and schedule checks, a channel's schedule, the
  *		wake-up at commit).
  */
 #include "postgres.h"
@@ -17,17 +17,17 @@
 #include "utils/timestamp.h"
 
 #include "paysync.h"
+#include "channel.h"
 #include "checker.h"
-#include "driver.h"
 #include "stats.h"
 
 PG_FUNCTION_INFO_V1(paysync_validate_channel);
 PG_FUNCTION_INFO_V1(paysync_validate_schedule);
+PG_FUNCTION_INFO_V1(paysync_channel_schedule);
 PG_FUNCTION_INFO_V1(paysync_wake_worker_at_commit);
 PG_FUNCTION_INFO_V1(paysync_run_once);
 PG_FUNCTION_INFO_V1(paysync_worker_status);
 PG_FUNCTION_INFO_V1(paysync_channel_counters);
-PG_FUNCTION_INFO_V1(paysync_channel_schedule);
 
 /* _validate_channel(name, driver, base_url, options): ERROR if invalid. */
 Datum
@@ -52,7 +52,11 @@ paysync_validate_channel(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/* _validate_schedule(interval[]): ERROR unless 1..100 delays in (0, 7 days]. */
+/*
+ * _validate_schedule(interval[]): ERROR unless a one-dimensional array
+ * indexed from 1 of 1..100 delays in (0, 7 days].  track() reads plan[1] as
+ * the first delay, so an array starting at another index is refused too.
+ */
 Datum
 paysync_validate_schedule(PG_FUNCTION_ARGS)
 {
@@ -65,19 +69,41 @@ paysync_validate_schedule(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("schedule must not be null")));
+				 errmsg("invalid schedule"),
+				 errdetail("The schedule is null.")));
 	schedule = PG_GETARG_ARRAYTYPE_P(0);
 	if (ARR_NDIM(schedule) > 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
-				 errmsg("invalid schedule: it must be a one-dimensional array of intervals")));
+				 errmsg("invalid schedule"),
+				 errdetail("The schedule has %d dimensions.", ARR_NDIM(schedule)),
+				 errhint("Give a one-dimensional array of intervals, such as '{10s,1min,5min}'.")));
+	if (ARR_NDIM(schedule) == 1 && ARR_LBOUND(schedule)[0] != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("invalid schedule"),
+				 errdetail("The schedule's first index is %d, not 1.", ARR_LBOUND(schedule)[0]),
+				 errhint("Give an array indexed from 1, such as '{10s,1min,5min}'.")));
 	deconstruct_array(schedule, INTERVALOID, sizeof(Interval), false, TYPALIGN_DOUBLE,
 					  &elems, &nulls, &n);
 	items = palloc0(sizeof(Interval *) * Max(n, 1));
 	for (int i = 0; i < n; i++)
 		items[i] = nulls[i] ? NULL : DatumGetIntervalP(elems[i]);
-	schedule_check(items, n, "schedule");
+	schedule_check(items, n, NULL);
 	PG_RETURN_VOID();
+}
+
+/*
+ * _channel_schedule(channel, options): the channel's schedule, its
+ * "schedule" option or the default (see channel_schedule).
+ */
+Datum
+paysync_channel_schedule(PG_FUNCTION_ARGS)
+{
+	char	   *channel = PG_ARGISNULL(0) ? "" : text_to_cstring(PG_GETARG_TEXT_PP(0));
+	Jsonb	   *options = PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1);
+
+	PG_RETURN_ARRAYTYPE_P(channel_schedule(options, channel));
 }
 
 /* _wake_worker_at_commit(due_at): see paysync_request_wake. */
@@ -218,11 +244,3 @@ paysync_channel_counters(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
-/* _channel_schedule(channel, options): TEMPORARY */
-Datum
-paysync_channel_schedule(PG_FUNCTION_ARGS)
-{
-	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-
-	PG_RETURN_ARRAYTYPE_P(channel_schedule(PG_GETARG_JSONB_P(1), name));
-}

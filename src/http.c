@@ -531,17 +531,6 @@ http_next_done(void **tag, HttpResult *result)
 	return true;
 }
 
-/* How many requests are in flight or finished but not yet collected. */
-int
-http_in_flight(void)
-{
-	int			n = transfers_running;
-
-	for (Transfer *t = done_head; t; t = t->next)
-		n++;
-	return n;
-}
-
 /* Drops every request, in flight or finished (after an ERROR). */
 void
 http_cancel_all(void)
@@ -575,87 +564,4 @@ http_result_free(HttpResult *result)
 	result->body = NULL;
 	free(result->headers);
 	result->headers = NULL;
-}
-
-/*
- * The value of response header name (case-insensitive), palloc'd, or NULL.
- * Surrounding blanks are trimmed; the first occurrence wins.
- */
-char *
-http_header(const HttpResult *result, const char *name)
-{
-	size_t		name_len = strlen(name);
-	const char *line = result->headers;
-
-	while (line && *line)
-	{
-		const char *end = strstr(line, "\r\n");
-		size_t		len = end ? (size_t) (end - line) : strlen(line);
-
-		if (len > name_len && line[name_len] == ':' &&
-			pg_strncasecmp(line, name, name_len) == 0)
-		{
-			const char *v = line + name_len + 1;
-			const char *v_end = line + len;
-
-			while (v < v_end && (*v == ' ' || *v == '\t'))
-				v++;
-			while (v_end > v && (v_end[-1] == ' ' || v_end[-1] == '\t'))
-				v_end--;
-			return pnstrdup(v, v_end - v);
-		}
-		line = end ? end + 2 : NULL;
-	}
-	return NULL;
-}
-
-/* URL-encodes text (palloc'd result) with libcurl. */
-char *
-http_escape(const char *text)
-{
-	char	   *escaped = curl_easy_escape(NULL, text, 0);
-	char	   *result;
-
-	if (escaped == NULL)
-		elog(ERROR, "paysync: out of memory escaping a URL part");
-	result = pstrdup(escaped);
-	curl_free(escaped);
-	return result;
-}
-
-/*
- * Checks with libcurl's URL parser that url is a whole http(s) URL with a
- * host.  On failure writes a message (never holding the URL) into error.
- */
-bool
-http_url_valid(const char *url, char *error, size_t errlen)
-{
-	CURLU	   *parsed = curl_url();
-	CURLUcode	rc;
-	char	   *scheme = NULL;
-	char	   *host = NULL;
-	bool		ok = false;
-
-	if (parsed == NULL)
-		elog(ERROR, "paysync: out of memory parsing a URL");
-	rc = curl_url_set(parsed, CURLUPART_URL, url, 0);
-	/* libcurl forgives "http:/host" and "https:///host"; we do not */
-	if (pg_strncasecmp(url, "http://", 7) != 0 && pg_strncasecmp(url, "https://", 8) != 0)
-		snprintf(error, errlen, "only http:// and https:// URLs are allowed");
-	else if (url[pg_strncasecmp(url, "http://", 7) == 0 ? 7 : 8] == '/' ||
-			 url[pg_strncasecmp(url, "http://", 7) == 0 ? 7 : 8] == '\0')
-		snprintf(error, errlen, "the URL has no host");
-	else if (rc != CURLUE_OK)
-		snprintf(error, errlen, "%s", curl_url_strerror(rc));
-	else if (curl_url_get(parsed, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
-			 (pg_strcasecmp(scheme, "http") != 0 && pg_strcasecmp(scheme, "https") != 0))
-		snprintf(error, errlen, "only http:// and https:// URLs are allowed");
-	else if (curl_url_get(parsed, CURLUPART_HOST, &host, 0) != CURLUE_OK || host[0] == '\0')
-		snprintf(error, errlen, "the URL has no host");
-	else
-		ok = true;
-	curl_free(scheme);
-	curl_free(host);
-	curl_url_cleanup(parsed);
-	return ok;
 }

@@ -40,11 +40,7 @@ extern bool http_submit(const HttpRequest *request, void *tag, char *error, size
 extern long http_timeout_ms(void);
 extern void http_perform(void);
 extern bool http_next_done(void **tag, HttpResult *result);
-extern int	http_in_flight(void);
 extern void http_cancel_all(void);
 extern void http_result_free(HttpResult *result);
-extern char *http_header(const HttpResult *result, const char *name);
-extern char *http_escape(const char *text);
-extern bool http_url_valid(const char *url, char *error, size_t errlen);
 
 #endif							/* PAYSYNC_HTTP_H */

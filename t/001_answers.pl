@@ -125,6 +125,9 @@ sql($node, qq{SELECT paysync.create_channel('auth', 'http_json', 'http://127.0.0
 	jsonb_build_object('path', '/pay/{payment_id}',
 		'status_map', '@{[STATUS_MAP]}'::jsonb,
 		'headers', jsonb_build_object('Authorization', 'Bearer ' || $SECRET_SQL)))});
+# A channel sending a header whose value the mock's answer repeats (its
+# unknown status word WEIRD), as a channel echoing the request would.
+create_mock_channel($node, 'echo', $mock, '{"headers": {"X-Api-Key": "WEIRD"}}');
 create_mock_channel($node, 'capped', $slow_mock, '{"max_inflight": 5}');
 create_mock_channel($node, 'uncapped', $slow_mock);
 
@@ -178,6 +181,9 @@ my @tracked = (
 	[ 'auth~P,S', 'auth', '{1s,1s}' ],
 	[ 'auth_j~J', 'auth', '{1s}' ],
 	[ 'noauth~S', 'noauth', '{1s}' ],
+	[ '.', 'mock', '{1s}' ],
+	[ '..', 'mock', '{1s}' ],
+	[ 'echo~U', 'echo', '{1s}' ],
 	# 5. reported, never polled (30 s away)
 	[ 'rep_1', 'mock', '{30s}' ],
 	[ 'rep_2', 'mock', '{30s}' ],);
@@ -509,6 +515,20 @@ wait_payment_status($node, $URL_ID, 'succeeded');
 is(mock_requests($mock, 'a_b/c~S'), 1,
 	'an id with a space and a slash is URL-encoded into one path segment');
 is(scalar(grep { $_->[2] eq 'c~S' } mock_log($mock)), 0, '... never split at the slash');
+
+# "." and ".." are payment ids like any other: the request asks for them,
+# not for the path libcurl would make of a dot segment ("/pay/.." is "/").
+for my $dots ('.', '..')
+{
+	wait_payment_status($node, $dots, 'succeeded');
+	is(mock_requests($mock, $dots), 1, "the payment id \"$dots\" reaches the channel as the last path segment");
+}
+
+# Channel text kept in last_error never shows a configured header value.
+wait_true($node, 'echo~U', 'errors >= 1', 'an unknown status on the channel with a header');
+like(payment_row($node, 'echo~U', 'last_error'), qr/unknown channel status "\[redacted\]"/,
+	'... last_error has the header value the channel repeated redacted');
+unlike(payment_row($node, 'echo~U', 'last_error'), qr/WEIRD/, '... and never the value itself');
 
 wait_payment_status($node, 'sf~P,S', 'succeeded');
 is(payment_row($node, 'sf~P,S', 'channel_status, step'), 'PAID|2',

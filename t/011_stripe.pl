@@ -90,23 +90,23 @@ sub try_channel
 	my @refused = (
 		[ 'no secret_key', q{'{}'}, qr/22023: channel "s1" needs option "secret_key"/, undef ],
 		[ 'a publishable key', q{jsonb_build_object('secret_key', 'pk_test_' || upper('visiblekey1'))},
-			qr/22023: invalid option "secret_key" for channel "s1": it is a publishable key/, 'VISIBLEKEY1' ],
+			qr/22023: invalid value for option "secret_key" of channel "s1".*DETAIL:  The key is a publishable key/s, 'VISIBLEKEY1' ],
 		[ 'a key with white space', q{jsonb_build_object('secret_key', 'sk_test_' || upper('hiddenkey2') || chr(10))},
-			qr/22023: invalid option "secret_key" for channel "s1": it contains white space/, 'HIDDENKEY2' ],
+			qr/22023: invalid value for option "secret_key" of channel "s1".*DETAIL:  The key contains white space/s, 'HIDDENKEY2' ],
 		[ 'a key of no known kind', q{jsonb_build_object('secret_key', 'xk_test_' || upper('hiddenkey3'))},
-			qr/22023: invalid option "secret_key" for channel "s1": it must start with sk_ or rk_/, 'HIDDENKEY3' ],
+			qr/22023: invalid value for option "secret_key" of channel "s1".*DETAIL:  The key must start with sk_ or rk_/s, 'HIDDENKEY3' ],
 		[ 'a key with odd characters', q{jsonb_build_object('secret_key', 'sk_test_' || upper('hiddenkey4') || '!')},
-			qr/22023: invalid option "secret_key" for channel "s1": it contains characters/, 'HIDDENKEY4' ],
+			qr/22023: invalid value for option "secret_key" of channel "s1".*DETAIL:  The key contains characters/s, 'HIDDENKEY4' ],
 		[ 'a bare prefix', q{jsonb_build_object('secret_key', 'sk_')},
-			qr/22023: invalid option "secret_key" for channel "s1": it is incomplete/, undef ],
+			qr/22023: invalid value for option "secret_key" of channel "s1".*DETAIL:  The key is incomplete/s, undef ],
 		[ 'a key that is not a string', q{'{"secret_key": 42}'},
-			qr/22023: invalid option "secret_key" for channel "s1": it must be a string/, undef ],
+			qr/22023: invalid value for option "secret_key" of channel "s1".*DETAIL:  The value must be a JSON string/s, undef ],
 		[ 'a bad api_version', qq{jsonb_build_object('secret_key', $SECRET_SQL, 'api_version', 'latest')},
-			qr/22023: invalid option "api_version" for channel "s1"/, $SECRET ],
+			qr/22023: invalid value for option "api_version" of channel "s1"/, $SECRET ],
 		[ 'a bad stripe_account', qq{jsonb_build_object('secret_key', $SECRET_SQL, 'stripe_account', 'bob')},
-			qr/22023: invalid option "stripe_account" for channel "s1"/, $SECRET ],
+			qr/22023: invalid value for option "stripe_account" of channel "s1"/, $SECRET ],
 		[ 'close_on_expiry', qq{jsonb_build_object('secret_key', $SECRET_SQL, 'close_on_expiry', true)},
-			qr/22023: invalid option "close_on_expiry" for channel "s1": driver stripe cannot close/, $SECRET ],
+			qr/22023: invalid value for option "close_on_expiry" of channel "s1".*DETAIL:  Driver stripe cannot close/s, $SECRET ],
 		[ 'an unknown option', qq{jsonb_build_object('secret_key', $SECRET_SQL, 'publishable_key', 'pk_x')},
 			qr/22023: unknown option "publishable_key" for channel "s1"/, $SECRET ],
 	);
@@ -201,12 +201,17 @@ sub pi_body
 	like(interpret(200, '["succeeded"]'), qr/^error=.*not a JSON object/, 'an array is an error');
 	like(interpret(0, 'Timeout was reached'), qr/^error=Timeout was reached$/m,
 		'a transport error is an error');
-	# paysync_test_interpret escapes values to keep each on its line;
-	# test_fields() undoes that
-	my $escaped = interpret(0, "two\nlines, a \\ and a \x01");
-	is($escaped, 'error=two\nlines, a \\\\ and a \x01',
-		'paysync_test_interpret escapes line breaks, backslashes and control characters');
-	is(test_fields($escaped)->{error}, "two\nlines, a \\ and a \x01", '... and test_fields() undoes it');
+	# the test interface escapes values to keep each on its line (here a
+	# request body, which is sent as it is); test_fields() undoes that
+	my $escaped = test_request($node, driver => 'http_json',
+		options => lit(q({"status_map": {"A": "succeeded"}, "method": "POST", "body": "two\nlines, a \\\\ and a \u0001"})) . '::jsonb',
+		base_url => 'http://127.0.0.1/', payment_id => 'p1');
+	like($escaped, qr/^body=two\\nlines, a \\\\ and a \\x01$/m,
+		'paysync_test_request escapes line breaks, backslashes and control characters');
+	is(test_fields($escaped)->{body}, "two\nlines, a \\ and a \x01", '... and test_fields() undoes it');
+	# channel text kept in an error is made printable first
+	is(interpret(0, "two\nlines, a \\ and a \x01"), 'error=two?lines, a \\\\ and a ?',
+		'a transport error message is kept printable');
 
 	my $r = interpret(401,
 		q({"error": {"type": "invalid_request_error", "message": "Invalid API Key provided: sk_test_****************WXYZ"}}),
@@ -248,6 +253,26 @@ sub pi_body
 	$copy = $msg;
 	ok(defined $msg && length($msg) <= 64 && utf8::decode($copy),
 		'a long unknown status is clipped on a whole character');
+
+	# channel text kept in last_error: printable, whole characters only
+	$r = interpret(400,
+		q({"error": {"type": "invalid_request_error", "message": "bad\u0001\u001b[31mred\u007f\u0085\u202eend"}}));
+	like($r, qr/: bad\?\?\[31mred\?\?\?end$/,
+		'control, C1 and bidi characters of a message become "?"');
+	$r = interpret(400,
+		'{"error": {"type": "invalid_request_error", "message": "' . ('x' x 99) . "\xc3\xa9" . 'tail"}}');
+	like($r, qr/: x{99}$/,
+		'a two-byte character across the 100-byte limit of a message is left out whole');
+
+	# amounts beyond int64 are errors, never another amount
+	is(interpret(200, pi_body('succeeded', q{"amount_received": 9223372036854775807, "currency": "usd"})),
+		"status=succeeded\nchannel_status=succeeded\npaid_amount=9223372036854775807\npaid_currency=USD",
+		'the largest int64 amount is read as it is');
+	like(interpret(200, pi_body('succeeded', q{"amount_received": 9223372036854775808, "currency": "usd"})),
+		qr/^error=.*"9223372036854775808" is not a whole number within range/,
+		'an amount_received beyond int64 is an error');
+	like(interpret(200, pi_body('succeeded', q{"amount_received": 92233720368547759, "currency": "mga"})),
+		qr/^error=.*no ISO 4217 equivalent/, 'an MGA amount that overflows in ISO minor units is an error');
 }
 
 # ---------------------------------------------------------------- end to end

@@ -291,17 +291,17 @@ sub create_channel
 	my $merchant_key = slurp_file("$dir/merchant.key");
 	my ($key_line) = grep { length($_) > 40 && !/-----/ } split /\n/, $merchant_key;
 	my @bad = (
-		[ 'a key that does not parse', merchant_private_key => lit('-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----'), qr/invalid option "merchant_private_key"/ ],
-		[ 'a public key as the private key', merchant_private_key => file_sql('merchant.pub'), qr/invalid option "merchant_private_key"/ ],
-		[ 'a 1024-bit key', merchant_private_key => file_sql('short.key'), qr/invalid option "merchant_private_key".*1024 bits/ ],
-		[ 'a platform key that does not parse', platform_public_key => lit('garbage'), qr/invalid option "platform_public_key"/ ],
-		[ 'a private key as the platform key', platform_public_key => file_sql('platform.key'), qr/invalid option "platform_public_key"/ ],
+		[ 'a key that does not parse', merchant_private_key => lit('-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----'), qr/invalid value for option "merchant_private_key"/ ],
+		[ 'a public key as the private key', merchant_private_key => file_sql('merchant.pub'), qr/invalid value for option "merchant_private_key"/ ],
+		[ 'a 1024-bit key', merchant_private_key => file_sql('short.key'), qr/invalid value for option "merchant_private_key".*1024 bits/s ],
+		[ 'a platform key that does not parse', platform_public_key => lit('garbage'), qr/invalid value for option "platform_public_key"/ ],
+		[ 'a private key as the platform key', platform_public_key => file_sql('platform.key'), qr/invalid value for option "platform_public_key"/ ],
 		[ 'no merchant_private_key', merchant_private_key => undef, qr/needs option "merchant_private_key"/ ],
 		[ 'no platform_public_key', platform_public_key => undef, qr/needs option "platform_public_key"/ ],
 		[ 'no mchid', mchid => undef, qr/needs option "mchid"/ ],
-		[ 'a mchid with a quote', mchid => lit('19"00'), qr/invalid option "mchid"/ ],
+		[ 'a mchid with a quote', mchid => lit('19"00'), qr/invalid value for option "mchid"/ ],
 		[ 'no merchant_serial_no', merchant_serial_no => undef, qr/needs option "merchant_serial_no"/ ],
-		[ 'a bad platform_serial', platform_serial => lit('a b'), qr/invalid option "platform_serial"/ ],
+		[ 'a bad platform_serial', platform_serial => lit('a b'), qr/invalid value for option "platform_serial"/ ],
 		[ 'an unknown option', appid => lit('wx1'), qr/unknown option "appid"/ ],
 	);
 	for my $case (@bad)
@@ -348,6 +348,8 @@ my @tracked = (
 	[ 'mismatch~A', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
 	[ 'replayed~W', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
 	[ 'currency~Y', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
+	[ 'huge~H', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
+	[ 'v_bytes~Sb', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
 	[ 'err500~E500,S', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
 	[ 'unknown~Q', 'wx', '{1s,1s,1s,1s,1s}' ],
 	[ 'exp_close~N,X', 'wx', '{1s}' ],
@@ -409,6 +411,12 @@ is(events_of($node, 'replayed~W'), '', '... and no event');
 wait_row('currency~Y', 'status, last_error',
 	'failed|amount mismatch: expected 100 CNY, channel reports 100 USD',
 	'SUCCESS in another currency -> failed');
+wait_row('huge~H', q{status || '|' || (errors >= 1) || '|' || last_error},
+	'pending|true|the answer\'s amount.total "99999999999999999999" is not a whole number of minor units within range',
+	'an amount.total beyond int64 is an error, never another amount');
+wait_row('v_bytes~Sb', q{status || '|' || (errors >= 1) || '|' || last_error},
+	'pending|true|the answer is signed with ???RSA??, not WECHATPAY2-SHA256-RSA2048',
+	'a header of invalid UTF-8, a control character and a cut character reaches last_error as "?"s');
 wait_row('err500~E500,S', 'status, errors, attempts', 'succeeded|0|2',
 	'HTTP 500 is an error, retried, then succeeded');
 wait_row('unknown~Q', q{status || '|' || (errors >= 1) || '|' || last_error},

@@ -286,7 +286,7 @@ like(interpret('query', 200, answer($Q, query_node('TRADE_WEIRD'))),
 like(interpret('query', 200, answer($Q, '{"code": "10000", "msg": "Success"}')),
 	qr/^error=.*no trade_status/, 'a missing trade_status is an error');
 like(interpret('query', 200, answer($Q, query_node('TRADE_SUCCESS', amount => '8.888'))),
-	qr/^error=.*total_amount "8\.888" is not an amount/, 'a total_amount that is not an amount is an error');
+	qr/^error=.*amount "8\.888" is not a valid CNY amount/, 'a total_amount that is not an amount is an error');
 like(interpret('query', 200, answer($Q, query_node('TRADE_SUCCESS', extra => ', "trade_status": "TRADE_CLOSED"'))),
 	qr/^error=.*ambiguous/, 'a field given twice is an error');
 my $twice = answer($Q, query_node('WAIT_BUYER_PAY'));
@@ -341,13 +341,13 @@ refused_naming(q{opts('app_priv_pem', 'ali_pub_pem') || '{"app_id": "20 21"}'}, 
 refused_naming(q{opts('app_priv_pem', 'ali_pub_pem') - 'app_private_key'}, 'app_private_key',
 	'no app_private_key', qr/needs option/);
 refused_naming(q{opts('app_priv_pem', 'ali_pub_pem') || '{"app_private_key": "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7notakey"}'},
-	'app_private_key', 'an app_private_key that does not parse', qr/invalid option/);
+	'app_private_key', 'an app_private_key that does not parse', qr/invalid value for option/);
 refused_naming(q{opts('app_pub_pem', 'ali_pub_pem')}, 'app_private_key',
 	'a public key as app_private_key', qr/not a PEM private key/);
 refused_naming(q{opts('app_priv_pem', 'ali_pub_pem') - 'alipay_public_key'}, 'alipay_public_key',
 	'no alipay_public_key', qr/needs option/);
 refused_naming(q{opts('app_priv_pem', 'ali_pub_pem') || '{"alipay_public_key": "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAnotakey"}'},
-	'alipay_public_key', 'an alipay_public_key that does not parse', qr/invalid option/);
+	'alipay_public_key', 'an alipay_public_key that does not parse', qr/invalid value for option/);
 refused_naming(q{opts('app_priv_pem', 'app_pub_pem')}, 'alipay_public_key',
 	'the app public key as alipay_public_key', qr/not Alipay's/);
 like(channel_error(q{opts('app_priv_pem', 'ali_pub_pem') || '{"sign_type": "RSA"}'}) // '',

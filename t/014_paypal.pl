@@ -79,15 +79,15 @@ sub create_paypal_channel
 		[ "jsonb_build_object('client_secret', $SECRET_SQL)", qr/needs option "client_id"/,
 			'no client_id' ],
 		[ "jsonb_build_object('client_id', '$CLIENT_ID', 'client_secret', 42)",
-			qr/"client_secret".*must be a string/, 'a client_secret that is not a string' ],
+			qr/"client_secret".*must be a JSON string/s, 'a client_secret that is not a string' ],
 		[ "jsonb_build_object('client_id', '$CLIENT_ID', 'client_secret', '')",
-			qr/"client_secret".*is empty/, 'an empty client_secret' ],
+			qr/"client_secret".*is empty/s, 'an empty client_secret' ],
 		[ "jsonb_build_object('client_id', '$CLIENT_ID', 'client_secret', $SECRET_SQL || chr(10))",
-			qr/"client_secret".*control character/, 'a client_secret with a line break' ],
+			qr/"client_secret".*control character/s, 'a client_secret with a line break' ],
 		[ "jsonb_build_object('client_id', 'a:b', 'client_secret', $SECRET_SQL)",
-			qr/"client_id".*":"/, 'a client_id with a colon' ],
+			qr/"client_id".*":"/s, 'a client_id with a colon' ],
 		[ "jsonb_build_object('client_id', '$CLIENT_ID', 'client_secret', $SECRET_SQL, 'close_on_expiry', true)",
-			qr/close_on_expiry.*cannot close/, 'close_on_expiry' ],
+			qr/close_on_expiry.*cannot close/s, 'close_on_expiry' ],
 		[ "jsonb_build_object('client_id', '$CLIENT_ID', 'client_secret', $SECRET_SQL, 'webhook_id', 'x')",
 			qr/unknown option "webhook_id"/, 'an unknown option' ],
 	);
@@ -387,8 +387,22 @@ like(interpret(200, order('COMPLETED', [ 'COMPLETED', '10.001', 'USD' ])),
 like(interpret(200, order('COMPLETED', [ 'COMPLETED', '-1.00', 'USD' ])),
 	qr/^error=.*not a valid USD amount.*$/,
 	'a negative amount is an error');
-like(interpret(200, order('COMPLETED', [ 'COMPLETED', '10.00', 'usd' ])),
-	qr/^error=.*not an ISO 4217 code.*$/,
+# Amounts beyond int64 are errors, never another amount; zeros after the
+# minor unit say nothing more, other digits there are refused.
+like(interpret(200, order('COMPLETED', [ 'COMPLETED', '922337203685477589', 'USD' ])),
+	qr/^error=.*"922337203685477589" is not a valid USD amount/,
+	'an amount whose minor units overflow int64 is an error (it was read as 820)');
+like(interpret(200, order('COMPLETED', [ 'COMPLETED', '99999999999999999999', 'JPY' ])),
+	qr/^error=.*not a valid JPY amount/, 'an amount of more than int64 digits is an error');
+is(interpret(200, order('COMPLETED', [ 'COMPLETED', '92233720368547758.07', 'USD' ])),
+	"status=succeeded\nchannel_status=COMPLETED\npaid_amount=9223372036854775807\npaid_currency=USD", 'the largest int64 amount is read as it is');
+is(interpret(200, order('COMPLETED', [ 'COMPLETED', '1000.00', 'JPY' ])), "status=succeeded\nchannel_status=COMPLETED\npaid_amount=1000\npaid_currency=JPY",
+	'JPY "1000.00" is 1000 yen');
+like(interpret(200, order('COMPLETED', [ 'COMPLETED', '1000.50', 'JPY' ])), qr/^error=.*"1000\.50" is not a valid JPY amount/,
+	'JPY "1000.50" is refused: yen have no fraction');
+is(interpret(200, order('COMPLETED', [ 'COMPLETED', '10.500', 'USD' ])), "status=succeeded\nchannel_status=COMPLETED\npaid_amount=1050\npaid_currency=USD",
+	'a zero beyond the cents says nothing more');
+like(interpret(200, order('COMPLETED', [ 'COMPLETED', '10.00', 'usd' ])), qr/^error=.*not an ISO 4217 code/,
 	'a currency that is not an ISO code is an error');
 like(interpret(200, order('COMPLETED')),
 	qr/^error=order COMPLETED but the answer has no purchase_units\[0\]\.payments\.captures\[0\]\.status.*$/,

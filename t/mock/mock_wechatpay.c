@@ -39,6 +39,7 @@
  *		A SUCCESS, amount.total one more than --amount
  *		W SUCCESS of another out_trade_no (a replayed answer), signed
  *		Y SUCCESS, amount.currency USD
+ *		H SUCCESS, amount.total 99999999999999999999 (beyond int64)
  *		O 404 {"code":"ORDER_NOT_EXIST",...}
  *	  letters for a close:
  *		X 204 (closed)	P 400 ORDERPAID	D 400 ORDER_CLOSED
@@ -55,6 +56,8 @@
  *		h  no Wechatpay-* headers at all
  *		w  Wechatpay-Serial of another certificate
  *		z  stale: Wechatpay-Timestamp ten minutes old (correctly signed)
+ *		b  Wechatpay-Signature-Type of bytes that are not text: invalid
+ *		   UTF-8, a control character, a cut multibyte character
  *
  *	  e.g. "T1~N,N,S" NOTPAY twice then SUCCESS; "T2~N,X" NOTPAY then a
  *	  close that succeeds; "T3~St" a SUCCESS whose signature is over other
@@ -170,7 +173,7 @@ script_step(const char *script, long attempt, Step *out)
 		size_t		m = 0;
 
 		memset(&cur, 0, sizeof(cur));
-		if (!strchr("NUSRCVFQAYWOXPDE", *p) || *p == '\0')
+		if (!strchr("NUSRCVFQAYHWOXPDE", *p) || *p == '\0')
 			return false;
 		cur.letter = *p++;
 		if (cur.letter == 'E')
@@ -182,7 +185,7 @@ script_step(const char *script, long attempt, Step *out)
 				return false;
 			p = end;
 		}
-		while (*p && strchr("tkghwz", *p))
+		while (*p && strchr("tkghwzb", *p))
 		{
 			if (m + 1 >= sizeof(cur.modifiers))
 				return false;
@@ -228,6 +231,40 @@ error_answer(unsigned int status, const char *code, const char *message, bool si
 	a.body = json_dumps(o, JSON_COMPACT);
 	json_decref(o);
 	return a;
+}
+
+/*
+ * A copy of text (malloc'd) with every from replaced by to; text is freed.
+ */
+static char *
+replace_all(char *text, const char *from, const char *to)
+{
+	size_t		from_len = strlen(from);
+	size_t		n = 0;
+	char	   *out;
+	char	   *w;
+
+	for (const char *p = strstr(text, from); p; p = strstr(p + from_len, from))
+		n++;
+	out = malloc(strlen(text) + n * strlen(to) + 1);
+	if (out == NULL)
+		return text;
+	w = out;
+	for (const char *p = text, *hit; ; p = hit + from_len)
+	{
+		hit = strstr(p, from);
+		if (hit == NULL)
+		{
+			strcpy(w, p);
+			break;
+		}
+		memcpy(w, p, hit - p);
+		w += hit - p;
+		strcpy(w, to);
+		w += strlen(to);
+	}
+	free(text);
+	return out;
 }
 
 /* A query answer with trade_state for id. */
@@ -303,6 +340,11 @@ scripted_answer(const char *id, bool is_close, const Step *step)
 				break;
 			case 'Y':
 				a = trade_answer(id, "SUCCESS", opt_amount, "USD");
+				break;
+			case 'H':
+				/* jansson writes int64 only: -1 stands in for the huge total */
+				a = trade_answer(id, "SUCCESS", -1, "CNY");
+				a.body = replace_all(a.body, ":-1", ":99999999999999999999");
 				break;
 			case 'W':
 				/* a genuine, signed SUCCESS of another trade, replayed */
@@ -443,7 +485,8 @@ send_answer(struct MHD_Connection *conn, Answer *a)
 		MHD_add_response_header(r, "Wechatpay-Timestamp", timestamp);
 		MHD_add_response_header(r, "Wechatpay-Nonce", nonce);
 		MHD_add_response_header(r, "Wechatpay-Signature", signature);
-		MHD_add_response_header(r, "Wechatpay-Signature-Type", SCHEME);
+		MHD_add_response_header(r, "Wechatpay-Signature-Type",
+								strchr(a->modifiers, 'b') ? "\xff\xfe\x01RSA\xe4\xbd" : SCHEME);
 		MHD_add_response_header(r, "Wechatpay-Serial",
 								strchr(a->modifiers, 'w') ? "5157F09EFDC096DE15EBE81A47057A72" :
 								opt_platform_serial);
