@@ -24,7 +24,7 @@
 
 /* Options any channel takes, handled here rather than by its driver. */
 static const char *const common_option_names[] = {
-	"timeout_ms", "max_inflight", "schedule", "close_on_expiry", NULL
+	"timeout_ms", "max_inflight", "schedule", "close_on_expiry", "proxy", NULL
 };
 
 /* The schedule of a channel without a "schedule" option. */
@@ -308,6 +308,14 @@ channel_compile(const char *name, const char *driver_name, const char *base_url,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid value for option \"close_on_expiry\" of channel \"%s\"", name),
 				 errdetail("Driver %s cannot close a trade.", driver->name)));
+
+	if (option_string(options, "proxy", &config->proxy, name) &&
+		!http_proxy_url_valid(config->proxy, urlerr, sizeof(urlerr)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for option \"proxy\" of channel \"%s\"", name),
+				 errdetail("%s", urlerr),
+				 errhint("Give a proxy URL such as http://proxy.internal:3128 or socks5h://127.0.0.1:1080.")));
 
 	config->name = pstrdup(name);
 	config->base_url = pstrdup(base_url);

@@ -27,6 +27,8 @@ typedef struct ChannelConfig
 	int			timeout_ms;		/* 0: paysync.request_timeout */
 	int			max_inflight;	/* 0: no cap of its own */
 	bool		close_on_expiry;	/* close the trade before expiring */
+	char	   *proxy;			/* proxy URL, or NULL: none, whatever the
+								 * environment says */
 } ChannelConfig;
 
 /* The most delays a schedule has, and the longest delay, in days. */

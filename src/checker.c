@@ -442,6 +442,7 @@ start_token_request(ChannelState *channel, CompiledChannel *compiled)
 	compiled->config->driver->build_token_request(compiled->config->driver_config,
 												  compiled->config->base_url, &request);
 	request.timeout_ms = channel_timeout_ms(compiled);
+	request.proxy = compiled->config->proxy;
 	MemoryContextSwitchTo(old);
 	if (!http_submit(&request, fetch, error, sizeof(error)))
 	{
@@ -548,6 +549,7 @@ checker_start_claimed(void)
 												check->payment_id, check->kind,
 												token, &request);
 		request.timeout_ms = channel_timeout_ms(compiled);
+		request.proxy = compiled->config->proxy;
 		if (!http_submit(&request, check, error, sizeof(error)))
 		{
 			answer_error(&answer, "%s", error);

@@ -338,6 +338,8 @@ http_submit(const HttpRequest *request, void *tag, char *error, size_t errlen)
 	curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
 	curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
 	curl_easy_setopt(e, CURLOPT_USERAGENT, PAYSYNC_USER_AGENT);
+	/* "" disables proxies, http_proxy and friends of the environment too */
+	curl_easy_setopt(e, CURLOPT_PROXY, request->proxy ? request->proxy : "");
 	curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers);
 	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_callback);
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, t);

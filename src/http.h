@@ -19,6 +19,8 @@ typedef struct HttpRequest
 	const char *const *headers; /* "Name: value" lines; values may be secret */
 	int			n_headers;
 	long		timeout_ms;		/* total time for the request */
+	const char *proxy;			/* proxy URL, or NULL: none (never one
+								 * from the environment) */
 } HttpRequest;
 
 /* What came back.  body is malloc'd and NUL-terminated; see http_result_free. */

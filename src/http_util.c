@@ -93,36 +93,42 @@ url_join(const char *base_url, const char *path)
 }
 
 /*
- * Checks with libcurl's URL parser that url is a whole http(s) URL with a
- * host.  On failure writes a sentence saying why (never holding the URL)
- * into error.
+ * Checks with libcurl's URL parser that url is a whole URL with a host, of
+ * one of the schemes listed (lower case, NULL-terminated; schemes_text says
+ * them in the message).  On failure writes a sentence saying why (never
+ * holding the URL) into error.
  */
-bool
-http_url_valid(const char *url, char *error, size_t errlen)
+static bool
+url_valid(const char *url, const char *const *schemes, const char *schemes_text,
+		  char *error, size_t errlen)
 {
 	CURLU	   *parsed = curl_url();
 	CURLUcode	rc;
 	char	   *scheme = NULL;
 	char	   *host = NULL;
+	const char *sep = strstr(url, "://");
+	bool		scheme_ok = false;
 	bool		ok = false;
-	size_t		after_scheme = pg_strncasecmp(url, "http://", 7) == 0 ? 7 : 8;
 
 	if (parsed == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
 				 errmsg("out of memory"),
 				 errdetail("libcurl could not parse a URL.")));
-	rc = curl_url_set(parsed, CURLUPART_URL, url, 0);
+	for (int i = 0; sep != NULL && schemes[i]; i++)
+		if ((size_t) (sep - url) == strlen(schemes[i]) &&
+			pg_strncasecmp(url, schemes[i], sep - url) == 0)
+			scheme_ok = true;
+	rc = curl_url_set(parsed, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME);
 	/* libcurl forgives "http:/host" and "https:///host"; we do not */
-	if (pg_strncasecmp(url, "http://", 7) != 0 && pg_strncasecmp(url, "https://", 8) != 0)
-		snprintf(error, errlen, "Only http:// and https:// URLs are allowed.");
-	else if (url[after_scheme] == '/' || url[after_scheme] == '\0')
+	if (!scheme_ok)
+		snprintf(error, errlen, "Only %s URLs are allowed.", schemes_text);
+	else if (sep[3] == '/' || sep[3] == '\0')
 		snprintf(error, errlen, "The URL has no host.");
 	else if (rc != CURLUE_OK)
 		snprintf(error, errlen, "The URL does not parse: %s.", curl_url_strerror(rc));
-	else if (curl_url_get(parsed, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
-			 (pg_strcasecmp(scheme, "http") != 0 && pg_strcasecmp(scheme, "https") != 0))
-		snprintf(error, errlen, "Only http:// and https:// URLs are allowed.");
+	else if (curl_url_get(parsed, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK)
+		snprintf(error, errlen, "Only %s URLs are allowed.", schemes_text);
 	else if (curl_url_get(parsed, CURLUPART_HOST, &host, 0) != CURLUE_OK || host[0] == '\0')
 		snprintf(error, errlen, "The URL has no host.");
 	else
@@ -131,4 +137,22 @@ http_url_valid(const char *url, char *error, size_t errlen)
 	curl_free(host);
 	curl_url_cleanup(parsed);
 	return ok;
+}
+
+/* Checks that url is a whole http(s) URL with a host (see url_valid). */
+bool
+http_url_valid(const char *url, char *error, size_t errlen)
+{
+	static const char *const schemes[] = {"http", "https", NULL};
+
+	return url_valid(url, schemes, "http:// and https://", error, errlen);
+}
+
+/* Checks that url is a proxy URL paysync takes (see url_valid). */
+bool
+http_proxy_url_valid(const char *url, char *error, size_t errlen)
+{
+	static const char *const schemes[] = {"http", "https", "socks5h", NULL};
+
+	return url_valid(url, schemes, "http://, https:// and socks5h://", error, errlen);
 }

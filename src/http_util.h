@@ -16,5 +16,6 @@ extern char *http_escape(const char *text);
 extern char *http_escape_segment(const char *text);
 extern char *url_join(const char *base_url, const char *path);
 extern bool http_url_valid(const char *url, char *error, size_t errlen);
+extern bool http_proxy_url_valid(const char *url, char *error, size_t errlen);
 
 #endif							/* PAYSYNC_HTTP_UTIL_H */
