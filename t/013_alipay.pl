@@ -281,6 +281,21 @@ like(interpret('query', 200, answer($Q, error_node('40002', 'isv.invalid-signatu
 	qr/^error=Alipay refused the query: code 40002 \(isv\.invalid-signature\)/, 'a signed refusal is an error');
 like(interpret('query', 200, answer('error_response', error_node('40002', 'isv.invalid-method'))),
 	qr/^error=Alipay refused the request/, 'error_response is an error');
+{
+	# three pieces of channel text of 64 bytes each make a message longer
+	# than last_error holds: it is cut on a whole character of sub_msg
+	my $long = qq({"code": "@{['4' x 64]}", "msg": "Business Failed", "sub_code": "ACQ.@{['X' x 60]}", "sub_msg": "@{["\xe4\xba\xa4" x 30]}", "out_trade_no": "u1"});
+	my $r = interpret('query', 200, answer($Q, $long));
+	like($r, qr/^error=Alipay refused the query: code 4{64} \(ACQ\.X{60}\): (?:\xe4\xba\xa4){11}/,
+		'a refusal longer than last_error is cut in sub_msg');
+	# psql hides a cut character, so the server checks the text itself
+	my ($ret, $out, $err) = $node->psql('postgres',
+		"SELECT octet_length(convert_from(textsend(paysync_test_interpret('alipay', opts('app_priv_pem', 'ali_pub_pem'), 'query', 200, NULL, "
+		  . lit(answer($Q, $long)) . ", NULL)), 'UTF8'))");
+	is($out, length('error=') + 197,
+		'... before the character that would not fit whole: valid UTF-8, 197 bytes')
+	  or diag($err);
+}
 like(interpret('query', 200, answer($Q, query_node('TRADE_WEIRD'))),
 	qr/^error=unknown Alipay trade_status "TRADE_WEIRD"/, 'an unknown trade_status is an error');
 like(interpret('query', 200, answer($Q, '{"code": "10000", "msg": "Success"}')),
