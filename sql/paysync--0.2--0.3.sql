@@ -25,6 +25,10 @@ CREATE TYPE paysync._answer AS (
 	close_on_expiry boolean		/* the channel closes trades paysync gives up on */
 );
 
+-- Until when the channel asked (Retry-After) not to be asked about a
+-- payment again; NULL once it answers.  check_now() honours it.
+ALTER TABLE paysync.payments ADD COLUMN retry_after_until timestamptz;
+
 -- The delay before checking again after the errors-th error in a row:
 -- min(2^(errors-1) s, 5 min) times jitter (0.8 to 1.2 in use), or the
 -- channel's Retry-After if that is later, itself at most one hour.
@@ -239,6 +243,8 @@ BEGIN
 								  p.last_error),
 			last_checked_at = now(),
 			claimed_until = NULL,
+			retry_after_until = CASE WHEN d.failed AND d.retry_after_s > 0
+				THEN now() + make_interval(secs => least(d.retry_after_s, 3600)) END,
 			closing = NOT d.requery AND (p.closing OR (d.gives_up AND d.close_on_expiry)),
 			updated_at = now(),
 			next_check_at = CASE
@@ -286,6 +292,47 @@ CREATE FUNCTION paysync._channel_schedule(channel text, options jsonb)
 RETURNS interval[]
 LANGUAGE C STRICT STABLE
 AS 'MODULE_PATHNAME', 'paysync_channel_schedule';
+
+/*
+ * check_now() never makes a payment checked more than once a second, and
+ * honours the channel's Retry-After (payments.retry_after_until).
+ */
+CREATE OR REPLACE FUNCTION paysync.check_now(payment_id text)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	current		paysync.payments;
+	due_at		timestamptz;
+BEGIN
+	IF payment_id IS NULL THEN
+		RAISE EXCEPTION 'check_now: payment_id must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT * INTO current FROM paysync.payments p
+	WHERE p.payment_id = check_now.payment_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'unknown payment "%"', payment_id
+			USING ERRCODE = 'no_data_found';
+	END IF;
+	/* final: nothing to do; in flight: its answer is on the way */
+	IF current.status <> 'pending' OR current.claimed_until > now() THEN
+		RETURN;
+	END IF;
+	/* at most one check a second, and never before the channel's Retry-After */
+	due_at := greatest(now(), current.last_checked_at + interval '1 second',
+					   current.retry_after_until);
+	IF current.next_check_at <= due_at THEN
+		RETURN;
+	END IF;
+	UPDATE paysync.payments p
+	SET next_check_at = due_at, updated_at = now()
+	WHERE p.payment_id = check_now.payment_id;
+	PERFORM paysync._wake_worker_at_commit(due_at);
+END
+$$;
 
 /* track() and report() move onto the shared steps above. */
 

@@ -337,3 +337,23 @@ SELECT * FROM paysync._finalize('{S-Z,S-Z-NONE}', '{cancelled,failed}', '{X,Y}',
 SELECT * FROM paysync._finalize('{S-Z}', '{failed}', '{Y}', '{poll}');
 SELECT status, channel_status FROM paysync.payments WHERE payment_id = 'S-Z';
 ROLLBACK;
+
+--
+-- check_now(): due at once, but never more than once a second and never
+-- before the channel's Retry-After; a payment in flight or final is left.
+--
+BEGIN;
+SELECT count(*) FROM (
+	SELECT paysync.track(id, 'wallet', schedule => '{1h,2h,3h}')
+	FROM unnest(ARRAY['S-N1', 'S-N2', 'S-N3', 'S-N4']) id) t;
+UPDATE paysync.payments SET last_checked_at = now() - interval '1 minute' WHERE payment_id = 'S-N1';
+SELECT * FROM pg_temp.rec(pg_temp.ans('S-N2', 'pending', 'WAIT'),
+						  pg_temp.ans('S-N3', NULL, error => 'HTTP 429', retry_after_s => 30));
+UPDATE paysync.payments SET claimed_until = now() + interval '5 seconds' WHERE payment_id = 'S-N4';
+SELECT paysync.check_now(id) FROM unnest(ARRAY['S-N1', 'S-N2', 'S-N3', 'S-N4']) id;
+SELECT payment_id, next_check_at - now() AS due_in, retry_after_until - now() AS retry_after
+FROM paysync.payments WHERE payment_id LIKE 'S-N%' ORDER BY payment_id;
+-- a good answer forgets the Retry-After
+SELECT * FROM pg_temp.rec(pg_temp.ans('S-N3', 'pending', 'WAIT'));
+SELECT retry_after_until FROM paysync.payments WHERE payment_id = 'S-N3';
+ROLLBACK;

@@ -22,19 +22,19 @@ SELECT paysync.report('V-2', 'succeeded', 'PAID');
 SELECT payment_id, schedule, next_check_at IS NULL AS never_due
 FROM paysync.payments WHERE payment_id = 'V-3';
 CREATE TEMP TABLE before_update AS
-	SELECT p.*, e.event_id, e.source FROM paysync.payments p
+	SELECT to_jsonb(p) AS payment, e.event_id, e.source FROM paysync.payments p
 	LEFT JOIN paysync.events e USING (payment_id);
 
 ALTER EXTENSION paysync UPDATE TO '0.3';
 SELECT extversion FROM pg_extension WHERE extname = 'paysync';
 
--- every row but V-3 is untouched
-SELECT payment_id FROM (
+-- every row but V-3 is untouched (0.3 adds the column retry_after_until)
+SELECT payment ->> 'payment_id' AS payment_id FROM (
 	(SELECT * FROM before_update EXCEPT
-	 SELECT p.*, e.event_id, e.source FROM paysync.payments p
+	 SELECT to_jsonb(p) - 'retry_after_until', e.event_id, e.source FROM paysync.payments p
 	 LEFT JOIN paysync.events e USING (payment_id))
 	UNION ALL
-	(SELECT p.*, e.event_id, e.source FROM paysync.payments p
+	(SELECT to_jsonb(p) - 'retry_after_until', e.event_id, e.source FROM paysync.payments p
 	 LEFT JOIN paysync.events e USING (payment_id) EXCEPT
 	 SELECT * FROM before_update)) diff
 ORDER BY 1;
