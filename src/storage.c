@@ -8,11 +8,9 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
-#include "commands/extension.h"
 #include "executor/spi.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/lsyscache.h"
 
 #include "storage.h"
 
@@ -300,16 +298,10 @@ storage_extension_version(void)
 	char	   *version = NULL;
 
 	SPI_connect();
-	if (version_plan == NULL)
-	{
-		SPIPlanPtr	plan = SPI_prepare("SELECT extversion FROM pg_catalog.pg_extension"
-									   " WHERE extname = 'paysync'", 0, NULL);
-
-		if (plan == NULL || SPI_keepplan(plan) != 0)
-			elog(ERROR, "paysync: preparing the extension version query failed");
-		version_plan = plan;
-	}
-	if (SPI_execute_plan(version_plan, NULL, NULL, true, 1) != SPI_OK_SELECT)
+	if (SPI_execute_plan(kept_plan(&version_plan,
+								   "SELECT extversion FROM pg_catalog.pg_extension"
+								   " WHERE extname = 'paysync'", 0, NULL),
+						 NULL, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "paysync: reading the extension's version failed");
 	if (SPI_processed == 1)
 	{
