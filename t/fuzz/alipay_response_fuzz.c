@@ -93,6 +93,7 @@ check_answer(const CheckAnswer *answer)
 		abort();
 }
 
+/* One input: an answer body, read as a query's and as a close's answer. */
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -78,7 +78,10 @@ reference_to_minor(const char *text, int exponent, int64 *minor)
 	return true;
 }
 
-/* The minor-unit digits of currency, as ISO 4217 has them. */
+/*
+ * The minor-unit digits (ISO 4217) of the currencies this harness uses;
+ * 2 for any other.
+ */
 static int
 reference_exponent(const char *currency)
 {
@@ -91,6 +94,7 @@ reference_exponent(const char *currency)
 	return 2;
 }
 
+/* One input: an amount, optionally "|" and a currency. */
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

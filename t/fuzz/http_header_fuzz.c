@@ -46,6 +46,7 @@ reference_header(const char *block, const char *name)
 	return NULL;
 }
 
+/* One input: a raw header block. */
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

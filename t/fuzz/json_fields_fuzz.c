@@ -71,6 +71,7 @@ check_field(const char *body, size_t len, const JsonField *f, int flags)
 	}
 }
 
+/* One input: a body, read with every flag set and encoding above. */
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

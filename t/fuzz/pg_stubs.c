@@ -88,18 +88,21 @@ pfree(void *p)
 	free(c);
 }
 
+/* palloc(): a new chunk. */
 void *
 palloc(Size size)
 {
 	return chunk_alloc(size, false);
 }
 
+/* palloc0(): a new zeroed chunk. */
 void *
 palloc0(Size size)
 {
 	return chunk_alloc(size, true);
 }
 
+/* palloc_extended(): only MCXT_ALLOC_ZERO matters here. */
 void *
 palloc_extended(Size size, int flags)
 {
@@ -118,12 +121,14 @@ repalloc(void *pointer, Size size)
 	return p;
 }
 
+/* pstrdup(): a palloc'd copy. */
 char *
 pstrdup(const char *in)
 {
 	return pnstrdup(in, strlen(in));
 }
 
+/* pnstrdup(): a palloc'd copy of at most len bytes, NUL-terminated. */
 char *
 pnstrdup(const char *in, Size len)
 {
@@ -138,6 +143,7 @@ pnstrdup(const char *in, Size len)
 
 /* ---------------------------------------------------------------- encoding */
 
+/* The encoding the harness chose. */
 int
 GetDatabaseEncoding(void)
 {
@@ -164,17 +170,20 @@ errstart(int elevel, const char *domain)
 	return false;
 }
 
+/* As errstart(). */
 bool
 errstart_cold(int elevel, const char *domain)
 {
 	return errstart(elevel, domain);
 }
 
+/* Never reached: errstart() never returns true. */
 void
 errfinish(const char *filename, int lineno, const char *funcname)
 {
 }
 
+/* A failed Assert(): says which, and aborts. */
 void
 ExceptionalCondition(const char *conditionName, const char *errorType,
 					 const char *fileName, int lineNumber)
