@@ -604,7 +604,8 @@ stripe_verify_notification(const void *cfg, const char *channel,
 	if (f[2].raw_start == NULL || f[3].value == NULL)
 		notification_refused(channel, "the %s event has no data.object with an id",
 							 channel_text(f[1].value, CHANNEL_WORD_MAX_BYTES));
-	if (!stripe_read_fields(f[2].raw_start, f[2].raw_len, &fields) || !fields.root_is_object)
+	if (!stripe_read_fields(pnstrdup(f[2].raw_start, f[2].raw_len), f[2].raw_len, &fields) ||
+		!fields.root_is_object)
 		notification_refused(channel, "the event's data.object is not a JSON object");
 	if (fields.object == NULL || strcmp(fields.object, "payment_intent") != 0)
 		notification_refused(channel, "the event's data.object is not a PaymentIntent");
