@@ -1,5 +1,6 @@
 # 030_examples.pl: the order-service listeners in examples/ (C with libpq,
-# JavaScript with node-postgres) against a live cluster.  Each must apply
+# JavaScript with node-postgres, Python with psycopg 3) against a live
+# cluster.  Each must apply
 # every event exactly once: events from before it started; a gap in the
 # event_ids with notifications arriving for events its catch-up already
 # applied; a COMMIT whose answer is lost although it took effect; events
@@ -422,6 +423,22 @@ SKIP:
 	}
 	exercise('js', [ 'node', "$dir/listener.js" ]) if $npm_rc == 0;
 	exercise_webhook('js', [ 'node', "$dir/listener.js" ]) if $npm_rc == 0;
+}
+
+# --- Python (psycopg 3) -------------------------------------------------------
+SKIP:
+{
+	my ($no_psycopg, $why) = run_cmd('python3', '-c', 'import psycopg');
+	skip "python3 with psycopg 3 is not installed: the Python example is not tested ($why)", 1
+	  if $no_psycopg;
+	my @cmd = ('python3', "$top/examples/listener_py/listener.py");
+	{
+		# the idle catch-up as slow as the others', so that only the
+		# catch-ups on connect and at a gap can make the test pass
+		local $ENV{PAYSYNC_CATCH_UP_S} = 30;
+		exercise('py', \@cmd);
+	}
+	exercise_webhook('py', \@cmd);
 }
 
 stop_mock($mock);
