@@ -397,6 +397,52 @@ is(events_of($node, 'race2'), 'pending>succeeded|SUCCESS|notify|wx', 'race: one 
 $poll->quit;
 $callback->quit;
 
+# ---------------------------------------------------------------- options
+
+# The new options are checked by create_channel, never showing a secret.
+sub create_fails
+{
+	my ($what, $sql, $message) = @_;
+	my ($stdout, $stderr) = ('', '');
+	$node->psql('postgres', $sql, stdout => \$stdout, stderr => \$stderr);
+	like($stderr, $message, "options: $what");
+	return $stderr;
+}
+my $err = create_fails('api_v3_key of another length', qq{
+SELECT paysync.create_channel('wx_bad', 'wechatpay', '$base', jsonb_build_object(
+	'mchid', '$MCHID', 'merchant_serial_no', 'ABC123',
+	'merchant_private_key', @{[file_sql('merchant.key')]},
+	'platform_public_key', @{[file_sql('platform.pub')]}, 'api_v3_key', 'short-secret-key'))},
+	qr/invalid value for option "api_v3_key".*16 bytes; an APIv3 key has 32/s);
+unlike($err, qr/short-secret-key/, 'options: the api_v3_key is not in the error');
+$err = create_fails('a stripe webhook_secret without whsec_', qq{
+SELECT paysync.create_channel('st_bad', 'stripe', '$base',
+	'{"secret_key": "sk_test_abc", "webhook_secret": "not-a-whsec-secret"}')},
+	qr/invalid value for option "webhook_secret"/);
+unlike($err, qr/not-a-whsec-secret/, 'options: the webhook_secret is not in the error');
+create_fails('http_json webhook_secret without webhook_signature_header', qq{
+SELECT paysync.create_channel('hj_bad', 'http_json', '$base', jsonb_build_object(
+	'status_map', '@{[STATUS_MAP]}'::jsonb, 'webhook_secret', 'a-long-enough-secret',
+	'webhook_id_field', 'id'))},
+	qr/needs option "webhook_signature_header"/);
+create_fails('http_json webhook_secret without webhook_id_field', qq{
+SELECT paysync.create_channel('hj_bad', 'http_json', '$base', jsonb_build_object(
+	'status_map', '@{[STATUS_MAP]}'::jsonb, 'webhook_secret', 'a-long-enough-secret',
+	'webhook_signature_header', 'X-Sig'))},
+	qr/needs option "webhook_id_field"/);
+create_fails('paypal takes no webhook options', qq{
+SELECT paysync.create_channel('pp_bad', 'paypal', '$base',
+	'{"client_id": "id", "client_secret": "secret", "webhook_secret": "x"}')},
+	qr/unknown option "webhook_secret"/);
+my ($out, $stderr_unknown) = ('', '');
+$node->psql('postgres', "\\set VERBOSITY verbose\nSELECT * FROM paysync.receive('nochannel', '{}', '')",
+	stdout => \$out, stderr => \$stderr_unknown);
+like($stderr_unknown, qr/ERROR:  42704: unknown channel "nochannel"/, 'receive: an unknown channel is 42704');
+my $stderr_null = '';
+$node->psql('postgres', "\\set VERBOSITY verbose\nSELECT * FROM paysync.receive('st', '{}', NULL)",
+	stdout => \$out, stderr => \$stderr_null);
+like($stderr_null, qr/ERROR:  28000: .*\n.*no body/, 'receive: a null body is refused with 28000');
+
 # ---------------------------------------------------------------- secrets
 
 my $log = slurp_file($node->logfile);
