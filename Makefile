@@ -21,7 +21,8 @@ OBJS = \
 	src/driver_test.o \
 	src/crypto.o \
 	src/stats.o \
-	src/functions.o
+	src/functions.o \
+	src/notify.o
 
 DATA = sql/paysync--0.1.sql sql/paysync--0.1--0.2.sql sql/paysync--0.2--0.3.sql
 

@@ -492,3 +492,147 @@ SET schedule = schedule[array_lower(schedule, 1):array_upper(schedule, 1)],
 	next_check_at = CASE WHEN status = 'pending'
 						 THEN coalesce(next_check_at, now()) END
 WHERE array_lower(schedule, 1) <> 1;
+
+/* Verified notifications (issue 9) */
+
+/*
+ * paysync.receive(): a channel's notification (webhook callback) verified
+ * by the channel's driver in C (paysync._verify_notification, which
+ * compiles the channel as the checker does) and applied here, in SQL, by
+ * the state machine's own step: the amount check of a poll, then
+ * paysync._finalize with source 'notify'.  Verification is C because the
+ * keys and the drivers' checks of signed answers are there; the state
+ * change is SQL because every rule of it lives in this script.
+ */
+ALTER TABLE paysync.events DROP CONSTRAINT events_source_check;
+ALTER TABLE paysync.events ADD CONSTRAINT events_source_check
+	CHECK (source IN ('poll', 'report', 'expiry', 'notify'));
+
+-- What a channel's driver makes of a notification; ERROR 28000 if it does
+-- not verify.  verified false: the driver cannot verify this channel's
+-- notifications (payment_id, if any, is the payment to check at once).
+CREATE FUNCTION paysync._verify_notification(channel text, driver text,
+											 base_url text, options jsonb,
+											 headers jsonb, body text,
+											 OUT verified boolean,
+											 OUT payment_id text,
+											 OUT status text,
+											 OUT channel_status text,
+											 OUT paid_amount bigint,
+											 OUT paid_currency text,
+											 OUT reply_status integer,
+											 OUT reply_body text)
+RETURNS record
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'paysync_verify_notification';
+
+/*
+ * Verifies a notification of channel and applies it once.  outcome:
+ * applied (this call ended the payment), unchanged (already final, or the
+ * channel says still pending), checking (not verifiable here, or a success
+ * without the amount a payment with one needs: the payment is made due at
+ * once as by check_now()), unknown (no such payment of this channel, or
+ * not about a payment).  reply_status and reply_body are what the endpoint
+ * answers the channel.
+ */
+CREATE FUNCTION paysync.receive(channel text, headers jsonb, body text)
+RETURNS TABLE (payment_id text, status paysync.payment_status, outcome text,
+			   reply_status integer, reply_body text)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	chan		paysync.channels;
+	found_it	record;
+	current		paysync.payments;
+	new_status	paysync.payment_status;
+	mismatch	boolean;
+BEGIN
+	IF receive.channel IS NULL THEN
+		RAISE EXCEPTION 'receive: channel must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT * INTO chan FROM paysync.channels c WHERE c.name = receive.channel;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'unknown channel "%"', receive.channel
+			USING ERRCODE = 'undefined_object';
+	END IF;
+
+	SELECT * INTO STRICT found_it
+	FROM paysync._verify_notification(chan.name, chan.driver, chan.base_url,
+									  chan.options, receive.headers, receive.body) v;
+	receive.payment_id := found_it.payment_id;
+	receive.reply_status := found_it.reply_status;
+	receive.reply_body := found_it.reply_body;
+	receive.status := NULL;
+
+	IF found_it.payment_id IS NULL THEN
+		receive.outcome := CASE WHEN found_it.verified THEN 'unknown' ELSE 'checking' END;
+		RETURN NEXT;
+		RETURN;
+	END IF;
+
+	/* the events lock first, then the row: report() and the worker do so */
+	PERFORM paysync._lock_events();
+	SELECT * INTO current FROM paysync.payments p
+	WHERE p.payment_id = found_it.payment_id AND p.channel = chan.name
+	FOR UPDATE;
+	IF NOT FOUND THEN
+		receive.outcome := 'unknown';
+		RETURN NEXT;
+		RETURN;
+	END IF;
+	receive.status := current.status;
+
+	IF current.status <> 'pending' THEN
+		receive.outcome := 'unchanged';
+		RETURN NEXT;
+		RETURN;
+	END IF;
+
+	/* not believed, or a success whose amount cannot be checked: ask */
+	IF NOT found_it.verified
+		OR (found_it.status = 'succeeded' AND found_it.paid_amount IS NULL
+			AND current.amount_minor IS NOT NULL) THEN
+		PERFORM paysync.check_now(current.payment_id);
+		receive.outcome := 'checking';
+		RETURN NEXT;
+		RETURN;
+	END IF;
+
+	IF found_it.status = 'pending' THEN
+		receive.outcome := 'unchanged';
+		RETURN NEXT;
+		RETURN;
+	END IF;
+
+	/* the amount check of a poll (paysync._record_answers) */
+	mismatch := found_it.status = 'succeeded'
+		AND current.amount_minor IS NOT NULL AND found_it.paid_amount IS NOT NULL
+		AND (found_it.paid_amount <> current.amount_minor
+			 OR (current.currency IS NOT NULL AND found_it.paid_currency IS NOT NULL
+				 AND upper(found_it.paid_currency) <> current.currency));
+	new_status := CASE WHEN mismatch THEN 'failed'
+					   ELSE found_it.status::paysync.payment_status END;
+	IF mismatch THEN
+		UPDATE paysync.payments p
+		SET last_error = format('amount mismatch: expected %s %s, channel reports %s %s',
+								current.amount_minor, coalesce(current.currency, ''),
+								found_it.paid_amount, coalesce(upper(found_it.paid_currency), ''))
+		WHERE p.payment_id = current.payment_id;
+	END IF;
+
+	PERFORM paysync._finalize(ARRAY[current.payment_id], ARRAY[new_status],
+							  ARRAY[found_it.channel_status], ARRAY['notify']);
+	receive.status := new_status;
+	receive.outcome := 'applied';
+	RETURN NEXT;
+END
+$$;
+
+REVOKE ALL ON FUNCTION paysync._verify_notification(text, text, text, jsonb, jsonb, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION paysync.receive(text, jsonb, text) FROM PUBLIC;
+
+/* End of verified notifications (issue 9) */

@@ -1,7 +1,8 @@
 /*
  * crypto.c
- *		RSA-SHA256 (SHA256withRSA, PKCS#1 v1.5) signatures, key loading and
- *		base64 through OpenSSL.  Keys are accepted as PEM (PKCS#8, PKCS#1,
+ *		RSA-SHA256 (SHA256withRSA, PKCS#1 v1.5) signatures, key loading,
+ *		base64, HMAC-SHA256, AES-256-GCM decryption and constant-time
+ *		comparison through OpenSSL.  Keys are accepted as PEM (PKCS#8, PKCS#1,
  *		public keys and X.509 certificates) or, as Alipay hands them out, as
  *		the bare base64 body of a PEM; RSA keys shorter than 2048 bits are
  *		refused.  Never logs and never puts key material in an error.
@@ -10,8 +11,10 @@
 #include <string.h>
 
 #include <openssl/bio.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/x509.h>
@@ -152,14 +155,17 @@ crypto_b64_encode(const unsigned char *data, size_t len)
 }
 
 /* Decodes base64 into a malloc'd buffer; NULL if it is not base64. */
-static unsigned char *
-b64_decode(const char *text, size_t *out_len)
+unsigned char *
+crypto_b64_decode(const char *text, size_t *out_len)
 {
 	size_t		len = strlen(text);
 	unsigned char *out;
 	int			n;
 
 	if (len == 0 || len % 4 != 0)
+		return NULL;
+	/* EVP_DecodeBlock skips blanks: a text with any is not plain base64 */
+	if (strspn(text, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") != len)
 		return NULL;
 	out = malloc(len / 4 * 3 + 1);
 	if (out == NULL)
@@ -213,7 +219,7 @@ crypto_verify_b64(CryptoKey *key, const char *data, size_t len, const char *sign
 
 	if (signature_b64 == NULL)
 		return false;
-	signature = b64_decode(signature_b64, &sig_len);
+	signature = crypto_b64_decode(signature_b64, &sig_len);
 	if (signature == NULL)
 		return false;
 	ctx = EVP_MD_CTX_new();
@@ -243,4 +249,116 @@ crypto_random_hex(char *out, size_t nbytes)
 	}
 	out[2 * nbytes] = '\0';
 	return true;
+}
+
+/* HMAC-SHA256 of data with key into out; false if OpenSSL fails. */
+bool
+crypto_hmac_sha256(const void *key, size_t key_len, const void *data, size_t len,
+				   unsigned char out[CRYPTO_HMAC_SHA256_LEN])
+{
+	unsigned int out_len = 0;
+	bool		ok;
+
+	ok = HMAC(EVP_sha256(), key, (int) key_len, data, len, out, &out_len) != NULL &&
+		out_len == CRYPTO_HMAC_SHA256_LEN;
+	ERR_clear_error();
+	return ok;
+}
+
+/* True if the len bytes at a and b are equal, in time independent of them. */
+bool
+crypto_equal(const void *a, const void *b, size_t len)
+{
+	return CRYPTO_memcmp(a, b, len) == 0;
+}
+
+/*
+ * True if hex (lower or upper case hex digits) is the HMAC-SHA256 of data
+ * with key.  The digests are compared in constant time; only the length of
+ * hex, which is no secret, decides early.
+ */
+bool
+crypto_hmac_sha256_hex_matches(const void *key, size_t key_len, const void *data,
+							   size_t len, const char *hex)
+{
+	unsigned char expected[CRYPTO_HMAC_SHA256_LEN];
+	unsigned char given[CRYPTO_HMAC_SHA256_LEN];
+
+	if (hex == NULL || strlen(hex) != 2 * CRYPTO_HMAC_SHA256_LEN)
+		return false;
+	for (int i = 0; i < CRYPTO_HMAC_SHA256_LEN; i++)
+	{
+		int			byte = 0;
+
+		for (int j = 0; j < 2; j++)
+		{
+			char		c = hex[2 * i + j];
+			int			digit;
+
+			if (c >= '0' && c <= '9')
+				digit = c - '0';
+			else if (c >= 'a' && c <= 'f')
+				digit = c - 'a' + 10;
+			else if (c >= 'A' && c <= 'F')
+				digit = c - 'A' + 10;
+			else
+				return false;
+			byte = byte * 16 + digit;
+		}
+		given[i] = (unsigned char) byte;
+	}
+	if (!crypto_hmac_sha256(key, key_len, data, len, expected))
+		return false;
+	return crypto_equal(expected, given, sizeof(expected));
+}
+
+/*
+ * Decrypts sealed (ciphertext followed by its 16-byte tag) with
+ * AES-256-GCM under key (CRYPTO_AES256_KEY_LEN bytes), nonce and
+ * associated data aad.  Returns the plaintext, malloc'd and NUL-terminated,
+ * its length in *out_len; NULL if the tag does not authenticate (wrong key,
+ * nonce, aad, or altered ciphertext) or the input is too short.
+ */
+unsigned char *
+crypto_aes256gcm_decrypt(const unsigned char *key, const unsigned char *nonce,
+						 size_t nonce_len, const unsigned char *aad, size_t aad_len,
+						 const unsigned char *sealed, size_t sealed_len,
+						 size_t *out_len)
+{
+	const size_t tag_len = 16;
+	EVP_CIPHER_CTX *ctx;
+	unsigned char *plain;
+	size_t		text_len;
+	int			n = 0;
+	int			final_n = 0;
+	bool		ok;
+
+	if (sealed_len < tag_len || nonce_len == 0 || nonce_len > 64 ||
+		sealed_len - tag_len > (size_t) 0x7fffffff || aad_len > (size_t) 0x7fffffff)
+		return NULL;
+	text_len = sealed_len - tag_len;
+	plain = malloc(text_len + 1);
+	ctx = EVP_CIPHER_CTX_new();
+	ok = plain != NULL && ctx != NULL &&
+		EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL) == 1 &&
+		EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, (int) nonce_len, NULL) == 1 &&
+		EVP_DecryptInit_ex(ctx, NULL, NULL, key, nonce) == 1 &&
+		(aad_len == 0 ||
+		 EVP_DecryptUpdate(ctx, NULL, &n, aad, (int) aad_len) == 1) &&
+		EVP_DecryptUpdate(ctx, plain, &n, sealed, (int) text_len) == 1 &&
+		EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, (int) tag_len,
+							(void *) (sealed + text_len)) == 1 &&
+		EVP_DecryptFinal_ex(ctx, plain + n, &final_n) == 1;
+	EVP_CIPHER_CTX_free(ctx);
+	ERR_clear_error();
+	if (!ok)
+	{
+		if (plain != NULL)
+			OPENSSL_cleanse(plain, text_len);
+		free(plain);
+		return NULL;
+	}
+	plain[n + final_n] = '\0';
+	*out_len = (size_t) (n + final_n);
+	return plain;
 }

@@ -425,6 +425,149 @@ json_scalar_at_path(const char *body, size_t body_len, const char *path,
 	return true;
 }
 
+/* ---------------------------------------------------------------- notifications */
+
+/*
+ * Refuses a notification that fails verification: an ERROR with SQLSTATE
+ * 28000 naming the channel, the reason in the detail.  The reason is
+ * channel text made safe to show; callers never put a secret in it.
+ */
+void
+notification_refused(const char *channel, const char *fmt,...)
+{
+	va_list		args;
+	char		reason[512];
+
+	va_start(args, fmt);
+	vsnprintf(reason, sizeof(reason), fmt, args);
+	va_end(args);
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+			 errmsg("notification for channel \"%s\" refused", channel),
+			 errdetail("%s.", channel_text(reason, 300)),
+			 errhint("Only notifications the channel signed, as it sent them, are accepted; nothing was changed.")));
+	pg_unreachable();
+}
+
+/*
+ * Fills *out for a notification the driver cannot verify: about
+ * payment_id (or NULL), which the caller checks at once instead of
+ * believing; answered 200 so that the channel stops resending.
+ */
+void
+notification_unverified(NotificationResult *out, char *payment_id)
+{
+	out->verified = false;
+	out->payment_id = payment_id;
+	out->reply_status = 200;
+	out->reply_body = "";
+}
+
+/* The value of a hex digit, or -1. */
+static int
+hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* Decodes one form-encoded part ('+' is a space, %XX a byte); NULL if bad. */
+static char *
+form_unescape(const char *text, size_t len)
+{
+	char	   *out = palloc(len + 1);
+	size_t		n = 0;
+
+	for (size_t i = 0; i < len; i++)
+	{
+		if (text[i] == '+')
+			out[n++] = ' ';
+		else if (text[i] == '%')
+		{
+			int			hi = i + 2 < len ? hex_digit(text[i + 1]) : -1;
+			int			lo = hi >= 0 ? hex_digit(text[i + 2]) : -1;
+
+			if (lo < 0 || (hi == 0 && lo == 0))
+				return NULL;	/* a bad escape, or a NUL byte */
+			out[n++] = (char) (hi * 16 + lo);
+			i += 2;
+		}
+		else
+			out[n++] = text[i];
+	}
+	out[n] = '\0';
+	return out;
+}
+
+/*
+ * Decodes an application/x-www-form-urlencoded body into name/value pairs
+ * (palloc'd, in order): '+' is a space and %XX a byte, so values are the
+ * raw bytes the sender encoded, in whatever charset it declared.  The one
+ * form decoder: callers convert charsets.  False if the body is not a
+ * form (a bad escape, a NUL byte, a part without "=", an empty name).
+ */
+bool
+form_decode(const char *body, size_t len, FormParam **params, int *n)
+{
+	int			max = 1;
+	size_t		start = 0;
+
+	for (size_t i = 0; i < len; i++)
+		max += (body[i] == '&');
+	*params = palloc0(sizeof(FormParam) * max);
+	*n = 0;
+	if (len == 0)
+		return false;
+	while (start <= len)
+	{
+		const char *part = body + start;
+		const char *amp = memchr(part, '&', len - start);
+		size_t		part_len = amp ? (size_t) (amp - part) : len - start;
+		const char *eq = memchr(part, '=', part_len);
+		FormParam  *p = &(*params)[*n];
+
+		if (memchr(part, '\0', part_len) != NULL || eq == NULL || eq == part)
+			return false;
+		p->name = form_unescape(part, eq - part);
+		p->value = form_unescape(eq + 1, part_len - (eq - part) - 1);
+		if (p->name == NULL || p->value == NULL || p->name[0] == '\0')
+			return false;
+		(*n)++;
+		if (amp == NULL)
+			break;
+		start += part_len + 1;
+	}
+	return true;
+}
+
+/*
+ * The value of form parameter name (the first one), or NULL; *count (if
+ * not NULL) set to how many times it is given.
+ */
+const char *
+form_value(const FormParam *params, int n, const char *name, int *count)
+{
+	const char *found = NULL;
+	int			times = 0;
+
+	for (int i = 0; i < n; i++)
+	{
+		if (strcmp(params[i].name, name) != 0)
+			continue;
+		if (found == NULL)
+			found = params[i].value;
+		times++;
+	}
+	if (count)
+		*count = times;
+	return found;
+}
+
 /* ---------------------------------------------------------------- amounts */
 
 /* True if currency is three ASCII letters, as ISO 4217 codes are. */

@@ -48,6 +48,22 @@ typedef struct CheckAnswer
 	bool		credentials_rejected;
 } CheckAnswer;
 
+/*
+ * What a notification (a channel's callback to the merchant's webhook
+ * endpoint) says, once its driver has verified it.
+ */
+typedef struct NotificationResult
+{
+	bool		verified;		/* false: the driver cannot verify it */
+	char	   *payment_id;		/* the payment it is about; NULL: it is not
+								 * about a payment (another event type), or
+								 * not verified and no id could be read */
+	CheckAnswer answer;			/* its status, as a query answer would give
+								 * it ("pending": still pending) */
+	int			reply_status;	/* what the endpoint answers the channel */
+	const char *reply_body;
+} NotificationResult;
+
 typedef struct PaysyncDriver
 {
 	const char *name;
@@ -98,6 +114,18 @@ typedef struct PaysyncDriver
 	bool		(*interpret_token) (const void *config, const HttpResult *result,
 									char **token, int *expires_in_s,
 									char *error, size_t errlen);
+
+	/*
+	 * Verifies a notification the channel sent (its headers as raw
+	 * "Name: value\r\n" lines and raw body in *notification; status
+	 * unused) as the channel specifies, now being the clock in Unix
+	 * seconds, and fills *out.  Anything that fails verification is an
+	 * ERROR through notification_refused().  NULL: the driver cannot verify
+	 * notifications (the caller answers "checking").
+	 */
+	void		(*verify_notification) (const void *config, const char *channel,
+										const HttpResult *notification, int64 now,
+										NotificationResult *out);
 } PaysyncDriver;
 
 /*
@@ -143,6 +171,22 @@ extern bool answer_paid_decimal(CheckAnswer *answer, const char *amount,
 								const char *currency);
 extern bool json_scalar_at_path(const char *body, size_t body_len, const char *path,
 								char **value, CheckAnswer *answer);
+
+/* Notifications */
+extern void notification_refused(const char *channel, const char *fmt,...)
+			pg_attribute_printf(2, 3) pg_attribute_noreturn();
+extern void notification_unverified(NotificationResult *out, char *payment_id);
+
+/* One name=value pair of a form-encoded body, both decoded (raw bytes). */
+typedef struct FormParam
+{
+	char	   *name;
+	char	   *value;
+} FormParam;
+
+extern bool form_decode(const char *body, size_t len, FormParam **params, int *n);
+extern const char *form_value(const FormParam *params, int n, const char *name,
+							  int *count);
 
 /* Amounts */
 extern bool currency_code_valid(const char *currency);

@@ -30,12 +30,20 @@
  *		which makes the core query the trade again, and alipay.trade.query's
  *		TRADE_SUCCESS/TRADE_FINISHED is succeeded (paid meanwhile, amount
  *		checked) and TRADE_CLOSED closed.
+ *
+ *		Notifications (the asynchronous notification, notify_url) are
+ *		form-encoded: every parameter but sign and sign_type, decoded, sorted
+ *		by name and joined as key=value with "&" is the text sign verifies
+ *		(RSA2) with Alipay's public key, in the charset the notification
+ *		declares; app_id must be the channel's; trade_status is read as in a
+ *		query answer, total_amount the paid amount.  The reply is "success".
  */
 #include "postgres.h"
 
 #include <time.h>
 
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
@@ -553,6 +561,115 @@ alipay_interpret(const void *cfg, CheckKind kind, const char *payment_id, const 
 	answer_alipay_refusal(answer, "refused to close the trade", &a);
 }
 
+/* Orders form parameters by name, byte by byte. */
+static int
+form_param_cmp(const void *a, const void *b)
+{
+	return strcmp(((const FormParam *) a)->name, ((const FormParam *) b)->name);
+}
+
+/*
+ * A notification's value (bytes in the declared charset, encoding) as text
+ * of the database encoding; a notification whose text does not convert is
+ * refused.
+ */
+static char *
+notification_text(const char *channel, const char *value, int encoding)
+{
+	char	   *converted;
+
+	if (!pg_verify_mbstr(encoding, value, strlen(value), true))
+		notification_refused(channel, "the notification has text invalid in its charset");
+	converted = (char *) pg_do_encoding_conversion((unsigned char *) value, strlen(value),
+												   encoding, GetDatabaseEncoding());
+	if (!pg_verifymbstr(converted, strlen(converted), true))
+		notification_refused(channel, "the notification has text the database encoding cannot hold");
+	return converted;
+}
+
+/*
+ * Verifies an asynchronous notification and reads its trade.  A
+ * notification without trade_status is about no payment.
+ */
+static void
+alipay_verify_notification(const void *cfg, const char *channel,
+						   const HttpResult *notification, int64 now,
+						   NotificationResult *out)
+{
+	const AlipayConfig *config = cfg;
+	FormParam  *params;
+	FormParam  *signed_params;
+	int			n;
+	int			n_signed = 0;
+	const char *sign;
+	const char *charset;
+	const char *app_id;
+	const char *trade_status;
+	const char *out_trade_no;
+	int			encoding = PG_UTF8;
+	StringInfoData content;
+	AlipayAnswer a;
+
+	out->reply_status = 200;
+	out->reply_body = "success";
+	if (!form_decode(notification->body, notification->body_len, &params, &n))
+		notification_refused(channel, "the notification is not a form-encoded body");
+	for (int i = 0; i < n; i++)
+		for (int j = i + 1; j < n; j++)
+			if (strcmp(params[i].name, params[j].name) == 0)
+				notification_refused(channel, "the notification gives parameter %s twice",
+									 channel_text(params[i].name, CHANNEL_WORD_MAX_BYTES));
+	sign = form_value(params, n, "sign", NULL);
+	if (sign == NULL || sign[0] == '\0')
+		notification_refused(channel, "the notification is not signed (no sign)");
+
+	/* the signed text: all but sign and sign_type, sorted, bytes as sent */
+	signed_params = palloc(sizeof(FormParam) * n);
+	for (int i = 0; i < n; i++)
+		if (strcmp(params[i].name, "sign") != 0 && strcmp(params[i].name, "sign_type") != 0)
+			signed_params[n_signed++] = params[i];
+	qsort(signed_params, n_signed, sizeof(FormParam), form_param_cmp);
+	initStringInfo(&content);
+	for (int i = 0; i < n_signed; i++)
+		appendStringInfo(&content, "%s%s=%s", i > 0 ? "&" : "",
+						 signed_params[i].name, signed_params[i].value);
+	if (!crypto_verify_b64(config->alipay_key, content.data, content.len, sign))
+		notification_refused(channel, "the notification's sign does not verify with alipay_public_key");
+	out->verified = true;
+
+	charset = form_value(params, n, "charset", NULL);
+	if (charset != NULL && charset[0] != '\0')
+	{
+		encoding = pg_char_to_encoding(charset);
+		if (pg_strcasecmp(charset, "gb2312") == 0)
+			encoding = PG_GBK;
+		if (encoding < 0 || (encoding != PG_UTF8 && encoding != PG_GBK &&
+							 encoding != PG_GB18030))
+			notification_refused(channel, "the notification's charset \"%s\" is not utf-8, gbk or gb18030",
+								 channel_text(charset, CHANNEL_WORD_MAX_BYTES));
+	}
+	app_id = form_value(params, n, "app_id", NULL);
+	if (app_id == NULL || strcmp(app_id, config->app_id) != 0)
+		notification_refused(channel, "the notification is for app_id %s, not %s",
+							 app_id ? channel_text(app_id, CHANNEL_WORD_MAX_BYTES) : "(none)",
+							 config->app_id);
+	trade_status = form_value(params, n, "trade_status", NULL);
+	if (trade_status == NULL)
+		return;					/* not a trade status notification */
+	out_trade_no = form_value(params, n, "out_trade_no", NULL);
+	if (out_trade_no == NULL || out_trade_no[0] == '\0')
+		notification_refused(channel, "the notification has no out_trade_no");
+
+	memset(&a, 0, sizeof(a));
+	a.trade_status = (char *) trade_status;
+	a.total_amount = (char *) form_value(params, n, "total_amount", NULL);
+	a.trans_currency = (char *) form_value(params, n, "trans_currency", NULL);
+	answer_trade_status(&a, &out->answer);
+	if (out->answer.is_error)
+		notification_refused(channel, "%s", out->answer.error);
+	out->payment_id = notification_text(channel, out_trade_no, encoding);
+}
+
 const PaysyncDriver alipay_driver = {
 	.name = "alipay",
 	.option_names = alipay_option_names,
@@ -561,4 +678,5 @@ const PaysyncDriver alipay_driver = {
 	.interpret = alipay_interpret,
 	.can_close = true,
 	.close_on_expiry_default = true,
+	.verify_notification = alipay_verify_notification,
 };

@@ -3,6 +3,13 @@
  *		Driver "http_json": a channel whose status query is one HTTP request
  *		(GET, or POST with a body template) answered with JSON, the status
  *		at a dot path mapped to a paysync status by the channel's status_map.
+ *
+ *		Notifications: with webhook_secret and webhook_signature_header, the
+ *		header must hold the hex HMAC-SHA256 of the raw body under the
+ *		secret (compared in constant time); the payment id is read at
+ *		webhook_id_field and the status as in an answer.  Without them a
+ *		notification is not believed: the payment webhook_id_field names (if
+ *		any) is checked at once.
  */
 #include "postgres.h"
 
@@ -28,6 +35,9 @@ typedef struct HttpJsonConfig
 	const char *not_found;		/* paysync status for HTTP 404 */
 	const char **secrets;		/* header values and their long words, */
 	int			n_secrets;		/* longest first: redacted in errors */
+	char	   *webhook_secret; /* signs notifications; secret; or NULL */
+	char	   *webhook_signature_header;	/* where the signature is */
+	char	   *webhook_id_field;	/* dot path of the payment id, or NULL */
 } HttpJsonConfig;
 
 /* Words of a header value at least this long are redacted on their own. */
@@ -35,7 +45,8 @@ typedef struct HttpJsonConfig
 
 static const char *const http_json_option_names[] = {
 	"path", "method", "body", "headers", "status_field", "status_map",
-	"not_found", NULL
+	"not_found", "webhook_secret", "webhook_signature_header", "webhook_id_field",
+	NULL
 };
 
 /* Replaces every placeholder in template with replacement. */
@@ -209,6 +220,62 @@ compile_status_map(HttpJsonConfig *config, Jsonb *options, const char *channel)
 	}
 }
 
+/* Checks that option key's value f is a dot path of at most 32 names. */
+static void
+check_dot_path(const char *key, const char *f, const char *channel)
+{
+	int			segments = 1;
+
+	for (const char *p = f; *p; p++)
+		segments += (*p == '.');
+	if (f[0] == '\0' || f[0] == '.' || f[strlen(f) - 1] == '.' ||
+		strstr(f, "..") != NULL || segments > 32)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for option \"%s\" of channel \"%s\": \"%s\"", key, channel, f),
+				 errhint("Give a dot path of at most 32 field names, such as data.trade_state.")));
+}
+
+/*
+ * Reads the notification options: webhook_secret and
+ * webhook_signature_header go together and need webhook_id_field.
+ * Messages never show the secret.
+ */
+static void
+compile_webhook(HttpJsonConfig *config, Jsonb *options, const char *channel)
+{
+	bool		has_secret = option_string(options, "webhook_secret",
+										   &config->webhook_secret, channel);
+	bool		has_header = option_string(options, "webhook_signature_header",
+										   &config->webhook_signature_header, channel);
+
+	if (option_string(options, "webhook_id_field", &config->webhook_id_field, channel))
+		check_dot_path("webhook_id_field", config->webhook_id_field, channel);
+	if (has_secret != has_header)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("channel \"%s\" needs option \"%s\"", channel,
+						has_secret ? "webhook_signature_header" : "webhook_secret"),
+				 errdetail("Options webhook_secret and webhook_signature_header go together.")));
+	if (has_secret && config->webhook_id_field == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("channel \"%s\" needs option \"webhook_id_field\"", channel),
+				 errdetail("Verified notifications need the dot path of the payment id in their body.")));
+	if (has_secret && strlen(config->webhook_secret) < 16)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for option \"webhook_secret\" of channel \"%s\"", channel),
+				 errdetail("The secret has %zu bytes; at least 16 are needed.",
+						   strlen(config->webhook_secret))));
+	if (has_header && !is_header_name(config->webhook_signature_header))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for option \"webhook_signature_header\" of channel \"%s\": \"%s\"",
+						channel, config->webhook_signature_header),
+				 errhint("Give an HTTP header name, such as X-Signature.")));
+}
+
 /* Checks and compiles the options of an http_json channel. */
 static void *
 http_json_compile(const char *channel, const char *base_url, Jsonb *options)
@@ -250,19 +317,8 @@ http_json_compile(const char *channel, const char *base_url, Jsonb *options)
 
 	config->status_field = "status";
 	option_string(options, "status_field", &config->status_field, channel);
-	{
-		const char *f = config->status_field;
-		int			segments = 1;
-
-		for (const char *p = f; *p; p++)
-			segments += (*p == '.');
-		if (f[0] == '\0' || f[0] == '.' || f[strlen(f) - 1] == '.' ||
-			strstr(f, "..") != NULL || segments > 32)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid value for option \"status_field\" of channel \"%s\": \"%s\"", channel, f),
-					 errhint("Give a dot path of at most 32 field names, such as data.trade_state.")));
-	}
+	check_dot_path("status_field", config->status_field, channel);
+	compile_webhook(config, options, channel);
 
 	compile_status_map(config, options, channel);
 
@@ -350,10 +406,75 @@ http_json_interpret(const void *cfg, CheckKind kind, const char *payment_id, con
 							  CHANNEL_WORD_MAX_BYTES));
 }
 
+/*
+ * Verifies a notification: the hex HMAC-SHA256 of the raw body in
+ * webhook_signature_header; the payment id at webhook_id_field and the
+ * status at status_field, mapped by status_map.  Without webhook_secret:
+ * unverified, about the payment webhook_id_field names, if any.
+ */
+static void
+http_json_verify_notification(const void *cfg, const char *channel,
+							  const HttpResult *notification, int64 now,
+							  NotificationResult *out)
+{
+	const HttpJsonConfig *config = cfg;
+	JsonField	f[2] = {{.path = config->status_field}, {.path = NULL}};
+	char	   *signature;
+	int			n_fields = 1;
+
+	out->reply_status = 200;
+	out->reply_body = "";
+	if (config->webhook_secret == NULL)
+	{
+		JsonField	id = {.path = config->webhook_id_field};
+
+		if (config->webhook_id_field == NULL ||
+			json_fields(notification->body, notification->body_len, 0, &id, 1) != JSON_FIELDS_OK ||
+			id.type != JSON_TOKEN_STRING)
+			id.value = NULL;
+		notification_unverified(out, id.value);
+		return;
+	}
+	signature = http_header(notification, config->webhook_signature_header);
+	if (signature == NULL || signature[0] == '\0')
+		notification_refused(channel, "the notification has no %s header",
+							 config->webhook_signature_header);
+	if (!crypto_hmac_sha256_hex_matches(config->webhook_secret, strlen(config->webhook_secret),
+										notification->body, notification->body_len, signature))
+		notification_refused(channel, "the notification's %s does not verify with webhook_secret",
+							 config->webhook_signature_header);
+	out->verified = true;
+
+	f[1].path = config->webhook_id_field;
+	n_fields = 2;
+	if (json_fields(notification->body, notification->body_len, 0, f, n_fields) != JSON_FIELDS_OK)
+		notification_refused(channel, "the notification is not JSON");
+	if (f[0].count > 1 || f[1].count > 1)
+		notification_refused(channel, "the notification gives a field twice");
+	if (f[1].value == NULL || f[1].type != JSON_TOKEN_STRING || f[1].value[0] == '\0')
+		notification_refused(channel, "the notification has no payment id (a string) at \"%s\"",
+							 config->webhook_id_field);
+	if (f[0].value == NULL)
+		notification_refused(channel, "the notification has no status at \"%s\"",
+							 config->status_field);
+	for (int i = 0; i < config->n_map; i++)
+	{
+		if (strcmp(config->map_from[i], f[0].value) == 0)
+		{
+			answer_status(&out->answer, config->map_to[i], f[0].value);
+			out->payment_id = f[1].value;
+			return;
+		}
+	}
+	notification_refused(channel, "unknown channel status \"%s\" (not in status_map)",
+						 channel_text(f[0].value, CHANNEL_WORD_MAX_BYTES));
+}
+
 const PaysyncDriver http_json_driver = {
 	.name = "http_json",
 	.option_names = http_json_option_names,
 	.compile = http_json_compile,
 	.build_request = http_json_build_request,
 	.interpret = http_json_interpret,
+	.verify_notification = http_json_verify_notification,
 };

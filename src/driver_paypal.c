@@ -28,7 +28,11 @@
  *		cannot close an order from here: can_close is false.
  *
  *		PayPal's REST answers are not signed (TLS only); there is no
- *		signature to verify on this path.
+ *		signature to verify on this path.  Its webhook notifications are
+ *		verified by a call to PayPal, which a SQL function must not make: a
+ *		notification is never believed, only the order it names (the
+ *		resource id, or for capture events the order id among the related
+ *		ids) is checked at once.
  *
  *		JSON is read with PostgreSQL's own parser (common/jsonapi.h), which
  *		reports bad JSON as a result, not an ERROR; nesting is bounded before
@@ -446,6 +450,34 @@ paypal_interpret(const void *cfg, CheckKind kind, const char *payment_id, const 
 					 channel_text(status, CHANNEL_WORD_MAX_BYTES));
 }
 
+/*
+ * A webhook notification, unverified: the order it names (an order
+ * event's resource.id, a capture's
+ * resource.supplementary_data.related_ids.order_id), or none.
+ */
+static void
+paypal_verify_notification(const void *cfg, const char *channel,
+						   const HttpResult *notification, int64 now,
+						   NotificationResult *out)
+{
+	JsonField	f[] = {
+		{.path = "resource_type", .only = JSON_TOKEN_STRING},
+		{.path = "resource.id", .only = JSON_TOKEN_STRING},
+		{.path = "resource.supplementary_data.related_ids.order_id", .only = JSON_TOKEN_STRING},
+	};
+	char	   *order_id = NULL;
+
+	if (json_fields(notification->body, notification->body_len, PAYPAL_JSON,
+					f, lengthof(f)) == JSON_FIELDS_OK)
+	{
+		if (f[2].value != NULL)
+			order_id = f[2].value;
+		else if (f[0].value != NULL && strcmp(f[0].value, "checkout-order") == 0)
+			order_id = f[1].value;
+	}
+	notification_unverified(out, order_id);
+}
+
 const PaysyncDriver paypal_driver = {
 	.name = "paypal",
 	.option_names = paypal_option_names,
@@ -456,4 +488,5 @@ const PaysyncDriver paypal_driver = {
 	.close_on_expiry_default = false,
 	.build_token_request = paypal_build_token_request,
 	.interpret_token = paypal_interpret_token,
+	.verify_notification = paypal_verify_notification,
 };

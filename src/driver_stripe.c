@@ -17,6 +17,13 @@
  *		"closed" the way WeChat Pay and Alipay close trades (cancelling it is
  *		the merchant's decision, not a poller's), so can_close is false.
  *
+ *		Notifications (webhook events) are verified as Stripe signs them: the
+ *		Stripe-Signature header's t (Unix time) and v1 signatures (there may
+ *		be several, during a secret's rotation), each a hex HMAC-SHA256 of
+ *		"t.body" under the endpoint's webhook_secret, compared in constant
+ *		time; t at most 300 seconds off the clock.  payment_intent.* events
+ *		carry the PaymentIntent in data.object, read as a query answer is.
+ *
  *		Paid amounts are reported in ISO 4217 minor units, as paysync's
  *		amount_minor is: Stripe's own unit agrees for every currency but ISK
  *		(Stripe counts hundredths of a krona) and MGA (Stripe counts whole
@@ -25,6 +32,7 @@
 #include "postgres.h"
 
 #include "lib/stringinfo.h"
+#include "nodes/pg_list.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 
@@ -40,7 +48,11 @@ typedef struct StripeConfig
 	char	   *version_header; /* "Stripe-Version: ...", or NULL */
 	char	   *account_header; /* "Stripe-Account: acct_...", or NULL */
 	char	   *secret_key;		/* redacted from Stripe's messages kept */
+	char	   *webhook_secret; /* signs notifications; secret; or NULL */
 } StripeConfig;
+
+/* How far a notification's t may be from the clock, in seconds. */
+#define STRIPE_WEBHOOK_TOLERANCE_S 300
 
 /* The fields of a Stripe answer the driver reads, found in one pass. */
 typedef struct StripeFields
@@ -59,7 +71,7 @@ typedef struct StripeFields
 } StripeFields;
 
 static const char *const stripe_option_names[] = {
-	"secret_key", "api_version", "stripe_account", NULL
+	"secret_key", "api_version", "stripe_account", "webhook_secret", NULL
 };
 
 /* PaymentIntent statuses that mean "not paid yet, maybe later". */
@@ -184,6 +196,15 @@ stripe_compile(const char *channel, const char *base_url, Jsonb *options)
 					 errhint("Give the connected account's id, such as \"acct_1032D82eZvKYlo2C\".")));
 		config->account_header = psprintf("Stripe-Account: %s", account);
 	}
+
+	if (option_string(options, "webhook_secret", &config->webhook_secret, channel) &&
+		(strncmp(config->webhook_secret, "whsec_", 6) != 0 ||
+		 config->webhook_secret[6] == '\0' || !is_word_text(config->webhook_secret)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for option \"webhook_secret\" of channel \"%s\"", channel),
+				 errdetail("A webhook signing secret starts with whsec_ and has only letters, digits and underscores."),
+				 errhint("Copy the signing secret of the webhook endpoint from the Stripe dashboard.")));
 
 	/* "https://api.stripe.com", with or without a trailing "/" or "/v1" */
 	while (len > 0 && base_url[len - 1] == '/')
@@ -399,6 +420,8 @@ stripe_paid_amount(const StripeFields *fields, CheckAnswer *answer)
 	return answer_paid(answer, minor, currency);
 }
 
+static void answer_intent(const StripeFields *fields, CheckAnswer *answer);
+
 /* Turns Stripe's answer about a PaymentIntent into a status or an error. */
 static void
 stripe_interpret(const void *cfg, CheckKind kind, const char *payment_id, const HttpResult *result,
@@ -427,6 +450,15 @@ stripe_interpret(const void *cfg, CheckKind kind, const char *payment_id, const 
 		answer_error(answer, "Stripe's answer (HTTP %ld) is not a JSON object", result->status);
 		return;
 	}
+	answer_intent(&fields, answer);
+}
+
+/* Reads a PaymentIntent (an answer, or an event's data.object) into *answer. */
+static void
+answer_intent(const StripeFields *read_fields, CheckAnswer *answer)
+{
+	StripeFields fields = *read_fields;
+
 	if (fields.duplicate)
 	{
 		answer_error(answer, "Stripe's answer has a field twice");
@@ -458,6 +490,131 @@ stripe_interpret(const void *cfg, CheckKind kind, const char *payment_id, const 
 					 channel_text(fields.status, CHANNEL_WORD_MAX_BYTES));
 }
 
+/*
+ * Checks a Stripe-Signature header ("t=...,v1=...,v1=...,v0=...") against
+ * the body: true if some v1 is the HMAC of "t.body" under secret.  *stamp
+ * is set to t; false with *problem set otherwise.
+ */
+static bool
+stripe_signature_ok(const char *header, const char *secret, const char *body,
+					size_t body_len, int64 *stamp, const char **problem)
+{
+	char	   *copy = pstrdup(header);
+	char	   *saveptr = NULL;
+	char	   *t = NULL;
+	int			n_t = 0;
+	List	   *v1 = NIL;
+	StringInfoData payload;
+	bool		match = false;
+	char	   *end;
+	ListCell   *lc;
+
+	for (char *item = strtok_r(copy, ",", &saveptr); item;
+		 item = strtok_r(NULL, ",", &saveptr))
+	{
+		while (*item == ' ')
+			item++;
+		if (strncmp(item, "t=", 2) == 0)
+		{
+			t = item + 2;
+			n_t++;
+		}
+		else if (strncmp(item, "v1=", 3) == 0)
+			v1 = lappend(v1, item + 3);
+	}
+	if (n_t != 1 || t[0] == '\0' || strspn(t, "0123456789") != strlen(t) ||
+		strlen(t) > 15)
+	{
+		*problem = "the Stripe-Signature header has no single timestamp t";
+		return false;
+	}
+	if (v1 == NIL)
+	{
+		*problem = "the Stripe-Signature header has no v1 signature";
+		return false;
+	}
+	*stamp = strtoll(t, &end, 10);
+	initStringInfo(&payload);
+	appendStringInfo(&payload, "%s.", t);
+	appendBinaryStringInfo(&payload, body, (int) body_len);
+	/* every v1 is checked, so the time taken says nothing of which matched */
+	foreach(lc, v1)
+		match |= crypto_hmac_sha256_hex_matches(secret, strlen(secret), payload.data,
+												payload.len, lfirst(lc));
+	if (!match)
+		*problem = "no v1 signature of the Stripe-Signature header verifies with webhook_secret";
+	return match;
+}
+
+/*
+ * Verifies a Stripe webhook event and reads its PaymentIntent.  Without
+ * webhook_secret: unverified, about the PaymentIntent data.object.id names.
+ */
+static void
+stripe_verify_notification(const void *cfg, const char *channel,
+						   const HttpResult *notification, int64 now,
+						   NotificationResult *out)
+{
+	const StripeConfig *config = cfg;
+	JsonField	f[] = {
+		{.path = "object", .only = JSON_TOKEN_STRING},
+		{.path = "type", .only = JSON_TOKEN_STRING},
+		{.path = "data.object"},
+		{.path = "data.object.id", .only = JSON_TOKEN_STRING},
+	};
+	char	   *header = http_header(notification, "Stripe-Signature");
+	const char *problem = NULL;
+	int64		stamp = 0;
+	StripeFields fields;
+
+	out->reply_status = 200;
+	out->reply_body = "";
+	if (json_fields(notification->body, notification->body_len, JSON_FIELDS_OBJECT,
+					f, lengthof(f)) != JSON_FIELDS_OK)
+	{
+		if (config->webhook_secret == NULL)
+			notification_refused(channel, "the notification is not a JSON object");
+		memset(f, 0, sizeof(f));	/* the signature is checked first */
+	}
+	if (config->webhook_secret == NULL)
+	{
+		notification_unverified(out, f[1].value && strncmp(f[1].value, "payment_intent.", 15) == 0 ?
+								f[3].value : NULL);
+		return;
+	}
+	if (header == NULL || header[0] == '\0')
+		notification_refused(channel, "the notification has no Stripe-Signature header");
+	if (!stripe_signature_ok(header, config->webhook_secret, notification->body,
+							 notification->body_len, &stamp, &problem))
+		notification_refused(channel, "%s", problem);
+	if (stamp < now - STRIPE_WEBHOOK_TOLERANCE_S || stamp > now + STRIPE_WEBHOOK_TOLERANCE_S)
+		notification_refused(channel,
+							 "the Stripe-Signature timestamp is %lld s off the clock (at most %d allowed)",
+							 (long long) (stamp - now), STRIPE_WEBHOOK_TOLERANCE_S);
+	out->verified = true;
+	if (f[1].value == NULL)
+		notification_refused(channel, "the notification is not a JSON object with a type");
+	for (size_t i = 0; i < lengthof(f); i++)
+		if (f[i].count > 1 || f[i].members > 1)
+			notification_refused(channel, "the notification gives %s twice", f[i].path);
+	if (f[0].value == NULL || strcmp(f[0].value, "event") != 0)
+		notification_refused(channel, "the notification is not a Stripe event");
+	if (strncmp(f[1].value, "payment_intent.", 15) != 0)
+		return;					/* another kind of event: no payment of ours */
+	if (f[2].raw_start == NULL || f[3].value == NULL)
+		notification_refused(channel, "the %s event has no data.object with an id",
+							 channel_text(f[1].value, CHANNEL_WORD_MAX_BYTES));
+	if (!stripe_read_fields(pnstrdup(f[2].raw_start, f[2].raw_len), f[2].raw_len, &fields) ||
+		!fields.root_is_object)
+		notification_refused(channel, "the event's data.object is not a JSON object");
+	if (fields.object == NULL || strcmp(fields.object, "payment_intent") != 0)
+		notification_refused(channel, "the event's data.object is not a PaymentIntent");
+	answer_intent(&fields, &out->answer);
+	if (out->answer.is_error)
+		notification_refused(channel, "%s", out->answer.error);
+	out->payment_id = f[3].value;
+}
+
 const PaysyncDriver stripe_driver = {
 	.name = "stripe",
 	.option_names = stripe_option_names,
@@ -466,4 +623,5 @@ const PaysyncDriver stripe_driver = {
 	.interpret = stripe_interpret,
 	.can_close = false,
 	.close_on_expiry_default = false,
+	.verify_notification = stripe_verify_notification,
 };

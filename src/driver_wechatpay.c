@@ -15,6 +15,12 @@
  *		body), its timestamp within five minutes of the clock, and, when
  *		platform_serial is set, its Wechatpay-Serial that serial.  An answer
  *		that fails any of this is an error, never a status.
+ *
+ *		Notifications (WeChat Pay API v3 payment callbacks) are verified the
+ *		same way (the Wechatpay-* headers over the raw body), then their
+ *		resource is decrypted with AEAD_AES_256_GCM under api_v3_key with its
+ *		nonce and associated_data; the transaction inside is read as a query
+ *		answer is, its mchid required to be the channel's.
  */
 #include "postgres.h"
 
@@ -43,6 +49,7 @@ typedef struct WechatpayConfig
 	CryptoKey  *merchant_key;	/* signs requests; secret */
 	CryptoKey  *platform_key;	/* verifies answers */
 	char	   *platform_serial;	/* the answers' Wechatpay-Serial, or NULL */
+	char	   *api_v3_key;		/* decrypts notifications; secret; or NULL */
 	char	   *base;			/* base_url without trailing slashes */
 	char	   *base_path;		/* its path part ("" if none), signed too */
 } WechatpayConfig;
@@ -61,7 +68,7 @@ typedef struct WechatpayAnswer
 
 static const char *const wechatpay_option_names[] = {
 	"mchid", "merchant_serial_no", "merchant_private_key",
-	"platform_public_key", "platform_serial", NULL
+	"platform_public_key", "platform_serial", "api_v3_key", NULL
 };
 
 /* trade_state to paysync status. */
@@ -178,6 +185,14 @@ wechatpay_compile(const char *channel, const char *base_url, Jsonb *options)
 					 errhint("platform_serial is the serial of the platform certificate or the WeChat Pay public key ID (PUB_KEY_ID_...).")));
 		config->platform_serial = serial;
 	}
+	if (option_string(options, "api_v3_key", &config->api_v3_key, channel) &&
+		strlen(config->api_v3_key) != CRYPTO_AES256_KEY_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for option \"api_v3_key\" of channel \"%s\"", channel),
+				 errdetail("The key has %zu bytes; an APIv3 key has %d.",
+						   strlen(config->api_v3_key), CRYPTO_AES256_KEY_LEN),
+				 errhint("Give the 32-character APIv3 key set in the WeChat Pay merchant platform.")));
 	return config;
 }
 
@@ -439,6 +454,9 @@ answer_refusal(const HttpResult *result, const WechatpayAnswer *parsed,
 					 result->status, code ? ": " : "", code ? code : "");
 }
 
+static void answer_transaction(const WechatpayConfig *config, const char *payment_id,
+							   const WechatpayAnswer *parsed, CheckAnswer *answer);
+
 /*
  * Interprets the answer to a status query about payment_id (NULL: not
  * checked, for unit tests).
@@ -473,6 +491,19 @@ interpret_query(const WechatpayConfig *config, const char *payment_id,
 			answer_refusal(result, &parsed, answer);
 		return;
 	}
+
+	answer_transaction(config, payment_id, &parsed, answer);
+}
+
+/*
+ * Reads a transaction (a query answer, or a notification's decrypted
+ * resource) about payment_id (NULL: not checked) into *answer.
+ */
+static void
+answer_transaction(const WechatpayConfig *config, const char *payment_id,
+				   const WechatpayAnswer *parsed_answer, CheckAnswer *answer)
+{
+	WechatpayAnswer parsed = *parsed_answer;
 
 	if (parsed.trade_state == NULL)
 	{
@@ -573,6 +604,94 @@ wechatpay_interpret(const void *cfg, CheckKind kind, const char *payment_id, con
 		interpret_query(config, payment_id, result, answer);
 }
 
+/*
+ * Verifies a payment notification (WeChat Pay API v3 callback): the
+ * signature headers as for an answer, the five-minute window, then the
+ * resource decrypted with api_v3_key.  A TRANSACTION.* event gives the
+ * transaction's status; other events are about no payment.  Without
+ * api_v3_key the payment cannot be read: unverified, no payment.
+ */
+static void
+wechatpay_verify_notification(const void *cfg, const char *channel,
+							  const HttpResult *notification, int64 now,
+							  NotificationResult *out)
+{
+	const WechatpayConfig *config = cfg;
+	JsonField	f[] = {
+		{.path = "event_type", .only = JSON_TOKEN_STRING},
+		{.path = "resource.algorithm", .only = JSON_TOKEN_STRING},
+		{.path = "resource.ciphertext", .only = JSON_TOKEN_STRING},
+		{.path = "resource.associated_data", .only = JSON_TOKEN_STRING},
+		{.path = "resource.nonce", .only = JSON_TOKEN_STRING},
+	};
+	char		error[200];
+	unsigned char *sealed;
+	size_t		sealed_len;
+	unsigned char *plain;
+	size_t		plain_len;
+	const char *aad;
+	HttpResult	decrypted;
+	WechatpayAnswer parsed;
+
+	out->reply_status = 204;
+	out->reply_body = "";
+	if (!wechatpay_verify(config->platform_key, config->platform_serial, notification,
+						  now, error, sizeof(error)))
+		notification_refused(channel, "%s", error);
+	out->verified = true;
+	if (config->api_v3_key == NULL)
+	{
+		/* signed, but sealed with a key paysync was not given */
+		notification_unverified(out, NULL);
+		out->reply_status = 204;
+		return;
+	}
+	if (json_fields(notification->body, notification->body_len,
+					JSON_FIELDS_OBJECT, f, lengthof(f)) != JSON_FIELDS_OK)
+		notification_refused(channel, "the notification is not a JSON object");
+	for (size_t i = 0; i < lengthof(f); i++)
+		if (f[i].count > 1 || f[i].members > 1)
+			notification_refused(channel, "the notification gives %s twice", f[i].path);
+	if (f[0].value == NULL)
+		notification_refused(channel, "the notification has no event_type");
+	if (strncmp(f[0].value, "TRANSACTION.", 12) != 0)
+		return;					/* a refund or other event: no payment of ours */
+	if (f[1].value == NULL || strcmp(f[1].value, "AEAD_AES_256_GCM") != 0)
+		notification_refused(channel, "the notification's resource is not sealed with AEAD_AES_256_GCM");
+	if (f[2].value == NULL || f[4].value == NULL)
+		notification_refused(channel, "the notification's resource has no %s",
+							 f[2].value == NULL ? "ciphertext" : "nonce");
+	sealed = crypto_b64_decode(f[2].value, &sealed_len);
+	if (sealed == NULL)
+		notification_refused(channel, "the notification's resource ciphertext is not base64");
+	aad = f[3].value ? f[3].value : "";
+	plain = crypto_aes256gcm_decrypt((const unsigned char *) config->api_v3_key,
+									 (const unsigned char *) f[4].value, strlen(f[4].value),
+									 (const unsigned char *) aad, strlen(aad),
+									 sealed, sealed_len, &plain_len);
+	free(sealed);
+	if (plain == NULL)
+		notification_refused(channel, "the notification's resource does not decrypt with api_v3_key");
+
+	memset(&decrypted, 0, sizeof(decrypted));
+	decrypted.status = 200;
+	decrypted.body = pnstrdup((char *) plain, plain_len);
+	decrypted.body_len = plain_len;
+	free(plain);
+	if (!wechatpay_parse(&decrypted, &parsed, &out->answer))
+		notification_refused(channel, "the notification's resource is not a transaction: %s",
+							 out->answer.error);
+	if (parsed.mchid == NULL || strcmp(parsed.mchid, config->mchid) != 0)
+		notification_refused(channel, "the notification is about merchant %s, not mchid %s",
+							 parsed.mchid ? channel_word(parsed.mchid) : "(none)", config->mchid);
+	if (parsed.out_trade_no == NULL || parsed.out_trade_no[0] == '\0')
+		notification_refused(channel, "the notification's transaction has no out_trade_no");
+	answer_transaction(config, parsed.out_trade_no, &parsed, &out->answer);
+	if (out->answer.is_error)
+		notification_refused(channel, "%s", out->answer.error);
+	out->payment_id = parsed.out_trade_no;
+}
+
 const PaysyncDriver wechatpay_driver = {
 	.name = "wechatpay",
 	.option_names = wechatpay_option_names,
@@ -581,4 +700,5 @@ const PaysyncDriver wechatpay_driver = {
 	.interpret = wechatpay_interpret,
 	.can_close = true,
 	.close_on_expiry_default = true,
+	.verify_notification = wechatpay_verify_notification,
 };

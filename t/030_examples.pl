@@ -1,11 +1,16 @@
 # 030_examples.pl: the order-service listeners in examples/ (C with libpq,
-# JavaScript with node-postgres) against a live cluster.  Each must apply
+# JavaScript with node-postgres, Python with psycopg 3) against a live
+# cluster.  Each must apply
 # every event exactly once: events from before it started; a gap in the
 # event_ids with notifications arriving for events its catch-up already
 # applied; a COMMIT whose answer is lost although it took effect; events
 # committed while it is locked out across a fast restart; events around an
 # immediate stop.  It must exit with status 0 on SIGTERM and, run again,
 # apply only what is new; the shop's own tables must match paysync's.
+# The examples with a webhook endpoint (JavaScript, Python) must pass a
+# signed notification to paysync.receive() and answer as it says, refuse a
+# forged one with 401, and keep doing so across a server restart, the
+# listener applying the notifications' events like any other.
 use strict;
 use warnings;
 
@@ -18,6 +23,7 @@ use Test::More;
 use File::Path qw(make_path);
 use IPC::Run;
 use Time::HiRes qw(time usleep);
+use Digest::SHA qw(hmac_sha256_hex);
 
 my $top = "$FindBin::Bin/..";
 my $mock = start_mock();
@@ -321,6 +327,76 @@ sub exercise
 	$node->stop;
 }
 
+# POSTs body to the listener's webhook endpoint for channel hooks with the
+# X-Signature header signature; returns "<HTTP status> <body>".
+sub post_webhook
+{
+	my ($port, $body, $signature) = @_;
+	my $out = '';
+	IPC::Run::run([ 'curl', '-s', '-m', '5', '-w', ' %{http_code}', '-H', "X-Signature: $signature",
+		'-H', 'Content-Type: application/json', '--data-binary', '@-',
+		"http://127.0.0.1:$port/webhook/hooks" ], '<', \$body, '>', \$out);
+	my ($reply, $status) = $out =~ /^(.*) (\d+)$/s ? ($1, $2) : ('', 0);
+	return "$status $reply";
+}
+
+# The webhook endpoint of an example: signed notifications applied (and
+# their events applied by the listener), forged ones refused, across a
+# restart.
+sub exercise_webhook
+{
+	my ($name, $cmd) = @_;
+	my $secret = 'example-webhook-secret-42';
+	my $node = new_paysync_node("webhook_$name");
+	create_mock_channel($node, 'hooks', $mock, qq{{"webhook_secret": "$secret",
+		"webhook_signature_header": "X-Signature", "webhook_id_field": "payment_id"}});
+	$node->safe_psql('postgres', q{
+		CREATE ROLE order_service LOGIN;
+		CREATE SCHEMA shop AUTHORIZATION order_service;
+		GRANT EXECUTE ON FUNCTION paysync.events_since(bigint, integer) TO order_service;
+		GRANT EXECUTE ON FUNCTION paysync.receive(text, jsonb, text) TO order_service;
+		SELECT paysync.track('hook_' || g, 'hooks', schedule => '{1h}')
+		FROM generate_series(1, 3) g;});
+	my $uri = sprintf('postgresql:///postgres?host=%s&port=%d&user=order_service',
+		$node->host, $node->port);
+	my $port = PostgreSQL::Test::Cluster::get_free_port();
+	my $l;
+	{
+		local $ENV{PAYSYNC_WEBHOOK_PORT} = $port;
+		$l = start_listener($cmd, $uri);
+	}
+	ok(wait_stderr($l, qr/webhook endpoint on 127\.0\.0\.1:$port/), "$name webhook: the endpoint listens");
+
+	my $body = '{"payment_id": "hook_1", "status": "PAID"}';
+	is(post_webhook($port, $body, hmac_sha256_hex($body, $secret)), '200 ',
+		"$name webhook: a signed notification is answered as receive() says");
+	is(status_of($node, 'hook_1'), 'succeeded', "$name webhook: and applied");
+	is(post_webhook($port, $body, hmac_sha256_hex($body, $secret)), '200 ',
+		"$name webhook: the same again is answered 200 too");
+	my $forged = '{"payment_id": "hook_2", "status": "PAID"}';
+	is(post_webhook($port, $forged, hmac_sha256_hex($body, $secret)), '401 ',
+		"$name webhook: a forged notification is answered 401");
+	is(status_of($node, 'hook_2'), 'pending', "$name webhook: and changes nothing");
+	wait_applied($node, [$l], "$name webhook: the listener applies the notification's event");
+
+	$node->restart;
+	$body = '{"payment_id": "hook_2", "status": "FAILED"}';
+	my $deadline = time + 15;
+	my $reply;
+	do
+	{
+		$reply = post_webhook($port, $body, hmac_sha256_hex($body, $secret));
+		usleep(200_000) if $reply ne '200 ';
+	} while ($reply ne '200 ' && time < $deadline);
+	is($reply, '200 ', "$name webhook: after a restart notifications are applied again");
+	is(status_of($node, 'hook_2'), 'failed', "$name webhook: hook_2 failed");
+	wait_applied($node, [$l], "$name webhook: the listener applies it after the restart");
+	is(scalar(() = applied_lines($l)), 2, "$name webhook: two events applied, once each");
+	ok(stop_listener($l), "$name webhook: SIGTERM stops it with exit status 0");
+	note("$name webhook listener's stderr:\n$l->{err}");
+	$node->stop;
+}
+
 # --- C (libpq) ---------------------------------------------------------------
 my ($rc, $output) = run_cmd('make', '-s', '-C', "$top/examples/listener_c");
 is($rc, 0, 'the C example builds with -Wall -Wextra -Werror') or diag($output);
@@ -346,6 +422,23 @@ SKIP:
 		  or diag($output);
 	}
 	exercise('js', [ 'node', "$dir/listener.js" ]) if $npm_rc == 0;
+	exercise_webhook('js', [ 'node', "$dir/listener.js" ]) if $npm_rc == 0;
+}
+
+# --- Python (psycopg 3) -------------------------------------------------------
+SKIP:
+{
+	my ($no_psycopg, $why) = run_cmd('python3', '-c', 'import psycopg');
+	skip "python3 with psycopg 3 is not installed: the Python example is not tested ($why)", 1
+	  if $no_psycopg;
+	my @cmd = ('python3', "$top/examples/listener_py/listener.py");
+	{
+		# the idle catch-up as slow as the others', so that only the
+		# catch-ups on connect and at a gap can make the test pass
+		local $ENV{PAYSYNC_CATCH_UP_S} = 30;
+		exercise('py', \@cmd);
+	}
+	exercise_webhook('py', \@cmd);
 }
 
 stop_mock($mock);

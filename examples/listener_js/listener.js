@@ -26,6 +26,15 @@
  * commit together or not at all. If COMMIT fails without an answer we can
  * trust, the outcome is looked up after the reconnect with pg_xact_status().
  *
+ * With $PAYSYNC_WEBHOOK_PORT set it is also the shop's webhook endpoint:
+ * an HTTP server on 127.0.0.1:$PAYSYNC_WEBHOOK_PORT (Node's own http
+ * module) takes POST /webhook/<channel>, hands the headers and the raw
+ * body, untouched, to paysync.receive() and answers the channel with the
+ * reply_status and reply_body it returns; a notification that fails
+ * verification (SQLSTATE 28000) is answered 401, and any other failure
+ * 503 so that the channel sends it again. The status change itself reaches
+ * the shop as an event, like every other: through the listener.
+ *
  * Usage: node listener.js [CONNECTION_URI]
  * CONNECTION_URI is a postgresql:// URI (for a Unix socket:
  * postgresql:///shop?host=/var/run/postgresql); without it, $PAYSYNC_DSN,
@@ -37,7 +46,8 @@
  */
 'use strict';
 
-const { Client } = require('pg');
+const http = require('http');
+const { Client, Pool } = require('pg');
 
 // Rows asked of events_since() at a time.
 const CATCH_UP_BATCH = 1000;
@@ -61,7 +71,11 @@ CREATE TABLE IF NOT EXISTS shop.order_payments (
   event_id bigint NOT NULL,
   updated_at timestamptz NOT NULL DEFAULT now());`;
 
+// The largest notification body the webhook endpoint takes.
+const WEBHOOK_MAX_BODY = 1024 * 1024;
+
 const connectionString = process.argv[2] || process.env.PAYSYNC_DSN || undefined;
+const webhookPort = process.env.PAYSYNC_WEBHOOK_PORT;
 const notifyChannel = process.env.PAYSYNC_NOTIFY_CHANNEL || 'paysync';
 
 // Largest event_id known to be in shop.applied_events (event_id is a
@@ -293,6 +307,62 @@ function parsePayload(payload) {
   return { eventId: BigInt(value.event_id), paymentId: value.payment_id, status: value.status };
 }
 
+// The webhook endpoint: POST /webhook/<channel>, verified and applied by
+// paysync.receive() on a pool of its own connections (a pool drops a
+// connection that failed and opens a new one, so it outlives a server
+// restart). Returns the server.
+function startWebhookServer(port) {
+  const pool = new Pool({
+    connectionString, max: 4, application_name: 'paysync-webhook-js',
+    connectionTimeoutMillis: 5000,
+  });
+  // An idle pooled connection that is cut must not kill the process.
+  pool.on('error', (err) => log(`webhook pool: ${err.message}`));
+  const server = http.createServer((req, res) => {
+    const match = /^\/webhook\/([a-z][a-z0-9_]{0,62})$/.exec(req.url);
+    if (req.method !== 'POST' || !match) {
+      res.writeHead(404).end();
+      return;
+    }
+    const chunks = [];
+    let size = 0;
+    req.on('data', (chunk) => {
+      size += chunk.length;
+      if (size > WEBHOOK_MAX_BODY) {
+        res.writeHead(413).end();
+        req.destroy();
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on('end', async () => {
+      // the raw body, byte for byte: signatures are over it
+      const body = Buffer.concat(chunks).toString('utf8');
+      try {
+        const result = await pool.query(
+          'SELECT payment_id, status::text, outcome, reply_status, reply_body ' +
+          'FROM paysync.receive($1, $2::jsonb, $3)',
+          [match[1], JSON.stringify(req.headers), body]);
+        const row = result.rows[0];
+        log(`webhook ${match[1]} ${row.payment_id} ${row.outcome}`);
+        res.writeHead(row.reply_status, { 'Content-Type': 'text/plain' }).end(row.reply_body);
+      } catch (err) {
+        if (err.code === '28000') {
+          log(`webhook ${match[1]} refused: ${err.detail || err.message}`);
+          res.writeHead(401).end();
+        } else {
+          log(`webhook ${match[1]} failed: ${err.message}`);
+          res.writeHead(503).end();
+        }
+      }
+    });
+  });
+  server.listen(Number(webhookPort), '127.0.0.1',
+    () => log(`webhook endpoint on 127.0.0.1:${webhookPort}`));
+  server.pool = pool;
+  return server;
+}
+
 // Runs sessions until a stop signal: each one connects, resolves a COMMIT
 // left in doubt, catches up and then listens. Between sessions it waits
 // BACKOFF_MIN_MS, doubling after each failure up to BACKOFF_MAX_MS.
@@ -304,6 +374,7 @@ async function main() {
     });
   }
 
+  const webhook = webhookPort ? startWebhookServer(webhookPort) : null;
   let backoffMs = BACKOFF_MIN_MS;
   while (!stopping) {
     const session = new Session();
@@ -323,6 +394,10 @@ async function main() {
     log(`reconnecting in ${backoffMs} ms`);
     await sleep(backoffMs);
     backoffMs = Math.min(backoffMs * 2, BACKOFF_MAX_MS);
+  }
+  if (webhook) {
+    await new Promise((resolve) => webhook.close(resolve));
+    await webhook.pool.end().catch(() => {});
   }
   log(`stopped at event ${lastApplied}`);
 }
