@@ -36,6 +36,7 @@
 #define _GNU_SOURCE
 
 #include <ctype.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -44,6 +45,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -100,6 +102,7 @@ typedef struct TimerEntry
 {
 	uint64_t	due_ns;			/* CLOCK_MONOTONIC deadline */
 	struct MHD_Connection *conn;
+	ReqState   *rs;				/* its request state */
 } TimerEntry;
 
 /* Configuration from the command line. */
@@ -115,6 +118,7 @@ static atomic_int_fast64_t stat_in_flight;
 static atomic_int_fast64_t stat_max_in_flight;
 static atomic_int_fast64_t stat_max_in_flight_per_id;
 static atomic_uint_fast64_t stat_overlapping;	/* arrived with another of its id in flight */
+static atomic_uint_fast64_t stat_abandoned; /* delayed answers whose client left */
 static atomic_uint_fast64_t stat_answered[26];	/* per action letter A-Z */
 
 /* The first id that reached stat_max_in_flight_per_id, or NULL. */
@@ -235,6 +239,8 @@ in_flight_enter(void)
 		;
 }
 
+static int	release_abandoned(const char *id);
+
 /*
  * Count the request as one more in flight for its payment id: keep the
  * per-id high-water mark and the id that first reached it, and count (and
@@ -251,6 +257,8 @@ in_flight_enter_id(ReqState *rs, const char *id)
 	if (rs->id == NULL)
 		return;
 	cur = mock_id_enter(id);
+	if (cur > 1)
+		cur -= release_abandoned(id);
 	if (cur > 1)
 	{
 		atomic_fetch_add(&stat_overlapping, 1);
@@ -591,7 +599,7 @@ heap_pop(void)
  * then answers at once.
  */
 static bool
-timer_schedule(struct MHD_Connection *conn, long delay_ms)
+timer_schedule(struct MHD_Connection *conn, ReqState *rs, long delay_ms)
 {
 	uint64_t	due = mock_monotonic_ns() + (uint64_t) delay_ms * 1000000ULL;
 	size_t		i;
@@ -625,6 +633,7 @@ timer_schedule(struct MHD_Connection *conn, long delay_ms)
 	i = timer_len++;
 	timer_heap[i].due_ns = due;
 	timer_heap[i].conn = conn;
+	timer_heap[i].rs = rs;
 	while (i > 0 && timer_heap[(i - 1) / 2].due_ns > timer_heap[i].due_ns)
 	{
 		heap_swap(i, (i - 1) / 2);
@@ -634,6 +643,56 @@ timer_schedule(struct MHD_Connection *conn, long delay_ms)
 		pthread_cond_signal(&timer_cond);
 	pthread_mutex_unlock(&timer_lock);
 	return true;
+}
+
+/*
+ * Has the client of a suspended connection closed it (or reset it)?  The
+ * server does not watch a suspended connection, so peek at its socket.
+ */
+static bool
+client_gone(struct MHD_Connection *conn)
+{
+	const union MHD_ConnectionInfo *info;
+	char		c;
+	ssize_t		n;
+
+	info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+	if (info == NULL)
+		return false;
+	n = recv(info->connect_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+	return n == 0 ||
+		(n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+/*
+ * Stop counting as in flight for id the delayed answers to it whose client
+ * has gone (gave up waiting and closed the connection): they are answered
+ * to no one.  Called only when a request arrives while another for the
+ * same id is in flight, so the scan of the timer heap is rare.  Returns
+ * how many were released.
+ */
+static int
+release_abandoned(const char *id)
+{
+	size_t		i;
+	int			released = 0;
+
+	pthread_mutex_lock(&timer_lock);
+	for (i = 0; i < timer_len; i++)
+	{
+		ReqState   *rs = timer_heap[i].rs;
+
+		if (rs == NULL || rs->id == NULL || strcmp(rs->id, id) != 0 ||
+			!client_gone(timer_heap[i].conn))
+			continue;
+		mock_id_leave(rs->id);
+		free(rs->id);
+		rs->id = NULL;
+		released++;
+	}
+	pthread_mutex_unlock(&timer_lock);
+	atomic_fetch_add(&stat_abandoned, (uint_fast64_t) released);
+	return released;
 }
 
 /*
@@ -713,7 +772,7 @@ respond(struct MHD_Connection *conn, ReqState *rs, unsigned int status,
 		rs->status = status;
 		rs->owned = owned;
 		rs->pending = true;
-		if (timer_schedule(conn, delay_ms))
+		if (timer_schedule(conn, rs, delay_ms))
 			return MHD_YES;
 		rs->pending = false;
 		rs->response = NULL;
@@ -911,12 +970,14 @@ handle_control(struct MHD_Connection *conn, const char *url)
 						   ",\"max_in_flight\":%" PRIdFAST64
 						   ",\"max_in_flight_per_id\":%" PRIdFAST64
 						   ",\"overlapping\":%" PRIuFAST64
+						   ",\"abandoned\":%" PRIuFAST64
 						   ",\"busiest_id\":%s%s%s%s}",
 						   atomic_load(&stat_requests),
 						   atomic_load(&stat_in_flight),
 						   atomic_load(&stat_max_in_flight),
 						   atomic_load(&stat_max_in_flight_per_id),
 						   atomic_load(&stat_overlapping),
+						   atomic_load(&stat_abandoned),
 						   busiest ? "\"" : "", busiest ? busiest : "null",
 						   busiest ? "\"" : "", answered);
 		free(busiest);
@@ -933,6 +994,7 @@ handle_control(struct MHD_Connection *conn, const char *url)
 		atomic_store(&stat_requests, 0);
 		atomic_store(&stat_max_in_flight_per_id, 0);
 		atomic_store(&stat_overlapping, 0);
+		atomic_store(&stat_abandoned, 0);
 		for (i = 0; i < 26; i++)
 			atomic_store(&stat_answered[i], 0);
 		pthread_mutex_lock(&busiest_lock);
