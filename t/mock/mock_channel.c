@@ -18,6 +18,13 @@
  * resumes it when it is due.  A small pool of event-loop threads (epoll)
  * therefore serves thousands of concurrent keep-alive connections.
  *
+ * It also counts, per payment id, the requests in flight (arrived, not yet
+ * completed) and keeps the highest such count: a client that never sends
+ * two requests for one payment at a time keeps it at 1.  With --resume it
+ * continues the attempt counts of an earlier run from the --log file, so a
+ * test can stop the channel and start it again as if it had only been
+ * unreachable meanwhile.
+ *
  * Control endpoints /_stats and /_reset are neither logged, counted nor
  * delayed.
  *
@@ -29,6 +36,7 @@
 #define _GNU_SOURCE
 
 #include <ctype.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -37,6 +45,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -57,6 +66,9 @@
 /* How many due timers the timer thread resumes per lock acquisition. */
 #define TIMER_BATCH			256
 
+/* The script actions, in the order /_stats lists their counts. */
+#define ACTION_LETTERS		"PSFCXUMJNERTBD"
+
 /* A header every scripted request must carry (--require-header). */
 typedef struct RequiredHeader
 {
@@ -67,7 +79,7 @@ typedef struct RequiredHeader
 /* One parsed script action. */
 typedef struct Action
 {
-	char		letter;			/* P S F C X U M J E R N T B */
+	char		letter;			/* one of ACTION_LETTERS */
 	long		arg;			/* numeric argument, 0 if none */
 } Action;
 
@@ -78,6 +90,7 @@ typedef struct ReqState
 	bool		counted;		/* included in in_flight */
 	bool		pending;		/* suspended, waiting to send response */
 	bool		owned;			/* response must be destroyed by us */
+	char	   *id;				/* payment id counted in flight, or NULL */
 	struct timespec arrival;	/* wall clock time of arrival */
 	MockBody	body;			/* the first MAX_BODY bytes */
 	struct MHD_Response *response;	/* prepared response while pending */
@@ -89,11 +102,13 @@ typedef struct TimerEntry
 {
 	uint64_t	due_ns;			/* CLOCK_MONOTONIC deadline */
 	struct MHD_Connection *conn;
+	ReqState   *rs;				/* its request state */
 } TimerEntry;
 
 /* Configuration from the command line. */
 static unsigned int opt_threads = 2;
 static const char *opt_pidfile = NULL;
+static bool opt_resume = false;
 static RequiredHeader *required_headers = NULL;
 static int n_required_headers = 0;
 
@@ -101,6 +116,14 @@ static int n_required_headers = 0;
 static atomic_uint_fast64_t stat_requests;
 static atomic_int_fast64_t stat_in_flight;
 static atomic_int_fast64_t stat_max_in_flight;
+static atomic_int_fast64_t stat_max_in_flight_per_id;
+static atomic_uint_fast64_t stat_overlapping;	/* arrived with another of its id in flight */
+static atomic_uint_fast64_t stat_abandoned; /* delayed answers whose client left */
+static atomic_uint_fast64_t stat_answered[26];	/* per action letter A-Z */
+
+/* The first id that reached stat_max_in_flight_per_id, or NULL. */
+static pthread_mutex_t busiest_lock = PTHREAD_MUTEX_INITIALIZER;
+static char *busiest_id = NULL;
 
 /* Deadline heap of suspended connections, and the thread that serves it. */
 static pthread_mutex_t timer_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -137,6 +160,7 @@ usage(FILE *out)
 			"  --require-header 'N: V'  answer 401 unless header N has value V (repeatable)\n"
 			"  --pidfile FILE           write the process id to FILE\n"
 			"  --threads N              event loop threads (default 2)\n"
+			"  --resume                 continue the attempt counts from the --log file\n"
 			"  --help                   show this message\n");
 }
 
@@ -213,6 +237,48 @@ in_flight_enter(void)
 	while (cur > max &&
 		   !atomic_compare_exchange_weak(&stat_max_in_flight, &max, cur))
 		;
+}
+
+static int	release_abandoned(const char *id);
+
+/*
+ * Count the request as one more in flight for its payment id: keep the
+ * per-id high-water mark and the id that first reached it, and count (and
+ * report on stderr) a request that arrives while another one for the same
+ * id is still in flight.
+ */
+static void
+in_flight_enter_id(ReqState *rs, const char *id)
+{
+	int_fast64_t cur;
+	int_fast64_t max;
+
+	rs->id = strdup(id);
+	if (rs->id == NULL)
+		return;
+	cur = mock_id_enter(id);
+	if (cur > 1)
+		cur -= release_abandoned(id);
+	if (cur > 1)
+	{
+		atomic_fetch_add(&stat_overlapping, 1);
+		fprintf(stderr, "mock_channel: %" PRIdFAST64 " requests in flight for id %s\n",
+				cur, id);
+	}
+	max = atomic_load(&stat_max_in_flight_per_id);
+	while (cur > max)
+	{
+		if (atomic_compare_exchange_weak(&stat_max_in_flight_per_id, &max, cur))
+		{
+			char	   *copy = strdup(id);
+
+			pthread_mutex_lock(&busiest_lock);
+			free(busiest_id);
+			busiest_id = copy;
+			pthread_mutex_unlock(&busiest_lock);
+			break;
+		}
+	}
 }
 
 /*
@@ -533,7 +599,7 @@ heap_pop(void)
  * then answers at once.
  */
 static bool
-timer_schedule(struct MHD_Connection *conn, long delay_ms)
+timer_schedule(struct MHD_Connection *conn, ReqState *rs, long delay_ms)
 {
 	uint64_t	due = mock_monotonic_ns() + (uint64_t) delay_ms * 1000000ULL;
 	size_t		i;
@@ -567,6 +633,7 @@ timer_schedule(struct MHD_Connection *conn, long delay_ms)
 	i = timer_len++;
 	timer_heap[i].due_ns = due;
 	timer_heap[i].conn = conn;
+	timer_heap[i].rs = rs;
 	while (i > 0 && timer_heap[(i - 1) / 2].due_ns > timer_heap[i].due_ns)
 	{
 		heap_swap(i, (i - 1) / 2);
@@ -576,6 +643,56 @@ timer_schedule(struct MHD_Connection *conn, long delay_ms)
 		pthread_cond_signal(&timer_cond);
 	pthread_mutex_unlock(&timer_lock);
 	return true;
+}
+
+/*
+ * Has the client of a suspended connection closed it (or reset it)?  The
+ * server does not watch a suspended connection, so peek at its socket.
+ */
+static bool
+client_gone(struct MHD_Connection *conn)
+{
+	const union MHD_ConnectionInfo *info;
+	char		c;
+	ssize_t		n;
+
+	info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+	if (info == NULL)
+		return false;
+	n = recv(info->connect_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+	return n == 0 ||
+		(n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+/*
+ * Stop counting as in flight for id the delayed answers to it whose client
+ * has gone (gave up waiting and closed the connection): they are answered
+ * to no one.  Called only when a request arrives while another for the
+ * same id is in flight, so the scan of the timer heap is rare.  Returns
+ * how many were released.
+ */
+static int
+release_abandoned(const char *id)
+{
+	size_t		i;
+	int			released = 0;
+
+	pthread_mutex_lock(&timer_lock);
+	for (i = 0; i < timer_len; i++)
+	{
+		ReqState   *rs = timer_heap[i].rs;
+
+		if (rs == NULL || rs->id == NULL || strcmp(rs->id, id) != 0 ||
+			!client_gone(timer_heap[i].conn))
+			continue;
+		mock_id_leave(rs->id);
+		free(rs->id);
+		rs->id = NULL;
+		released++;
+	}
+	pthread_mutex_unlock(&timer_lock);
+	atomic_fetch_add(&stat_abandoned, (uint_fast64_t) released);
+	return released;
 }
 
 /*
@@ -655,7 +772,7 @@ respond(struct MHD_Connection *conn, ReqState *rs, unsigned int status,
 		rs->status = status;
 		rs->owned = owned;
 		rs->pending = true;
-		if (timer_schedule(conn, delay_ms))
+		if (timer_schedule(conn, rs, delay_ms))
 			return MHD_YES;
 		rs->pending = false;
 		rs->response = NULL;
@@ -725,7 +842,10 @@ handle_scripted(struct MHD_Connection *conn, ReqState *rs, const char *url,
 		id = decoded;
 
 	if (id != NULL && id[0] != '\0')
+	{
 		attempt = mock_next_attempt(id);
+		in_flight_enter_id(rs, id);
+	}
 	atomic_fetch_add(&stat_requests, 1);
 	log_request(rs, method, (id != NULL && id[0] != '\0') ? id : "-", attempt);
 
@@ -754,6 +874,7 @@ handle_scripted(struct MHD_Connection *conn, ReqState *rs, const char *url,
 		}
 		else
 		{
+			atomic_fetch_add(&stat_answered[act.letter - 'A'], 1);
 			switch (act.letter)
 			{
 				case 'P':
@@ -832,26 +953,54 @@ handle_control(struct MHD_Connection *conn, const char *url)
 {
 	if (strcmp(url, "/_stats") == 0)
 	{
-		char		buf[160];
-		int			n;
-		struct MHD_Response *r;
+		char		answered[sizeof(ACTION_LETTERS) * 40];
+		size_t		off = 0;
+		char	   *busiest;
+		char	   *text;
+		const char *letter;
 
-		n = snprintf(buf, sizeof(buf),
-					 "{\"requests\":%" PRIuFAST64 ",\"in_flight\":%" PRIdFAST64
-					 ",\"max_in_flight\":%" PRIdFAST64 "}",
-					 atomic_load(&stat_requests),
-					 atomic_load(&stat_in_flight),
-					 atomic_load(&stat_max_in_flight));
-		r = mock_response(buf, (size_t) n, MHD_RESPMEM_MUST_COPY,
-						  "application/json");
-		if (r == NULL)
-			return MHD_NO;
-		return respond(conn, NULL, MHD_HTTP_OK, r, true, 0);
+		for (letter = ACTION_LETTERS; *letter != '\0'; letter++)
+			off += (size_t) snprintf(answered + off, sizeof(answered) - off,
+									 ",\"answered_%c\":%" PRIuFAST64, *letter,
+									 atomic_load(&stat_answered[*letter - 'A']));
+		pthread_mutex_lock(&busiest_lock);
+		busiest = busiest_id ? mock_json_escape_dup(busiest_id) : NULL;
+		pthread_mutex_unlock(&busiest_lock);
+		text = mock_format("{\"requests\":%" PRIuFAST64 ",\"in_flight\":%" PRIdFAST64
+						   ",\"max_in_flight\":%" PRIdFAST64
+						   ",\"max_in_flight_per_id\":%" PRIdFAST64
+						   ",\"overlapping\":%" PRIuFAST64
+						   ",\"abandoned\":%" PRIuFAST64
+						   ",\"busiest_id\":%s%s%s%s}",
+						   atomic_load(&stat_requests),
+						   atomic_load(&stat_in_flight),
+						   atomic_load(&stat_max_in_flight),
+						   atomic_load(&stat_max_in_flight_per_id),
+						   atomic_load(&stat_overlapping),
+						   atomic_load(&stat_abandoned),
+						   busiest ? "\"" : "", busiest ? busiest : "null",
+						   busiest ? "\"" : "", answered);
+		free(busiest);
+		return respond(conn, NULL, MHD_HTTP_OK,
+					   mock_response(text, strlen(text), MHD_RESPMEM_MUST_FREE,
+									 "application/json"),
+					   true, 0);
 	}
 	if (strcmp(url, "/_reset") == 0)
 	{
+		int			i;
+
 		mock_reset_attempts();
 		atomic_store(&stat_requests, 0);
+		atomic_store(&stat_max_in_flight_per_id, 0);
+		atomic_store(&stat_overlapping, 0);
+		atomic_store(&stat_abandoned, 0);
+		for (i = 0; i < 26; i++)
+			atomic_store(&stat_answered[i], 0);
+		pthread_mutex_lock(&busiest_lock);
+		free(busiest_id);
+		busiest_id = NULL;
+		pthread_mutex_unlock(&busiest_lock);
 		/* in_flight is a gauge; the high-water mark restarts from it */
 		atomic_store(&stat_max_in_flight, atomic_load(&stat_in_flight));
 		return respond(conn, NULL, MHD_HTTP_OK, resp_reset_ok, false, 0);
@@ -932,6 +1081,11 @@ request_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 		return;
 	if (rs->counted)
 		atomic_fetch_sub(&stat_in_flight, 1);
+	if (rs->id != NULL)
+	{
+		mock_id_leave(rs->id);
+		free(rs->id);
+	}
 	if (rs->response != NULL && rs->owned)
 		MHD_destroy_response(rs->response);
 	mock_body_free(&rs->body);
@@ -951,6 +1105,7 @@ parse_args(int argc, char **argv)
 		{"require-header", required_argument, NULL, 'H'},
 		{"pidfile", required_argument, NULL, 'P'},
 		{"threads", required_argument, NULL, 't'},
+		{"resume", no_argument, NULL, 'r'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0}
 	};
@@ -971,6 +1126,9 @@ parse_args(int argc, char **argv)
 				if (opt_threads < 1)
 					mock_die("--threads must be at least 1", NULL);
 				break;
+			case 'r':
+				opt_resume = true;
+				break;
 			case 'h':
 				usage(stdout);
 				exit(0);
@@ -984,6 +1142,8 @@ parse_args(int argc, char **argv)
 		usage(stderr);
 		exit(2);
 	}
+	if (opt_resume && mock_opt_log == NULL)
+		mock_die("--resume needs --log", NULL);
 }
 
 /*
@@ -1013,6 +1173,8 @@ main(int argc, char **argv)
 
 	mock_init("mock_channel");
 	parse_args(argc, argv);
+	if (opt_resume)
+		(void) mock_attempts_from_log(mock_opt_log);
 	mock_log_open(mock_opt_log);
 	mock_raise_fd_limit();
 

@@ -10,8 +10,9 @@
  * from concurrent requests never interleave.  This file holds that
  * boilerplate, the options they share (--port, --log, --latency-ms), and
  * the helpers more than one mock needs: percent decoding, JSON escaping,
- * per-id attempt counters, request bodies, responses, and SHA256withRSA
- * signatures in base64 (WeChat Pay and Alipay both sign that way).
+ * per-id attempt and in-flight counters, request bodies, responses, and
+ * SHA256withRSA signatures in base64 (WeChat Pay and Alipay both sign that
+ * way).
  *
  * What a mock answers, and what its log lines say, stays in its own file.
  *
@@ -49,7 +50,8 @@ typedef struct AttemptEntry
 {
 	struct AttemptEntry *next;
 	uint64_t	hash;
-	uint64_t	count;
+	uint64_t	count;			/* requests so far: the last attempt number */
+	int64_t		in_flight;		/* requests not yet completed */
 	char		key[];
 } AttemptEntry;
 
@@ -443,21 +445,22 @@ attempt_table_grow(void)
 }
 
 /*
- * Count one more request for a payment id and return its attempt number
- * (1 for the first request).  Thread-safe.
+ * The attempt table's entry for id, created (with no requests) if create
+ * and it is missing; NULL if it is missing and not created, or memory ran
+ * out.  Caller holds attempt_lock.
  */
-uint64_t
-mock_next_attempt(const char *id)
+static AttemptEntry *
+attempt_entry(const char *id, bool create)
 {
 	size_t		len = strlen(id);
 	uint64_t	h = hash_bytes(id, len);
 	AttemptEntry *e;
 	size_t		b;
-	uint64_t	result;
 
-	pthread_mutex_lock(&attempt_lock);
 	if (attempt_buckets == NULL)
 	{
+		if (!create)
+			return NULL;
 		attempt_buckets = calloc(ATTEMPT_INITIAL_BUCKETS, sizeof(AttemptEntry *));
 		if (attempt_buckets == NULL)
 			mock_die("out of memory", NULL);
@@ -467,30 +470,137 @@ mock_next_attempt(const char *id)
 	for (e = attempt_buckets[b]; e != NULL; e = e->next)
 	{
 		if (e->hash == h && strcmp(e->key, id) == 0)
-		{
-			result = ++e->count;
-			pthread_mutex_unlock(&attempt_lock);
-			return result;
-		}
+			return e;
 	}
+	if (!create)
+		return NULL;
 
 	e = malloc(sizeof(AttemptEntry) + len + 1);
-	if (e != NULL)
-	{
-		e->hash = h;
-		e->count = 1;
-		memcpy(e->key, id, len + 1);
-		e->next = attempt_buckets[b];
-		attempt_buckets[b] = e;
-		if (++attempt_count > attempt_nbuckets)
-			attempt_table_grow();
-	}
-	pthread_mutex_unlock(&attempt_lock);
-	return 1;
+	if (e == NULL)
+		return NULL;
+	e->hash = h;
+	e->count = 0;
+	e->in_flight = 0;
+	memcpy(e->key, id, len + 1);
+	e->next = attempt_buckets[b];
+	attempt_buckets[b] = e;
+	if (++attempt_count > attempt_nbuckets)
+		attempt_table_grow();
+	return e;
 }
 
 /*
- * Forget all per-id attempt counts.
+ * Count one more request for a payment id and return its attempt number
+ * (1 for the first request).  Thread-safe.
+ */
+uint64_t
+mock_next_attempt(const char *id)
+{
+	AttemptEntry *e;
+	uint64_t	result = 1;
+
+	pthread_mutex_lock(&attempt_lock);
+	e = attempt_entry(id, true);
+	if (e != NULL)
+		result = ++e->count;
+	pthread_mutex_unlock(&attempt_lock);
+	return result;
+}
+
+/*
+ * Count one more request for a payment id as in flight (arrived, not yet
+ * completed) and return how many of its requests are in flight now,
+ * this one included.  Thread-safe; pair each call with mock_id_leave().
+ */
+int64_t
+mock_id_enter(const char *id)
+{
+	AttemptEntry *e;
+	int64_t		result = 1;
+
+	pthread_mutex_lock(&attempt_lock);
+	e = attempt_entry(id, true);
+	if (e != NULL)
+		result = ++e->in_flight;
+	pthread_mutex_unlock(&attempt_lock);
+	return result;
+}
+
+/*
+ * A request counted by mock_id_enter() has completed.  Requests that were
+ * in flight when the counts were reset are no longer counted: nothing to
+ * do for them.
+ */
+void
+mock_id_leave(const char *id)
+{
+	AttemptEntry *e;
+
+	pthread_mutex_lock(&attempt_lock);
+	e = attempt_entry(id, false);
+	if (e != NULL && e->in_flight > 0)
+		e->in_flight--;
+	pthread_mutex_unlock(&attempt_lock);
+}
+
+/*
+ * Continue the attempt counts from a request log written by an earlier run
+ * of a mock (lines "<time_us> <METHOD> <id> <attempt> [<body>]"): each id's
+ * count becomes the highest attempt logged for it, so that a mock started
+ * again mid-test goes on with its scripts where it stopped.  Lines without
+ * an id ("-") or that do not parse are skipped; a missing file counts
+ * nothing.  Ids are matched as logged, so an id with bytes outside
+ * 0x21-0x7e does not continue.  Returns how many lines were used.
+ */
+long
+mock_attempts_from_log(const char *path)
+{
+	FILE	   *f = fopen(path, "r");
+	char	   *line = NULL;
+	size_t		cap = 0;
+	long		used = 0;
+
+	if (f == NULL)
+	{
+		if (errno == ENOENT)
+			return 0;
+		mock_die("cannot read log file", path);
+	}
+	while (getline(&line, &cap, f) >= 0)
+	{
+		char	   *save = NULL;
+		char	   *id;
+		char	   *attempt_text;
+		char	   *end;
+		unsigned long long attempt;
+		AttemptEntry *e;
+
+		if (strtok_r(line, " \n", &save) == NULL ||
+			strtok_r(NULL, " \n", &save) == NULL ||
+			(id = strtok_r(NULL, " \n", &save)) == NULL ||
+			(attempt_text = strtok_r(NULL, " \n", &save)) == NULL ||
+			strcmp(id, "-") == 0)
+			continue;
+		errno = 0;
+		attempt = strtoull(attempt_text, &end, 10);
+		if (errno != 0 || *end != '\0' || attempt == 0)
+			continue;
+
+		pthread_mutex_lock(&attempt_lock);
+		e = attempt_entry(id, true);
+		if (e != NULL && e->count < attempt)
+			e->count = attempt;
+		pthread_mutex_unlock(&attempt_lock);
+		used++;
+	}
+	free(line);
+	fclose(f);
+	return used;
+}
+
+/*
+ * Forget all per-id attempt counts (and in-flight counts: requests in
+ * flight now are no longer counted when they complete).
  */
 void
 mock_reset_attempts(void)

@@ -3,7 +3,8 @@
  * mock_common.h
  *	  What the mock payment channels of the paysync tests share: fatal
  *	  errors, option numbers, the request log, text helpers (percent
- *	  decoding, JSON escaping, log words), per-id attempt counters, request
+ *	  decoding, JSON escaping, log words), per-id attempt and in-flight
+ *	  counters (continued from an earlier log if asked), request
  *	  bodies, responses, the libmicrohttpd daemon's start and clean stop,
  *	  and SHA256withRSA signing with OpenSSL.
  *
@@ -88,6 +89,9 @@ extern char *mock_format(const char *fmt,...)
 /* ---- attempts counted per payment id ---- */
 
 extern uint64_t mock_next_attempt(const char *id);
+extern int64_t mock_id_enter(const char *id);
+extern void mock_id_leave(const char *id);
+extern long mock_attempts_from_log(const char *path);
 extern void mock_reset_attempts(void);
 
 /* ---- requests and their bodies ---- */
