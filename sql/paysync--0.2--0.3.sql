@@ -29,6 +29,11 @@ CREATE TYPE paysync._answer AS (
 -- payment again; NULL once it answers.  check_now() honours it.
 ALTER TABLE paysync.payments ADD COLUMN retry_after_until timestamptz;
 
+-- paysync._error_delay() and paysync._next_check_at() are plain expressions,
+-- without a SET search_path so that the planner inlines them into the
+-- statements of the SECURITY DEFINER functions that use them (whose
+-- search_path is pinned): they run once per answer.
+
 -- The delay before checking again after the errors-th error in a row:
 -- min(2^(errors-1) s, 5 min) times jitter (0.8 to 1.2 in use), or the
 -- channel's Retry-After if that is later, itself at most one hour.
@@ -37,7 +42,6 @@ CREATE FUNCTION paysync._error_delay(errors integer, retry_after_s integer,
 RETURNS interval
 LANGUAGE sql
 IMMUTABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT make_interval(secs => greatest(
 		least(power(2, least(greatest(errors, 1) - 1, 30)), 300) * jitter,
@@ -52,7 +56,6 @@ CREATE FUNCTION paysync._next_check_at(schedule interval[], answered integer,
 RETURNS timestamptz
 LANGUAGE sql
 STABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT least(now() + schedule[least(answered + 1, cardinality(schedule))],
 				 coalesce(expires_at, 'infinity'))
@@ -60,24 +63,36 @@ $$;
 
 -- Ends pending payments: each takes its final status (the channel's word
 -- kept if given), is no longer due or claimed, and gets its one event with
--- the given source.  Payments no longer pending are left alone.  Returns
--- the payments it ended.  Every way a payment ends comes through here.
+-- the given source.  For the answer to a check (checked), the check is
+-- accounted too: errors reset, last_checked_at now, step moved on by steps,
+-- last_error set when given.  Payments no longer pending are left alone.
+-- Returns the payments it ended.  Every way a payment ends comes through
+-- here, in one update of its row.
 CREATE FUNCTION paysync._finalize(payment_ids text[],
 								  statuses paysync.payment_status[],
-								  channel_statuses text[], sources text[])
+								  channel_statuses text[], sources text[],
+								  last_errors text[] DEFAULT NULL,
+								  steps integer[] DEFAULT NULL,
+								  checked boolean DEFAULT false)
 RETURNS TABLE (payment_id text, channel text, status paysync.payment_status)
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
 	WITH final AS (
-		SELECT * FROM unnest(payment_ids, statuses, channel_statuses, sources)
-			AS f(payment_id, status, channel_status, source)
+		SELECT * FROM unnest(payment_ids, statuses, channel_statuses, sources,
+							 last_errors, steps)
+			AS f(payment_id, status, channel_status, source, last_error, step)
 	), changed AS (
 		UPDATE paysync.payments p
 		SET status = f.status,
 			channel_status = coalesce(f.channel_status, p.channel_status),
 			next_check_at = NULL,
 			claimed_until = NULL,
+			retry_after_until = NULL,
+			last_error = coalesce(f.last_error, p.last_error),
+			step = p.step + coalesce(f.step, 0),
+			errors = CASE WHEN checked THEN 0 ELSE p.errors END,
+			last_checked_at = CASE WHEN checked THEN now() ELSE p.last_checked_at END,
 			finalized_at = now(),
 			updated_at = now()
 		FROM final f
@@ -178,6 +193,8 @@ DECLARE
 	final_statuses paysync.payment_status[];
 	final_words	text[];
 	final_sources text[];
+	final_errors text[];
+	final_steps	integer[];
 BEGIN
 	/* the events lock first, then the rows: report() takes them in this order */
 	PERFORM paysync._lock_events();
@@ -248,7 +265,6 @@ BEGIN
 			closing = NOT d.requery AND (p.closing OR (d.gives_up AND d.close_on_expiry)),
 			updated_at = now(),
 			next_check_at = CASE
-				WHEN d.new_status <> 'pending' THEN NULL
 				WHEN d.failed THEN
 					CASE WHEN p.expires_at > now()
 						 THEN least(now() + paysync._error_delay(p.errors + 1, d.retry_after_s,
@@ -262,18 +278,23 @@ BEGIN
 				ELSE paysync._next_check_at(p.schedule, p.step + 1, p.expires_at)
 			END
 		FROM decided d
-		WHERE p.payment_id = d.payment_id
-		RETURNING d.payment_id, d.new_status, d.channel_status,
-				  CASE WHEN d.new_status = 'expired'
-						 OR (d.is_close AND d.new_status = 'closed')
-					   THEN 'expiry' ELSE 'poll' END AS source
+		WHERE p.payment_id = d.payment_id AND d.new_status = 'pending'
+	), final AS (
+		/* the payments that end are updated once, by _finalize() below */
+		SELECT d.payment_id, d.new_status, d.channel_status, d.mismatch_error,
+			   CASE WHEN d.is_close THEN 0 ELSE 1 END AS step,
+			   CASE WHEN d.new_status = 'expired'
+					  OR (d.is_close AND d.new_status = 'closed')
+					THEN 'expiry' ELSE 'poll' END AS source
+		FROM decided d
+		WHERE d.new_status <> 'pending'
 	)
-	SELECT array_agg(c.payment_id) FILTER (WHERE c.new_status <> 'pending'),
-		   array_agg(c.new_status) FILTER (WHERE c.new_status <> 'pending'),
-		   array_agg(c.channel_status) FILTER (WHERE c.new_status <> 'pending'),
-		   array_agg(c.source) FILTER (WHERE c.new_status <> 'pending')
-	INTO final_ids, final_statuses, final_words, final_sources
-	FROM changed c;
+	SELECT array_agg(f.payment_id), array_agg(f.new_status),
+		   array_agg(f.channel_status), array_agg(f.source),
+		   array_agg(f.mismatch_error), array_agg(f.step)
+	INTO final_ids, final_statuses, final_words, final_sources,
+		 final_errors, final_steps
+	FROM final f;
 
 	IF final_ids IS NULL THEN
 		RETURN;
@@ -281,7 +302,8 @@ BEGIN
 	RETURN QUERY
 		SELECT f.channel, f.status, count(*)
 		FROM paysync._finalize(final_ids, final_statuses, final_words,
-							   final_sources) f
+							   final_sources, final_errors, final_steps,
+							   checked => true) f
 		GROUP BY f.channel, f.status;
 END
 $$;
@@ -475,7 +497,7 @@ $$;
 
 REVOKE ALL ON FUNCTION paysync._error_delay(integer, integer, double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION paysync._next_check_at(interval[], integer, timestamptz) FROM PUBLIC;
-REVOKE ALL ON FUNCTION paysync._finalize(text[], paysync.payment_status[], text[], text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION paysync._finalize(text[], paysync.payment_status[], text[], text[], text[], integer[], boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION paysync._claim(integer, text[], integer[], integer[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION paysync._record_answers(paysync._answer[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION paysync._channel_schedule(text, jsonb) FROM PUBLIC;

@@ -124,7 +124,7 @@ sub new_paysync_node
 	$node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'paysync'
 paysync.request_timeout = '2s'
-log_min_messages = 'log'
+log_min_messages = 'warning'
 restart_after_crash = on
 });
 	$node->append_conf('postgresql.conf', $opt{conf}) if $opt{conf};
