@@ -445,3 +445,135 @@ SET schedule = schedule[array_lower(schedule, 1):array_upper(schedule, 1)],
 	next_check_at = CASE WHEN status = 'pending'
 						 THEN coalesce(next_check_at, now()) END
 WHERE array_lower(schedule, 1) <> 1;
+
+/* Channels: a close answered "no such trade" (issue 8) */
+
+/*
+ * paysync._record_answers as above, with two changes for the channels'
+ * close answers:
+ * - a close answered "expired" (the channel says there is no such trade,
+ *   alipay ACQ.TRADE_NOT_EXIST, wechatpay ORDER_NOT_EXIST: nothing to
+ *   close) ends the payment expired with the channel's word, source expiry,
+ *   like any final status a close answers; only close answers say
+ *   "expired", the drivers never answer a query so;
+ * - the query that follows a close answered "pending" is due after the
+ *   answer's retry_after_s when it gives one (WeChat Pay's USER_PAYING:
+ *   "query again in 5 s"), else a second later, at most an hour.
+ */
+CREATE OR REPLACE FUNCTION paysync._record_answers(answers paysync._answer[])
+RETURNS TABLE (channel text, status paysync.payment_status, payments bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	final_ids	text[];
+	final_statuses paysync.payment_status[];
+	final_words	text[];
+	final_sources text[];
+BEGIN
+	/* the events lock first, then the rows: report() takes them in this order */
+	PERFORM paysync._lock_events();
+
+	WITH current AS (
+		SELECT p.payment_id, p.step, p.errors, p.schedule, p.expires_at,
+			   p.amount_minor, p.currency,
+			   a.status AS answered, a.channel_status, a.error,
+			   a.retry_after_s, a.paid_amount,
+			   upper(a.paid_currency) AS paid_currency,
+			   coalesce(a.is_close, false) AS is_close,
+			   coalesce(a.close_on_expiry, false) AS close_on_expiry
+		FROM paysync.payments p
+		JOIN unnest(answers) a ON a.payment_id = p.payment_id
+		WHERE p.status = 'pending' AND p.attempts = a.attempts
+		ORDER BY p.payment_id
+		FOR UPDATE OF p
+	), judged AS (
+		SELECT c.*,
+			coalesce(c.error IS NULL AND c.answered = 'succeeded'
+					 AND c.amount_minor IS NOT NULL AND c.paid_amount IS NOT NULL
+					 AND (c.paid_amount <> c.amount_minor
+						  OR (c.currency IS NOT NULL AND c.paid_currency IS NOT NULL
+							  AND c.paid_currency <> c.currency)), false)
+				AS mismatch,
+			coalesce(c.error IS NULL AND NOT c.is_close AND c.answered = 'pending'
+					 AND (c.expires_at <= now()
+						  OR (c.step + 1 >= cardinality(c.schedule)
+							  AND c.expires_at IS NULL)), false)
+				AS gives_up,
+			coalesce(c.error IS NULL AND c.is_close
+					 AND (c.answered = 'pending'
+						  OR (c.answered = 'succeeded' AND c.paid_amount IS NULL
+							  AND c.amount_minor IS NOT NULL)), false)
+				AS requery
+		FROM current c
+	), decided AS (
+		SELECT j.*,
+			CASE
+				WHEN j.error IS NOT NULL OR j.answered IS NULL THEN 'pending'
+				WHEN j.requery THEN 'pending'
+				WHEN j.mismatch THEN 'failed'
+				WHEN j.gives_up AND j.close_on_expiry THEN 'pending'
+				WHEN j.gives_up THEN 'expired'
+				ELSE j.answered
+			END::paysync.payment_status AS new_status,
+			CASE WHEN j.mismatch THEN
+				format('amount mismatch: expected %s %s, channel reports %s %s',
+					   j.amount_minor, coalesce(j.currency, ''), j.paid_amount,
+					   coalesce(j.paid_currency, ''))
+			END AS mismatch_error,
+			j.error IS NOT NULL OR j.answered IS NULL AS failed
+		FROM judged j
+	), changed AS (
+		UPDATE paysync.payments p
+		SET channel_status = CASE WHEN d.failed THEN p.channel_status
+								  ELSE coalesce(d.channel_status, p.channel_status) END,
+			step = CASE WHEN NOT d.failed AND NOT d.is_close THEN p.step + 1
+						ELSE p.step END,
+			errors = CASE WHEN d.failed THEN p.errors + 1 ELSE 0 END,
+			last_error = coalesce(d.error, d.mismatch_error,
+								  CASE WHEN d.failed THEN 'no answer' END,
+								  p.last_error),
+			last_checked_at = now(),
+			claimed_until = NULL,
+			closing = NOT d.requery AND (p.closing OR (d.gives_up AND d.close_on_expiry)),
+			updated_at = now(),
+			next_check_at = CASE
+				WHEN d.new_status <> 'pending' THEN NULL
+				WHEN d.failed THEN
+					CASE WHEN p.expires_at > now()
+						 THEN least(now() + paysync._error_delay(p.errors + 1, d.retry_after_s,
+																 0.8 + random() * 0.4),
+									p.expires_at)
+						 ELSE now() + paysync._error_delay(p.errors + 1, d.retry_after_s,
+														   0.8 + random() * 0.4)
+					END
+				WHEN d.gives_up THEN now()
+				WHEN d.requery THEN now() + make_interval(secs => greatest(1,
+										least(coalesce(d.retry_after_s, 0), 3600)))
+				ELSE paysync._next_check_at(p.schedule, p.step + 1, p.expires_at)
+			END
+		FROM decided d
+		WHERE p.payment_id = d.payment_id
+		RETURNING d.payment_id, d.new_status, d.channel_status,
+				  CASE WHEN d.new_status = 'expired'
+						 OR (d.is_close AND d.new_status = 'closed')
+					   THEN 'expiry' ELSE 'poll' END AS source
+	)
+	SELECT array_agg(c.payment_id) FILTER (WHERE c.new_status <> 'pending'),
+		   array_agg(c.new_status) FILTER (WHERE c.new_status <> 'pending'),
+		   array_agg(c.channel_status) FILTER (WHERE c.new_status <> 'pending'),
+		   array_agg(c.source) FILTER (WHERE c.new_status <> 'pending')
+	INTO final_ids, final_statuses, final_words, final_sources
+	FROM changed c;
+
+	IF final_ids IS NULL THEN
+		RETURN;
+	END IF;
+	RETURN QUERY
+		SELECT f.channel, f.status, count(*)
+		FROM paysync._finalize(final_ids, final_statuses, final_words,
+							   final_sources) f
+		GROUP BY f.channel, f.status;
+END
+$$;

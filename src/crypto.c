@@ -3,8 +3,8 @@
  *		RSA-SHA256 (SHA256withRSA, PKCS#1 v1.5) signatures, key loading and
  *		base64 through OpenSSL.  Keys are accepted as PEM (PKCS#8, PKCS#1,
  *		public keys and X.509 certificates) or, as Alipay hands them out, as
- *		the bare base64 body of a PEM; RSA keys shorter than 2048 bits are
- *		refused.  Never logs and never puts key material in an error.
+ *		the bare base64 body of a PEM (a private key's either PKCS#8 or
+ *		PKCS#1); RSA keys shorter than 2048 bits are refused.  Never logs and never puts key material in an error.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -83,20 +83,63 @@ crypto_keys_equal(CryptoKey *a, CryptoKey *b)
 	return a != NULL && b != NULL && EVP_PKEY_eq(a, b) == 1;
 }
 
-/* Loads a private key; NULL with a message if it does not parse. */
-CryptoKey *
-crypto_private_key(const char *pem, char *error, size_t errlen)
+/* Reads a PEM private key from text; NULL if it does not parse. */
+static EVP_PKEY *
+read_private_pem(const char *text)
 {
-	char	   *wrapped = armour(pem, "PRIVATE KEY");
-	BIO		   *bio = BIO_new_mem_buf(wrapped ? wrapped : pem, -1);
+	BIO		   *bio = BIO_new_mem_buf(text, -1);
 	EVP_PKEY   *key = bio ? PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL) : NULL;
 
 	BIO_free(bio);
-	free(wrapped);
 	ERR_clear_error();
+	return key;
+}
+
+/* True if text loads as a public key or certificate (bare base64 or PEM). */
+static bool
+is_public_key_text(const char *text)
+{
+	char		ignored[160];
+	CryptoKey  *key = crypto_public_key(text, ignored, sizeof(ignored));
+
+	if (key == NULL)
+		return false;
+	crypto_key_free(key);
+	return true;
+}
+
+/*
+ * Loads a private key: PEM (PKCS#8 or PKCS#1), or bare base64 of either
+ * (Alipay's key tool writes PKCS#1 for most languages, PKCS#8 for Java).
+ * NULL with a message if it does not parse; a public key or certificate
+ * given instead is said to be one.
+ */
+CryptoKey *
+crypto_private_key(const char *pem, char *error, size_t errlen)
+{
+	static const char *const bare_labels[] = {"PRIVATE KEY", "RSA PRIVATE KEY"};
+	EVP_PKEY   *key = NULL;
+
+	if (strstr(pem, "-----BEGIN") != NULL)
+		key = read_private_pem(pem);
+	else
+	{
+		for (size_t i = 0; key == NULL && i < sizeof(bare_labels) / sizeof(bare_labels[0]); i++)
+		{
+			char	   *wrapped = armour(pem, bare_labels[i]);
+
+			if (wrapped == NULL)
+				break;
+			key = read_private_pem(wrapped);
+			free(wrapped);
+		}
+	}
 	if (key == NULL)
 	{
-		snprintf(error, errlen, "not a PEM private key (PKCS#8 or PKCS#1) without a passphrase");
+		if (is_public_key_text(pem))
+			snprintf(error, errlen, "it is a public key or certificate, not a private key");
+		else
+			snprintf(error, errlen, "not a private key (PEM or bare base64, PKCS#8 or PKCS#1) without a passphrase");
 		return NULL;
 	}
 	return checked_key(key, error, errlen);

@@ -160,7 +160,10 @@ option_key(Jsonb *options, const char *key, bool private_key, const char *channe
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid value for option \"%s\" of channel \"%s\"", key, channel),
-				 errdetail("The key does not load: %s.", error)));
+				 errdetail("The key does not load: %s.", error),
+				 private_key ?
+				 errhint("Option \"%s\" takes the private key (PEM, or the bare base64 body of a PKCS#8 or PKCS#1 key), not its public key or certificate.", key) :
+				 errhint("Option \"%s\" takes a public key or certificate (PEM, or bare base64).", key)));
 	cb = palloc0(sizeof(MemoryContextCallback));
 	cb->func = key_free_callback;
 	cb->arg = loaded;

@@ -59,6 +59,7 @@
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 
+#include "channel.h"
 #include "driver.h"
 
 /* The base_url paysync_test_interpret compiles the channel with. */

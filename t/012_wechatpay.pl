@@ -292,7 +292,8 @@ sub create_channel
 	my ($key_line) = grep { length($_) > 40 && !/-----/ } split /\n/, $merchant_key;
 	my @bad = (
 		[ 'a key that does not parse', merchant_private_key => lit('-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----'), qr/invalid value for option "merchant_private_key"/ ],
-		[ 'a public key as the private key', merchant_private_key => file_sql('merchant.pub'), qr/invalid value for option "merchant_private_key"/ ],
+		[ 'a public key as the private key', merchant_private_key => file_sql('merchant.pub'), qr/invalid value for option "merchant_private_key".*is a public key or certificate, not a private key/s ],
+		[ 'a certificate as the private key', merchant_private_key => file_sql('platform.crt'), qr/invalid value for option "merchant_private_key".*is a public key or certificate, not a private key/s ],
 		[ 'a 1024-bit key', merchant_private_key => file_sql('short.key'), qr/invalid value for option "merchant_private_key".*1024 bits/s ],
 		[ 'a platform key that does not parse', platform_public_key => lit('garbage'), qr/invalid value for option "platform_public_key"/ ],
 		[ 'a private key as the platform key', platform_public_key => file_sql('platform.key'), qr/invalid value for option "platform_public_key"/ ],

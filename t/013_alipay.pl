@@ -47,11 +47,16 @@ sub bare
 # app: the merchant's application key; ali: "Alipay's" key; other*: keys
 # nobody registered.
 make_rsa_key($tmp, $_) for qw(app ali other other_ali);
+# The application key as PKCS#1 ("BEGIN RSA PRIVATE KEY"), the form Alipay's
+# key tool writes for every language but Java.
+run_openssl([ 'pkey', '-in', "$tmp/app.key", '-traditional', '-out', "$tmp/app_pkcs1.key" ]);
 # The keys, as the server reads them from the files (so that no statement
 # text, which log_statement = all logs, carries them): name => [file, bare?]
 my %KEY = (
 	app_priv_pem => [ 'app.key', 0 ],
 	app_priv_bare => [ 'app.key', 1 ],
+	app_priv_pkcs1_pem => [ 'app_pkcs1.key', 0 ],
+	app_priv_pkcs1_bare => [ 'app_pkcs1.key', 1 ],
 	app_pub_pem => [ 'app.pub', 0 ],
 	ali_pub_pem => [ 'ali.pub', 0 ],
 	ali_pub_bare => [ 'ali.pub', 1 ],
@@ -343,7 +348,9 @@ refused_naming(q{opts('app_priv_pem', 'ali_pub_pem') - 'app_private_key'}, 'app_
 refused_naming(q{opts('app_priv_pem', 'ali_pub_pem') || '{"app_private_key": "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7notakey"}'},
 	'app_private_key', 'an app_private_key that does not parse', qr/invalid value for option/);
 refused_naming(q{opts('app_pub_pem', 'ali_pub_pem')}, 'app_private_key',
-	'a public key as app_private_key', qr/not a PEM private key/);
+	'a public key as app_private_key', qr/is a public key or certificate, not a private key/);
+refused_naming(q{opts('ali_pub_bare', 'ali_pub_pem')}, 'app_private_key',
+	'a bare base64 public key as app_private_key', qr/is a public key or certificate, not a private key/);
 refused_naming(q{opts('app_priv_pem', 'ali_pub_pem') - 'alipay_public_key'}, 'alipay_public_key',
 	'no alipay_public_key', qr/needs option/);
 refused_naming(q{opts('app_priv_pem', 'ali_pub_pem') || '{"alipay_public_key": "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAnotakey"}'},
@@ -364,10 +371,12 @@ sub create_channel
 
 create_channel('alipay', q{opts('app_priv_bare', 'ali_pub_bare')});    # bare base64, as Alipay hands them out
 create_channel('alipay_pem', q{opts('app_priv_pem', 'ali_pub_pem')});
+create_channel('alipay_pkcs1', q{opts('app_priv_pkcs1_bare', 'ali_pub_bare')});    # Alipay's key tool, non-Java
+create_channel('alipay_pkcs1_pem', q{opts('app_priv_pkcs1_pem', 'ali_pub_pem')});
 create_channel('alipay_keep', q{opts('app_priv_pem', 'ali_pub_pem') || '{"close_on_expiry": false}'});
 create_channel('alipay_wrong_app', q{opts('other_priv_pem', 'ali_pub_pem')});
 create_channel('alipay_wrong_ali', q{opts('app_priv_pem', 'other_ali_pub_pem')});
-pass('channels with bare base64 and PEM keys are created');
+pass('channels with bare base64 and PEM keys, PKCS#8 and PKCS#1, are created');
 
 my $STEPS = q{'{100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms}'::interval[]};
 my $ONCE = q{'{100ms}'::interval[]};
@@ -381,6 +390,8 @@ sub track
 
 track('p1~W,W,S', 'alipay', $STEPS, 8888);
 track('p2~F', 'alipay_pem', $STEPS, 8888);
+track('k1~S', 'alipay_pkcs1', $STEPS, 8888);
+track('k2~S', 'alipay_pkcs1_pem', $STEPS, 8888);
 track('p3~W,C', 'alipay', $STEPS);
 track('p4~N', 'alipay', q{'{100ms,1h}'::interval[]});
 track('x1~W:c', 'alipay', $ONCE);
@@ -405,6 +416,12 @@ is_deeply([ methods_for($mock, 'p1~W,W,S') ], [ ('alipay.trade.query') x 3 ], 't
 
 wait_payment_status($node, 'p2~F', 'succeeded');
 is(payment_row($node, 'p2~F', 'channel_status'), 'TRADE_FINISHED', 'TRADE_FINISHED is succeeded (PEM keys)');
+
+for my $id ('k1~S', 'k2~S')
+{
+	wait_payment_status($node, $id, 'succeeded');
+	is(payment_row($node, $id, 'errors'), '0', "$id: requests signed with a PKCS#1 key verify at the gateway");
+}
 
 wait_payment_status($node, 'p3~W,C', 'closed');
 is(events_of($node, 'p3~W,C'), 'pending>closed|TRADE_CLOSED|poll|alipay', 'TRADE_CLOSED is closed, source poll');
