@@ -14,9 +14,10 @@
  *		Answers look like {"alipay_trade_query_response": {...}, "sign": ...};
  *		the signature is verified with Alipay's public key over the raw bytes
  *		of the response object exactly as they came (located with
- *		PostgreSQL's JSON parser, never re-serialised).  An answer that is not
- *		signed, or whose signature does not verify, is an error whatever it
- *		says.
+ *		PostgreSQL's JSON parser, never re-serialised), and if that fails
+ *		over the same text with "\/" unescaped, as Alipay's SDKs do.  An
+ *		answer that is not signed, or whose signature does not verify, is an
+ *		error whatever it says.
  *
  *		trade_status WAIT_BUYER_PAY is pending, TRADE_SUCCESS and
  *		TRADE_FINISHED succeeded, TRADE_CLOSED closed; sub_code
@@ -29,7 +30,9 @@
  *		paid or the trade closed by itself: the close's answer is "pending",
  *		which makes the core query the trade again, and alipay.trade.query's
  *		TRADE_SUCCESS/TRADE_FINISHED is succeeded (paid meanwhile, amount
- *		checked) and TRADE_CLOSED closed.
+ *		checked) and TRADE_CLOSED closed.  A close answered
+ *		ACQ.TRADE_NOT_EXIST (the trade never existed at Alipay: nobody
+ *		opened it) is "expired": there is nothing to close.
  */
 #include "postgres.h"
 
@@ -372,6 +375,39 @@ answer_alipay_refusal(CheckAnswer *answer, const char *what, const AlipayAnswer 
 }
 
 /*
+ * True if sign verifies with key over text as it came, or else over text
+ * with every "\/" made "/": Alipay may sign a response before escaping its
+ * slashes, and its own SDKs retry so (a forger gains nothing: the text
+ * verified is still what Alipay signed, and the parsed values are the same).
+ */
+static bool
+verify_node_text(CryptoKey *key, const char *text, size_t len, const char *sign)
+{
+	StringInfoData unescaped;
+	bool		escaped = false;
+	bool		ok;
+
+	if (crypto_verify_b64(key, text, len, sign))
+		return true;
+	for (size_t i = 0; i + 1 < len; i++)
+		if (text[i] == '\\' && text[i + 1] == '/')
+			escaped = true;
+	if (!escaped)
+		return false;
+	initStringInfo(&unescaped);
+	for (size_t i = 0; i < len; i++)
+	{
+		/* every "\/" becomes "/", as a plain string replace does */
+		if (text[i] == '\\' && i + 1 < len && text[i + 1] == '/')
+			continue;
+		appendStringInfoChar(&unescaped, text[i]);
+	}
+	ok = crypto_verify_b64(key, unescaped.data, unescaped.len, sign);
+	pfree(unescaped.data);
+	return ok;
+}
+
+/*
  * Verifies the answer's sign over the raw response text.  False with
  * *answer the error if it is missing or wrong.
  */
@@ -391,7 +427,7 @@ verify_answer(const AlipayConfig *config, const AlipayAnswer *a, CheckAnswer *an
 		answer_error(answer, "the Alipay answer has two signs");
 		return false;
 	}
-	if (!crypto_verify_b64(config->alipay_key, a->node_start, a->node_len, a->sign))
+	if (!verify_node_text(config->alipay_key, a->node_start, a->node_len, a->sign))
 	{
 		answer_error(answer, "the Alipay answer's signature does not verify with alipay_public_key");
 		return false;
@@ -467,9 +503,9 @@ refused_as_not_waiting(const char *sub_code)
 
 /*
  * Turns an answer into a status or an error.  CHECK_QUERY: the trade's
- * status.  CHECK_CLOSE: "closed" if Alipay closed it, "pending" (query it
- * again) if Alipay refused as the trade no longer awaits payment; anything
- * else is an error.
+ * status.  CHECK_CLOSE: "closed" if Alipay closed it, "expired" if Alipay
+ * has no such trade, "pending" (query it again) if Alipay refused as the
+ * trade no longer awaits payment; anything else is an error.
  */
 static void
 alipay_interpret(const void *cfg, CheckKind kind, const char *payment_id, const HttpResult *result,
@@ -542,6 +578,12 @@ alipay_interpret(const void *cfg, CheckKind kind, const char *payment_id, const 
 	if (strcmp(a.code, ALIPAY_CODE_SUCCESS) == 0)
 	{
 		answer_status(answer, "closed", "TRADE_CLOSED");
+		return;
+	}
+	if (a.sub_code != NULL && strcmp(a.sub_code, "ACQ.TRADE_NOT_EXIST") == 0)
+	{
+		/* the trade never existed at Alipay (nobody scanned): nothing to close */
+		answer_status(answer, "expired", "ACQ.TRADE_NOT_EXIST");
 		return;
 	}
 	if (refused_as_not_waiting(a.sub_code))

@@ -262,6 +262,29 @@ is(interpret('query', 200, answer($Q, query_node('TRADE_SUCCESS'), sign_first =>
 	"status=succeeded\nchannel_status=TRADE_SUCCESS\npaid_amount=8888\npaid_currency=CNY",
 	'the sign may come before the response');
 
+# Alipay may sign a response with "/" and send it with "\/": verified with
+# the slashes unescaped when the text as sent does not verify.
+{
+	my $signed = query_node('TRADE_SUCCESS', extra => ', "qr_url": "https://qr.alipay.com/bax0"');
+	(my $sent = $signed) =~ s{/}{\\/}g;
+	isnt($sent, $signed, '(the text sent has escaped slashes)');
+	is(interpret('query', 200, answer($Q, $signed, sent => $sent)),
+		"status=succeeded\nchannel_status=TRADE_SUCCESS\npaid_amount=8888\npaid_currency=CNY",
+		'a response signed with "/" and sent with "\/" verifies');
+	(my $changed = $sent) =~ s{bax0}{bax1};
+	like(interpret('query', 200, answer($Q, $signed, sent => $changed)),
+		qr/^error=.*signature does not verify/, '... but not once changed otherwise');
+}
+
+# An amount of a zero-decimal currency written with zero decimals.
+is(interpret('query', 200, answer($Q, query_node('TRADE_SUCCESS', amount => '1000.00',
+	extra => ', "trans_currency": "JPY"'))),
+	"status=succeeded\nchannel_status=TRADE_SUCCESS\npaid_amount=1000\npaid_currency=JPY",
+	'"1000.00" JPY is 1000 yen');
+like(interpret('query', 200, answer($Q, query_node('TRADE_SUCCESS', amount => '1000.50',
+	extra => ', "trans_currency": "JPY"'))),
+	qr/^error=.*amount "1000\.50" is not a valid JPY amount/, '"1000.50" JPY is refused');
+
 my $good_sig = openssl_sign("$tmp/ali.key", query_node('WAIT_BUYER_PAY'));
 (my $flipped = $good_sig) =~ s/^(.)/$1 eq 'A' ? 'B' : 'A'/e;
 like(interpret('query', 200, answer($Q, query_node('WAIT_BUYER_PAY'), sig => $flipped)),
@@ -313,9 +336,14 @@ is(interpret('close', 200, answer($CL, '{"code": "10000", "msg": "Success", "out
 is(interpret('close', 200, answer($CL, error_node('40004', 'ACQ.TRADE_STATUS_ERROR'))),
 	"status=pending\nchannel_status=ACQ.TRADE_STATUS_ERROR",
 	'close: ACQ.TRADE_STATUS_ERROR (paid or closed meanwhile) is pending: the core queries it again');
-like(interpret('close', 200, answer($CL, error_node('40004', 'ACQ.TRADE_NOT_EXIST'))),
-	qr/^error=Alipay refused to close the trade: code 40004 \(ACQ\.TRADE_NOT_EXIST\)/,
-	'close: ACQ.TRADE_NOT_EXIST is an error');
+is(interpret('close', 200, answer($CL, error_node('40004', 'ACQ.TRADE_NOT_EXIST'))),
+	"status=expired\nchannel_status=ACQ.TRADE_NOT_EXIST",
+	'close: ACQ.TRADE_NOT_EXIST (the trade never existed) is expired: nothing to close');
+like(interpret('close', 200, answer($CL, error_node('40004', 'ACQ.TRADE_NOT_EXIST'), nosign => 1)),
+	qr/^error=.*unsigned.*ACQ\.TRADE_NOT_EXIST/, 'close: an unsigned ACQ.TRADE_NOT_EXIST is an error, never a status');
+like(interpret('close', 200, answer($CL, error_node('40004', 'ACQ.SYSTEM_ERROR'))),
+	qr/^error=Alipay refused to close the trade: code 40004 \(ACQ\.SYSTEM_ERROR\)/,
+	'close: ACQ.SYSTEM_ERROR is an error (the close is retried)');
 like(interpret('close', 200, answer($CL, '{"code": "10000", "msg": "Success"}', key => "$tmp/other_ali.key")),
 	qr/^error=.*signature does not verify/, 'close: a signature by another key is an error');
 like(interpret('close', 200, answer($Q, query_node('TRADE_SUCCESS'))),
@@ -399,6 +427,8 @@ track('x2~W:p', 'alipay', $ONCE, 8888);
 track('x3~W:z', 'alipay', $ONCE);
 track('x4~N:e,c', 'alipay', $ONCE);
 track('x5~W', 'alipay_keep', $ONCE);
+track('x6~N:n', 'alipay', $ONCE);
+track('s1~L', 'alipay', $STEPS, 8888);
 track('m1~A', 'alipay', $STEPS, 8888);
 track('v1~T', 'alipay', $ONCE);
 track('v2~K', 'alipay', $ONCE);
@@ -453,6 +483,16 @@ is_deeply([ methods_for($mock, 'x4~N:e,c') ],
 	[ 'alipay.trade.query', 'alipay.trade.close', 'alipay.trade.close' ], 'a failed close is retried');
 like(payment_row($node, 'x4~N:e,c', 'last_error'), qr/ACQ\.SYSTEM_ERROR/, 'the failed close was an error');
 is(events_of($node, 'x4~N:e,c'), 'pending>closed|TRADE_CLOSED|expiry|alipay', 'then closed, source expiry');
+
+wait_payment_status($node, 'x6~N:n', 'expired');
+is(events_of($node, 'x6~N:n'), 'pending>expired|ACQ.TRADE_NOT_EXIST|expiry|alipay',
+	'a trade nobody opened: the close answers ACQ.TRADE_NOT_EXIST, the payment is expired (source expiry)');
+is_deeply([ methods_for($mock, 'x6~N:n') ], [ 'alipay.trade.query', 'alipay.trade.close' ],
+	'... after one query and one close, no retry');
+is(payment_row($node, 'x6~N:n', 'errors'), '0', '... and no error');
+
+wait_payment_status($node, 's1~L', 'succeeded');
+is(payment_row($node, 's1~L', 'errors'), '0', 'an answer sent with "\/" for "/" verifies end to end');
 
 wait_payment_status($node, 'x5~W', 'expired');
 is_deeply([ methods_for($mock, 'x5~W') ], ['alipay.trade.query'], 'close_on_expiry false: expired, no close');

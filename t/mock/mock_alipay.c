@@ -37,6 +37,8 @@
  *			K	TRADE_SUCCESS signed with a key that is not Alipay's
  *			U	TRADE_SUCCESS without a sign
  *			E	HTTP 500
+ *			L	TRADE_SUCCESS signed with "/" in its text, sent with "\/"
+ *				(as Alipay may send it)
  *
  *		Close letters (default "c"):
  *
@@ -46,7 +48,7 @@
  *			z	40004 ACQ.TRADE_STATUS_ERROR, the trade closed by itself
  *				meanwhile: later queries say TRADE_CLOSED
  *			e	40004 ACQ.SYSTEM_ERROR (nothing changes)
- *			n	40004 ACQ.TRADE_NOT_EXIST
+ *			n	40004 ACQ.TRADE_NOT_EXIST (the trade never existed)
  *
  *		Command line: --port N (0: any), --log FILE, --app-id ID,
  *		--app-public-key FILE (PEM), --alipay-private-key FILE (PEM).  Prints
@@ -375,6 +377,25 @@ trade_node(const char *id, const char *status, const char *amount)
 	return node;
 }
 
+/* A copy of text with every "/" written "\/", malloc'd. */
+static char *
+escape_slashes(const char *text)
+{
+	char	   *out = malloc(2 * strlen(text) + 1);
+	size_t		o = 0;
+
+	if (out == NULL)
+		mock_die("out of memory", NULL);
+	for (const char *p = text; *p; p++)
+	{
+		if (*p == '/')
+			out[o++] = '\\';
+		out[o++] = *p;
+	}
+	out[o] = '\0';
+	return out;
+}
+
 /* Answers alipay.trade.query for trade t. */
 static enum MHD_Result
 answer_query(struct MHD_Connection *conn, Trade *t)
@@ -427,6 +448,14 @@ answer_query(struct MHD_Connection *conn, Trade *t)
 		case 'U':
 			node = trade_node(t->id, "TRADE_SUCCESS", PAID_AMOUNT);
 			key = NULL;
+			break;
+		case 'L':
+			/* the node with a qr_url, signed with "/", sent with "\/" */
+			sent = trade_node(t->id, "TRADE_SUCCESS", PAID_AMOUNT);
+			node = mock_format("%.*s, \"qr_url\": \"https://qr.alipay.com/bax0\"}",
+							   (int) strlen(sent) - 1, sent);
+			free(sent);
+			sent = escape_slashes(node);
 			break;
 		case 'N':
 			return send_error(conn, "alipay_trade_query_response", "40004", "Business Failed",
