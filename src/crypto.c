@@ -6,10 +6,12 @@
  *		the bare base64 body of a PEM (a private key's either PKCS#8 or
  *		PKCS#1); RSA keys shorter than 2048 bits are refused.  Never logs and never puts key material in an error.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <openssl/bio.h>
+#include <openssl/bn.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -268,6 +270,109 @@ crypto_verify_b64(CryptoKey *key, const char *data, size_t len, const char *sign
 	free(signature);
 	ERR_clear_error();
 	return ok;
+}
+
+/*
+ * Alipay's SN of a certificate: the lower-case hex MD5 of its issuer's DN,
+ * written as RFC 2253 does (most specific first: "CN=...,OU=...,O=...,
+ * C=CN", UTF-8 as is), followed by its serial number in decimal.  malloc'd;
+ * NULL on failure.
+ */
+static char *
+cert_sn(X509 *cert)
+{
+	BIO		   *bio = BIO_new(BIO_s_mem());
+	BIGNUM	   *serial = ASN1_INTEGER_to_BN(X509_get_serialNumber(cert), NULL);
+	char	   *serial_dec = serial ? BN_bn2dec(serial) : NULL;
+	unsigned char digest[EVP_MAX_MD_SIZE];
+	unsigned int digest_len = 0;
+	char	   *issuer;
+	long		issuer_len;
+	char	   *hex = NULL;
+
+	if (bio != NULL && serial_dec != NULL &&
+		X509_NAME_print_ex(bio, X509_get_issuer_name(cert), 0,
+						   XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB) >= 0 &&
+		BIO_write(bio, serial_dec, (int) strlen(serial_dec)) > 0 &&
+		(issuer_len = BIO_get_mem_data(bio, &issuer)) > 0 &&
+		EVP_Digest(issuer, (size_t) issuer_len, digest, &digest_len, EVP_md5(), NULL) == 1 &&
+		(hex = malloc(2 * digest_len + 1)) != NULL)
+	{
+		for (unsigned int i = 0; i < digest_len; i++)
+			snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+	}
+	OPENSSL_free(serial_dec);
+	BN_free(serial);
+	BIO_free(bio);
+	ERR_clear_error();
+	return hex;
+}
+
+/*
+ * Alipay's SN of the certificate in pem (app_cert_sn), malloc'd; NULL with
+ * a message if pem holds no certificate.
+ */
+char *
+crypto_cert_sn(const char *pem, char *error, size_t errlen)
+{
+	BIO		   *bio = BIO_new_mem_buf(pem, -1);
+	X509	   *cert = bio ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
+	char	   *sn = cert ? cert_sn(cert) : NULL;
+
+	X509_free(cert);
+	BIO_free(bio);
+	ERR_clear_error();
+	if (sn == NULL)
+		snprintf(error, errlen, "not a PEM certificate");
+	return sn;
+}
+
+/*
+ * Alipay's SN of a root certificate chain (alipay_root_cert_sn): the SNs of
+ * its certificates signed with RSA (sha256WithRSA or sha1WithRSA; Alipay's
+ * chain also holds an SM2 root, which does not count), in their order,
+ * joined with "_".  malloc'd; NULL with a message if pem holds no such
+ * certificate.
+ */
+char *
+crypto_root_cert_sn(const char *pem, char *error, size_t errlen)
+{
+	BIO		   *bio = BIO_new_mem_buf(pem, -1);
+	X509	   *cert;
+	char	   *joined = NULL;
+	size_t		len = 0;
+	int			certs = 0;
+
+	while (bio != NULL && (cert = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL)
+	{
+		int			nid = X509_get_signature_nid(cert);
+		char	   *sn = NULL;
+		char	   *grown;
+
+		certs++;
+		if (nid == NID_sha256WithRSAEncryption || nid == NID_sha1WithRSAEncryption)
+			sn = cert_sn(cert);
+		X509_free(cert);
+		if (sn == NULL)
+			continue;
+		grown = realloc(joined, len + strlen(sn) + 2);
+		if (grown == NULL)
+		{
+			free(sn);
+			free(joined);
+			joined = NULL;
+			break;
+		}
+		joined = grown;
+		len += (size_t) sprintf(joined + len, "%s%s", len ? "_" : "", sn);
+		free(sn);
+	}
+	BIO_free(bio);
+	ERR_clear_error();
+	if (joined == NULL)
+		snprintf(error, errlen, certs == 0 ? "not a PEM certificate chain" :
+				 "the chain has no certificate signed with RSA (sha256WithRSA or sha1WithRSA)");
+	return joined;
 }
 
 /* Writes 2 * nbytes random hex digits and a NUL into out. */

@@ -21,6 +21,8 @@ extern char *crypto_sign_b64(CryptoKey *key, const char *data, size_t len,
 							 char *error, size_t errlen);
 extern bool crypto_verify_b64(CryptoKey *key, const char *data, size_t len,
 							  const char *signature_b64);
+extern char *crypto_cert_sn(const char *pem, char *error, size_t errlen);
+extern char *crypto_root_cert_sn(const char *pem, char *error, size_t errlen);
 extern char *crypto_b64_encode(const unsigned char *data, size_t len);
 extern bool crypto_random_hex(char *out, size_t nbytes);
 

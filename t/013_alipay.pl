@@ -25,7 +25,9 @@ use warnings;
 
 use FindBin;
 use lib $FindBin::Bin;
+use Digest::MD5 qw(md5_hex);
 use JSON::PP;
+use Math::BigInt;
 use PaysyncTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -519,6 +521,133 @@ for my $id (sort keys %why)
 	is(events_of($node, $id), '', "$id: no event");
 	like(payment_row($node, $id, 'last_error'), $why{$id}, "$id: last_error says why");
 }
+
+# ---------------------------------------------------------------- certificate mode
+
+# Certificates made here with openssl: a root CA signed sha256WithRSA, an
+# older root signed sha1WithRSA, an EC root standing in for Alipay's SM2
+# root (which the root SN leaves out), and the application's and "Alipay's"
+# certificates issued by the first root, with serials beyond 64 bits.
+make_rsa_key($tmp, $_) for qw(root root1);
+run_openssl([ 'req', '-x509', '-new', '-key', "$tmp/root.key", '-sha256', '-days', '2',
+	'-set_serial', '0x2F1E3D4C5B6A79880123456789ABCDEF',
+	'-subj', '/C=CN/O=Ant Financial/OU=Certification Authority/CN=Mock Root Class 2 R1',
+	'-out', "$tmp/root.crt" ]);
+run_openssl([ 'req', '-x509', '-new', '-key', "$tmp/root1.key", '-sha1', '-days', '2',
+	'-set_serial', '7', '-subj', '/C=CN/O=Mock Old Root/CN=Mock Root Class 1',
+	'-out', "$tmp/root1.crt" ]);
+run_openssl([ 'ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', "$tmp/ec.key" ]);
+run_openssl([ 'req', '-x509', '-new', '-key', "$tmp/ec.key", '-sha256', '-days', '2',
+	'-subj', '/C=CN/O=Mock/CN=Mock EC Root', '-out', "$tmp/ec.crt" ]);
+for my $who ([ 'app', '0x00E4B5F3A2C1D0998877665544332211', "/C=CN/O=Shop/OU=Alipay/CN=$APP_ID" ],
+	[ 'ali', '0x1122334455667788990A', '/C=CN/O=Alipay.com Co Ltd/OU=Alipay/CN=Alipay Public Key' ])
+{
+	my ($name, $serial, $subject) = @$who;
+	run_openssl([ 'req', '-new', '-key', "$tmp/$name.key", '-subj', $subject,
+		'-out', "$tmp/$name.csr" ]);
+	run_openssl([ 'x509', '-req', '-in', "$tmp/$name.csr", '-CA', "$tmp/root.crt",
+		'-CAkey', "$tmp/root.key", '-set_serial', $serial, '-sha256', '-days', '2',
+		'-out', "$tmp/${name}_cert.crt" ]);
+}
+spew_file("$tmp/root_chain.crt",
+	join('', map { slurp_file("$tmp/$_.crt") } qw(root1 ec root)));
+
+# Alipay's SN of a certificate, computed here from openssl's printout: MD5
+# of the issuer DN as RFC 2253 writes it and the serial in decimal.
+sub expected_sn
+{
+	my ($file) = @_;
+	my $issuer = run_openssl([ 'x509', '-in', $file, '-noout', '-issuer', '-nameopt', 'RFC2253' ]);
+	my $serial = run_openssl([ 'x509', '-in', $file, '-noout', '-serial' ]);
+	$issuer =~ s/^issuer=\s*//;
+	chomp $issuer;
+	$serial =~ s/^serial=//;
+	chomp $serial;
+	return md5_hex($issuer . Math::BigInt->from_hex("0x$serial")->bstr);
+}
+
+# The signature algorithm of a certificate.
+sub signature_algorithm
+{
+	my ($file) = @_;
+	my $text = run_openssl([ 'x509', '-in', $file, '-noout', '-text' ]);
+	return $text =~ /Signature Algorithm: (\S+)/ ? $1 : '';
+}
+my $APP_CERT_SN = expected_sn("$tmp/app_cert.crt");
+my @rsa_roots = grep { signature_algorithm("$tmp/$_.crt") =~ /^sha(?:1|256)WithRSAEncryption$/ }
+  qw(root1 ec root);
+is("@rsa_roots", 'root1 root', '(the RSA roots are the sha1 and the sha256 one, not the EC one)');
+my $ROOT_CERT_SN = join '_', map { expected_sn("$tmp/$_.crt") } @rsa_roots;
+like($APP_CERT_SN, qr/^[0-9a-f]{32}$/, '(the expected app SN is 32 hex digits)');
+
+for my $name (qw(app_cert ali_cert root_chain ec))
+{
+	sql($node, 'INSERT INTO test_keys SELECT ' . lit($name) . ', pg_read_file(' . lit("$tmp/$name.crt") . ')');
+}
+sql($node, <<"EOF");
+CREATE FUNCTION cert_opts(app_cert text, ali_cert text, root text) RETURNS jsonb LANGUAGE sql AS \$\$
+  SELECT jsonb_strip_nulls(jsonb_build_object('app_id', '$APP_ID',
+    'app_private_key', (SELECT value FROM test_keys WHERE name = 'app_priv_pkcs1_bare'),
+    'app_cert', (SELECT value FROM test_keys WHERE name = app_cert),
+    'alipay_cert', (SELECT value FROM test_keys WHERE name = ali_cert),
+    'alipay_root_cert', (SELECT value FROM test_keys WHERE name = root)))
+\$\$;
+EOF
+
+my $certmock = start_mock_program('mock_alipay', '--app-id', $APP_ID,
+	'--app-public-key', "$tmp/app.pub", '--alipay-private-key', "$tmp/ali.key",
+	'--app-cert-sn', $APP_CERT_SN, '--alipay-root-cert-sn', $ROOT_CERT_SN);
+my $CERT_GATEWAY = "http://127.0.0.1:$certmock->{port}/gateway.do";
+{
+	my $req = test_fields(test_request($node, driver => 'alipay',
+		options => q{cert_opts('app_cert', 'ali_cert', 'root_chain')}, base_url => $CERT_GATEWAY,
+		payment_id => 'C-1', kind => 'query'));
+	my ($base, $query) = split /\?/, $req->{url}, 2;
+	my %p;
+	for my $pair (split(/&/, $query), split(/&/, $req->{body}))
+	{
+		my ($k, $v) = split /=/, $pair, 2;
+		$p{ form_decode($k) } = form_decode($v // '');
+	}
+	is($p{app_cert_sn}, $APP_CERT_SN,
+		'certificate mode: app_cert_sn is MD5(issuer DN + decimal serial), as computed here');
+	is($p{alipay_root_cert_sn}, $ROOT_CERT_SN,
+		'... alipay_root_cert_sn joins the SNs of the RSA roots with "_", the EC root left out');
+	ok(request_verifies(\%p, "$tmp/app.pub"), '... and both are signed with the other parameters');
+	is(test_interpret($node, driver => 'alipay',
+			options => q{cert_opts('app_cert', 'ali_cert', 'root_chain')},
+			kind => 'query', status => 200, body => answer($Q, query_node('WAIT_BUYER_PAY'))),
+		"status=pending\nchannel_status=WAIT_BUYER_PAY", '... answers verify with the key of alipay_cert');
+	like(test_interpret($node, driver => 'alipay',
+			options => q{cert_opts('app_cert', 'ali_cert', 'root_chain')},
+			kind => 'query', status => 200,
+			body => answer($Q, query_node('WAIT_BUYER_PAY'), key => "$tmp/other_ali.key")),
+		qr/^error=.*does not verify with alipay_cert/, '... and not with another key');
+}
+refused_naming(q{cert_opts('app_cert', 'ali_cert', NULL)}, 'alipay_root_cert',
+	'certificate mode without alipay_root_cert', qr/needs option/);
+refused_naming(q{cert_opts('app_cert', 'ali_cert', 'root_chain') || jsonb_build_object('alipay_public_key', (SELECT value FROM test_keys WHERE name = 'ali_pub_pem'))},
+	'alipay_public_key', 'certificates and alipay_public_key together', qr/not both/);
+refused_naming(q{cert_opts('ali_cert', 'ali_cert', 'root_chain')}, 'app_cert',
+	'an app_cert that is not the certificate of app_private_key', qr/not the one of "app_private_key"/);
+refused_naming(q{cert_opts('app_cert', 'ali_cert', 'ec')}, 'alipay_root_cert',
+	'a root chain without an RSA certificate', qr/no certificate signed with RSA/);
+refused_naming(q{cert_opts('app_cert', 'ali_cert', 'root_chain') || jsonb_build_object('app_cert', 'garbage')},
+	'app_cert', 'an app_cert that is not a certificate', qr/not a PEM certificate/);
+sql($node, "SELECT paysync.create_channel('alipay_cert', 'alipay', " . lit($CERT_GATEWAY)
+	  . q{, cert_opts('app_cert', 'ali_cert', 'root_chain'))});
+sql($node, "SELECT paysync.create_channel('alipay_cert_key_mode', 'alipay', " . lit($CERT_GATEWAY)
+	  . q{, opts('app_priv_pem', 'ali_pub_pem'))});
+track('cm1~W,S', 'alipay_cert', $STEPS, 8888);
+track('cm2~S', 'alipay_cert_key_mode', $ONCE, 8888);
+wait_payment_status($node, 'cm1~W,S', 'succeeded');
+is(payment_row($node, 'cm1~W,S', 'errors'), '0',
+	'certificate mode end to end: the gateway accepts the SNs, answers verify with alipay_cert');
+wait_for_sql($node, q{SELECT errors >= 1 FROM paysync.payments WHERE payment_id = 'cm2~S'}, 't',
+	'key mode against an application in certificate mode: an error');
+like(payment_row($node, 'cm2~S', 'last_error'), qr/isv\.invalid-app-cert-sn/,
+	'... the gateway wants app_cert_sn');
+stop_mock($certmock);
 
 # ---------------------------------------------------------------- secrets
 
