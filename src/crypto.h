@@ -1,8 +1,8 @@
 /*
  * crypto.h
- *		RSA-SHA256 signing and verification, keys and base64, through
- *		OpenSSL, for the channel drivers that sign requests and verify
- *		answers.  No PostgreSQL dependency (results are malloc'd, errors are
+ *		RSA-SHA256 signing and verification, keys, certificate SNs as
+ *		Alipay computes them, and base64, through OpenSSL, for the channel
+ *		drivers that sign requests and verify answers.  No PostgreSQL dependency (results are malloc'd, errors are
  *		written to a caller's buffer), so t/unit/crypto_test.c tests it alone.
  */
 #ifndef PAYSYNC_CRYPTO_H

@@ -344,7 +344,7 @@ send_signed(struct MHD_Connection *conn, const char *node_name, const char *node
 	if (sign && opt_app_cert_sn)
 		body = mock_format("{\"%s\": %s, \"alipay_cert_sn\": \"%s\", \"sign\": \"%s\"}",
 						   node_name, sent ? sent : node,
-						   "6bc29aa3b4d406c43483ffea81e08d22", sign);
+						   "6bc29aa3b4d406c43483ffea81e08d22" /* any: paysync ignores it */, sign);
 	else if (sign)
 		body = mock_format("{\"%s\": %s, \"sign\": \"%s\"}", node_name,
 						   sent ? sent : node, sign);
