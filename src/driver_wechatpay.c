@@ -726,8 +726,14 @@ interpret_close(const WechatpayConfig *config, const HttpResult *result,
 		parsed_ok = parse_refusal(result, &parsed);
 		if (parsed_ok && is_user_paying(parsed.code))
 		{
-			/* nothing final: verified or not, query again in 5 s */
-			answer_status(answer, "pending", parsed.code);
+			/*
+			 * Nothing final: verified or not, query again in 5 s.  Only a
+			 * verified word is kept as channel_status.
+			 */
+			bool		verified = verify_with_named_key(config, result, error,
+														 sizeof(error));
+
+			answer_status(answer, "pending", verified ? parsed.code : NULL);
 			answer->retry_after_s = Max(answer->retry_after_s, WECHATPAY_USER_PAYING_RETRY_S);
 			return;
 		}

@@ -352,8 +352,8 @@ sub verify_answer
 	is($r->('close', 202, $signed->($paying), $paying),
 		"status=pending\nchannel_status=USERPAYING\nretry_after=5",
 		'close: 202 USERPAYING (the buyer is paying) is pending, queried again in 5 s');
-	is($r->('close', 202, undef, $paying), "status=pending\nchannel_status=USERPAYING\nretry_after=5",
-		'close: ... signed or not (nothing final comes of it)');
+	is($r->('close', 202, undef, $paying), "status=pending\nretry_after=5",
+		'close: ... signed or not (nothing final comes of it; an unsigned word is not kept)');
 	like($r->('close', 202, undef, '{}'), qr/^error=unexpected HTTP 202 .*204 expected/,
 		'close: another 202 is an error');
 	like($r->('close', 500, undef, '{"code":"SYSTEM_ERROR","message":"x"}'),
