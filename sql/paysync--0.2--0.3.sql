@@ -274,7 +274,10 @@ BEGIN
 														   0.8 + random() * 0.4)
 					END
 				WHEN d.gives_up THEN now()
-				WHEN d.requery THEN now() + interval '1 second'
+				/* a second later, or when the close answer asks (WeChat Pay's
+				 * USER_PAYING: "query again in 5 s"), at most an hour */
+				WHEN d.requery THEN now() + make_interval(secs => greatest(1,
+					least(coalesce(d.retry_after_s, 0), 3600)))
 				ELSE paysync._next_check_at(p.schedule, p.step + 1, p.expires_at)
 			END
 		FROM decided d

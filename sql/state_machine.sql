@@ -329,6 +329,35 @@ WHERE payment_id LIKE 'S-X%' ORDER BY payment_id;
 ROLLBACK;
 
 --
+-- A close answered "no such trade" (issue 8): the channel never had the
+-- trade, so there is nothing to close: the close answer "expired" ends the
+-- payment expired with the channel's word, source expiry.  A close answered
+-- "pending" with a retry_after_s (WeChat Pay's USER_PAYING: query again in
+-- 5 s) makes it a query again after that long, not a second later.
+--
+BEGIN;
+SELECT count(*) FROM (
+	SELECT paysync.track(id, 'wallet', 700, 'CNY', '{10s}')
+	FROM unnest(ARRAY['S-N1', 'S-N2', 'S-N3']) id) t;
+SELECT * FROM pg_temp.rec(
+	pg_temp.ans('S-N1', 'pending', 'ACQ.TRADE_NOT_EXIST', close_on_expiry => true),
+	pg_temp.ans('S-N2', 'pending', 'NOTPAY', close_on_expiry => true),
+	pg_temp.ans('S-N3', 'pending', 'NOTPAY', close_on_expiry => true));
+SELECT * FROM pg_temp.rec(
+	pg_temp.ans('S-N1', 'expired', 'ACQ.TRADE_NOT_EXIST', is_close => true, close_on_expiry => true),
+	pg_temp.ans('S-N2', 'pending', 'USERPAYING', retry_after_s => 5, is_close => true,
+				close_on_expiry => true),
+	pg_temp.ans('S-N3', 'pending', 'USERPAYING', retry_after_s => -1, is_close => true,
+				close_on_expiry => true));
+SELECT payment_id, status, channel_status, errors, closing,
+	   round(extract(epoch FROM next_check_at - now())) AS due_in_s,
+	   finalized_at = now() AS finalized_now
+FROM paysync.payments WHERE payment_id LIKE 'S-N%' ORDER BY payment_id;
+SELECT payment_id, previous, status, channel_status, source FROM paysync.events
+WHERE payment_id LIKE 'S-N%' ORDER BY payment_id;
+ROLLBACK;
+
+--
 -- _finalize() ends pending payments only, and each once.
 --
 BEGIN;

@@ -4,14 +4,16 @@
  *		base64, HMAC-SHA256, AES-256-GCM decryption and constant-time
  *		comparison through OpenSSL.  Keys are accepted as PEM (PKCS#8, PKCS#1,
  *		public keys and X.509 certificates) or, as Alipay hands them out, as
- *		the bare base64 body of a PEM; RSA keys shorter than 2048 bits are
- *		refused.  Never logs and never puts key material in an error.
+ *		the bare base64 body of a PEM (a private key's either PKCS#8 or
+ *		PKCS#1); RSA keys shorter than 2048 bits are refused.  Never logs and never puts key material in an error.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <openssl/bio.h>
 #include <openssl/crypto.h>
+#include <openssl/bn.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -86,20 +88,63 @@ crypto_keys_equal(CryptoKey *a, CryptoKey *b)
 	return a != NULL && b != NULL && EVP_PKEY_eq(a, b) == 1;
 }
 
-/* Loads a private key; NULL with a message if it does not parse. */
-CryptoKey *
-crypto_private_key(const char *pem, char *error, size_t errlen)
+/* Reads a PEM private key from text; NULL if it does not parse. */
+static EVP_PKEY *
+read_private_pem(const char *text)
 {
-	char	   *wrapped = armour(pem, "PRIVATE KEY");
-	BIO		   *bio = BIO_new_mem_buf(wrapped ? wrapped : pem, -1);
+	BIO		   *bio = BIO_new_mem_buf(text, -1);
 	EVP_PKEY   *key = bio ? PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL) : NULL;
 
 	BIO_free(bio);
-	free(wrapped);
 	ERR_clear_error();
+	return key;
+}
+
+/* True if text loads as a public key or certificate (bare base64 or PEM). */
+static bool
+is_public_key_text(const char *text)
+{
+	char		ignored[160];
+	CryptoKey  *key = crypto_public_key(text, ignored, sizeof(ignored));
+
+	if (key == NULL)
+		return false;
+	crypto_key_free(key);
+	return true;
+}
+
+/*
+ * Loads a private key: PEM (PKCS#8 or PKCS#1), or bare base64 of either
+ * (Alipay's key tool writes PKCS#1 for most languages, PKCS#8 for Java).
+ * NULL with a message if it does not parse; a public key or certificate
+ * given instead is said to be one.
+ */
+CryptoKey *
+crypto_private_key(const char *pem, char *error, size_t errlen)
+{
+	static const char *const bare_labels[] = {"PRIVATE KEY", "RSA PRIVATE KEY"};
+	EVP_PKEY   *key = NULL;
+
+	if (strstr(pem, "-----BEGIN") != NULL)
+		key = read_private_pem(pem);
+	else
+	{
+		for (size_t i = 0; key == NULL && i < sizeof(bare_labels) / sizeof(bare_labels[0]); i++)
+		{
+			char	   *wrapped = armour(pem, bare_labels[i]);
+
+			if (wrapped == NULL)
+				break;
+			key = read_private_pem(wrapped);
+			free(wrapped);
+		}
+	}
 	if (key == NULL)
 	{
-		snprintf(error, errlen, "not a PEM private key (PKCS#8 or PKCS#1) without a passphrase");
+		if (is_public_key_text(pem))
+			snprintf(error, errlen, "it is a public key or certificate, not a private key");
+		else
+			snprintf(error, errlen, "not a private key (PEM or bare base64, PKCS#8 or PKCS#1) without a passphrase");
 		return NULL;
 	}
 	return checked_key(key, error, errlen);
@@ -231,6 +276,109 @@ crypto_verify_b64(CryptoKey *key, const char *data, size_t len, const char *sign
 	free(signature);
 	ERR_clear_error();
 	return ok;
+}
+
+/*
+ * Alipay's SN of a certificate: the lower-case hex MD5 of its issuer's DN,
+ * written as RFC 2253 does (most specific first: "CN=...,OU=...,O=...,
+ * C=CN", UTF-8 as is), followed by its serial number in decimal.  malloc'd;
+ * NULL on failure.
+ */
+static char *
+cert_sn(X509 *cert)
+{
+	BIO		   *bio = BIO_new(BIO_s_mem());
+	BIGNUM	   *serial = ASN1_INTEGER_to_BN(X509_get_serialNumber(cert), NULL);
+	char	   *serial_dec = serial ? BN_bn2dec(serial) : NULL;
+	unsigned char digest[EVP_MAX_MD_SIZE];
+	unsigned int digest_len = 0;
+	char	   *issuer;
+	long		issuer_len;
+	char	   *hex = NULL;
+
+	if (bio != NULL && serial_dec != NULL &&
+		X509_NAME_print_ex(bio, X509_get_issuer_name(cert), 0,
+						   XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB) >= 0 &&
+		BIO_write(bio, serial_dec, (int) strlen(serial_dec)) > 0 &&
+		(issuer_len = BIO_get_mem_data(bio, &issuer)) > 0 &&
+		EVP_Digest(issuer, (size_t) issuer_len, digest, &digest_len, EVP_md5(), NULL) == 1 &&
+		(hex = malloc(2 * digest_len + 1)) != NULL)
+	{
+		for (unsigned int i = 0; i < digest_len; i++)
+			snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+	}
+	OPENSSL_free(serial_dec);
+	BN_free(serial);
+	BIO_free(bio);
+	ERR_clear_error();
+	return hex;
+}
+
+/*
+ * Alipay's SN of the certificate in pem (app_cert_sn), malloc'd; NULL with
+ * a message if pem holds no certificate.
+ */
+char *
+crypto_cert_sn(const char *pem, char *error, size_t errlen)
+{
+	BIO		   *bio = BIO_new_mem_buf(pem, -1);
+	X509	   *cert = bio ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
+	char	   *sn = cert ? cert_sn(cert) : NULL;
+
+	X509_free(cert);
+	BIO_free(bio);
+	ERR_clear_error();
+	if (sn == NULL)
+		snprintf(error, errlen, "not a PEM certificate");
+	return sn;
+}
+
+/*
+ * Alipay's SN of a root certificate chain (alipay_root_cert_sn): the SNs of
+ * its certificates signed with RSA (sha256WithRSA or sha1WithRSA; Alipay's
+ * chain also holds an SM2 root, which does not count), in their order,
+ * joined with "_".  malloc'd; NULL with a message if pem holds no such
+ * certificate.
+ */
+char *
+crypto_root_cert_sn(const char *pem, char *error, size_t errlen)
+{
+	BIO		   *bio = BIO_new_mem_buf(pem, -1);
+	X509	   *cert;
+	char	   *joined = NULL;
+	size_t		len = 0;
+	int			certs = 0;
+
+	while (bio != NULL && (cert = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL)
+	{
+		int			nid = X509_get_signature_nid(cert);
+		char	   *sn = NULL;
+		char	   *grown;
+
+		certs++;
+		if (nid == NID_sha256WithRSAEncryption || nid == NID_sha1WithRSAEncryption)
+			sn = cert_sn(cert);
+		X509_free(cert);
+		if (sn == NULL)
+			continue;
+		grown = realloc(joined, len + strlen(sn) + 2);
+		if (grown == NULL)
+		{
+			free(sn);
+			free(joined);
+			joined = NULL;
+			break;
+		}
+		joined = grown;
+		len += (size_t) sprintf(joined + len, "%s%s", len ? "_" : "", sn);
+		free(sn);
+	}
+	BIO_free(bio);
+	ERR_clear_error();
+	if (joined == NULL)
+		snprintf(error, errlen, certs == 0 ? "not a PEM certificate chain" :
+				 "the chain has no certificate signed with RSA (sha256WithRSA or sha1WithRSA)");
+	return joined;
 }
 
 /* Writes 2 * nbytes random hex digits and a NUL into out. */

@@ -1,9 +1,10 @@
 /*
  * crypto.h
- *		RSA-SHA256 signing and verification, keys and base64, HMAC-SHA256,
- *		AES-256-GCM decryption and constant-time comparison, through
- *		OpenSSL, for the channel drivers that sign requests and verify
- *		answers and notifications.  No PostgreSQL dependency (results are malloc'd, errors are
+ *		RSA-SHA256 signing and verification, keys, certificate SNs as
+ *		Alipay computes them, base64, HMAC-SHA256, AES-256-GCM decryption
+ *		and constant-time comparison, through OpenSSL, for the channel
+ *		drivers that sign requests and verify answers and notifications.
+ *		No PostgreSQL dependency (results are malloc'd, errors are
  *		written to a caller's buffer), so t/unit/crypto_test.c tests it alone.
  */
 #ifndef PAYSYNC_CRYPTO_H
@@ -22,6 +23,8 @@ extern char *crypto_sign_b64(CryptoKey *key, const char *data, size_t len,
 							 char *error, size_t errlen);
 extern bool crypto_verify_b64(CryptoKey *key, const char *data, size_t len,
 							  const char *signature_b64);
+extern char *crypto_cert_sn(const char *pem, char *error, size_t errlen);
+extern char *crypto_root_cert_sn(const char *pem, char *error, size_t errlen);
 extern char *crypto_b64_encode(const unsigned char *data, size_t len);
 extern bool crypto_random_hex(char *out, size_t nbytes);
 extern unsigned char *crypto_b64_decode(const char *text, size_t *out_len);

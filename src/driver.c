@@ -137,35 +137,49 @@ key_free_callback(void *arg)
 }
 
 /*
- * Loads the required key option key (PEM, or a bare base64 body): a key
- * that does not parse is an ERROR here, at create_channel, not a failure at
- * 3 a.m.  The key lives as long as CurrentMemoryContext.  Errors name the
- * option, never its value.
+ * Loads key text given in option key (for the key of one entry of an
+ * object option, entry names it; else NULL): PEM, or a bare base64 body.  A
+ * key that does not parse is an ERROR here, at create_channel, not a
+ * failure at 3 a.m.  The key lives as long as CurrentMemoryContext.  Errors
+ * name the option (and entry), never the key.
  */
 CryptoKey *
-option_key(Jsonb *options, const char *key, bool private_key, const char *channel)
+option_key_text(const char *text, const char *key, const char *entry,
+				bool private_key, const char *channel)
 {
-	char	   *text;
 	char		error[160];
 	CryptoKey  *loaded;
 	MemoryContextCallback *cb;
 
-	if (!option_string(options, key, &text, channel))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("channel \"%s\" needs option \"%s\"", channel, key)));
 	loaded = private_key ? crypto_private_key(text, error, sizeof(error)) :
 		crypto_public_key(text, error, sizeof(error));
 	if (loaded == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid value for option \"%s\" of channel \"%s\"", key, channel),
-				 errdetail("The key does not load: %s.", error)));
+				 entry ? errdetail("The key of \"%s\" does not load: %s.", entry, error) :
+				 errdetail("The key does not load: %s.", error),
+				 private_key ?
+				 errhint("Option \"%s\" takes the private key (PEM, or the bare base64 body of a PKCS#8 or PKCS#1 key), not its public key or certificate.", key) :
+				 errhint("Option \"%s\" takes a public key or certificate (PEM, or bare base64).", key)));
 	cb = palloc0(sizeof(MemoryContextCallback));
 	cb->func = key_free_callback;
 	cb->arg = loaded;
 	MemoryContextRegisterResetCallback(CurrentMemoryContext, cb);
 	return loaded;
+}
+
+/* Loads the required key option key, as option_key_text() does. */
+CryptoKey *
+option_key(Jsonb *options, const char *key, bool private_key, const char *channel)
+{
+	char	   *text;
+
+	if (!option_string(options, key, &text, channel))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("channel \"%s\" needs option \"%s\"", channel, key)));
+	return option_key_text(text, key, NULL, private_key, channel);
 }
 
 /* ---------------------------------------------------------------- channel text */
@@ -281,12 +295,14 @@ redact_secrets(const char *text, const char *const *secrets, int n_secrets)
 
 /*
  * Makes *answer the status status (a paysync status word) with the
- * channel's own word for it (NULL: none), kept as channel_text().
+ * channel's own word for it (NULL: none), kept as channel_text().  Besides
+ * the settable statuses, a close may answer "expired": the channel has no
+ * such trade, so there is nothing to close (the checker checks the kind).
  */
 void
 answer_status(CheckAnswer *answer, const char *status, const char *channel_word)
 {
-	Assert(settable_status(status) != NULL);
+	Assert(settable_status(status) != NULL || strcmp(status, "expired") == 0);
 	answer->is_error = false;
 	answer->status = status;
 	answer->error[0] = '\0';

@@ -91,9 +91,10 @@ typedef struct PaysyncDriver
 	/*
 	 * Interprets an answer (a transport error included) into *answer.  For
 	 * CHECK_CLOSE: "closed" if the trade is closed now, "succeeded" if the
-	 * channel says it was paid meanwhile, "pending" if the channel refused
-	 * to close without saying why (the payment is then queried again), else
-	 * an error.  payment_id is the payment asked about (NULL in unit tests):
+	 * channel says it was paid meanwhile, "expired" if the channel has no
+	 * such trade (nothing to close), "pending" if the channel refused to
+	 * close without saying why or its answer cannot be trusted (the payment
+	 * is then queried again, after retry_after_s if set), else an error.  payment_id is the payment asked about (NULL in unit tests):
 	 * a signed answer about another payment must be an error.
 	 */
 	void		(*interpret) (const void *config, CheckKind kind,
@@ -150,6 +151,8 @@ extern bool option_bool(Jsonb *options, const char *key, bool *value,
 						const char *channel);
 extern CryptoKey *option_key(Jsonb *options, const char *key, bool private_key,
 							 const char *channel);
+extern CryptoKey *option_key_text(const char *text, const char *key, const char *entry,
+								  bool private_key, const char *channel);
 
 /* Words */
 extern bool word_in_list(const char *word, const char *const *words);

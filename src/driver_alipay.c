@@ -11,12 +11,19 @@
  *		key) over every parameter but sign, sorted by name, as key=value
  *		joined by "&", unencoded.
  *
+ *		Certificate mode (公钥证书模式: options app_cert, alipay_cert and
+ *		alipay_root_cert in place of alipay_public_key): requests also carry
+ *		app_cert_sn and alipay_root_cert_sn, computed as Alipay specifies
+ *		(crypto_cert_sn(), crypto_root_cert_sn()), and answers are verified
+ *		with the key of alipay_cert.
+ *
  *		Answers look like {"alipay_trade_query_response": {...}, "sign": ...};
  *		the signature is verified with Alipay's public key over the raw bytes
  *		of the response object exactly as they came (located with
- *		PostgreSQL's JSON parser, never re-serialised).  An answer that is not
- *		signed, or whose signature does not verify, is an error whatever it
- *		says.
+ *		PostgreSQL's JSON parser, never re-serialised), and if that fails
+ *		over the same text with "\/" unescaped, as Alipay's SDKs do.  An
+ *		answer that is not signed, or whose signature does not verify, is an
+ *		error whatever it says.
  *
  *		trade_status WAIT_BUYER_PAY is pending, TRADE_SUCCESS and
  *		TRADE_FINISHED succeeded, TRADE_CLOSED closed; sub_code
@@ -37,6 +44,9 @@
  *		(RSA2) with Alipay's public key, in the charset the notification
  *		declares; app_id must be the channel's; trade_status is read as in a
  *		query answer, total_amount the paid amount.  The reply is "success".
+ *		checked) and TRADE_CLOSED closed.  A close answered
+ *		ACQ.TRADE_NOT_EXIST (the trade never existed at Alipay: nobody
+ *		opened it) is "expired": there is nothing to close.
  */
 #include "postgres.h"
 
@@ -67,6 +77,8 @@ typedef struct AlipayConfig
 	char	   *app_id;
 	CryptoKey  *app_key;		/* the application's private key: signs */
 	CryptoKey  *alipay_key;		/* Alipay's public key: verifies */
+	char	   *app_cert_sn;	/* certificate mode: SN of app_cert, or NULL */
+	char	   *alipay_root_cert_sn;	/* ... and of alipay_root_cert's chain */
 } AlipayConfig;
 
 /* One request parameter. */
@@ -104,7 +116,8 @@ static const char *const node_fields[] = {
 };
 
 static const char *const alipay_option_names[] = {
-	"app_id", "app_private_key", "alipay_public_key", NULL
+	"app_id", "app_private_key", "alipay_public_key",
+	"app_cert", "alipay_cert", "alipay_root_cert", NULL
 };
 
 /* Orders parameters by name, byte by byte (ASCII order, as Alipay sorts). */
@@ -165,6 +178,65 @@ app_id_valid(const char *app_id)
 	return true;
 }
 
+/*
+ * Alipay's SN of the certificate (root: of the chain) in option key, as a
+ * palloc'd string; ERROR naming the option if it holds none.
+ */
+static char *
+option_cert_sn(Jsonb *options, const char *key, bool root, const char *channel)
+{
+	char	   *text;
+	char	   *sn;
+	char	   *copy;
+	char		error[160];
+
+	if (!option_string(options, key, &text, channel))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("channel \"%s\" needs option \"%s\"", channel, key),
+				 errdetail("Certificate mode takes app_cert, alipay_cert and alipay_root_cert together."),
+				 errhint("Give the three certificates the Alipay open platform issued (appCertPublicKey_*.crt, alipayCertPublicKey_RSA2.crt, alipayRootCert.crt), PEM.")));
+	sn = root ? crypto_root_cert_sn(text, error, sizeof(error)) :
+		crypto_cert_sn(text, error, sizeof(error));
+	if (sn == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for option \"%s\" of channel \"%s\"", key, channel),
+				 errdetail("The certificate does not load: %s.", error)));
+	copy = pstrdup(sn);
+	free(sn);
+	return copy;
+}
+
+/*
+ * Compiles certificate mode (公钥证书模式): app_cert_sn and
+ * alipay_root_cert_sn for the requests, and alipay_cert's key to verify
+ * answers.  app_cert must be the certificate of app_private_key.
+ */
+static void
+compile_cert_mode(AlipayConfig *config, Jsonb *options, const char *channel)
+{
+	CryptoKey  *app_cert_key;
+
+	if (option_value(options, "alipay_public_key") != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("channel \"%s\" takes either option \"alipay_public_key\" or certificates, not both", channel),
+				 errhint("In certificate mode give app_cert, alipay_cert and alipay_root_cert and leave alipay_public_key out.")));
+	config->app_cert_sn = option_cert_sn(options, "app_cert", false, channel);
+	config->alipay_root_cert_sn = option_cert_sn(options, "alipay_root_cert", true, channel);
+	/* checks alipay_cert is a certificate, and its key verifies answers */
+	(void) option_cert_sn(options, "alipay_cert", false, channel);
+	config->alipay_key = option_key(options, "alipay_cert", false, channel);
+
+	app_cert_key = option_key(options, "app_cert", false, channel);
+	if (!crypto_keys_equal(app_cert_key, config->app_key))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for option \"app_cert\" of channel \"%s\"", channel),
+				 errdetail("The certificate is not the one of \"app_private_key\".")));
+}
+
 /* Checks and compiles the options of an alipay channel. */
 static void *
 alipay_compile(const char *channel, const char *base_url, Jsonb *options)
@@ -183,7 +255,12 @@ alipay_compile(const char *channel, const char *base_url, Jsonb *options)
 				 errdetail("The value must be 1 to %d letters and digits.", ALIPAY_APP_ID_MAX)));
 
 	config->app_key = option_key(options, "app_private_key", true, channel);
-	config->alipay_key = option_key(options, "alipay_public_key", false, channel);
+	if (option_value(options, "app_cert") != NULL ||
+		option_value(options, "alipay_cert") != NULL ||
+		option_value(options, "alipay_root_cert") != NULL)
+		compile_cert_mode(config, options, channel);
+	else
+		config->alipay_key = option_key(options, "alipay_public_key", false, channel);
 
 	/*
 	 * The public half of the application's own key in place of Alipay's
@@ -192,7 +269,8 @@ alipay_compile(const char *channel, const char *base_url, Jsonb *options)
 	if (crypto_keys_equal(config->app_key, config->alipay_key))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid value for option \"alipay_public_key\" of channel \"%s\"", channel),
+				 errmsg("invalid value for option \"%s\" of channel \"%s\"",
+						config->app_cert_sn ? "alipay_cert" : "alipay_public_key", channel),
 				 errdetail("The key is the public key of \"app_private_key\", not Alipay's."),
 				 errhint("Copy the \"Alipay public key\" (支付宝公钥) from the application's key settings, not the application public key.")));
 
@@ -211,7 +289,7 @@ alipay_build_request(const void *cfg, const char *base_url,
 {
 	const AlipayConfig *config = cfg;
 	const char *method = ALIPAY_QUERY_METHOD;
-	AlipayParam params[9];
+	AlipayParam params[11];
 	int			n = 0;
 	char		timestamp[32];
 	StringInfoData biz;
@@ -238,6 +316,12 @@ alipay_build_request(const void *cfg, const char *base_url,
 	params[n++] = (AlipayParam) {"timestamp", timestamp};
 	params[n++] = (AlipayParam) {"version", "1.0"};
 	params[n++] = (AlipayParam) {"biz_content", biz.data};
+	if (config->app_cert_sn != NULL)
+	{
+		/* certificate mode: which certificates to verify the request with */
+		params[n++] = (AlipayParam) {"app_cert_sn", config->app_cert_sn};
+		params[n++] = (AlipayParam) {"alipay_root_cert_sn", config->alipay_root_cert_sn};
+	}
 	content = alipay_sign_content(params, n);
 
 	/*
@@ -380,6 +464,39 @@ answer_alipay_refusal(CheckAnswer *answer, const char *what, const AlipayAnswer 
 }
 
 /*
+ * True if sign verifies with key over text as it came, or else over text
+ * with every "\/" made "/": Alipay may sign a response before escaping its
+ * slashes, and its own SDKs retry so (a forger gains nothing: the text
+ * verified is still what Alipay signed, and the parsed values are the same).
+ */
+static bool
+verify_node_text(CryptoKey *key, const char *text, size_t len, const char *sign)
+{
+	StringInfoData unescaped;
+	bool		escaped = false;
+	bool		ok;
+
+	if (crypto_verify_b64(key, text, len, sign))
+		return true;
+	for (size_t i = 0; i + 1 < len; i++)
+		if (text[i] == '\\' && text[i + 1] == '/')
+			escaped = true;
+	if (!escaped)
+		return false;
+	initStringInfo(&unescaped);
+	for (size_t i = 0; i < len; i++)
+	{
+		/* every "\/" becomes "/", as a plain string replace does */
+		if (text[i] == '\\' && i + 1 < len && text[i + 1] == '/')
+			continue;
+		appendStringInfoChar(&unescaped, text[i]);
+	}
+	ok = crypto_verify_b64(key, unescaped.data, unescaped.len, sign);
+	pfree(unescaped.data);
+	return ok;
+}
+
+/*
  * Verifies the answer's sign over the raw response text.  False with
  * *answer the error if it is missing or wrong.
  */
@@ -399,9 +516,10 @@ verify_answer(const AlipayConfig *config, const AlipayAnswer *a, CheckAnswer *an
 		answer_error(answer, "the Alipay answer has two signs");
 		return false;
 	}
-	if (!crypto_verify_b64(config->alipay_key, a->node_start, a->node_len, a->sign))
+	if (!verify_node_text(config->alipay_key, a->node_start, a->node_len, a->sign))
 	{
-		answer_error(answer, "the Alipay answer's signature does not verify with alipay_public_key");
+		answer_error(answer, "the Alipay answer's signature does not verify with %s",
+					 config->app_cert_sn ? "alipay_cert" : "alipay_public_key");
 		return false;
 	}
 	return true;
@@ -475,9 +593,9 @@ refused_as_not_waiting(const char *sub_code)
 
 /*
  * Turns an answer into a status or an error.  CHECK_QUERY: the trade's
- * status.  CHECK_CLOSE: "closed" if Alipay closed it, "pending" (query it
- * again) if Alipay refused as the trade no longer awaits payment; anything
- * else is an error.
+ * status.  CHECK_CLOSE: "closed" if Alipay closed it, "expired" if Alipay
+ * has no such trade, "pending" (query it again) if Alipay refused as the
+ * trade no longer awaits payment; anything else is an error.
  */
 static void
 alipay_interpret(const void *cfg, CheckKind kind, const char *payment_id, const HttpResult *result,
@@ -550,6 +668,12 @@ alipay_interpret(const void *cfg, CheckKind kind, const char *payment_id, const 
 	if (strcmp(a.code, ALIPAY_CODE_SUCCESS) == 0)
 	{
 		answer_status(answer, "closed", "TRADE_CLOSED");
+		return;
+	}
+	if (a.sub_code != NULL && strcmp(a.sub_code, "ACQ.TRADE_NOT_EXIST") == 0)
+	{
+		/* the trade never existed at Alipay (nobody scanned): nothing to close */
+		answer_status(answer, "expired", "ACQ.TRADE_NOT_EXIST");
 		return;
 	}
 	if (refused_as_not_waiting(a.sub_code))

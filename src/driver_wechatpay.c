@@ -21,6 +21,19 @@
  *		resource is decrypted with AEAD_AES_256_GCM under api_v3_key with its
  *		nonce and associated_data; the transaction inside is read as a query
  *		answer is, its mchid required to be the channel's.
+ *		platform_public_key may also be an object of Wechatpay-Serial to key:
+ *		the platform certificates of a rotation, or WeChat Pay public keys
+ *		(serials PUB_KEY_ID_...); each answer is then verified with the key
+ *		its Wechatpay-Serial names, and a serial not named is an error
+ *		naming it (wechatpay_key_for_serial(), for callbacks too).
+ *
+ *		WeChat Pay may leave error answers unsigned.  Unverified, 404
+ *		ORDER_NOT_EXIST to a query is pending (nothing is paid); a close
+ *		answer that would end the payment (ORDERPAID, ORDER_CLOSED,
+ *		ORDER_NOT_EXIST, 204) but does not verify is "pending", so that a
+ *		signed query settles it.  A verified close ORDER_NOT_EXIST is
+ *		"expired" (nothing to close); 202 USERPAYING is "pending", queried
+ *		again in 5 s.
  */
 #include "postgres.h"
 
@@ -30,6 +43,7 @@
 #include "utils/jsonb.h"
 
 #include "driver.h"
+#include "driver_wechatpay.h"
 
 #define WECHATPAY_SCHEME "WECHATPAY2-SHA256-RSA2048"
 
@@ -42,14 +56,33 @@
 /* The largest unverified error answer whose code is read. */
 #define WECHATPAY_REFUSAL_MAX 4096
 
+/* WeChat Pay's "the buyer is paying: query again in 5 s" (close answered 202). */
+#define WECHATPAY_USER_PAYING_RETRY_S 5
+
+/*
+ * After a close answer that would end the payment but cannot be verified,
+ * the signed query that settles it comes this much later: an unsigned
+ * answer never ends a payment, nor makes paysync ask in a tight loop.
+ */
+#define WECHATPAY_UNVERIFIED_RETRY_S 60
+
+/* One platform key and the Wechatpay-Serial that names it. */
+typedef struct WechatpayPlatformKey
+{
+	char	   *serial;			/* a certificate serial or PUB_KEY_ID_... */
+	CryptoKey  *key;
+} WechatpayPlatformKey;
+
 typedef struct WechatpayConfig
 {
 	char	   *mchid;			/* merchant id */
 	char	   *merchant_serial_no; /* merchant API certificate serial */
 	CryptoKey  *merchant_key;	/* signs requests; secret */
-	CryptoKey  *platform_key;	/* verifies answers */
+	CryptoKey  *platform_key;	/* verifies answers (one key given), or NULL */
 	char	   *platform_serial;	/* the answers' Wechatpay-Serial, or NULL */
 	char	   *api_v3_key;		/* decrypts notifications; secret; or NULL */
+	WechatpayPlatformKey *platform_keys;	/* platform_public_key an object */
+	int			n_platform_keys;
 	char	   *base;			/* base_url without trailing slashes */
 	char	   *base_path;		/* its path part ("" if none), signed too */
 } WechatpayConfig;
@@ -159,12 +192,74 @@ split_base_url(WechatpayConfig *config, const char *base_url, const char *channe
 				 errdetail("Its path has empty or dot segments.")));
 }
 
+/*
+ * Compiles platform_public_key given as an object of Wechatpay-Serial to
+ * key (PEM, or bare base64; a certificate or a WeChat Pay public key, whose
+ * serial starts PUB_KEY_ID_): the keys of a certificate rotation, or of a
+ * move to WeChat Pay public keys.  ERROR naming the serial on anything
+ * invalid.
+ */
+static void
+compile_platform_keys(WechatpayConfig *config, JsonbValue *platform, const char *channel)
+{
+	JsonbIterator *it;
+	JsonbValue	key;
+	JsonbValue	value;
+	JsonbIteratorToken token;
+	int			capacity = 4;
+
+	if (!JsonContainerIsObject(platform->val.binary.data))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for option \"platform_public_key\" of channel \"%s\"", channel),
+				 errdetail("The value must be a JSON string (one key) or an object of serial to key.")));
+	config->platform_keys = palloc(sizeof(WechatpayPlatformKey) * capacity);
+	it = JsonbIteratorInit(platform->val.binary.data);
+	while ((token = JsonbIteratorNext(&it, &key, true)) != WJB_DONE)
+	{
+		char	   *serial;
+
+		if (token != WJB_KEY)
+			continue;
+		serial = pnstrdup(key.val.string.val, key.val.string.len);
+		token = JsonbIteratorNext(&it, &value, true);
+		if (!is_plain_word(serial, 64, "_"))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid serial \"%s\" in option \"platform_public_key\" of channel \"%s\"",
+							channel_word(serial), channel),
+					 errhint("Each key of the object is the serial of a platform certificate or a WeChat Pay public key ID (PUB_KEY_ID_...).")));
+		if (token != WJB_VALUE || value.type != jbvString)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid value for option \"platform_public_key\" of channel \"%s\"", channel),
+					 errdetail("The key of \"%s\" must be a JSON string.", serial)));
+		if (config->n_platform_keys == capacity)
+		{
+			capacity *= 2;
+			config->platform_keys = repalloc(config->platform_keys,
+											 sizeof(WechatpayPlatformKey) * capacity);
+		}
+		config->platform_keys[config->n_platform_keys].serial = serial;
+		config->platform_keys[config->n_platform_keys].key =
+			option_key_text(pnstrdup(value.val.string.val, value.val.string.len),
+							"platform_public_key", serial, false, channel);
+		config->n_platform_keys++;
+	}
+	if (config->n_platform_keys == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for option \"platform_public_key\" of channel \"%s\"", channel),
+				 errdetail("The object names no key.")));
+}
+
 /* Checks and compiles the options of a wechatpay channel. */
 static void *
 wechatpay_compile(const char *channel, const char *base_url, Jsonb *options)
 {
 	WechatpayConfig *config = palloc0(sizeof(WechatpayConfig));
 	char	   *serial;
+	JsonbValue *platform;
 
 	split_base_url(config, base_url, channel);
 	config->mchid = word_option(options, "mchid", 32, "",
@@ -175,9 +270,19 @@ wechatpay_compile(const char *channel, const char *base_url, Jsonb *options)
 					"merchant_serial_no is the serial number of the merchant API certificate, 40 hex digits.",
 					channel);
 	config->merchant_key = option_key(options, "merchant_private_key", true, channel);
-	config->platform_key = option_key(options, "platform_public_key", false, channel);
+	platform = option_value(options, "platform_public_key");
+	if (platform != NULL && platform->type == jbvBinary)
+		compile_platform_keys(config, platform, channel);
+	else
+		config->platform_key = option_key(options, "platform_public_key", false, channel);
 	if (option_string(options, "platform_serial", &serial, channel))
 	{
+		if (config->n_platform_keys > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("option \"platform_serial\" of channel \"%s\" goes with one platform_public_key only", channel),
+					 errdetail("platform_public_key is an object: its keys are the serials."),
+					 errhint("Leave platform_serial out.")));
 		if (!is_plain_word(serial, 64, "_"))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -360,6 +465,75 @@ wechatpay_verify(CryptoKey *platform_key, const char *platform_serial,
 }
 
 /*
+ * The platform key that verifies what WeChat Pay signed with the key its
+ * Wechatpay-Serial names (serial, NULL if absent), for answers and
+ * callbacks alike: with platform_public_key an object, the key of that
+ * serial; with one key, that key, if the serial is platform_serial when
+ * that is set.  NULL with a message naming the serial (never a key) if no
+ * configured key is the one named.  config is the driver's compiled config.
+ */
+CryptoKey *
+wechatpay_key_for_serial(const void *cfg, const char *serial, char *error, size_t errlen)
+{
+	const WechatpayConfig *config = cfg;
+
+	if (config->n_platform_keys > 0)
+	{
+		if (serial == NULL || serial[0] == '\0')
+		{
+			snprintf(error, errlen, "the answer has no Wechatpay-Serial header");
+			return NULL;
+		}
+		for (int i = 0; i < config->n_platform_keys; i++)
+			if (pg_strcasecmp(serial, config->platform_keys[i].serial) == 0)
+				return config->platform_keys[i].key;
+		snprintf(error, errlen,
+				 "the answer is signed by platform key %s, which platform_public_key does not name",
+				 channel_word(serial));
+		return NULL;
+	}
+	if (config->platform_serial != NULL)
+	{
+		if (serial == NULL)
+		{
+			snprintf(error, errlen, "the answer has no Wechatpay-Serial header");
+			return NULL;
+		}
+		if (pg_strcasecmp(serial, config->platform_serial) != 0)
+		{
+			snprintf(error, errlen,
+					 "the answer is signed by platform key %s, not platform_serial %s",
+					 channel_word(serial), config->platform_serial);
+			return NULL;
+		}
+	}
+	return config->platform_key;
+}
+
+/*
+ * Verifies an answer with the platform key its Wechatpay-Serial names
+ * (wechatpay_verify() says what is checked).  False with a message
+ * otherwise.
+ */
+static bool
+verify_with_named_key(const WechatpayConfig *config, const HttpResult *result,
+					  int64 now, char *error, size_t errlen)
+{
+	char	   *signature = http_header(result, "Wechatpay-Signature");
+	CryptoKey  *key = config->platform_key;
+
+	/* an unsigned answer is refused as such, whatever its serial */
+	if (signature != NULL && signature[0] != '\0')
+	{
+		key = wechatpay_key_for_serial(config, http_header(result, "Wechatpay-Serial"),
+									   error, errlen);
+		if (key == NULL)
+			return false;
+	}
+	return wechatpay_verify(key, NULL, result, now, error, errlen);
+}
+
+/*
  * Reads a WeChat Pay JSON answer (an object) into *parsed.  False with the
  * error in *answer if the body is not a JSON object.
  */
@@ -473,10 +647,17 @@ interpret_query(const WechatpayConfig *config, const char *payment_id,
 		answer_refusal(result, parse_refusal(result, &parsed) ? &parsed : NULL, answer);
 		return;
 	}
-	if (!wechatpay_verify(config->platform_key, config->platform_serial, result,
-						  (int64) time(NULL), error, sizeof(error)))
+	if (!verify_with_named_key(config, result, (int64) time(NULL), error, sizeof(error)))
 	{
-		answer_error(answer, "%s", error);
+		/*
+		 * WeChat Pay may leave error answers unsigned.  "No such order" says
+		 * nothing paid, so unsigned it is pending as well, never final.
+		 */
+		if (result->status == 404 && parse_refusal(result, &parsed) &&
+			parsed.code && strcmp(parsed.code, "ORDER_NOT_EXIST") == 0)
+			answer_status(answer, "pending", "ORDER_NOT_EXIST");
+		else
+			answer_error(answer, "%s", error);
 		return;
 	}
 	if (!wechatpay_parse(result, &parsed, answer))
@@ -537,10 +718,23 @@ answer_transaction(const WechatpayConfig *config, const char *payment_id,
 	answer_error(answer, "unknown trade_state \"%s\"", channel_word(parsed.trade_state));
 }
 
+/* True if code is one of WeChat Pay's words for "the buyer is paying". */
+static bool
+is_user_paying(const char *code)
+{
+	return code != NULL &&
+		(strcmp(code, "USERPAYING") == 0 || strcmp(code, "USER_PAYING") == 0);
+}
+
 /*
  * Interprets the answer to a close call: 204 is closed; an error code
  * saying the trade was paid meanwhile (ORDERPAID) is succeeded, one saying
- * it is closed already (ORDER_CLOSED) is closed; anything else an error.
+ * it is closed already (ORDER_CLOSED) closed, one saying there is no such
+ * order (ORDER_NOT_EXIST) expired: nothing to close.  Those need a verified
+ * answer: one that does not verify is "pending" (a signed query settles it,
+ * WECHATPAY_UNVERIFIED_RETRY_S later).  202 USERPAYING (the buyer is paying)
+ * is "pending", queried again in 5 s.  Anything else is an error (the close
+ * is retried).
  */
 static void
 interpret_close(const WechatpayConfig *config, const HttpResult *result,
@@ -557,6 +751,23 @@ interpret_close(const WechatpayConfig *config, const HttpResult *result,
 		status = "closed";
 		word = "CLOSED";
 	}
+	else if (result->status == 202)
+	{
+		parsed_ok = parse_refusal(result, &parsed);
+		if (parsed_ok && is_user_paying(parsed.code))
+		{
+			/*
+			 * Nothing final: verified or not, query again in 5 s.  Only a
+			 * verified word is kept as channel_status.
+			 */
+			bool		verified = verify_with_named_key(config, result, (int64) time(NULL), error,
+														 sizeof(error));
+
+			answer_status(answer, "pending", verified ? parsed.code : NULL);
+			answer->retry_after_s = Max(answer->retry_after_s, WECHATPAY_USER_PAYING_RETRY_S);
+			return;
+		}
+	}
 	else if (result->status >= 400 && result->status < 500)
 	{
 		parsed_ok = parse_refusal(result, &parsed);
@@ -570,6 +781,11 @@ interpret_close(const WechatpayConfig *config, const HttpResult *result,
 			status = "closed";
 			word = "ORDER_CLOSED";
 		}
+		else if (parsed_ok && parsed.code && strcmp(parsed.code, "ORDER_NOT_EXIST") == 0)
+		{
+			status = "expired";
+			word = "ORDER_NOT_EXIST";
+		}
 	}
 	if (status == NULL)
 	{
@@ -580,10 +796,14 @@ interpret_close(const WechatpayConfig *config, const HttpResult *result,
 			answer_refusal(result, parsed_ok ? &parsed : NULL, answer);
 		return;
 	}
-	if (!wechatpay_verify(config->platform_key, config->platform_serial, result,
-						  (int64) time(NULL), error, sizeof(error)))
+	if (!verify_with_named_key(config, result, (int64) time(NULL), error, sizeof(error)))
 	{
-		answer_error(answer, "%s", error);
+		/*
+		 * Never final unverified: a signed query says what became of it.
+		 * The unverified word is not kept either.
+		 */
+		answer_status(answer, "pending", NULL);
+		answer->retry_after_s = Max(answer->retry_after_s, WECHATPAY_UNVERIFIED_RETRY_S);
 		return;
 	}
 	answer_status(answer, status, word);
@@ -635,8 +855,8 @@ wechatpay_verify_notification(const void *cfg, const char *channel,
 
 	out->reply_status = 204;
 	out->reply_body = "";
-	if (!wechatpay_verify(config->platform_key, config->platform_serial, notification,
-						  now, error, sizeof(error)))
+	/* the key its Wechatpay-Serial names, as for answers */
+	if (!verify_with_named_key(config, notification, now, error, sizeof(error)))
 		notification_refused(channel, "%s", error);
 	out->verified = true;
 	if (config->api_v3_key == NULL)

@@ -302,6 +302,9 @@ my @tracked = (
 	[ 'pi_expire~M', 'stripe', 1000, 'USD', '{0.2s,0.2s}' ],
 	[ 'pi_acct~S', 'stripe_conn', 1000, 'USD', '{0.3s}' ],
 	[ 'pi_wrong~S', 'stripe_wrong', 1000, 'USD', '{0.2s}' ],
+	[ 'pi_refunded~P,G', 'stripe', 1000, 'USD', '{0.3s,0.3s,0.3s}' ],
+	[ 'pi_disputed~Q', 'stripe', 1000, 'USD', '{0.3s}' ],
+	[ 'pi_later~S,G,Q', 'stripe', 1000, 'USD', '{0.3s,0.3s,0.3s}' ],
 );
 sql($node, join ";\n", map {
 	my ($id, $channel, $amount, $currency, $schedule) = @$_;
@@ -336,6 +339,18 @@ is(payment_row($node, 'pi_cur~S1000eur', 'last_error'),
 wait_true($node, 'pi_noamount~S777', q{status = 'succeeded'}, 'no tracked amount: succeeded');
 wait_true($node, 'pi_isk~S50000isk', q{status = 'succeeded' AND last_error IS NULL},
 	'ISK 500 tracked, Stripe reports 50000 hundredths: succeeded');
+
+# refunded or disputed after success: Stripe leaves the PaymentIntent
+# succeeded, and so does paysync (a final status never changes)
+wait_true($node, 'pi_refunded~P,G', q{status = 'succeeded' AND errors = 0 AND last_error IS NULL},
+	'a PaymentIntent whose charge was refunded after success: succeeded, amount checked');
+wait_true($node, 'pi_disputed~Q', q{status = 'succeeded' AND errors = 0},
+	'... and one whose charge is disputed: succeeded');
+wait_true($node, 'pi_later~S,G,Q', q{status = 'succeeded'}, 'succeeded, refunded and disputed later');
+sleep(1);
+is(scalar(stripe_log($mock, 'pi_later~S,G,Q')), 1,
+	'... asked once: a refund or dispute afterwards changes nothing in paysync');
+is(events_of($node, 'pi_later~S,G,Q'), 'pending>succeeded|succeeded|poll|stripe', '... one event');
 
 wait_true($node, 'pi_429~R,S', q{status = 'succeeded'}, '429 then succeeded');
 like(payment_row($node, 'pi_429~R,S', 'last_error'), qr/^Stripe rate limit: HTTP 429 rate_limit/,

@@ -30,18 +30,23 @@ use Time::HiRes qw(time);
 my $MCHID = '1900009191';
 my $MERCHANT_SERIAL = '3775B6A45ACD588826D15E583A95F5DD2B0A1B2C';
 my $PLATFORM_SERIAL = '5157F09EFDC096DE15EBE81A47057A7232F1B8E1';
+# A WeChat Pay public key ID (public-key mode, merchants since late 2024).
+my $PUB_KEY_ID = 'PUB_KEY_ID_0114232134912410000000000000';
 
 my $dir = PostgreSQL::Test::Utils::tempdir();
 
 # ---------------------------------------------------------------- keys
 
-for my $name (qw(merchant platform other short))
+for my $name (qw(merchant platform other short next))
 {
 	make_rsa_key($dir, $name, $name eq 'short' ? 1024 : 2048);
 }
 # the platform key as WeChat Pay hands it out: in a certificate
 run_openssl([ 'req', '-x509', '-new', '-key', "$dir/platform.key",
 	'-subj', '/CN=Tenpay.com Root CA mock', '-days', '2', '-out', "$dir/platform.crt" ]);
+
+# next: the WeChat Pay public key of $PUB_KEY_ID, which replaces the
+# platform certificate in the rotation below.
 
 # SQL that reads a file on the server: keys never appear in statement text.
 sub file_sql
@@ -210,7 +215,7 @@ sub verify_answer
 	my ($headers, $body, %o) = @_;
 	my $r = test_fields(test_interpret($node, driver => 'wechatpay',
 		options => options_sql(
-			platform_public_key => file_sql($o{pub} // 'platform.pub'),
+			platform_public_key => $o{keys} // file_sql($o{pub} // 'platform.pub'),
 			platform_serial => defined $o{serial} ? lit($o{serial}) : undef),
 		kind => $o{kind} // 'query', status => $o{status} // 200,
 		headers => $headers, body => $body));
@@ -274,6 +279,86 @@ sub verify_answer
 	is( verify_answer(answer_headers(signed_body => '', timestamp => $now), '',
 			kind => 'close', status => 204),
 		'closed', 'an empty body (204) verifies over "timestamp\\nnonce\\n\\n"');
+
+	# platform_public_key an object of serial to key: each answer verified
+	# with the key its Wechatpay-Serial names (a rotation, public-key mode)
+	my $keys = "jsonb_build_object('$PLATFORM_SERIAL', " . file_sql('platform.crt')
+	  . ", '$PUB_KEY_ID', " . file_sql('next.pub') . ')';
+	my $by_next = answer_headers(signed_body => $body, timestamp => $now, key => 'next.key',
+		serial => $PUB_KEY_ID);
+	is(verify_answer($good, $body, keys => $keys), 'succeeded',
+		'keys by serial: an answer by the platform certificate verifies with the key of its serial');
+	is(verify_answer($by_next, $body, keys => $keys), 'succeeded',
+		'... one by the WeChat Pay public key (PUB_KEY_ID_...) with that key');
+	is(verify_answer($by_next, $body, keys => "jsonb_build_object('$PUB_KEY_ID', "
+			  . file_sql('next.pub') . ')'), 'succeeded',
+		'... also with the public key alone (public-key mode)');
+	is(verify_answer(answer_headers(signed_body => $body, timestamp => $now, key => 'next.key',
+				serial => lc $PUB_KEY_ID), $body, keys => $keys), 'succeeded',
+		'... the serial compared without regard to case');
+	like(
+		verify_answer(
+			answer_headers(signed_body => $body, timestamp => $now, serial => $PUB_KEY_ID),
+			$body, keys => $keys),
+		qr/does not verify/, 'an answer by one key naming the serial of another does not verify');
+	like(
+		verify_answer(
+			answer_headers(signed_body => $body, timestamp => $now, serial => 'PUB_KEY_ID_0999'),
+			$body, keys => $keys),
+		qr/signed by platform key PUB_KEY_ID_0999, which platform_public_key does not name/,
+		'a serial not configured is an error naming it');
+	like(
+		verify_answer(answer_headers(signed_body => $body, drop => ['Wechatpay-Serial']),
+			$body, keys => $keys),
+		qr/no Wechatpay-Serial/, 'no Wechatpay-Serial with keys by serial is refused');
+	like(verify_answer(answer_headers(signed_body => $body, drop => ['Wechatpay-Signature']),
+			$body, keys => $keys),
+		qr/not signed \(no Wechatpay-Signature header\)/, 'an unsigned answer is refused as unsigned');
+}
+
+# Error answers WeChat Pay may leave unsigned, and close answers.
+{
+	my $now = int(time);
+	my $notexist = '{"code":"ORDER_NOT_EXIST","message":"订单不存在"}';
+	my $signed = sub { answer_headers(signed_body => $_[0], timestamp => $now) };
+	my $r = sub {
+		my ($kind, $status, $headers, $body) = @_;
+		return test_interpret($node, driver => 'wechatpay', options => options_sql(),
+			kind => $kind, status => $status, headers => $headers, body => $body);
+	};
+	is($r->('query', 404, $signed->($notexist), $notexist),
+		"status=pending\nchannel_status=ORDER_NOT_EXIST", 'query: a signed ORDER_NOT_EXIST is pending');
+	is($r->('query', 404, undef, $notexist), "status=pending\nchannel_status=ORDER_NOT_EXIST",
+		'query: an unsigned ORDER_NOT_EXIST is pending too (nothing is paid)');
+	like($r->('query', 404, undef, '{"code":"NOT_FOUND","message":"x"}'),
+		qr/^error=.*not signed/, 'query: another unsigned 404 is an error');
+	like($r->('query', 500, undef, '{"code":"SYSTEM_ERROR","message":"x"}'),
+		qr/^error=HTTP 500/,
+		'query: an unsigned 500 SYSTEM_ERROR is an error (retried)');
+
+	is($r->('close', 404, $signed->($notexist), $notexist),
+		"status=expired\nchannel_status=ORDER_NOT_EXIST",
+		'close: a signed ORDER_NOT_EXIST is expired (no such trade, nothing to close)');
+	is($r->('close', 404, undef, $notexist), "status=pending\nretry_after=60",
+		'close: an unsigned ORDER_NOT_EXIST is pending, a signed query a minute later settles it');
+	my $paid = '{"code":"ORDERPAID","message":"订单已支付"}';
+	is($r->('close', 400, $signed->($paid), $paid), "status=succeeded\nchannel_status=ORDERPAID",
+		'close: a signed ORDERPAID is succeeded');
+	is($r->('close', 400, undef, $paid), "status=pending\nretry_after=60",
+		'close: an unsigned ORDERPAID is pending, never final');
+	is($r->('close', 204, answer_headers(signed_body => '', timestamp => $now, key => 'other.key'), ''),
+		"status=pending\nretry_after=60", 'close: a 204 that does not verify is pending, never final');
+	my $paying = '{"code":"USERPAYING","message":"用户支付中，需要输入密码"}';
+	is($r->('close', 202, $signed->($paying), $paying),
+		"status=pending\nchannel_status=USERPAYING\nretry_after=5",
+		'close: 202 USERPAYING (the buyer is paying) is pending, queried again in 5 s');
+	is($r->('close', 202, undef, $paying), "status=pending\nretry_after=5",
+		'close: ... signed or not (nothing final comes of it; an unsigned word is not kept)');
+	like($r->('close', 202, undef, '{}'), qr/^error=unexpected HTTP 202 .*204 expected/,
+		'close: another 202 is an error');
+	like($r->('close', 500, undef, '{"code":"SYSTEM_ERROR","message":"x"}'),
+		qr/^error=HTTP 500/,
+		'close: 500 SYSTEM_ERROR is an error (the close is retried)');
 }
 
 # ---------------------------------------------------------------- create_channel
@@ -292,7 +377,8 @@ sub create_channel
 	my ($key_line) = grep { length($_) > 40 && !/-----/ } split /\n/, $merchant_key;
 	my @bad = (
 		[ 'a key that does not parse', merchant_private_key => lit('-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----'), qr/invalid value for option "merchant_private_key"/ ],
-		[ 'a public key as the private key', merchant_private_key => file_sql('merchant.pub'), qr/invalid value for option "merchant_private_key"/ ],
+		[ 'a public key as the private key', merchant_private_key => file_sql('merchant.pub'), qr/invalid value for option "merchant_private_key".*is a public key or certificate, not a private key/s ],
+		[ 'a certificate as the private key', merchant_private_key => file_sql('platform.crt'), qr/invalid value for option "merchant_private_key".*is a public key or certificate, not a private key/s ],
 		[ 'a 1024-bit key', merchant_private_key => file_sql('short.key'), qr/invalid value for option "merchant_private_key".*1024 bits/s ],
 		[ 'a platform key that does not parse', platform_public_key => lit('garbage'), qr/invalid value for option "platform_public_key"/ ],
 		[ 'a private key as the platform key', platform_public_key => file_sql('platform.key'), qr/invalid value for option "platform_public_key"/ ],
@@ -303,11 +389,17 @@ sub create_channel
 		[ 'no merchant_serial_no', merchant_serial_no => undef, qr/needs option "merchant_serial_no"/ ],
 		[ 'a bad platform_serial', platform_serial => lit('a b'), qr/invalid value for option "platform_serial"/ ],
 		[ 'an unknown option', appid => lit('wx1'), qr/unknown option "appid"/ ],
+		[ 'a bad serial in platform_public_key', platform_public_key => "jsonb_build_object('a b', " . file_sql('platform.pub') . ')', qr/invalid serial "a b" in option "platform_public_key"/ ],
+		[ 'a key of a serial that does not parse', platform_public_key => "jsonb_build_object('$PUB_KEY_ID', 'garbage')", qr/invalid value for option "platform_public_key".*The key of "\Q$PUB_KEY_ID\E" does not load/s ],
+		[ 'a key of a serial that is not a string', platform_public_key => "jsonb_build_object('$PUB_KEY_ID', 1)", qr/invalid value for option "platform_public_key".*must be a JSON string/s ],
+		[ 'an empty object of keys', platform_public_key => q{'{}'::jsonb}, qr/invalid value for option "platform_public_key".*names no key/s ],
+		[ 'an array of keys', platform_public_key => "jsonb_build_array(" . file_sql('platform.pub') . ')', qr/invalid value for option "platform_public_key".*object of serial to key/s ],
+		[ 'platform_serial with keys by serial', platform_public_key => "jsonb_build_object('$PUB_KEY_ID', " . file_sql('next.pub') . ')', qr/option "platform_serial" .*goes with one platform_public_key only/s, platform_serial => lit($PUB_KEY_ID) ],
 	);
 	for my $case (@bad)
 	{
-		my ($what, $key, $value, $re) = @$case;
-		my ($ret, $out, $err) = create_channel('wx_bad', $key => $value);
+		my ($what, $key, $value, $re, @more) = @$case;
+		my ($ret, $out, $err) = create_channel('wx_bad', $key => $value, @more);
 		isnt($ret, 0, "create_channel refuses $what");
 		like($err, $re, "... the ERROR names the option ($what)");
 		like($err, qr/channel "wx_bad"/, "... and the channel ($what)");
@@ -360,13 +452,17 @@ my @tracked = (
 	[ 'exp_retry~N,E503,X', 'wx', '{1s}' ],
 	[ 'exp_badsig~N,Xt', 'wx', '{1s}' ],
 	[ 'exp_keep~N', 'wx_keep', '{1s}' ],
+	[ 'exp_notexist~N,Z', 'wx', '{1s}' ],
+	[ 'exp_userpaying~N,B,S', 'wx', '{1s}', 100, 'CNY' ],
+	[ 'unsigned_notexist~Oh,N,S', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
 	[ 'v_tampered~St', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
 	[ 'v_wrongkey~Sk', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
 	[ 'v_garbage~Sg', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
 	[ 'v_stale~Sz', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
 	[ 'v_noheaders~Sh', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
 	[ 'v_serial~Sw', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
-	[ 'v_notexist~Ot', 'wx', '{1s,1s,1s,1s,1s}' ],
+	[ 'v_notexist~Ot,Ot,S', 'wx', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
+	[ 'v_notfound~E404t', 'wx', '{1s,1s,1s,1s,1s}' ],
 	[ 'v_paid~N,Pk', 'wx', '{1s}' ],
 	[ 'badkey~S', 'wx_badkey', '{1s,1s,1s,1s,1s}', 100, 'CNY' ],
 );
@@ -450,6 +546,40 @@ is(events_of($node, 'exp_keep~N'), 'pending>expired|NOTPAY|expiry|wx_keep', '...
 is(scalar(grep { $_->[1] eq 'POST' } mock_lines($mock, 'exp_keep~N')), 0,
 	'... and no close request');
 
+# a close answered "no such trade": expired, nothing to close
+wait_row('exp_notexist~N,Z', 'status, channel_status, errors', 'expired|ORDER_NOT_EXIST|0',
+	'the close answers ORDER_NOT_EXIST: expired, with that channel_status');
+is(events_of($node, 'exp_notexist~N,Z'), 'pending>expired|ORDER_NOT_EXIST|expiry|wx', '... source expiry');
+is(join(',', map { "$_->[1] $_->[4]" } mock_lines($mock, 'exp_notexist~N,Z')),
+	'GET 200,POST 404', '... after one query and one close, nothing retried');
+
+# the buyer is paying when the close comes: query again in 5 s
+wait_row('exp_userpaying~N,B,S', 'status, channel_status, errors', 'succeeded|SUCCESS|0',
+	'the close answers 202 USERPAYING, the query then says SUCCESS: succeeded');
+{
+	my @l = mock_lines($mock, 'exp_userpaying~N,B,S');
+	is(join(',', map { "$_->[1] $_->[4]" } @l), 'GET 200,POST 202,GET 200',
+		'... query, close (202), query');
+	cmp_ok(($l[2][0] - $l[1][0]) / 1e6, '>=', 4.9, '... the query 5 s after the 202');
+}
+
+# an unsigned ORDER_NOT_EXIST is pending, not an error
+wait_row('unsigned_notexist~Oh,N,S', 'status, step, errors', 'succeeded|3|0',
+	'an unsigned ORDER_NOT_EXIST (404) is pending, no error; then NOTPAY, SUCCESS');
+
+# a close answer that would end the payment but does not verify: pending,
+# a signed query settles it a minute later (never final unverified)
+for my $id ('v_paid~N,Pk', 'exp_badsig~N,Xt')
+{
+	wait_true($node, $id, 'NOT closing AND last_checked_at IS NOT NULL AND attempts = 2',
+		"$id: the unverifiable close is answered");
+	is(payment_row($node, $id, q{status || '|' || coalesce(channel_status, '') || '|' || errors}),
+		'pending|NOTPAY|0', "$id: pending, the unverified word not kept, no error");
+	ok(payment_row($node, $id, q{next_check_at - now() > interval '30 s'}) eq 't',
+		"$id: the signed query is due about a minute later");
+	is(events_of($node, $id), '', "$id: no event");
+}
+
 # answers that fail verification: errors, never a status
 my @unverified = (
 	[ 'v_tampered~St', qr/does not verify with platform_public_key/, 'tampered body' ],
@@ -458,9 +588,7 @@ my @unverified = (
 	[ 'v_stale~Sz', qr/Timestamp is -60\d s off/, 'a stale timestamp (10 minutes)' ],
 	[ 'v_noheaders~Sh', qr/not signed \(no Wechatpay-Timestamp header\)/, 'no signature headers' ],
 	[ 'v_serial~Sw', qr/not platform_serial/, 'another Wechatpay-Serial' ],
-	[ 'v_notexist~Ot', qr/does not verify/, 'a tampered ORDER_NOT_EXIST' ],
-	[ 'v_paid~N,Pk', qr/does not verify/, 'an ORDERPAID close answer by the wrong key' ],
-	[ 'exp_badsig~N,Xt', qr/does not verify/, 'a tampered 204 close answer' ],
+	[ 'v_notfound~E404t', qr/unexpected HTTP 404 .*PARAM_ERROR|does not verify/, 'a tampered 404 that is not ORDER_NOT_EXIST' ],
 	[ 'badkey~S', qr/HTTP 401 from the channel: SIGN_ERROR: it refused the request signature/,
 		'a request signed with a key the channel does not know (401 SIGN_ERROR)' ],
 );
@@ -478,8 +606,63 @@ ok( (grep { $_->[4] eq '200' } mock_lines($mock, 'v_tampered~St')),
 	'the tampered answers were 200s from the mock (refused by the driver, not the mock)');
 ok(!(grep { $_->[4] ne '401' } mock_lines($mock, 'badkey~S')),
 	'the mock refused every request signed with the unknown key');
-is(sql($node, q{SELECT closing FROM paysync.payments WHERE payment_id = 'exp_badsig~N,Xt'}), 't',
-	'the payment whose close answer fails verification is still closing');
+wait_row('v_notexist~Ot,Ot,S', 'status, step, errors', 'succeeded|3|0',
+	'an ORDER_NOT_EXIST that does not verify is pending (nothing paid), no error, never final');
+
+# ---------------------------------------------------------------- key rotation
+
+# A second mock that signs its first 6 answers with the platform
+# certificate's key and every later one with a WeChat Pay public key
+# ($PUB_KEY_ID): the move to public-key mode, mid-run.
+my $rot = start_mock_program(
+	'mock_wechatpay',
+	'--mchid', $MCHID,
+	'--merchant-serial', $MERCHANT_SERIAL,
+	'--merchant-public-key', "$dir/merchant.pub",
+	'--platform-private-key', "$dir/platform.key",
+	'--platform-serial', $PLATFORM_SERIAL,
+	'--next-platform-private-key', "$dir/next.key",
+	'--next-platform-serial', $PUB_KEY_ID,
+	'--switch-after', '6',
+	'--amount', '100');
+my $rot_base = "http://127.0.0.1:$rot->{port}";
+sub create_rot_channel
+{
+	my ($name, $keys) = @_;
+	return $node->psql('postgres',
+		"SELECT paysync.create_channel('$name', 'wechatpay', '$rot_base', "
+		  . options_sql(platform_public_key => $keys) . ')');
+}
+my $both = "jsonb_build_object('$PLATFORM_SERIAL', " . file_sql('platform.crt')
+  . ", '$PUB_KEY_ID', " . file_sql('next.pub') . ')';
+is((create_rot_channel('wx_rot', $both))[0], 0,
+	'channel wx_rot created with keys by serial: the certificate and the public key');
+is((create_rot_channel('wx_rot_old', "jsonb_build_object('$PLATFORM_SERIAL', "
+			. file_sql('platform.crt') . ')'))[0], 0,
+	'channel wx_rot_old created with the certificate only');
+is((create_rot_channel('wx_rot_single', file_sql('platform.pub')))[0], 0,
+	'channel wx_rot_single created with one key, no serial');
+# six answers by the certificate, then the rest by the public key
+sql($node, join(";
+", map {
+	"SELECT paysync.track('$_~N,N,N,N,N,N,S', 'wx_rot', 100, 'CNY', '{1s,1s,1s,1s,1s,1s,1s,1s}')"
+} qw(rot1 rot2)));
+for my $id ('rot1~N,N,N,N,N,N,S', 'rot2~N,N,N,N,N,N,S')
+{
+	wait_row($id, 'status, step, errors, last_error IS NULL', 'succeeded|7|0|t',
+		"$id: seven answers across the switch of keys, not a single error");
+}
+is(scalar(grep { $_->[4] eq '200' } map { mock_lines($rot, $_) } 'rot1~N,N,N,N,N,N,S',
+		'rot2~N,N,N,N,N,N,S'), 14, '... fourteen answers: the last eight by the public key');
+sql($node, "SELECT paysync.track('old~S', 'wx_rot_old', 100, 'CNY')");
+sql($node, "SELECT paysync.track('single~S', 'wx_rot_single', 100, 'CNY')");
+wait_row('old~S', q{status || '|' || (errors >= 1) || '|' || last_error},
+	"pending|true|the answer is signed by platform key $PUB_KEY_ID, which platform_public_key does not name",
+	'after the switch, keys by serial without the new one: an error naming its serial, never a status');
+wait_row('single~S', q{status || '|' || (errors >= 1) || '|' || last_error},
+	'pending|true|the answer\'s Wechatpay-Signature does not verify with platform_public_key',
+	'... one old key: does not verify');
+stop_mock($rot);
 
 # ---------------------------------------------------------------- secrets
 

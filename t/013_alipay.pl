@@ -25,7 +25,9 @@ use warnings;
 
 use FindBin;
 use lib $FindBin::Bin;
+use Digest::MD5 qw(md5_hex);
 use JSON::PP;
+use Math::BigInt;
 use PaysyncTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -47,11 +49,16 @@ sub bare
 # app: the merchant's application key; ali: "Alipay's" key; other*: keys
 # nobody registered.
 make_rsa_key($tmp, $_) for qw(app ali other other_ali);
+# The application key as PKCS#1 ("BEGIN RSA PRIVATE KEY"), the form Alipay's
+# key tool writes for every language but Java.
+run_openssl([ 'pkey', '-in', "$tmp/app.key", '-traditional', '-out', "$tmp/app_pkcs1.key" ]);
 # The keys, as the server reads them from the files (so that no statement
 # text, which log_statement = all logs, carries them): name => [file, bare?]
 my %KEY = (
 	app_priv_pem => [ 'app.key', 0 ],
 	app_priv_bare => [ 'app.key', 1 ],
+	app_priv_pkcs1_pem => [ 'app_pkcs1.key', 0 ],
+	app_priv_pkcs1_bare => [ 'app_pkcs1.key', 1 ],
 	app_pub_pem => [ 'app.pub', 0 ],
 	ali_pub_pem => [ 'ali.pub', 0 ],
 	ali_pub_bare => [ 'ali.pub', 1 ],
@@ -257,6 +264,29 @@ is(interpret('query', 200, answer($Q, query_node('TRADE_SUCCESS'), sign_first =>
 	"status=succeeded\nchannel_status=TRADE_SUCCESS\npaid_amount=8888\npaid_currency=CNY",
 	'the sign may come before the response');
 
+# Alipay may sign a response with "/" and send it with "\/": verified with
+# the slashes unescaped when the text as sent does not verify.
+{
+	my $signed = query_node('TRADE_SUCCESS', extra => ', "qr_url": "https://qr.alipay.com/bax0"');
+	(my $sent = $signed) =~ s{/}{\\/}g;
+	isnt($sent, $signed, '(the text sent has escaped slashes)');
+	is(interpret('query', 200, answer($Q, $signed, sent => $sent)),
+		"status=succeeded\nchannel_status=TRADE_SUCCESS\npaid_amount=8888\npaid_currency=CNY",
+		'a response signed with "/" and sent with "\/" verifies');
+	(my $changed = $sent) =~ s{bax0}{bax1};
+	like(interpret('query', 200, answer($Q, $signed, sent => $changed)),
+		qr/^error=.*signature does not verify/, '... but not once changed otherwise');
+}
+
+# An amount of a zero-decimal currency written with zero decimals.
+is(interpret('query', 200, answer($Q, query_node('TRADE_SUCCESS', amount => '1000.00',
+	extra => ', "trans_currency": "JPY"'))),
+	"status=succeeded\nchannel_status=TRADE_SUCCESS\npaid_amount=1000\npaid_currency=JPY",
+	'"1000.00" JPY is 1000 yen');
+like(interpret('query', 200, answer($Q, query_node('TRADE_SUCCESS', amount => '1000.50',
+	extra => ', "trans_currency": "JPY"'))),
+	qr/^error=.*amount "1000\.50" is not a valid JPY amount/, '"1000.50" JPY is refused');
+
 my $good_sig = openssl_sign("$tmp/ali.key", query_node('WAIT_BUYER_PAY'));
 (my $flipped = $good_sig) =~ s/^(.)/$1 eq 'A' ? 'B' : 'A'/e;
 like(interpret('query', 200, answer($Q, query_node('WAIT_BUYER_PAY'), sig => $flipped)),
@@ -323,9 +353,14 @@ is(interpret('close', 200, answer($CL, '{"code": "10000", "msg": "Success", "out
 is(interpret('close', 200, answer($CL, error_node('40004', 'ACQ.TRADE_STATUS_ERROR'))),
 	"status=pending\nchannel_status=ACQ.TRADE_STATUS_ERROR",
 	'close: ACQ.TRADE_STATUS_ERROR (paid or closed meanwhile) is pending: the core queries it again');
-like(interpret('close', 200, answer($CL, error_node('40004', 'ACQ.TRADE_NOT_EXIST'))),
-	qr/^error=Alipay refused to close the trade: code 40004 \(ACQ\.TRADE_NOT_EXIST\)/,
-	'close: ACQ.TRADE_NOT_EXIST is an error');
+is(interpret('close', 200, answer($CL, error_node('40004', 'ACQ.TRADE_NOT_EXIST'))),
+	"status=expired\nchannel_status=ACQ.TRADE_NOT_EXIST",
+	'close: ACQ.TRADE_NOT_EXIST (the trade never existed) is expired: nothing to close');
+like(interpret('close', 200, answer($CL, error_node('40004', 'ACQ.TRADE_NOT_EXIST'), nosign => 1)),
+	qr/^error=.*unsigned.*ACQ\.TRADE_NOT_EXIST/, 'close: an unsigned ACQ.TRADE_NOT_EXIST is an error, never a status');
+like(interpret('close', 200, answer($CL, error_node('40004', 'ACQ.SYSTEM_ERROR'))),
+	qr/^error=Alipay refused to close the trade: code 40004 \(ACQ\.SYSTEM_ERROR\)/,
+	'close: ACQ.SYSTEM_ERROR is an error (the close is retried)');
 like(interpret('close', 200, answer($CL, '{"code": "10000", "msg": "Success"}', key => "$tmp/other_ali.key")),
 	qr/^error=.*signature does not verify/, 'close: a signature by another key is an error');
 like(interpret('close', 200, answer($Q, query_node('TRADE_SUCCESS'))),
@@ -358,7 +393,9 @@ refused_naming(q{opts('app_priv_pem', 'ali_pub_pem') - 'app_private_key'}, 'app_
 refused_naming(q{opts('app_priv_pem', 'ali_pub_pem') || '{"app_private_key": "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7notakey"}'},
 	'app_private_key', 'an app_private_key that does not parse', qr/invalid value for option/);
 refused_naming(q{opts('app_pub_pem', 'ali_pub_pem')}, 'app_private_key',
-	'a public key as app_private_key', qr/not a PEM private key/);
+	'a public key as app_private_key', qr/is a public key or certificate, not a private key/);
+refused_naming(q{opts('ali_pub_bare', 'ali_pub_pem')}, 'app_private_key',
+	'a bare base64 public key as app_private_key', qr/is a public key or certificate, not a private key/);
 refused_naming(q{opts('app_priv_pem', 'ali_pub_pem') - 'alipay_public_key'}, 'alipay_public_key',
 	'no alipay_public_key', qr/needs option/);
 refused_naming(q{opts('app_priv_pem', 'ali_pub_pem') || '{"alipay_public_key": "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAnotakey"}'},
@@ -379,10 +416,12 @@ sub create_channel
 
 create_channel('alipay', q{opts('app_priv_bare', 'ali_pub_bare')});    # bare base64, as Alipay hands them out
 create_channel('alipay_pem', q{opts('app_priv_pem', 'ali_pub_pem')});
+create_channel('alipay_pkcs1', q{opts('app_priv_pkcs1_bare', 'ali_pub_bare')});    # Alipay's key tool, non-Java
+create_channel('alipay_pkcs1_pem', q{opts('app_priv_pkcs1_pem', 'ali_pub_pem')});
 create_channel('alipay_keep', q{opts('app_priv_pem', 'ali_pub_pem') || '{"close_on_expiry": false}'});
 create_channel('alipay_wrong_app', q{opts('other_priv_pem', 'ali_pub_pem')});
 create_channel('alipay_wrong_ali', q{opts('app_priv_pem', 'other_ali_pub_pem')});
-pass('channels with bare base64 and PEM keys are created');
+pass('channels with bare base64 and PEM keys, PKCS#8 and PKCS#1, are created');
 
 my $STEPS = q{'{100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms}'::interval[]};
 my $ONCE = q{'{100ms}'::interval[]};
@@ -396,6 +435,8 @@ sub track
 
 track('p1~W,W,S', 'alipay', $STEPS, 8888);
 track('p2~F', 'alipay_pem', $STEPS, 8888);
+track('k1~S', 'alipay_pkcs1', $STEPS, 8888);
+track('k2~S', 'alipay_pkcs1_pem', $STEPS, 8888);
 track('p3~W,C', 'alipay', $STEPS);
 track('p4~N', 'alipay', q{'{100ms,1h}'::interval[]});
 track('x1~W:c', 'alipay', $ONCE);
@@ -403,6 +444,8 @@ track('x2~W:p', 'alipay', $ONCE, 8888);
 track('x3~W:z', 'alipay', $ONCE);
 track('x4~N:e,c', 'alipay', $ONCE);
 track('x5~W', 'alipay_keep', $ONCE);
+track('x6~N:n', 'alipay', $ONCE);
+track('s1~L', 'alipay', $STEPS, 8888);
 track('m1~A', 'alipay', $STEPS, 8888);
 track('v1~T', 'alipay', $ONCE);
 track('v2~K', 'alipay', $ONCE);
@@ -420,6 +463,12 @@ is_deeply([ methods_for($mock, 'p1~W,W,S') ], [ ('alipay.trade.query') x 3 ], 't
 
 wait_payment_status($node, 'p2~F', 'succeeded');
 is(payment_row($node, 'p2~F', 'channel_status'), 'TRADE_FINISHED', 'TRADE_FINISHED is succeeded (PEM keys)');
+
+for my $id ('k1~S', 'k2~S')
+{
+	wait_payment_status($node, $id, 'succeeded');
+	is(payment_row($node, $id, 'errors'), '0', "$id: requests signed with a PKCS#1 key verify at the gateway");
+}
 
 wait_payment_status($node, 'p3~W,C', 'closed');
 is(events_of($node, 'p3~W,C'), 'pending>closed|TRADE_CLOSED|poll|alipay', 'TRADE_CLOSED is closed, source poll');
@@ -452,6 +501,16 @@ is_deeply([ methods_for($mock, 'x4~N:e,c') ],
 like(payment_row($node, 'x4~N:e,c', 'last_error'), qr/ACQ\.SYSTEM_ERROR/, 'the failed close was an error');
 is(events_of($node, 'x4~N:e,c'), 'pending>closed|TRADE_CLOSED|expiry|alipay', 'then closed, source expiry');
 
+wait_payment_status($node, 'x6~N:n', 'expired');
+is(events_of($node, 'x6~N:n'), 'pending>expired|ACQ.TRADE_NOT_EXIST|expiry|alipay',
+	'a trade nobody opened: the close answers ACQ.TRADE_NOT_EXIST, the payment is expired (source expiry)');
+is_deeply([ methods_for($mock, 'x6~N:n') ], [ 'alipay.trade.query', 'alipay.trade.close' ],
+	'... after one query and one close, no retry');
+is(payment_row($node, 'x6~N:n', 'errors'), '0', '... and no error');
+
+wait_payment_status($node, 's1~L', 'succeeded');
+is(payment_row($node, 's1~L', 'errors'), '0', 'an answer sent with "\/" for "/" verifies end to end');
+
 wait_payment_status($node, 'x5~W', 'expired');
 is_deeply([ methods_for($mock, 'x5~W') ], ['alipay.trade.query'], 'close_on_expiry false: expired, no close');
 
@@ -477,6 +536,133 @@ for my $id (sort keys %why)
 	is(events_of($node, $id), '', "$id: no event");
 	like(payment_row($node, $id, 'last_error'), $why{$id}, "$id: last_error says why");
 }
+
+# ---------------------------------------------------------------- certificate mode
+
+# Certificates made here with openssl: a root CA signed sha256WithRSA, an
+# older root signed sha1WithRSA, an EC root standing in for Alipay's SM2
+# root (which the root SN leaves out), and the application's and "Alipay's"
+# certificates issued by the first root, with serials beyond 64 bits.
+make_rsa_key($tmp, $_) for qw(root root1);
+run_openssl([ 'req', '-x509', '-new', '-key', "$tmp/root.key", '-sha256', '-days', '2',
+	'-set_serial', '0x2F1E3D4C5B6A79880123456789ABCDEF',
+	'-subj', '/C=CN/O=Ant Financial/OU=Certification Authority/CN=Mock Root Class 2 R1',
+	'-out', "$tmp/root.crt" ]);
+run_openssl([ 'req', '-x509', '-new', '-key', "$tmp/root1.key", '-sha1', '-days', '2',
+	'-set_serial', '7', '-subj', '/C=CN/O=Mock Old Root/CN=Mock Root Class 1',
+	'-out', "$tmp/root1.crt" ]);
+run_openssl([ 'ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', "$tmp/ec.key" ]);
+run_openssl([ 'req', '-x509', '-new', '-key', "$tmp/ec.key", '-sha256', '-days', '2',
+	'-subj', '/C=CN/O=Mock/CN=Mock EC Root', '-out', "$tmp/ec.crt" ]);
+for my $who ([ 'app', '0x00E4B5F3A2C1D0998877665544332211', "/C=CN/O=Shop/OU=Alipay/CN=$APP_ID" ],
+	[ 'ali', '0x1122334455667788990A', '/C=CN/O=Alipay.com Co Ltd/OU=Alipay/CN=Alipay Public Key' ])
+{
+	my ($name, $serial, $subject) = @$who;
+	run_openssl([ 'req', '-new', '-key', "$tmp/$name.key", '-subj', $subject,
+		'-out', "$tmp/$name.csr" ]);
+	run_openssl([ 'x509', '-req', '-in', "$tmp/$name.csr", '-CA', "$tmp/root.crt",
+		'-CAkey', "$tmp/root.key", '-set_serial', $serial, '-sha256', '-days', '2',
+		'-out', "$tmp/${name}_cert.crt" ]);
+}
+spew_file("$tmp/root_chain.crt",
+	join('', map { slurp_file("$tmp/$_.crt") } qw(root1 ec root)));
+
+# Alipay's SN of a certificate, computed here from openssl's printout: MD5
+# of the issuer DN as RFC 2253 writes it and the serial in decimal.
+sub expected_sn
+{
+	my ($file) = @_;
+	my $issuer = run_openssl([ 'x509', '-in', $file, '-noout', '-issuer', '-nameopt', 'RFC2253' ]);
+	my $serial = run_openssl([ 'x509', '-in', $file, '-noout', '-serial' ]);
+	$issuer =~ s/^issuer=\s*//;
+	chomp $issuer;
+	$serial =~ s/^serial=//;
+	chomp $serial;
+	return md5_hex($issuer . Math::BigInt->from_hex("0x$serial")->bstr);
+}
+
+# The signature algorithm of a certificate.
+sub signature_algorithm
+{
+	my ($file) = @_;
+	my $text = run_openssl([ 'x509', '-in', $file, '-noout', '-text' ]);
+	return $text =~ /Signature Algorithm: (\S+)/ ? $1 : '';
+}
+my $APP_CERT_SN = expected_sn("$tmp/app_cert.crt");
+my @rsa_roots = grep { signature_algorithm("$tmp/$_.crt") =~ /^sha(?:1|256)WithRSAEncryption$/ }
+  qw(root1 ec root);
+is("@rsa_roots", 'root1 root', '(the RSA roots are the sha1 and the sha256 one, not the EC one)');
+my $ROOT_CERT_SN = join '_', map { expected_sn("$tmp/$_.crt") } @rsa_roots;
+like($APP_CERT_SN, qr/^[0-9a-f]{32}$/, '(the expected app SN is 32 hex digits)');
+
+for my $name (qw(app_cert ali_cert root_chain ec))
+{
+	sql($node, 'INSERT INTO test_keys SELECT ' . lit($name) . ', pg_read_file(' . lit("$tmp/$name.crt") . ')');
+}
+sql($node, <<"EOF");
+CREATE FUNCTION cert_opts(app_cert text, ali_cert text, root text) RETURNS jsonb LANGUAGE sql AS \$\$
+  SELECT jsonb_strip_nulls(jsonb_build_object('app_id', '$APP_ID',
+    'app_private_key', (SELECT value FROM test_keys WHERE name = 'app_priv_pkcs1_bare'),
+    'app_cert', (SELECT value FROM test_keys WHERE name = app_cert),
+    'alipay_cert', (SELECT value FROM test_keys WHERE name = ali_cert),
+    'alipay_root_cert', (SELECT value FROM test_keys WHERE name = root)))
+\$\$;
+EOF
+
+my $certmock = start_mock_program('mock_alipay', '--app-id', $APP_ID,
+	'--app-public-key', "$tmp/app.pub", '--alipay-private-key', "$tmp/ali.key",
+	'--app-cert-sn', $APP_CERT_SN, '--alipay-root-cert-sn', $ROOT_CERT_SN);
+my $CERT_GATEWAY = "http://127.0.0.1:$certmock->{port}/gateway.do";
+{
+	my $req = test_fields(test_request($node, driver => 'alipay',
+		options => q{cert_opts('app_cert', 'ali_cert', 'root_chain')}, base_url => $CERT_GATEWAY,
+		payment_id => 'C-1', kind => 'query'));
+	my ($base, $query) = split /\?/, $req->{url}, 2;
+	my %p;
+	for my $pair (split(/&/, $query), split(/&/, $req->{body}))
+	{
+		my ($k, $v) = split /=/, $pair, 2;
+		$p{ form_decode($k) } = form_decode($v // '');
+	}
+	is($p{app_cert_sn}, $APP_CERT_SN,
+		'certificate mode: app_cert_sn is MD5(issuer DN + decimal serial), as computed here');
+	is($p{alipay_root_cert_sn}, $ROOT_CERT_SN,
+		'... alipay_root_cert_sn joins the SNs of the RSA roots with "_", the EC root left out');
+	ok(request_verifies(\%p, "$tmp/app.pub"), '... and both are signed with the other parameters');
+	is(test_interpret($node, driver => 'alipay',
+			options => q{cert_opts('app_cert', 'ali_cert', 'root_chain')},
+			kind => 'query', status => 200, body => answer($Q, query_node('WAIT_BUYER_PAY'))),
+		"status=pending\nchannel_status=WAIT_BUYER_PAY", '... answers verify with the key of alipay_cert');
+	like(test_interpret($node, driver => 'alipay',
+			options => q{cert_opts('app_cert', 'ali_cert', 'root_chain')},
+			kind => 'query', status => 200,
+			body => answer($Q, query_node('WAIT_BUYER_PAY'), key => "$tmp/other_ali.key")),
+		qr/^error=.*does not verify with alipay_cert/, '... and not with another key');
+}
+refused_naming(q{cert_opts('app_cert', 'ali_cert', NULL)}, 'alipay_root_cert',
+	'certificate mode without alipay_root_cert', qr/needs option/);
+refused_naming(q{cert_opts('app_cert', 'ali_cert', 'root_chain') || jsonb_build_object('alipay_public_key', (SELECT value FROM test_keys WHERE name = 'ali_pub_pem'))},
+	'alipay_public_key', 'certificates and alipay_public_key together', qr/not both/);
+refused_naming(q{cert_opts('ali_cert', 'ali_cert', 'root_chain')}, 'app_cert',
+	'an app_cert that is not the certificate of app_private_key', qr/not the one of "app_private_key"/);
+refused_naming(q{cert_opts('app_cert', 'ali_cert', 'ec')}, 'alipay_root_cert',
+	'a root chain without an RSA certificate', qr/no certificate signed with RSA/);
+refused_naming(q{cert_opts('app_cert', 'ali_cert', 'root_chain') || jsonb_build_object('app_cert', 'garbage')},
+	'app_cert', 'an app_cert that is not a certificate', qr/not a PEM certificate/);
+sql($node, "SELECT paysync.create_channel('alipay_cert', 'alipay', " . lit($CERT_GATEWAY)
+	  . q{, cert_opts('app_cert', 'ali_cert', 'root_chain'))});
+sql($node, "SELECT paysync.create_channel('alipay_cert_key_mode', 'alipay', " . lit($CERT_GATEWAY)
+	  . q{, opts('app_priv_pem', 'ali_pub_pem'))});
+track('cm1~W,S', 'alipay_cert', $STEPS, 8888);
+track('cm2~S', 'alipay_cert_key_mode', $ONCE, 8888);
+wait_payment_status($node, 'cm1~W,S', 'succeeded');
+is(payment_row($node, 'cm1~W,S', 'errors'), '0',
+	'certificate mode end to end: the gateway accepts the SNs, answers verify with alipay_cert');
+wait_for_sql($node, q{SELECT errors >= 1 FROM paysync.payments WHERE payment_id = 'cm2~S'}, 't',
+	'key mode against an application in certificate mode: an error');
+like(payment_row($node, 'cm2~S', 'last_error'), qr/isv\.invalid-app-cert-sn/,
+	'... the gateway wants app_cert_sn');
+stop_mock($certmock);
 
 # ---------------------------------------------------------------- secrets
 

@@ -37,6 +37,8 @@
  *			K	TRADE_SUCCESS signed with a key that is not Alipay's
  *			U	TRADE_SUCCESS without a sign
  *			E	HTTP 500
+ *			L	TRADE_SUCCESS signed with "/" in its text, sent with "\/"
+ *				(as Alipay may send it)
  *
  *		Close letters (default "c"):
  *
@@ -46,10 +48,20 @@
  *			z	40004 ACQ.TRADE_STATUS_ERROR, the trade closed by itself
  *				meanwhile: later queries say TRADE_CLOSED
  *			e	40004 ACQ.SYSTEM_ERROR (nothing changes)
- *			n	40004 ACQ.TRADE_NOT_EXIST
+ *			n	40004 ACQ.TRADE_NOT_EXIST (the trade never existed)
+ *
+ *		Certificate mode (--app-cert-sn SN --alipay-root-cert-sn SN, the SNs
+ *		the test computed for the certificates it made): every request must
+ *		carry those app_cert_sn and alipay_root_cert_sn (signed like every
+ *		parameter), else 40002 isv.invalid-app-cert-sn /
+ *		isv.invalid-alipay-root-cert-sn; answers then carry alipay_cert_sn
+ *		next to the sign, as Alipay's do.  Without them, a request carrying
+ *		either is refused (40002 isv.invalid-parameter): the application is
+ *		in key mode.
  *
  *		Command line: --port N (0: any), --log FILE, --app-id ID,
- *		--app-public-key FILE (PEM), --alipay-private-key FILE (PEM).  Prints
+ *		--app-public-key FILE (PEM), --alipay-private-key FILE (PEM),
+ *		[--app-cert-sn SN --alipay-root-cert-sn SN].  Prints
  *		"port=N" once listening.  Log: one line per request, "<unix us>
  *		<HTTP method> <path> <out_trade_no or -> <Alipay method or ->".
  */
@@ -92,6 +104,8 @@ typedef struct Trade
 } Trade;
 
 static const char *opt_app_id = NULL;
+static const char *opt_app_cert_sn = NULL;
+static const char *opt_root_cert_sn = NULL;
 static EVP_PKEY *app_public_key = NULL;
 static EVP_PKEY *alipay_private_key = NULL;
 static EVP_PKEY *wrong_private_key = NULL;
@@ -327,7 +341,11 @@ send_signed(struct MHD_Connection *conn, const char *node_name, const char *node
 	char	   *body;
 	enum MHD_Result ret;
 
-	if (sign)
+	if (sign && opt_app_cert_sn)
+		body = mock_format("{\"%s\": %s, \"alipay_cert_sn\": \"%s\", \"sign\": \"%s\"}",
+						   node_name, sent ? sent : node,
+						   "6bc29aa3b4d406c43483ffea81e08d22" /* any: paysync ignores it */, sign);
+	else if (sign)
 		body = mock_format("{\"%s\": %s, \"sign\": \"%s\"}", node_name,
 						   sent ? sent : node, sign);
 	else
@@ -373,6 +391,25 @@ trade_node(const char *id, const char *status, const char *amount)
 					   esc, amount ? amount : "0.00", amount ? amount : PAID_AMOUNT, status);
 	free(esc);
 	return node;
+}
+
+/* A copy of text with every "/" written "\/", malloc'd. */
+static char *
+escape_slashes(const char *text)
+{
+	char	   *out = malloc(2 * strlen(text) + 1);
+	size_t		o = 0;
+
+	if (out == NULL)
+		mock_die("out of memory", NULL);
+	for (const char *p = text; *p; p++)
+	{
+		if (*p == '/')
+			out[o++] = '\\';
+		out[o++] = *p;
+	}
+	out[o] = '\0';
+	return out;
 }
 
 /* Answers alipay.trade.query for trade t. */
@@ -427,6 +464,14 @@ answer_query(struct MHD_Connection *conn, Trade *t)
 		case 'U':
 			node = trade_node(t->id, "TRADE_SUCCESS", PAID_AMOUNT);
 			key = NULL;
+			break;
+		case 'L':
+			/* the node with a qr_url, signed with "/", sent with "\/" */
+			sent = trade_node(t->id, "TRADE_SUCCESS", PAID_AMOUNT);
+			node = mock_format("%.*s, \"qr_url\": \"https://qr.alipay.com/bax0\"}",
+							   (int) strlen(sent) - 1, sent);
+			free(sent);
+			sent = escape_slashes(node);
 			break;
 		case 'N':
 			return send_error(conn, "alipay_trade_query_response", "40004", "Business Failed",
@@ -595,6 +640,20 @@ handle_gateway(struct MHD_Connection *conn, const char *url, const char *http_me
 	else if (format != NULL && strcasecmp(format, "JSON") != 0)
 		ret = send_error(conn, node_name, "40002", "Invalid Arguments",
 						 "isv.invalid-format", "无效的数据格式参数", NULL);
+	else if (opt_app_cert_sn &&
+			 !(param_get(params, n, "app_cert_sn") &&
+			   strcmp(param_get(params, n, "app_cert_sn"), opt_app_cert_sn) == 0))
+		ret = send_error(conn, node_name, "40002", "Invalid Arguments",
+						 "isv.invalid-app-cert-sn", "应用公钥证书序列号不匹配", NULL);
+	else if (opt_app_cert_sn &&
+			 !(param_get(params, n, "alipay_root_cert_sn") &&
+			   strcmp(param_get(params, n, "alipay_root_cert_sn"), opt_root_cert_sn) == 0))
+		ret = send_error(conn, node_name, "40002", "Invalid Arguments",
+						 "isv.invalid-alipay-root-cert-sn", "支付宝根证书序列号不匹配", NULL);
+	else if (!opt_app_cert_sn && (param_get(params, n, "app_cert_sn") ||
+								  param_get(params, n, "alipay_root_cert_sn")))
+		ret = send_error(conn, node_name, "40002", "Invalid Arguments",
+						 "isv.invalid-parameter", "the application is in key mode", NULL);
 	else
 	{
 		content = sign_content(params, n);
@@ -652,6 +711,8 @@ parse_args(int argc, char **argv)
 		{"app-id", required_argument, NULL, 'a'},
 		{"app-public-key", required_argument, NULL, 'k'},
 		{"alipay-private-key", required_argument, NULL, 'K'},
+		{"app-cert-sn", required_argument, NULL, 'c'},
+		{"alipay-root-cert-sn", required_argument, NULL, 'r'},
 		{NULL, 0, NULL, 0}
 	};
 	int			c;
@@ -669,6 +730,12 @@ parse_args(int argc, char **argv)
 			case 'K':
 				alipay_private_key = mock_load_key(optarg, true);
 				break;
+			case 'c':
+				opt_app_cert_sn = optarg;
+				break;
+			case 'r':
+				opt_root_cert_sn = optarg;
+				break;
 			default:
 				mock_die("usage: mock_alipay --port N --app-id ID --app-public-key FILE "
 					"--alipay-private-key FILE [--log FILE]", NULL);
@@ -676,6 +743,8 @@ parse_args(int argc, char **argv)
 	}
 	if (opt_app_id == NULL || app_public_key == NULL || alipay_private_key == NULL)
 		mock_die("--app-id, --app-public-key and --alipay-private-key are required", NULL);
+	if ((opt_app_cert_sn == NULL) != (opt_root_cert_sn == NULL))
+		mock_die("--app-cert-sn and --alipay-root-cert-sn go together", NULL);
 }
 
 /* Starts the server, prints the port, runs until SIGTERM or SIGINT. */

@@ -32,6 +32,10 @@
  *	K	200, status requires_capture
  *	S[amount][cur]	200, status succeeded, amount_received = amount
  *			(default 1000) in currency cur (lower case, default usd)
+ *	G	200, status succeeded (1000 usd), its latest_charge (expanded)
+ *		refunded in full afterwards: Stripe leaves the PaymentIntent
+ *		succeeded and amount_received as it was
+ *	Q	200, status succeeded (1000 usd), its latest_charge disputed
  *	X	200, status canceled
  *	U	200, status "unheard_of" (no such PaymentIntent status)
  *	Z	200, a PaymentIntent without status
@@ -140,7 +144,7 @@ parse_script(const char *script, Action *actions, int max)
 
 		memset(&a, 0, sizeof(a));
 		a.letter = *p++;
-		if (strchr("MFAPKSXUZJREN", a.letter) == NULL || a.letter == '\0')
+		if (strchr("MFAPKSXUZJRENGQ", a.letter) == NULL || a.letter == '\0')
 			return -1;
 		if (a.letter == 'S' || a.letter == 'R')
 		{
@@ -407,6 +411,8 @@ payment_intent_body(const char *id, const Action *a, bool livemode)
 			status = "requires_capture";
 			break;
 		case 'S':
+		case 'G':
+		case 'Q':
 			status = "succeeded";
 			break;
 		case 'X':
@@ -424,7 +430,22 @@ payment_intent_body(const char *id, const Action *a, bool livemode)
 	json_object_set_new(pi, "object", json_string("payment_intent"));
 	json_object_set_new(pi, "amount", json_integer(amount));
 	json_object_set_new(pi, "amount_capturable", json_integer(a->letter == 'K' ? amount : 0));
-	json_object_set_new(pi, "amount_received", json_integer(a->letter == 'S' ? amount : 0));
+	json_object_set_new(pi, "amount_received",
+						json_integer(strchr("SGQ", a->letter) ? amount : 0));
+	if (a->letter == 'G' || a->letter == 'Q')
+	{
+		/* what a refund or a dispute after success changes: the charge only */
+		json_t	   *charge = json_object();
+
+		json_object_set_new(charge, "id", json_string("ch_3MockCharge"));
+		json_object_set_new(charge, "object", json_string("charge"));
+		json_object_set_new(charge, "amount", json_integer(amount));
+		json_object_set_new(charge, "amount_refunded", json_integer(a->letter == 'G' ? amount : 0));
+		json_object_set_new(charge, "refunded", json_boolean(a->letter == 'G'));
+		json_object_set_new(charge, "disputed", json_boolean(a->letter == 'Q'));
+		json_object_set_new(charge, "status", json_string("succeeded"));
+		json_object_set_new(pi, "latest_charge", charge);
+	}
 	json_object_set_new(pi, "capture_method", json_string("automatic"));
 	json_object_set_new(pi, "client_secret", json_string(secret));
 	json_object_set_new(pi, "created", json_integer((json_int_t) time(NULL)));

@@ -25,6 +25,13 @@
  * private key (--platform-private-key): headers Wechatpay-Timestamp,
  * Wechatpay-Nonce, Wechatpay-Signature (of "TIMESTAMP\nNONCE\nBODY\n"),
  * Wechatpay-Serial (--platform-serial) and Wechatpay-Signature-Type.
+ * A key rotation: with --next-platform-private-key FILE,
+ * --next-platform-serial SERIAL and --switch-after N, the answers after the
+ * Nth signed one are signed with the next key and carry its serial (as when
+ * WeChat Pay moves a merchant to a new certificate or to a WeChat Pay public
+ * key, serial PUB_KEY_ID_...).  A request that carries a Wechatpay-Serial
+ * header must name a key the mock signs with (now or before the switch),
+ * else 400 PARAM_ERROR, as WeChat Pay refuses an unknown one.
  *
  * Script: the payment id is "<anything>~<steps>" (split at the last "~";
  * no "~" means "S").  The Nth request for an id, query or close, performs
@@ -43,6 +50,8 @@
  *		O 404 {"code":"ORDER_NOT_EXIST",...}
  *	  letters for a close:
  *		X 204 (closed)	P 400 ORDERPAID	D 400 ORDER_CLOSED
+ *		Z 404 ORDER_NOT_EXIST (no such trade)
+ *		B 202 {"code":"USERPAYING",...} (the buyer is paying)
  *	  for either:
  *		E<code>  that HTTP status, {"code":"SYSTEM_ERROR"} (5xx) or
  *				 {"code":"PARAM_ERROR"} (others)
@@ -119,6 +128,13 @@ static long opt_amount = 100;
 static EVP_PKEY *merchant_public_key = NULL;
 static EVP_PKEY *platform_private_key = NULL;
 static EVP_PKEY *other_private_key = NULL;
+static EVP_PKEY *next_platform_private_key = NULL;
+static const char *opt_next_platform_serial = NULL;
+static long opt_switch_after = -1;
+
+/* Signed answers sent so far (the rotation's clock). */
+static long signed_answers = 0;
+static pthread_mutex_t signed_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /*
  * Attempts per payment id: id -> integer.  Not mock_next_attempt(): jansson
@@ -173,7 +189,7 @@ script_step(const char *script, long attempt, Step *out)
 		size_t		m = 0;
 
 		memset(&cur, 0, sizeof(cur));
-		if (!strchr("NUSRCVFQAYHWOXPDE", *p) || *p == '\0')
+		if (!strchr("NUSRCVFQAYHWOXPDEZB", *p) || *p == '\0')
 			return false;
 		cur.letter = *p++;
 		if (cur.letter == 'E')
@@ -312,7 +328,7 @@ static Answer
 scripted_answer(const char *id, bool is_close, const Step *step)
 {
 	Answer		a;
-	bool		close_letter = strchr("XPD", step->letter) != NULL;
+	bool		close_letter = strchr("XPDZB", step->letter) != NULL;
 
 	if (step->letter == 'E')
 		a = error_answer((unsigned int) step->code,
@@ -373,6 +389,12 @@ scripted_answer(const char *id, bool is_close, const Step *step)
 				break;
 			case 'P':
 				a = error_answer(400, "ORDERPAID", "订单已支付", true);
+				break;
+			case 'Z':
+				a = error_answer(404, "ORDER_NOT_EXIST", "订单不存在", true);
+				break;
+			case 'B':
+				a = error_answer(202, "USERPAYING", "用户支付中，需要输入密码", true);
 				break;
 			default:			/* 'D' */
 				a = error_answer(400, "ORDER_CLOSED", "订单已关闭", true);
@@ -471,7 +493,18 @@ send_answer(struct MHD_Connection *conn, Answer *a)
 		char		nonce[33];
 		char	   *message;
 		char	   *signature;
+		EVP_PKEY   *key = platform_private_key;
+		const char *serial = opt_platform_serial;
 
+		/* the rotation: after --switch-after signed answers, the next key */
+		pthread_mutex_lock(&signed_lock);
+		if (next_platform_private_key && opt_switch_after >= 0 &&
+			signed_answers++ >= opt_switch_after)
+		{
+			key = next_platform_private_key;
+			serial = opt_next_platform_serial;
+		}
+		pthread_mutex_unlock(&signed_lock);
 		snprintf(timestamp, sizeof(timestamp), "%lld", stamp);
 		random_hex(nonce, 16);
 		/* t: the signature is over the body with one more byte */
@@ -481,7 +514,7 @@ send_answer(struct MHD_Connection *conn, Answer *a)
 			signature = strdup("WECHATPAY/SIGNTEST/c2lnbmF0dXJlIHRlc3Q=");
 		else
 			signature = mock_sign_b64(strchr(a->modifiers, 'k') ? other_private_key :
-									  platform_private_key, message, strlen(message));
+									  key, message, strlen(message));
 		MHD_add_response_header(r, "Wechatpay-Timestamp", timestamp);
 		MHD_add_response_header(r, "Wechatpay-Nonce", nonce);
 		MHD_add_response_header(r, "Wechatpay-Signature", signature);
@@ -489,7 +522,7 @@ send_answer(struct MHD_Connection *conn, Answer *a)
 								strchr(a->modifiers, 'b') ? "\xff\xfe\x01RSA\xe4\xbd" : SCHEME);
 		MHD_add_response_header(r, "Wechatpay-Serial",
 								strchr(a->modifiers, 'w') ? "5157F09EFDC096DE15EBE81A47057A72" :
-								opt_platform_serial);
+								serial);
 		free(message);
 		free(signature);
 	}
@@ -540,6 +573,7 @@ answer_request(struct MHD_Connection *conn, const char *method, MockRequest *req
 	const char *why;
 	const char *accept = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Accept");
 	const char *ctype = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");
+	const char *request_serial = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Wechatpay-Serial");
 	Answer		a;
 	enum MHD_Result ret;
 
@@ -560,6 +594,10 @@ answer_request(struct MHD_Connection *conn, const char *method, MockRequest *req
 
 	if ((why = check_authorization(conn, method, req)) != NULL)
 		a = error_answer(401, "SIGN_ERROR", why, false);
+	else if (request_serial != NULL && strcmp(request_serial, opt_platform_serial) != 0 &&
+			 (opt_next_platform_serial == NULL ||
+			  strcmp(request_serial, opt_next_platform_serial) != 0))
+		a = error_answer(400, "PARAM_ERROR", "Wechatpay-Serial names no key of the platform", true);
 	else if (accept == NULL || strstr(accept, "application/json") == NULL ||
 			 (is_post && (ctype == NULL || strstr(ctype, "application/json") == NULL)))
 		a = error_answer(400, "INVALID_REQUEST", "Accept and Content-Type must be application/json", true);
@@ -637,6 +675,8 @@ usage(FILE *out)
 			"Usage: mock_wechatpay --mchid ID --merchant-serial SERIAL\n"
 			"         --merchant-public-key FILE --platform-private-key FILE\n"
 			"         --platform-serial SERIAL [--amount FEN] [--port N]\n"
+			"         [--next-platform-private-key FILE --next-platform-serial SERIAL\n"
+			"          --switch-after N]\n"
 			"         [--log FILE] [--latency-ms N]\n");
 }
 
@@ -652,6 +692,9 @@ parse_args(int argc, char **argv)
 		{"platform-private-key", required_argument, NULL, 'K'},
 		{"platform-serial", required_argument, NULL, 'S'},
 		{"amount", required_argument, NULL, 'a'},
+		{"next-platform-private-key", required_argument, NULL, 'n'},
+		{"next-platform-serial", required_argument, NULL, 'N'},
+		{"switch-after", required_argument, NULL, 'w'},
 		MOCK_LONGOPT_LATENCY,
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0}
@@ -680,6 +723,15 @@ parse_args(int argc, char **argv)
 			case 'a':
 				opt_amount = atol(optarg);
 				break;
+			case 'n':
+				next_platform_private_key = mock_load_key(optarg, true);
+				break;
+			case 'N':
+				opt_next_platform_serial = optarg;
+				break;
+			case 'w':
+				opt_switch_after = mock_parse_number("--switch-after", optarg, 1000000);
+				break;
 			case 'h':
 				usage(stdout);
 				exit(0);
@@ -689,7 +741,8 @@ parse_args(int argc, char **argv)
 		}
 	}
 	if (optind < argc || !opt_mchid || !opt_merchant_serial || !merchant_public_key ||
-		!platform_private_key || !opt_platform_serial)
+		!platform_private_key || !opt_platform_serial ||
+		(next_platform_private_key != NULL) != (opt_next_platform_serial != NULL))
 	{
 		usage(stderr);
 		exit(2);

@@ -32,7 +32,10 @@ ok(int passed, const char *what)
 	printf("%sok %d - %s\n", passed ? "" : "not ", tests_run, what);
 }
 
-/* A PEM text of key (private or public), malloc'd. */
+/*
+ * A PEM text of key, malloc'd: private_part 1 the private key as PKCS#8,
+ * 2 as PKCS#1 ("BEGIN RSA PRIVATE KEY"), 0 the public key.
+ */
 static char *
 pem_of(EVP_PKEY *key, int private_part)
 {
@@ -41,7 +44,9 @@ pem_of(EVP_PKEY *key, int private_part)
 	long		len;
 	char	   *text;
 
-	if (private_part)
+	if (private_part == 2)
+		PEM_write_bio_PrivateKey_traditional(bio, key, NULL, NULL, 0, NULL, NULL);
+	else if (private_part)
 		PEM_write_bio_PrivateKey(bio, key, NULL, NULL, 0, NULL, NULL);
 	else
 		PEM_write_bio_PUBKEY(bio, key);
@@ -220,9 +225,20 @@ main(void)
 	bare_pub = crypto_public_key(bare_body(pem_of(rsa_a, 0)), error, sizeof(error));
 	ok(bare_pub != NULL, "a bare base64 public key loads");
 
+	ok(strstr(pem_of(rsa_a, 2), "BEGIN RSA PRIVATE KEY") != NULL &&
+	   crypto_keys_equal(crypto_private_key(pem_of(rsa_a, 2), error, sizeof(error)), pub_a),
+	   "a PKCS#1 PEM private key loads");
+	ok(crypto_keys_equal(crypto_private_key(bare_body(pem_of(rsa_a, 2)), error, sizeof(error)), pub_a),
+	   "a bare base64 PKCS#1 private key (Alipay's key tool, non-Java) loads");
 	ok(crypto_private_key("not a key", error, sizeof(error)) == NULL &&
-	   strstr(error, "not a PEM private key") != NULL,
+	   strstr(error, "not a private key") != NULL,
 	   "text that is not a key is refused with a message");
+	ok(crypto_private_key(pem_of(rsa_a, 0), error, sizeof(error)) == NULL &&
+	   strstr(error, "is a public key") != NULL,
+	   "a PEM public key given as a private key is refused as a public key");
+	ok(crypto_private_key(bare_body(pem_of(rsa_a, 0)), error, sizeof(error)) == NULL &&
+	   strstr(error, "is a public key") != NULL,
+	   "a bare base64 public key given as a private key is refused as a public key");
 	ok(crypto_private_key(pem_of(rsa_small, 1), error, sizeof(error)) == NULL &&
 	   strstr(error, "1024 bits") != NULL,
 	   "a 1024-bit RSA key is refused");
