@@ -115,8 +115,11 @@ SELECT pg_temp.try_hint($$SELECT paysync.schedule_maintenance()$$);
 SELECT pg_temp.try($$SELECT paysync.schedule_maintenance(NULL)$$);
 SELECT pg_temp.try($$SELECT paysync.schedule_maintenance('* * * * *', '-1 day')$$);
 
--- the worker is not preloaded here
+-- the worker is not preloaded here: no skipped notifications are counted;
+-- nobody listens, so the notification queue is empty
 SELECT pid, state, started_at, in_flight FROM paysync.worker_status();
+SELECT notify_queue_usage, notifications_skipped FROM paysync.worker_status();
+SHOW paysync.notify_queue_limit;
 
 --
 -- privileges: nothing new for PUBLIC but the counters behind the view

@@ -661,3 +661,90 @@ REVOKE ALL ON FUNCTION paysync._verify_notification(text, text, text, jsonb, jso
 REVOKE ALL ON FUNCTION paysync.receive(text, jsonb, text) FROM PUBLIC;
 
 /* End of verified notifications (issue 9) */
+
+/* NOTIFY queue pressure (issue 10) */
+
+/*
+ * PostgreSQL's notification queue moves on only as fast as its slowest
+ * listener, and a listening session that sits in a transaction reads
+ * nothing: once the queue is full, every transaction that sends NOTIFY
+ * fails at commit, and no status change could be recorded at all.  So the
+ * events trigger sends its NOTIFYs only while the queue is no fuller than
+ * paysync.notify_queue_limit; above it the events are committed without
+ * them (listeners find them with events_since), the skipped ones are
+ * counted, and the worker names the likely holders in the log.
+ */
+
+-- May the events trigger send the NOTIFYs of so many new events?  When
+-- not, they are counted as skipped if the transaction commits.
+CREATE FUNCTION paysync._notify_allowed(events bigint)
+RETURNS boolean
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'paysync_notify_allowed';
+
+REVOKE ALL ON FUNCTION paysync._notify_allowed(bigint) FROM PUBLIC;
+
+-- Sends every new event with NOTIFY, in the inserting transaction, unless
+-- the notification queue is too full (see above).
+CREATE OR REPLACE FUNCTION paysync._events_notify()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	notify_channel text := coalesce(nullif(current_setting('paysync.notify_channel', true), ''),
+									'paysync');
+	new_count	bigint;
+BEGIN
+	SELECT count(*) INTO new_count FROM new_events;
+	IF new_count = 0 OR NOT paysync._notify_allowed(new_count) THEN
+		RETURN NULL;
+	END IF;
+	PERFORM pg_notify(notify_channel,
+					  json_build_object('event_id', e.event_id,
+										'payment_id', e.payment_id,
+										'channel', e.channel,
+										'status', e.status,
+										'previous', e.previous,
+										'channel_status', e.channel_status,
+										'source', e.source)::text)
+	FROM (SELECT * FROM new_events ORDER BY event_id) e;
+	RETURN NULL;
+END
+$$;
+
+/*
+ * worker_status() shows the queue's usage and the notifications skipped
+ * since the server started.  New OUT columns mean a new function; whoever
+ * was granted EXECUTE on the old one keeps it on the new one.
+ */
+DO $$
+DECLARE
+	grantees	text[];
+BEGIN
+	SELECT array_agg(DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+								   ELSE a.grantee::regrole::text END)
+	INTO grantees
+	FROM pg_proc p, aclexplode(p.proacl) a
+	WHERE p.oid = 'paysync.worker_status()'::regprocedure
+		AND a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner;
+
+	ALTER EXTENSION paysync DROP FUNCTION paysync.worker_status();
+	DROP FUNCTION paysync.worker_status();
+	CREATE FUNCTION paysync.worker_status(OUT pid integer, OUT state text,
+										  OUT started_at timestamptz,
+										  OUT in_flight integer,
+										  OUT last_error text,
+										  OUT last_error_at timestamptz,
+										  OUT notify_queue_usage double precision,
+										  OUT notifications_skipped bigint)
+	RETURNS record
+	LANGUAGE C
+	AS 'MODULE_PATHNAME', 'paysync_worker_status';
+	REVOKE ALL ON FUNCTION paysync.worker_status() FROM PUBLIC;
+	IF grantees IS NOT NULL THEN
+		EXECUTE format('GRANT EXECUTE ON FUNCTION paysync.worker_status() TO %s',
+					   array_to_string(grantees, ', '));
+	END IF;
+END
+$$;

@@ -25,8 +25,19 @@ CREATE TEMP TABLE before_update AS
 	SELECT to_jsonb(p) AS payment, e.event_id, e.source FROM paysync.payments p
 	LEFT JOIN paysync.events e USING (payment_id);
 
+-- a monitoring role granted worker_status() keeps it (0.3 recreates it)
+CREATE ROLE regress_paysync_monitor;
+GRANT EXECUTE ON FUNCTION paysync.worker_status() TO regress_paysync_monitor;
+
 ALTER EXTENSION paysync UPDATE TO '0.3';
 SELECT extversion FROM pg_extension WHERE extname = 'paysync';
+
+SELECT has_function_privilege('regress_paysync_monitor', 'paysync.worker_status()',
+							  'EXECUTE') AS monitor_execute,
+	   has_function_privilege('public', 'paysync.worker_status()',
+							  'EXECUTE') AS public_execute;
+SELECT array_to_string(proargnames, ' ') AS columns FROM pg_proc
+WHERE oid = 'paysync.worker_status()'::regprocedure;
 
 -- every row but V-3 is untouched (0.3 adds the column retry_after_until)
 SELECT payment ->> 'payment_id' AS payment_id FROM (
@@ -52,3 +63,4 @@ SELECT paysync.report('V-1', 'failed', 'CLOSED_BY_BUYER');
 
 DROP TABLE before_update;
 DROP EXTENSION paysync;
+DROP ROLE regress_paysync_monitor;

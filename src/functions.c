@@ -1,8 +1,9 @@
 /*
  * functions.c
- *		SQL-callable C functions: run_once() and the helpers of the SQL
- *		functions (channel and schedule checks, a channel's schedule, the
- *		wake-up at commit).
+ *		SQL-callable C functions: run_once(), worker_status() and the
+ *		helpers of the SQL functions (channel and schedule checks, a
+ *		channel's schedule, the wake-up at commit, the events trigger's
+ *		notification queue check).
  */
 #include "postgres.h"
 
@@ -28,6 +29,7 @@ PG_FUNCTION_INFO_V1(paysync_wake_worker_at_commit);
 PG_FUNCTION_INFO_V1(paysync_run_once);
 PG_FUNCTION_INFO_V1(paysync_worker_status);
 PG_FUNCTION_INFO_V1(paysync_channel_counters);
+PG_FUNCTION_INFO_V1(paysync_notify_allowed);
 
 /* _validate_channel(name, driver, base_url, options): ERROR if invalid. */
 Datum
@@ -115,6 +117,41 @@ paysync_wake_worker_at_commit(PG_FUNCTION_ARGS)
 }
 
 /*
+ * pg_notification_queue_usage(): the fraction of PostgreSQL's notification
+ * queue in use.  It first moves the queue's tail up to the slowest
+ * listener, so the figure is current.
+ */
+static double
+notification_queue_usage(void)
+{
+	LOCAL_FCINFO(fcinfo, 0);
+
+	InitFunctionCallInfoData(*fcinfo, NULL, 0, InvalidOid, NULL, NULL);
+	return DatumGetFloat8(pg_notification_queue_usage(fcinfo));
+}
+
+/*
+ * _notify_allowed(events): may the events trigger send its NOTIFYs?  Not
+ * while the notification queue is fuller than paysync.notify_queue_limit:
+ * a listener that holds the queue's tail (a session that ran LISTEN and
+ * sits in a transaction) would otherwise, once the queue is full, make
+ * every commit of a status change fail.  The events are committed all the
+ * same; the NOTIFYs skipped (one per event) are counted if the transaction commits,
+ * and the worker says so in the log.
+ */
+Datum
+paysync_notify_allowed(PG_FUNCTION_ARGS)
+{
+	int64		events = PG_ARGISNULL(0) ? 0 : PG_GETARG_INT64(0);
+	bool		skip = notification_queue_usage() > paysync_notify_queue_limit;
+
+	stats_notify_skipping(skip);
+	if (skip && events > 0)
+		paysync_count_skipped_notifications(events);
+	PG_RETURN_BOOL(!skip);
+}
+
+/*
  * run_once(max_checks): the worker's job once, in the calling session.
  * Claims up to max_checks due payments, checks them concurrently and
  * records the answers, all within the caller's transaction (rows claimed
@@ -166,8 +203,10 @@ paysync_run_once(PG_FUNCTION_ARGS)
 }
 
 /*
- * worker_status(): one row on the worker, from shared memory.  Without the
- * preload, or when no worker runs: state "not running".
+ * worker_status(): one row on the worker, from shared memory, with the
+ * notification queue's usage now and the notifications skipped since the
+ * server started.  Without the preload, or when no worker runs: state "not
+ * running"; without the preload nothing is counted (NULL).
  */
 Datum
 paysync_worker_status(PG_FUNCTION_ARGS)
@@ -180,14 +219,16 @@ paysync_worker_status(PG_FUNCTION_ARGS)
 		[WORKER_DISABLED] = "disabled",
 	};
 	TupleDesc	desc;
-	Datum		values[6];
-	bool		nulls[6] = {0};
+	Datum		values[8];
+	bool		nulls[8] = {0};
 	WorkerState state = WORKER_NOT_RUNNING;
 	pid_t		pid = 0;
 	TimestampTz started_at = 0;
 	int			in_flight = 0;
 	char		last_error[256] = "";
 	TimestampTz last_error_at = 0;
+	uint64		skipped = 0;
+	bool		skipping = false;
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "paysync: worker_status must return a row");
@@ -206,6 +247,9 @@ paysync_worker_status(PG_FUNCTION_ARGS)
 	nulls[4] = (last_error[0] == '\0');
 	values[5] = TimestampTzGetDatum(last_error_at);
 	nulls[5] = (last_error[0] == '\0');
+	values[6] = Float8GetDatum(notification_queue_usage());
+	nulls[7] = !stats_read_notify(&skipped, &skipping);
+	values[7] = Int64GetDatum((int64) skipped);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
 

@@ -1,8 +1,9 @@
 /*
  * paysync.c
  *		Module load: settings, the shared memory hooks (the memory itself is
- *		stats.c's), registration of the background worker, and the
- *		commit-time wake-up of the worker.
+ *		stats.c's), registration of the background worker, and what is
+ *		done at commit: the wake-up of the worker, the count of skipped
+ *		notifications.
  */
 #include "postgres.h"
 
@@ -29,6 +30,7 @@ int			paysync_batch_size = 200;
 int			paysync_request_timeout_ms = 10000;
 char	   *paysync_notify_channel = NULL;
 int			paysync_max_response_kb = 1024;
+double		paysync_notify_queue_limit = 0.5;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -36,6 +38,9 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 /* Earliest due time of work this transaction asked the worker to see. */
 static TimestampTz wake_due_at = 0;
 static bool wake_requested = false;
+
+/* Notifications this transaction skipped; counted if it commits. */
+static int64 skipped_in_xact = 0;
 
 /* Asks for paysync's shared memory and its LWLock (see stats.c). */
 static void
@@ -92,8 +97,20 @@ paysync_request_wake(TimestampTz due_at)
 }
 
 /*
- * At commit, wakes the worker for work made due by this transaction; a
- * rolled-back transaction wakes nobody.
+ * Remembers that the current transaction committed count events without
+ * their NOTIFY (queue pressure); they are counted in shared memory at
+ * commit.
+ */
+void
+paysync_count_skipped_notifications(int64 count)
+{
+	skipped_in_xact += count;
+}
+
+/*
+ * At commit, wakes the worker for work made due by this transaction and
+ * counts the notifications it skipped; a rolled-back transaction wakes
+ * nobody and skipped nothing.
  */
 static void
 paysync_xact_callback(XactEvent event, void *arg)
@@ -104,11 +121,15 @@ paysync_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 			if (wake_requested)
 				stats_wake_worker_for(wake_due_at);
+			if (skipped_in_xact > 0)
+				stats_notifications_skipped(skipped_in_xact);
 			wake_requested = false;
+			skipped_in_xact = 0;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			wake_requested = false;
+			skipped_in_xact = 0;
 			break;
 		default:
 			break;
@@ -152,6 +173,11 @@ _PG_init(void)
 							"A larger response body is an error.",
 							NULL, &paysync_max_response_kb, 1024, 1, 1024 * 1024,
 							PGC_SIGHUP, GUC_UNIT_KB, NULL, NULL, NULL);
+	DefineCustomRealVariable("paysync.notify_queue_limit",
+							 "Above this pg_notification_queue_usage(), events are committed without NOTIFY.",
+							 "A listening session idle in a transaction holds the notification queue; once it is full every NOTIFY fails at commit.  Events are always written.",
+							 &paysync_notify_queue_limit, 0.5, 0.0, 1.0,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("paysync");
 
 	RegisterXactCallback(paysync_xact_callback, NULL);

@@ -1,7 +1,8 @@
 /*
  * paysync.h
  *		The module's root: its settings (defined in paysync.c), the
- *		commit-time wake-up of the worker, and the worker's entry point.
+ *		commit-time wake-up of the worker and count of skipped
+ *		notifications, and the worker's entry point.
  *		Shared memory is stats.h's.
  */
 #ifndef PAYSYNC_H
@@ -24,9 +25,11 @@ extern int	paysync_batch_size;
 extern int	paysync_request_timeout_ms;
 extern char *paysync_notify_channel;
 extern int	paysync_max_response_kb;
+extern double paysync_notify_queue_limit;
 
 /* paysync.c */
 extern void paysync_request_wake(TimestampTz due_at);
+extern void paysync_count_skipped_notifications(int64 count);
 
 /* worker.c */
 extern PGDLLEXPORT void paysync_worker_main(Datum main_arg);

@@ -25,7 +25,9 @@
  *		  clipped before, timestamps are read before, and the latch is set
  *		  after (should the worker have exited meanwhile, setting its old
  *		  latch once more is harmless: latches allow spurious wake-ups).
- *		- shared->sleep_until is an atomic, read and written without a lock.
+ *		- shared->sleep_until, shared->notifications_skipped and
+ *		  shared->notify_skipping are atomics, read and written without a
+ *		  lock.
  *		No code holds two of these at once except a slot's mutex inside
  *		shared->lock.
  */
@@ -92,6 +94,14 @@ typedef struct PaysyncShared
 	 */
 	pg_atomic_uint64 sleep_until;
 
+	/*
+	 * Notifications skipped under queue pressure since the server started
+	 * (counted at commit), and whether the last events statement, in any
+	 * database, skipped its NOTIFY (1) or sent it (0).
+	 */
+	pg_atomic_uint64 notifications_skipped;
+	pg_atomic_uint32 notify_skipping;
+
 	ChannelCounters channels[STATS_MAX_CHANNELS];
 } PaysyncShared;
 
@@ -120,6 +130,8 @@ stats_shmem_startup(void)
 		SpinLockInit(&shared->mutex);
 		shared->worker_state = WORKER_NOT_RUNNING;
 		pg_atomic_init_u64(&shared->sleep_until, (uint64) DT_NOBEGIN);
+		pg_atomic_init_u64(&shared->notifications_skipped, 0);
+		pg_atomic_init_u32(&shared->notify_skipping, 0);
 		for (int i = 0; i < STATS_MAX_CHANNELS; i++)
 			SpinLockInit(&shared->channels[i].mutex);
 	}
@@ -450,6 +462,31 @@ stats_wake_worker_for(TimestampTz due_at)
 		SetLatch(latch);
 }
 
+/*
+ * An events statement skipped its NOTIFY (skipping) or sent it.  Written
+ * only when it changes, so that busy writers do not all dirty one cache
+ * line.
+ */
+void
+stats_notify_skipping(bool skipping)
+{
+	uint32		value = skipping ? 1 : 0;
+
+	if (shared == NULL)
+		return;
+	if (pg_atomic_read_u32(&shared->notify_skipping) != value)
+		pg_atomic_write_u32(&shared->notify_skipping, value);
+}
+
+/* A transaction committed count events without their NOTIFY. */
+void
+stats_notifications_skipped(int64 count)
+{
+	if (shared == NULL)
+		return;
+	pg_atomic_fetch_add_u64(&shared->notifications_skipped, (uint64) count);
+}
+
 /* The latency at quantile q of a histogram of total counts, in ms. */
 static double
 histogram_quantile(const int64 *histogram, int64 total, double q)
@@ -561,5 +598,20 @@ stats_read_worker(WorkerState *state, pid_t *pid, TimestampTz *started_at,
 	*last_error_at = shared->last_error_at;
 	SpinLockRelease(&shared->mutex);
 	clip_text(last_error, errlen, error);
+	return true;
+}
+
+/*
+ * Reads how many notifications were skipped since the server started and
+ * whether the last events statement skipped its NOTIFY; false without the
+ * preload.
+ */
+bool
+stats_read_notify(uint64 *skipped, bool *skipping)
+{
+	if (shared == NULL)
+		return false;
+	*skipped = pg_atomic_read_u64(&shared->notifications_skipped);
+	*skipping = pg_atomic_read_u32(&shared->notify_skipping) != 0;
 	return true;
 }

@@ -3,8 +3,10 @@
  *		paysync's shared memory: the worker's state, its latch and the time it
  *		plans to wake (for the commit-time wake-up), and live counters per
  *		channel (requests in flight, checks, errors and latencies of the last
- *		minute, statuses reached in the last hour).  Kept by the worker and
- *		run_once(); read by paysync.stats and paysync.worker_status().
+ *		minute, statuses reached in the last hour), and the notifications
+ *		skipped under queue pressure.  Kept by the worker, run_once() and
+ *		the events trigger; read by paysync.stats and
+ *		paysync.worker_status().
  *		Without shared_preload_libraries nothing is kept and every function
  *		here does nothing (readers get nothing).  The layout and the locking
  *		rules are private to stats.c.
@@ -60,10 +62,15 @@ extern void stats_check_done(const char *channel, bool is_error, double latency_
 							 const char *error);
 extern void stats_final(const char *channel, const char *status, int64 count);
 
+/* notifications skipped under queue pressure (functions.c, at commit) */
+extern void stats_notify_skipping(bool skipping);
+extern void stats_notifications_skipped(int64 count);
+
 /* readers */
 extern int	stats_read(ChannelFigures **figures);
 extern bool stats_read_worker(WorkerState *state, pid_t *pid, TimestampTz *started_at,
 							  int *in_flight, char *last_error, size_t errlen,
 							  TimestampTz *last_error_at);
+extern bool stats_read_notify(uint64 *skipped, bool *skipping);
 
 #endif							/* PAYSYNC_STATS_H */

@@ -1,7 +1,7 @@
 /*
  * storage.c
- *		Every SQL statement the checker runs, through SPI with plans kept for
- *		the life of the process.  The caller owns the transaction: the
+ *		Every SQL statement the checker and the worker run, through SPI with
+ *		plans kept for the life of the process.  The caller owns the transaction: the
  *		worker wraps each call in a short transaction of its own, run_once()
  *		runs in its caller's.  Nothing here touches the network.
  */
@@ -312,4 +312,46 @@ storage_extension_version(void)
 	}
 	SPI_finish();
 	return version;
+}
+
+/*
+ * The notification queue's usage now (*usage) and, as text for the log,
+ * the max_sessions client sessions with the oldest open transactions, in
+ * any database: the likely holders of the queue's tail, since a listening
+ * session reads its notifications only between transactions.  The text is
+ * palloc'd in the caller's context; "none" if no client session is in a
+ * transaction.
+ */
+char *
+storage_notify_queue_holders(int max_sessions, double *usage)
+{
+	static SPIPlanPtr holders_plan = NULL;
+	static const char *holders_sql =
+	"SELECT pg_catalog.pg_notification_queue_usage(),"
+	" (SELECT pg_catalog.string_agg(pg_catalog.format("
+	"     'pid %s (application_name \"%s\", %s, transaction started %s)',"
+	"     a.pid, a.application_name, a.state, a.xact_start), '; '"
+	"     ORDER BY a.xact_start)"
+	"  FROM (SELECT pid, application_name, state, xact_start"
+	"        FROM pg_catalog.pg_stat_activity"
+	"        WHERE backend_type = 'client backend' AND xact_start IS NOT NULL"
+	"          AND pid <> pg_catalog.pg_backend_pid()"
+	"        ORDER BY xact_start LIMIT $1) a)";
+	MemoryContext caller = CurrentMemoryContext;
+	Oid			argtypes[1] = {INT4OID};
+	Datum		args[1];
+	char	   *holders = NULL;
+	bool		isnull;
+
+	SPI_connect();
+	args[0] = Int32GetDatum(max_sessions);
+	if (SPI_execute_plan(kept_plan(&holders_plan, holders_sql, 1, argtypes),
+						 args, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "paysync: reading the notification queue's holders failed");
+	*usage = DatumGetFloat8(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+										  1, &isnull));
+	holders = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	holders = MemoryContextStrdup(caller, holders ? holders : "none");
+	SPI_finish();
+	return holders;
 }

@@ -1,7 +1,8 @@
 /*
  * storage.h
  *		SQL storage calls (SPI) of the checker: claim due payments, load
- *		channels, record answers.  Each expects a transaction to be open and
+ *		channels, record answers; and the worker's look at the notification
+ *		queue and its likely holders.  Each expects a transaction to be open and
  *		returns its results allocated in the caller's memory context.
  */
 #ifndef PAYSYNC_STORAGE_H
@@ -74,5 +75,6 @@ typedef struct FinalCount
 } FinalCount;
 
 extern int	storage_record(const RecordedAnswer *answers, int n, FinalCount **finals);
+extern char *storage_notify_queue_holders(int max_sessions, double *usage);
 
 #endif							/* PAYSYNC_STORAGE_H */

@@ -9,6 +9,11 @@
  *		until a request makes progress, the earliest next_check_at comes, or
  *		a committing track()/check_now() wakes it.
  *
+ *		While events are committed without their NOTIFY (the notification
+ *		queue fuller than paysync.notify_queue_limit, see _notify_allowed),
+ *		the worker logs one WARNING a minute naming the likely holders of
+ *		the queue, and one LOG line when notifications are sent again.
+ *
  *		Where it cannot work, the worker waits, says so once in the log,
  *		shows it in worker_status() and pg_stat_activity, and looks again
  *		every WAITING_RECHECK_MS: a standby (until promotion), a database
@@ -45,6 +50,10 @@
 #define IDLE_RECHECK_MS 10000
 /* How often to look again at what the worker waits for. */
 #define WAITING_RECHECK_MS 5000
+/* At most one WARNING about skipped notifications this often. */
+#define NOTIFY_WARNING_INTERVAL_MS 60000
+/* Sessions named in that WARNING. */
+#define NOTIFY_HOLDERS_SHOWN 3
 
 /* Why the worker is not claiming payments, when it is not. */
 typedef enum WaitReason
@@ -62,6 +71,11 @@ static WaitReason waiting = WAIT_NONE;	/* as found by the last claim attempt */
 
 /* What pg_stat_activity shows of the worker while it waits. */
 static const char *shown = NULL;
+
+/* Skipped notifications: the count last warned about, and when. */
+static uint64 skipped_warned = 0;
+static TimestampTz skipped_warned_at = 0;
+static bool skipping_warned = false;	/* warned, not yet told they resumed */
 
 /* Forgets the worker in shared memory as it exits. */
 static void
@@ -257,6 +271,66 @@ claim_and_start(void)
 		checker_start_claimed();
 }
 
+/*
+ * Says in the log that notifications are being skipped: one WARNING a
+ * minute at most while the count of skipped notifications grows, with the
+ * queue's usage and the client sessions with the oldest open transactions
+ * (a listening session reads notifications only between transactions, so
+ * one of them likely holds the queue).  Not the trigger's job: a report()
+ * caller is not to get the WARNING.  Once the events statements send their
+ * NOTIFY again, one LOG line says so.
+ */
+static void
+warn_if_notifications_skipped(void)
+{
+	uint64		skipped;
+	bool		skipping;
+	TimestampTz now;
+	double		usage = 0;
+	char	   *holders;
+
+	if (!stats_read_notify(&skipped, &skipping))
+		return;
+	if (skipping_warned && !skipping)
+	{
+		ereport(LOG,
+				(errmsg("paysync notifications are sent again: the notification queue is below paysync.notify_queue_limit (%g)",
+						paysync_notify_queue_limit)));
+		skipping_warned = false;
+	}
+	if (skipped <= skipped_warned)
+		return;
+	now = GetCurrentTimestamp();
+	if (skipped_warned_at != 0 &&
+		!TimestampDifferenceExceeds(skipped_warned_at, now, NOTIFY_WARNING_INTERVAL_MS))
+		return;
+
+	worker_begin("paysync: looking at the notification queue");
+	holders = storage_notify_queue_holders(NOTIFY_HOLDERS_SHOWN, &usage);
+	worker_commit();
+	ereport(WARNING,
+			(errmsg("paysync skipped " UINT64_FORMAT " notifications: the notification queue usage %g is above paysync.notify_queue_limit (%g)",
+					skipped - skipped_warned, usage, paysync_notify_queue_limit),
+			 errdetail("The events were committed; listeners find them with paysync.events_since().  Oldest open transactions of client sessions: %s.",
+					   holders),
+			 errhint("A session that ran LISTEN and stays in a transaction holds the queue: end that transaction, or end the session with pg_terminate_backend().")));
+	skipped_warned = skipped;
+	skipped_warned_at = now;
+	skipping_warned = true;
+}
+
+/*
+ * Notifications skipped before this worker started (the last one may have
+ * warned about them already) are not news.
+ */
+static void
+forget_earlier_skipped_notifications(void)
+{
+	bool		skipping;
+
+	(void) stats_read_notify(&skipped_warned, &skipping);
+}
+
 /* Shows what the worker is doing or waiting for, before it sleeps. */
 static void
 report_state(void)
@@ -343,6 +417,7 @@ worker_loop(void)
 
 		record_answers();
 		claim_and_start();
+		warn_if_notifications_skipped();
 		sleep_until_something_happens();
 		MemoryContextReset(loop_context);
 	}
@@ -450,6 +525,7 @@ paysync_worker_main(Datum main_arg)
 
 	raise_open_files_limit();
 	checker_init();
+	forget_earlier_skipped_notifications();
 	ereport(LOG,
 			(errmsg("paysync worker started in database \"%s\"", paysync_database)));
 

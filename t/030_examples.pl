@@ -89,9 +89,10 @@ sub event_lines
 }
 
 # Waits until the listeners together printed every line in paysync.events;
-# fails with what is missing if not.  Up to 20 s: less than the listeners'
-# 30 s idle catch-up, so a listener that fails to catch up when it should
-# cannot pass by catching up later.
+# fails with what is missing if not.  Up to 20 s: less than the 60 s
+# catch-up timer the listeners are given here (PAYSYNC_CATCH_UP_SECONDS),
+# so a listener that fails to catch up when it should cannot pass by
+# catching up later.  (The timer itself is tested in 031_notify_pressure.)
 sub wait_applied
 {
 	my ($node, $listeners, $what) = @_;
@@ -158,6 +159,7 @@ sub stop_listener
 sub exercise
 {
 	my ($name, $cmd) = @_;
+	local $ENV{PAYSYNC_CATCH_UP_SECONDS} = 60;
 	# Streaming allowed: synchronous_standby_names works only with WAL senders.
 	my $node = new_paysync_node("example_$name", allows_streaming => 1);
 	create_mock_channel($node, 'wallet', $mock);

@@ -14,7 +14,10 @@
  *		3. waits on the connection's socket for notifications.  An event_id
  *		   it has already applied is skipped; last_applied + 1 is applied
  *		   from the payload; anything beyond may follow a gap, so it catches
- *		   up again (events_since returns that event too);
+ *		   up again (events_since returns that event too).  With nothing
+ *		   heard for a few seconds it catches up anyway: paysync commits
+ *		   events without their NOTIFY while PostgreSQL's notification
+ *		   queue is held by some other listener (paysync.notify_queue_limit);
  *		4. on a lost connection, reconnects with backoff and starts at 1.
  *
  *		Applying an event is one transaction in the shop's own tables: the
@@ -29,7 +32,9 @@
  *		Usage: listener [CONNINFO]
  *		CONNINFO is a libpq connection string or URI; without it,
  *		$PAYSYNC_DSN, else libpq's own defaults (PGHOST, PGDATABASE...).
- *		$PAYSYNC_NOTIFY_CHANNEL overrides the channel (default "paysync").
+ *		$PAYSYNC_NOTIFY_CHANNEL overrides the channel (default "paysync");
+ *		$PAYSYNC_CATCH_UP_SECONDS the catch-up when nothing is heard
+ *		(default 5).
  *		Prints "applied <event_id> <payment_id> <status>" on stdout for
  *		each event it applies; logs to stderr.  SIGTERM or SIGINT: it
  *		finishes the statement at hand, disconnects and exits with status 0.
@@ -50,8 +55,12 @@
 
 /* Rows asked of events_since() at a time. */
 #define CATCH_UP_BATCH "1000"
-/* With nothing heard for this long, catch up anyway (a liveness check too). */
-#define IDLE_CATCH_UP_MS 30000
+/*
+ * With nothing heard for this long, catch up anyway: notifications can be
+ * skipped, events never are.  A liveness check too.
+ */
+#define DEFAULT_CATCH_UP_SECONDS 5
+#define MAX_CATCH_UP_SECONDS 3600
 /* Reconnect delays: doubled after every failed attempt, up to the maximum. */
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
@@ -95,6 +104,7 @@ static volatile sig_atomic_t stop_requested = 0;
 static sigset_t stop_signals;
 
 static const char *notify_channel = "paysync";
+static int	catch_up_ms = DEFAULT_CATCH_UP_SECONDS * 1000;
 
 /* Largest event_id known to be in shop.applied_events. */
 static long long last_applied = 0;
@@ -710,9 +720,10 @@ handle_notifications(PGconn *conn)
 
 /*
  * Waits for notifications and applies them until the connection is lost or
- * a stop signal arrives.  With nothing heard for IDLE_CATCH_UP_MS it
- * catches up anyway, which also finds out whether the server is still
- * there.
+ * a stop signal arrives.  With nothing heard for catch_up_ms it catches
+ * up anyway: paysync may have committed events without their notifications
+ * (under notification queue pressure); it also finds out whether the
+ * server is still there.
  */
 static void
 listen_loop(PGconn *conn)
@@ -723,7 +734,7 @@ listen_loop(PGconn *conn)
 
 		if (!handle_notifications(conn))
 			return;
-		rc = wait_readable(PQsocket(conn), IDLE_CATCH_UP_MS);
+		rc = wait_readable(PQsocket(conn), catch_up_ms);
 		if (rc < 0)
 		{
 			if (errno == EINTR)
@@ -819,6 +830,20 @@ main(int argc, char **argv)
 		conninfo = "";
 	if (getenv("PAYSYNC_NOTIFY_CHANNEL") && getenv("PAYSYNC_NOTIFY_CHANNEL")[0])
 		notify_channel = getenv("PAYSYNC_NOTIFY_CHANNEL");
+	if (getenv("PAYSYNC_CATCH_UP_SECONDS") && getenv("PAYSYNC_CATCH_UP_SECONDS")[0])
+	{
+		const char *text = getenv("PAYSYNC_CATCH_UP_SECONDS");
+		char	   *end;
+		long		seconds = strtol(text, &end, 10);
+
+		if (*end != '\0' || seconds < 1 || seconds > MAX_CATCH_UP_SECONDS)
+		{
+			fprintf(stderr, "listener: invalid PAYSYNC_CATCH_UP_SECONDS \"%s\": give 1 to %d seconds\n",
+					text, MAX_CATCH_UP_SECONDS);
+			return 2;
+		}
+		catch_up_ms = (int) seconds * 1000;
+	}
 
 	/* No SA_RESTART: a stop signal interrupts a wait at once. */
 	memset(&action, 0, sizeof(action));

@@ -15,7 +15,10 @@
  *   3. waits for notifications. An event_id it has already applied is
  *      skipped; lastApplied + 1 is applied from the payload; anything beyond
  *      may follow a gap, so it catches up again (events_since returns that
- *      event too);
+ *      event too). With nothing heard for a few seconds it catches up
+ *      anyway: paysync commits events without their NOTIFY while
+ *      PostgreSQL's notification queue is held by some other listener
+ *      (paysync.notify_queue_limit);
  *   4. on a lost connection, reconnects with backoff and starts at 1.
  *
  * Applying an event is one transaction in the shop's own tables: the
@@ -39,7 +42,8 @@
  * CONNECTION_URI is a postgresql:// URI (for a Unix socket:
  * postgresql:///shop?host=/var/run/postgresql); without it, $PAYSYNC_DSN,
  * else the PG* environment variables (PGHOST, PGDATABASE, PGUSER...).
- * $PAYSYNC_NOTIFY_CHANNEL overrides the channel (default "paysync").
+ * $PAYSYNC_NOTIFY_CHANNEL overrides the channel (default "paysync");
+ * $PAYSYNC_CATCH_UP_SECONDS the catch-up when nothing is heard (default 5).
  * Prints "applied <event_id> <payment_id> <status>" on stdout for each event
  * it applies; logs to stderr. SIGTERM or SIGINT: it finishes the event at
  * hand, disconnects and exits with status 0.
@@ -51,8 +55,10 @@ const { Client, Pool } = require('pg');
 
 // Rows asked of events_since() at a time.
 const CATCH_UP_BATCH = 1000;
-// With no notification for this long, catch up anyway (also a liveness check).
-const IDLE_CATCH_UP_MS = 30000;
+// With no notification for this long, catch up anyway: notifications can be
+// skipped, events never are. Also a liveness check.
+const DEFAULT_CATCH_UP_SECONDS = 5;
+const MAX_CATCH_UP_SECONDS = 3600;
 // Reconnect delays: doubled after every failed attempt, up to the maximum.
 const BACKOFF_MIN_MS = 100;
 const BACKOFF_MAX_MS = 5000;
@@ -77,6 +83,7 @@ const WEBHOOK_MAX_BODY = 1024 * 1024;
 const connectionString = process.argv[2] || process.env.PAYSYNC_DSN || undefined;
 const webhookPort = process.env.PAYSYNC_WEBHOOK_PORT;
 const notifyChannel = process.env.PAYSYNC_NOTIFY_CHANNEL || 'paysync';
+const catchUpMs = catchUpSeconds(process.env.PAYSYNC_CATCH_UP_SECONDS) * 1000;
 
 // Largest event_id known to be in shop.applied_events (event_id is a
 // bigint: kept as a BigInt).
@@ -265,8 +272,9 @@ class Session {
 
   // Waits for notifications and applies them until the connection is lost
   // (throws) or a stop signal arrives (returns). With nothing heard for
-  // IDLE_CATCH_UP_MS it catches up anyway, which also finds out whether the
-  // server is still there.
+  // catchUpMs it catches up anyway: paysync may have committed events
+  // without their notifications (under notification queue pressure); it
+  // also finds out whether the server is still there.
   async listen() {
     for (;;) {
       while (this.payloads.length > 0 && !stopping && !this.lost) {
@@ -275,9 +283,9 @@ class Session {
       if (stopping) return;
       if (this.lost) throw this.lost;
       const before = Date.now();
-      await sleep(IDLE_CATCH_UP_MS);
+      await sleep(catchUpMs);
       if (!stopping && !this.lost && this.payloads.length === 0 &&
-          Date.now() - before >= IDLE_CATCH_UP_MS) {
+          Date.now() - before >= catchUpMs) {
         await this.catchUp();
       }
     }
@@ -286,6 +294,18 @@ class Session {
   async close() {
     await this.client.end().catch(() => {});
   }
+}
+
+// The seconds of $PAYSYNC_CATCH_UP_SECONDS (1 to MAX_CATCH_UP_SECONDS), or
+// the default if it is not set; exits with status 2 if it is invalid.
+function catchUpSeconds(text) {
+  if (text === undefined || text === '') return DEFAULT_CATCH_UP_SECONDS;
+  const seconds = /^[0-9]+$/.test(text) ? Number(text) : NaN;
+  if (!(seconds >= 1 && seconds <= MAX_CATCH_UP_SECONDS)) {
+    log(`invalid PAYSYNC_CATCH_UP_SECONDS "${text}": give 1 to ${MAX_CATCH_UP_SECONDS} seconds`);
+    process.exit(2);
+  }
+  return seconds;
 }
 
 // Reads event_id, payment_id and status from a notification's payload, a

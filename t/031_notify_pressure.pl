@@ -1,0 +1,283 @@
+# 031_notify_pressure.pl: a listening session that sits in a transaction
+# holds PostgreSQL's notification queue (its tail moves only as fast as the
+# slowest listener, and a session in a transaction reads nothing); once
+# the queue is full every NOTIFY fails at commit.  Above
+# paysync.notify_queue_limit paysync commits events without their NOTIFY:
+# payments keep finishing, the worker logs a WARNING naming the likely
+# holder, worker_status() counts the skipped notifications, a report()
+# caller gets no WARNING, and the example listeners (C, JavaScript) still
+# apply every event exactly once through their timer catch-up.  Once the
+# stuck transaction ends, notifications are sent again.
+#
+# The queue is 8 GB, far too big to fill in a test; its usage moves in
+# pages of 8 kB (about 1e-6 of it), so the limit is set below one page and
+# a few large notifications behind the stuck session make the pressure.
+use strict;
+use warnings;
+
+use FindBin;
+use lib $FindBin::Bin;
+use PaysyncTest;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use File::Path qw(make_path);
+use IPC::Run;
+use Time::HiRes qw(time usleep);
+
+my $top = "$FindBin::Bin/..";
+my $mock = start_mock();
+my $limit = '0.0000001';
+
+# Runs a command; returns its exit status and its output (stdout + stderr).
+sub run_cmd
+{
+	my (@cmd) = @_;
+	my $output = '';
+	my $ok = eval { IPC::Run::run(\@cmd, '>', \$output, '2>&1') };
+	return ($ok ? 0 : 1, $output . ($@ || ''));
+}
+
+# Starts a listener command with the connection URI appended.
+sub start_listener
+{
+	my ($cmd, $uri) = @_;
+	my $l = { out => '', err => '' };
+	$l->{h} = IPC::Run::start([ @$cmd, $uri ], '>', \$l->{out}, '2>', \$l->{err});
+	return $l;
+}
+
+# Collects what the listener wrote so far.
+sub pump_listener
+{
+	my ($l) = @_;
+	for (1 .. 5)
+	{
+		last unless $l->{h}->pumpable;
+		$l->{h}->pump_nb;
+	}
+}
+
+# The "applied <event_id> <payment_id> <status>" lines printed so far.
+sub applied_lines
+{
+	my ($l) = @_;
+	pump_listener($l);
+	return grep { /^applied \d+ \S+ \S+$/ } split /\n/, $l->{out};
+}
+
+# paysync.events as the lines a listener prints.
+sub event_lines
+{
+	my ($node) = @_;
+	return split /\n/, $node->safe_psql('postgres', q{
+		SELECT 'applied ' || event_id || ' ' || payment_id || ' ' || status
+		FROM paysync.events ORDER BY event_id});
+}
+
+# Waits up to 10 s until the listener printed every event, and fails with
+# what is missing if not: more than the 2 s catch-up timer the listener
+# is given here, less than the 30 s it would take without it.
+sub wait_applied
+{
+	my ($node, $l, $what) = @_;
+	my $deadline = time + 10;
+	my %missing;
+	while (1)
+	{
+		my %got = map { $_ => 1 } applied_lines($l);
+		%missing = map { $_ => 1 } grep { !$got{$_} } event_lines($node);
+		last if !%missing || time > $deadline || !$l->{h}->pumpable;
+		usleep(100_000);
+	}
+	ok(!%missing, $what);
+	diag("missing: " . join(', ', sort keys %missing) . "\nlistener stderr:\n$l->{err}")
+	  if %missing;
+}
+
+# Waits until count payments whose id starts with prefix have their final
+# status from the channel.
+sub wait_final
+{
+	my ($node, $prefix, $count, $what) = @_;
+	wait_for_sql($node, qq{
+		SELECT count(*) FROM paysync.payments
+		WHERE payment_id LIKE '${prefix}%' AND status NOT IN ('pending', 'expired')},
+		$count, $what);
+}
+
+# Tracks payments prefix1..prefixN, checked 200 ms later (the mock says
+# paid).
+sub track
+{
+	my ($node, $prefix, $n) = @_;
+	$node->safe_psql('postgres',
+		"SELECT paysync.track('$prefix' || g, 'wallet', schedule => '{200ms}')"
+		  . " FROM generate_series(1, $n) g");
+}
+
+# The paysync notifications psql printed in a session's output.
+sub notifications_in
+{
+	my ($output) = @_;
+	return scalar(() = $output =~ /Asynchronous notification "paysync"/g);
+}
+
+# Sends SIGTERM; true if the listener exited with status 0 within 10 s.
+sub stop_listener
+{
+	my ($l) = @_;
+	$l->{h}->signal('TERM');
+	my $deadline = time + 10;
+	while ($l->{h}->pumpable && time < $deadline)
+	{
+		$l->{h}->pump_nb;
+		usleep(50_000);
+	}
+	if ($l->{h}->pumpable)
+	{
+		$l->{h}->kill_kill;
+		return 0;
+	}
+	$l->{h}->finish;
+	return $l->{h}->result(0) == 0;
+}
+
+# The whole scenario for one example listener.
+sub exercise
+{
+	my ($name, $cmd) = @_;
+	local $ENV{PAYSYNC_CATCH_UP_SECONDS} = 2;
+	# log_min_messages = log (PaysyncTest's) would hide WARNINGs: LOG ranks
+	# above ERROR in the server log.
+	my $node = new_paysync_node("pressure_$name",
+		conf => "paysync.notify_queue_limit = $limit\nlog_min_messages = warning\n");
+	create_mock_channel($node, 'wallet', $mock);
+	$node->safe_psql('postgres', q{
+		CREATE ROLE order_service LOGIN;
+		CREATE SCHEMA shop AUTHORIZATION order_service;
+		GRANT EXECUTE ON FUNCTION paysync.events_since(bigint, integer) TO order_service;
+	});
+	my $uri = sprintf('postgresql:///postgres?host=%s&port=%d&user=order_service',
+		$node->host, $node->port);
+	my $l = start_listener($cmd, $uri);
+
+	# A witness: a session that listens and, idle between statements, reads.
+	my $witness = $node->background_psql('postgres');
+	$witness->query_safe('LISTEN paysync');
+
+	# Before any pressure, every event is notified.
+	track($node, "${name}_before_", 3);
+	wait_final($node, "${name}_before_", 3, "$name: 3 payments finish");
+	wait_applied($node, $l, "$name: the listener applies them");
+	is(notifications_in($witness->query_safe('SELECT 1')), 3,
+		"$name: with the queue free, each event is notified");
+
+	# A listener that sits in a transaction, and notifications behind it.
+	my $stuck = $node->background_psql('postgres');
+	$stuck->query_safe(q{SET application_name = 'stuck_listener'; LISTEN paysync;
+		BEGIN; SELECT 1;});
+	# (distinct payloads: a transaction sends identical ones only once)
+	$node->safe_psql('postgres',
+		q{SELECT pg_notify('filler', g || repeat('x', 7000)) FROM generate_series(1, 4) g});
+	cmp_ok($node->safe_psql('postgres', 'SELECT pg_notification_queue_usage()'),
+		'>', $limit, "$name: the stuck listener holds the queue above the limit");
+
+	# Payments keep finishing; their events are committed without NOTIFY.
+	my $log_offset = -s $node->logfile;
+	track($node, "${name}_held_", 10);
+	wait_final($node, "${name}_held_", 10,
+		"$name: 10 payments finish while the queue is held");
+	is( $node->safe_psql('postgres',
+			"SELECT count(*) FROM paysync.events WHERE payment_id LIKE '${name}_held_%'"),
+		'10', "$name: their events are committed");
+	is(notifications_in($witness->query_safe('SELECT 1')), 0,
+		"$name: no notification is sent for them");
+	wait_applied($node, $l,
+		"$name: the listener applies them all the same (its timer catch-up)");
+	is( $node->safe_psql('postgres', qq{
+			SELECT notifications_skipped >= 10 AND notify_queue_usage > $limit
+			FROM paysync.worker_status()}),
+		't', "$name: worker_status() shows the skipped notifications and the queue usage");
+	ok( $node->wait_for_log(
+			qr/WARNING:  paysync skipped \d+ notifications: the notification queue usage \S+ is above paysync.notify_queue_limit \(1e-07\)/,
+			$log_offset),
+		"$name: the worker logs a WARNING");
+	like(
+		slurp_file($node->logfile, $log_offset),
+		qr/Oldest open transactions of client sessions: pid \d+ \(application_name "stuck_listener", idle in transaction, transaction started [^)]+\)/,
+		"$name: it names the stuck listener");
+
+	# A report() commits its event too, and its caller gets no WARNING.
+	my $skipped = $node->safe_psql('postgres',
+		'SELECT notifications_skipped FROM paysync.worker_status()');
+	$node->safe_psql('postgres',
+		"SELECT paysync.track('${name}_reported', 'wallet', schedule => '{1h}')");
+	my ($rc, $out, $err) = $node->psql('postgres',
+		"SELECT paysync.report('${name}_reported', 'succeeded')");
+	is("$rc|$out|$err", '0|t|', "$name: report() succeeds without a WARNING");
+	is( $node->safe_psql('postgres',
+			'SELECT notifications_skipped FROM paysync.worker_status()'),
+		$skipped + 1, "$name: its notification is counted as skipped");
+	wait_applied($node, $l, "$name: the listener applies the reported event");
+	is(notifications_in($witness->query_safe('SELECT 1')), 0,
+		"$name: no notification is sent for it");
+
+	# The stuck transaction ends: its session reads the queue, the queue
+	# frees up, and notifications are sent again.
+	$log_offset = -s $node->logfile;
+	$stuck->query_safe('COMMIT');
+	wait_for_sql($node, "SELECT pg_notification_queue_usage() <= $limit", 't',
+		"$name: once the stuck transaction ends the queue frees up");
+	track($node, "${name}_after_", 3);
+	wait_final($node, "${name}_after_", 3, "$name: 3 more payments finish");
+	wait_applied($node, $l, "$name: the listener applies them");
+	is(notifications_in($witness->query_safe('SELECT 1')), 3,
+		"$name: their notifications are sent again");
+	ok($node->wait_for_log(qr/LOG:  paysync notifications are sent again/, $log_offset),
+		"$name: the worker says so in the log");
+
+	my @lines = applied_lines($l);
+	my %seen;
+	my @twice = grep { $seen{ (split / /)[1] }++ } @lines;
+	is_deeply(\@twice, [], "$name: no event applied twice");
+	is_deeply([ sort @lines ], [ sort(event_lines($node)) ],
+		"$name: the applied events are exactly paysync.events");
+	is($node->safe_psql('postgres', 'SELECT count(*) FROM paysync.events'),
+		'17', "$name: 17 events in all");
+	ok(stop_listener($l), "$name: SIGTERM stops the listener");
+	note("$name listener's stderr:\n$l->{err}");
+	$witness->quit;
+	$stuck->quit;
+	$node->stop;
+}
+
+# --- C (libpq) ---------------------------------------------------------------
+my ($rc, $output) = run_cmd('make', '-s', '-C', "$top/examples/listener_c");
+is($rc, 0, 'the C example builds') or diag($output);
+exercise('c', ["$top/examples/listener_c/listener"]) if $rc == 0;
+
+# --- JavaScript (node-postgres) ----------------------------------------------
+SKIP:
+{
+	my ($no_node) = run_cmd('node', '--version');
+	skip 'node is not installed: the JavaScript example is not tested', 1 if $no_node;
+
+	my $dir = "$top/examples/listener_js";
+	my $npm_rc = 0;
+	if (!-e "$dir/node_modules/pg/package.json")
+	{
+		# npm needs a writable HOME and cache; the tests run as postgres.
+		local $ENV{HOME} = "$PostgreSQL::Test::Utils::tmp_check/npm_home";
+		local $ENV{npm_config_cache} = "$PostgreSQL::Test::Utils::tmp_check/npm_cache";
+		make_path($ENV{HOME});
+		($npm_rc, $output) = run_cmd('npm', 'ci', '--prefix', $dir,
+			'--no-audit', '--no-fund', '--loglevel=error');
+		is($npm_rc, 0, 'npm ci installs the JavaScript example\'s dependencies')
+		  or diag($output);
+	}
+	exercise('js', [ 'node', "$dir/listener.js" ]) if $npm_rc == 0;
+}
+
+stop_mock($mock);
+done_testing();
