@@ -87,10 +87,10 @@ equals() { [ "$1" = "$2" ] || { echo "# got '$1', expected '$2'"; return 1; }; }
 if dpkg -s postgresql-15-paysync >/dev/null 2>&1; then
 	apt-get purge -y -qq postgresql-15-paysync >/dev/null
 fi
-git -C "$top" cat-file -e "$release_0_2^{commit}" 2>/dev/null ||
+git -c safe.directory="*" -C "$top" cat-file -e "$release_0_2^{commit}" 2>/dev/null ||
 	{ echo "upgrade.sh: needs the git history (commit $release_0_2, paysync 0.2)" >&2; exit 1; }
 mkdir "$work/src-0.2"
-git -C "$top" archive "$release_0_2" | tar -x -C "$work/src-0.2"
+git -c safe.directory="*" -C "$top" archive "$release_0_2" | tar -x -C "$work/src-0.2"
 make -s -C "$work/src-0.2" PG_CONFIG="$bindir/pg_config" >/dev/null
 make -s -C "$work/src-0.2" PG_CONFIG="$bindir/pg_config" install >/dev/null
 check "0.2 installed from source" grep -q "default_version = '0.2'" \
