@@ -7,9 +7,9 @@ set -euo pipefail
 paysync_install_deps()
 {
 	if [ "$(id -u)" != 0 ]; then
-		echo "paysync: $(basename "$0") needs root: it installs Debian packages with apt-get" >&2
-		echo "and runs PostgreSQL as user postgres.  Run it as root, or with sudo:" >&2
-		echo "    sudo bash $0" >&2
+		echo "paysync: $0 needs root: it installs Debian packages with apt-get" >&2
+		echo "and runs PostgreSQL as user postgres.  Run it as root (bash $0)" >&2
+		echo "or, as a user allowed to use sudo: sudo bash $0" >&2
 		exit 1
 	fi
 	export DEBIAN_FRONTEND=noninteractive

@@ -238,24 +238,27 @@ $listener = IPC::Run::start([ "$top/examples/listener_c/listener", $dsn ],
 	'>', \$listener_out, '2>', \$listener_err);
 
 # --- 5,000 payments: 0 to 5 pending answers, then a final one ---------------
-my @final = (qw(S F C X));
 my %expected_status = (S => 'succeeded', F => 'failed', C => 'closed', X => 'cancelled');
-my %script;
-for my $i (1 .. $payments)
+my %expected;			# payment_id => the final status the mock gives it
+
+# Tracks n payments prefix1..prefixN on the primary at port, each with a
+# mock script of 0 to 5 pending answers and then a final one.
+sub track_batch
 {
-	my $pending = $i % 6;
-	my $last = $final[ $i % 4 ];
-	$script{"p$i"} = ($pending ? "P*$pending," : '') . $last;
+	my ($port, $prefix, $n) = @_;
+	my @ids;
+	for my $i (1 .. $n)
+	{
+		my $pending = $i % 6;
+		my $last = (qw(S F C X))[ $i % 4 ];
+		my $id = "$prefix$i~" . ($pending ? "P*$pending," : '') . $last;
+		$expected{$id} = $expected_status{$last};
+		push @ids, "('$id')";
+	}
+	psql_at($port, q{SELECT count(paysync.track(id, 'wallet', schedule => '{1s,1s,2s,2s,2s,2s}'))
+		FROM (VALUES } . join(',', @ids) . ') v(id)') // die "could not track the $prefix payments";
 }
-my %expected = map {
-	my $id = "$_~$script{$_}";
-	($id => $expected_status{ substr($script{$_}, -1) })
-} keys %script;
-my $values = join(",\n", map { "('$_')" } sort keys %expected);
-psql_at($port{node1}, qq{
-	SELECT count(paysync.track(id, 'wallet', schedule => '{1s,1s,2s,2s,2s,2s}'))
-	FROM (VALUES $values) v(id)}) // die 'could not track the payments';
-my $tracked = time;
+track_batch($port{node1}, 'p', $payments);
 
 # --- stop the primary hard while checks are in flight --------------------------
 wait_at($port{node1},
@@ -297,56 +300,67 @@ my $failover_s = ($first_check // time) - $stop_at;
 diag(sprintf('failover: stop of the primary -> node2 promoted %.1f s -> first check by node2 %.1f s',
 		$promoted_at - $stop_at, $failover_s));
 
-# --- every payment ends as scripted ------------------------------------------------
-wait_at($port{node2}, q{SELECT count(*) FROM paysync.payments WHERE status = 'pending'},
-	'0', 90, 'every payment is final on the new primary');
-my %got = map { split /\|/ } split /\n/,
-  psql_at($port{node2}, 'SELECT payment_id, status FROM paysync.payments') // '';
-my @wrong = grep { ($got{$_} // '') ne $expected{$_} } sort keys %expected;
-is(scalar(@wrong), 0, "all $payments payments end as the mock scripted")
-  or diag('first wrong: ' . join(', ', map { "$_=" . ($got{$_} // 'missing') } @wrong[ 0 .. 4 ]));
-is( psql_at($port{node2}, q{
-		SELECT count(*) FROM paysync.payments p
-		WHERE (SELECT count(*) FROM paysync.events e WHERE e.payment_id = p.payment_id) <> 1
-		   OR NOT EXISTS (SELECT FROM paysync.events e
-						  WHERE e.payment_id = p.payment_id AND e.status = p.status
-						    AND e.previous = 'pending')}),
-	'0', 'one event per payment: pending to its final status');
+# --- the checks after a failover ---------------------------------------------------
+# Every payment tracked so far ends final on the primary at port exactly as
+# the mock scripted it, with one event; the listener applied every event
+# once and nothing else, and is connected there.  what names the moment.
+sub check_outcome
+{
+	my ($port, $what) = @_;
+	my $deadline;
+	wait_at($port, q{SELECT count(*) FROM paysync.payments WHERE status = 'pending'},
+		'0', 90, "$what: every payment is final on the primary");
+	my %got = map { split /\|/ } split /\n/,
+	  psql_at($port, 'SELECT payment_id, status FROM paysync.payments') // '';
+	my @wrong = grep { ($got{$_} // '') ne $expected{$_} } sort keys %expected;
+	is(scalar(@wrong), 0, "$what: all " . scalar(keys %expected) . " payments end as the mock scripted")
+	  or diag('first wrong: ' . join(', ', map { "$_=" . ($got{$_} // 'missing') } grep { defined } @wrong[ 0 .. 4 ]));
+	is( psql_at($port, q{
+			SELECT count(*) FROM paysync.payments p
+			WHERE (SELECT count(*) FROM paysync.events e WHERE e.payment_id = p.payment_id) <> 1
+			   OR NOT EXISTS (SELECT FROM paysync.events e
+							  WHERE e.payment_id = p.payment_id AND e.status = p.status
+							    AND e.previous = 'pending')}),
+		'0', "$what: one event per payment: pending to its final status");
 
-# --- the listener saw every event once -----------------------------------------------
-my @events = split /\n/, psql_at($port{node2},
-	q{SELECT 'applied ' || event_id || ' ' || payment_id || ' ' || status FROM paysync.events ORDER BY event_id});
-my %want = map { $_ => 1 } @events;
-my %applied;
-$deadline = time + 40;
-while (time < $deadline)
-{
-	$listener->pump_nb;
-	%applied = ();
-	$applied{$_}++ for grep { /^applied / } split /\n/, $listener_out;
-	last if scalar(grep { !$applied{$_} } @events) == 0;
-	usleep(200_000);
+	# --- the listener saw every event once -----------------------------------------------
+	my @events = split /\n/, psql_at($port,
+		q{SELECT 'applied ' || event_id || ' ' || payment_id || ' ' || status FROM paysync.events ORDER BY event_id});
+	my %want = map { $_ => 1 } @events;
+	my %applied;
+	$deadline = time + 40;
+	while (time < $deadline)
+	{
+		$listener->pump_nb;
+		%applied = ();
+		$applied{$_}++ for grep { /^applied / } split /\n/, $listener_out;
+		last if scalar(grep { !$applied{$_} } @events) == 0;
+		usleep(200_000);
+	}
+	my @missed = grep { !$applied{$_} } @events;
+	is(scalar(@missed), 0, "$what: the listener applied every event") or diag("missed: @{[ grep { defined } @missed[0 .. 4] ]}");
+	my (%content, @conflicts);
+	for my $line (keys %applied)
+	{
+		my (undef, $id, $rest) = split / /, $line, 3;
+		push @conflicts, $id if exists $content{$id} && $content{$id} ne $rest;
+		$content{$id} = $rest;
+	}
+	is(scalar(@conflicts), 0, "$what: no event_id seen twice with different content");
+	is(scalar(grep { $applied{$_} > 1 } keys %applied), 0, "$what: no event applied twice");
+	is(scalar(grep { !$want{$_} } keys %applied), 0, "$what: the listener applied nothing that is not an event");
+	is( psql_at($port, q{
+			SELECT count(*) FROM paysync.events e FULL JOIN shop.applied_events a USING (event_id)
+			WHERE e.event_id IS NULL OR a.event_id IS NULL OR a.status <> e.status::text}),
+		'0', "$what: the shop's table holds exactly the events");
+	is( psql_at($port,
+			q{SELECT count(*) FROM pg_stat_activity WHERE usename = 'order_service'}),
+		'1', "$what: the listener is connected to the primary");
+	note("listener's stderr:\n$listener_err");
 }
-my @missed = grep { !$applied{$_} } @events;
-is(scalar(@missed), 0, 'the listener applied every event') or diag("missed: @missed[0 .. 4]");
-my (%content, @conflicts);
-for my $line (keys %applied)
-{
-	my (undef, $id, $rest) = split / /, $line, 3;
-	push @conflicts, $id if exists $content{$id} && $content{$id} ne $rest;
-	$content{$id} = $rest;
-}
-is(scalar(@conflicts), 0, 'no event_id seen twice with different content');
-is(scalar(grep { $applied{$_} > 1 } keys %applied), 0, 'no event applied twice');
-is(scalar(grep { !$want{$_} } keys %applied), 0, 'the listener applied nothing that is not an event');
-is( psql_at($port{node2}, q{
-		SELECT count(*) FROM paysync.events e FULL JOIN shop.applied_events a USING (event_id)
-		WHERE e.event_id IS NULL OR a.event_id IS NULL OR a.status <> e.status::text}),
-	'0', "the shop's table holds exactly the events");
-is( psql_at($port{node2},
-		q{SELECT count(*) FROM pg_stat_activity WHERE usename = 'order_service'}),
-	'1', 'the listener is connected to the new primary');
-note("listener's stderr:\n$listener_err");
+
+check_outcome($port{node2}, 'after the kill');
+
 
 # --- the old primary rejoins as the secondary, its worker idle ---------------------------
 run_node('node1');
@@ -368,6 +382,46 @@ ok(@server_logs, "node1's server log is there");
 my $log1 = join('', map { slurp_file($_) } @server_logs);
 like($log1, qr/paysync worker started/, "node1's server log has the worker's lines");
 unlike($log1, qr/ERROR:.*(paysync|read-only)/, 'no paysync error on node1');
+
+# --- the split moment: only the postmaster of node2 is killed ---------------------
+# Its keeper, alive, may restart it read-write before the monitor fails over
+# to node1, or the monitor may keep it as the primary: either way a payment
+# must not get two events, and the listener must not see an event that
+# vanishes or an event_id twice with different content.
+track_batch($port{node2}, 'q', 1000);
+wait_at($port{node2},
+	q{SELECT count(*) > 200 FROM paysync.payments WHERE payment_id LIKE 'q%' AND status <> 'pending'},
+	't', 60, 'checks of 1,000 more payments are under way on node2');
+my $postmaster2 = (split /\n/, slurp_file("$dir/node2/postmaster.pid"))[0];
+my $split_at = time;
+kill 'KILL', $postmaster2;
+# Settled: one node primary, the other secondary, as the monitor sees it.
+my ($primary, $settled);
+$deadline = time + 120;
+while (time < $deadline)
+{
+	my $states = states();
+	if ($states =~ /\b$port{node1}:primary\b/ && $states =~ /\b$port{node2}:secondary\b/)
+	{
+		$primary = 'node1';
+	}
+	elsif ($states =~ /\b$port{node2}:primary\b/ && $states =~ /\b$port{node1}:secondary\b/)
+	{
+		$primary = 'node2';
+	}
+	last if $primary && ($settled //= time) < time - 3;
+	undef $primary;
+	undef $settled unless $states =~ /primary/;
+	usleep(200_000);
+}
+ok($primary, 'after the postmaster of node2 was killed, one node is primary, the other secondary');
+$primary //= 'node2';
+diag(sprintf('split moment: postmaster of node2 killed, its keeper alive: %s is the primary after %.1f s',
+		$primary, time - $split_at));
+check_outcome($port{$primary}, 'after the postmaster kill');
+my @node2_logs = glob("$dir/node2/log/*");
+my $log2 = join('', map { slurp_file($_) } @node2_logs);
+unlike($log2, qr/ERROR:.*(paysync|read-only)/, 'no paysync error on node2');
 note(sprintf('whole test %.1f s', time - $started));
 
 # --- stop everything -------------------------------------------------------------
