@@ -383,18 +383,38 @@ my $log1 = join('', map { slurp_file($_) } @server_logs);
 like($log1, qr/paysync worker started/, "node1's server log has the worker's lines");
 unlike($log1, qr/ERROR:.*(paysync|read-only)/, 'no paysync error on node1');
 
-# --- the split moment: only the postmaster of node2 is killed ---------------------
-# Its keeper, alive, may restart it read-write before the monitor fails over
-# to node1, or the monitor may keep it as the primary: either way a payment
-# must not get two events, and the listener must not see an event that
-# vanishes or an event_id twice with different content.
+# --- the split moment: the postmaster of node2 killed, its keeper alive -----------
+# As found by hand: after a SIGKILL of the postmaster, the keeper restarts
+# the old primary read-write for a few seconds before the monitor has it
+# demoted.  Here the keeper is paused (SIGSTOP) until the monitor has
+# promoted node1, so that the restart comes after the promotion for sure;
+# then it resumes and restarts node2 as the primary it still believes to
+# be.  A payment must not get two events, and the listener must not see an
+# event that vanishes or an event_id twice with different content.
 track_batch($port{node2}, 'q', 1000);
 wait_at($port{node2},
 	q{SELECT count(*) > 200 FROM paysync.payments WHERE payment_id LIKE 'q%' AND status <> 'pending'},
 	't', 60, 'checks of 1,000 more payments are under way on node2');
 my $postmaster2 = (split /\n/, slurp_file("$dir/node2/postmaster.pid"))[0];
+my @keeper2 = process_tree($keeper{node2}->{KIDS}[0]{PID});
+@keeper2 = grep { $_ != $postmaster2 } @keeper2;
 my $split_at = time;
+kill 'STOP', @keeper2;
 kill 'KILL', $postmaster2;
+ok(wait_state('node1', '(wait_primary|primary)', 90), 'node1 is promoted');
+note(sprintf('node1 promoted %.1f s after the postmaster of node2 was killed', time - $split_at));
+my $resumed_at = time;
+kill 'CONT', @keeper2;
+# node2 restarted by its keeper, read-write for a moment?
+my $node2_writable = 0;
+$deadline = time + 30;
+while (time < $deadline && states() !~ /\b$port{node2}:secondary\b/)
+{
+	$node2_writable = 1
+	  if (psql_at($port{node2}, 'SELECT pg_is_in_recovery()') // '') eq 'f';
+	usleep(100_000);
+}
+ok($node2_writable, "the split: node2's keeper restarted it read-write after node1's promotion");
 # Settled: one node primary, the other secondary, as the monitor sees it.
 my ($primary, $settled);
 $deadline = time + 120;
@@ -416,8 +436,9 @@ while (time < $deadline)
 }
 ok($primary, 'after the postmaster of node2 was killed, one node is primary, the other secondary');
 $primary //= 'node2';
-diag(sprintf('split moment: postmaster of node2 killed, its keeper alive: %s is the primary after %.1f s',
-		$primary, time - $split_at));
+diag(sprintf('split moment: postmaster of node2 killed, keeper paused until node1 was promoted: '
+		  . '%s is the primary, node2 back as the secondary %.1f s after its keeper resumed',
+		$primary, time - $resumed_at));
 check_outcome($port{$primary}, 'after the postmaster kill');
 my @node2_logs = glob("$dir/node2/log/*");
 my $log2 = join('', map { slurp_file($_) } @node2_logs);
