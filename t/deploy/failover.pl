@@ -5,11 +5,14 @@
 # as pg_auto_failover sets it up.  5,000 payments are being checked against
 # the mock channel and the C example listener follows them through a
 # multi-host connection string (target_session_attrs=read-write) when the
-# primary is stopped hard.  Every payment must end final exactly as the
-# mock scripted it, with one event; the listener must see every event once
-# and no event_id twice with different content; the old primary rejoins as
-# the secondary and its worker stays idle.  Prints the time from the stop
-# to the first check by the new primary.
+# primary is killed like a power cut.  Every payment must end final
+# exactly as the mock scripted it, with one event; the listener must see
+# every event once and no event_id twice with different content; the old
+# primary rejoins as the secondary and its worker stays idle.  Prints the
+# time from the kill to the first check by the new primary.  Then the split
+# moment, with 1,000 more payments: the new primary's postmaster alone is
+# killed and its keeper paused until the other node is promoted, so that the
+# keeper restarts it read-write after the promotion; the same checks hold.
 #
 # Not in t/*.pl: it needs paysync installed in the system PostgreSQL (the
 # package), and pg_autoctl.  Run as user postgres from the tree's top:
