@@ -33,7 +33,7 @@ TAP_TESTS = 1
 PG_CONFIG ?= pg_config
 # Warnings are shown, never fatal here: a packager's newer compiler may find
 # new ones.  CI makes them errors (make PG_CFLAGS=-Werror, see .ci/run).
-PG_CPPFLAGS = -Wall -Wextra -Wno-unused-parameter -Isrc
+PG_CPPFLAGS = -Wall -Wextra -Wno-unused-parameter -I$(srcdir)/src
 SHLIB_LINK = -lcurl -lcrypto
 EXTRA_CLEAN = tmp_check_regress t/unit/crypto_test
 
@@ -42,6 +42,13 @@ override with_llvm = no
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# Out-of-tree builds (make -f SRCDIR/Makefile VPATH=SRCDIR, as Debian's
+# pg_buildext does in build-15/): the objects go to src/ under the build
+# directory, which must exist first.
+ifdef VPATH
+$(shell mkdir -p src)
+endif
 
 # The mock channels used by the TAP tests and the benchmark.
 .PHONY: mock unit

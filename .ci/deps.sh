@@ -7,7 +7,9 @@ set -euo pipefail
 paysync_install_deps()
 {
 	if [ "$(id -u)" != 0 ]; then
-		echo "paysync: run as root (apt-get install, then tests as user postgres)" >&2
+		echo "paysync: $0 needs root: it installs Debian packages with apt-get" >&2
+		echo "and runs PostgreSQL as user postgres.  Run it as root (bash $0)" >&2
+		echo "or, as a user allowed to use sudo: sudo bash $0" >&2
 		exit 1
 	fi
 	export DEBIAN_FRONTEND=noninteractive
@@ -21,6 +23,16 @@ paysync_install_deps()
 	if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
 		apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
 	fi
+}
+
+# What .ci/run needs on top: building the Debian package (pg_buildext,
+# debhelper), the 0.2 source from git for the upgrade test, and
+# pg_auto_failover for the failover test.
+paysync_install_deploy_deps()
+{
+	apt-get install -y -qq --no-install-recommends \
+		dpkg-dev debhelper postgresql-server-dev-all git \
+		postgresql-15-auto-failover pg-auto-failover-cli >/dev/null
 }
 
 # Copies the tree to a fresh directory owned by postgres (initdb refuses

@@ -248,8 +248,8 @@ sub exercise
 		ALTER ROLE order_service RESET synchronous_commit;
 		SELECT pg_reload_conf();});
 	wait_applied($node, [$l], "$name: after the reconnect it reports the event whose COMMIT was in doubt");
-	ok(wait_stderr($l, qr/transaction \d+ of event \d+: committed/),
-		"$name: it looked the transaction up");
+	ok(wait_stderr($l, qr/event \d+, whose COMMIT was in doubt: applied/),
+		"$name: it looked the event up in its own table");
 
 	# Events while it listens.
 	track($node, "${name}_live_", 20, '{200ms}', sub { (qw(S F C X))[ $_[0] % 4 ] });

@@ -27,7 +27,9 @@
  *		event_id in shop.applied_events, so the change and the memory of
  *		having made it commit together or not at all.  If COMMIT fails (the
  *		connection lost while it was on its way), whether it took effect is
- *		looked up after the reconnect with pg_xact_status().
+ *		looked up after the reconnect in shop.applied_events itself, never
+ *		with pg_xact_status(): after a failover the new primary may have
+ *		given the same transaction id to another transaction.
  *
  *		Usage: listener [CONNINFO]
  *		CONNINFO is a libpq connection string or URI; without it,
@@ -112,7 +114,6 @@ static long long last_applied = 0;
 /* An event whose COMMIT was sent but never answered, and its transaction. */
 static bool in_doubt = false;
 static ShopEvent doubt_event;
-static char doubt_xid[32];
 
 
 /* Notes that SIGTERM or SIGINT arrived; the loops check it. */
@@ -225,7 +226,6 @@ apply_event(PGconn *conn, const ShopEvent *event)
 	char		event_id[32];
 	const char *params[3];
 	PGresult   *res;
-	char		xid[32];
 
 	if (event->event_id <= last_applied)
 		return APPLY_SKIPPED;
@@ -241,7 +241,7 @@ apply_event(PGconn *conn, const ShopEvent *event)
 	res = PQexecParams(conn,
 					   "INSERT INTO shop.applied_events (event_id, payment_id, status) "
 					   "VALUES ($1, $2, $3) ON CONFLICT (event_id) DO NOTHING "
-					   "RETURNING pg_current_xact_id()",
+					   "RETURNING event_id",
 					   3, NULL, params, NULL, NULL, 0);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK)
 	{
@@ -252,14 +252,22 @@ apply_event(PGconn *conn, const ShopEvent *event)
 	}
 	if (PQntuples(res) == 0)
 	{
-		/* Applied before: change nothing. */
+		/*
+		 * Applied before: change nothing.  If it is the event whose COMMIT
+		 * was in doubt, that COMMIT took effect after all (the INSERT
+		 * waited for it): it was applied by this process, so report it.
+		 */
 		PQclear(res);
 		if (!exec_command(conn, "ROLLBACK"))
 			return APPLY_FAILED;
 		last_applied = event->event_id;
+		if (in_doubt && doubt_event.event_id == event->event_id)
+		{
+			in_doubt = false;
+			report_applied(event);
+		}
 		return APPLY_SKIPPED;
 	}
-	snprintf(xid, sizeof(xid), "%s", PQgetvalue(res, 0, 0));
 	PQclear(res);
 
 	/*
@@ -293,58 +301,61 @@ apply_event(PGconn *conn, const ShopEvent *event)
 		log_failure(conn, res, "COMMIT");
 		in_doubt = true;
 		doubt_event = *event;
-		snprintf(doubt_xid, sizeof(doubt_xid), "%s", xid);
 		PQclear(res);
 		return APPLY_FAILED;
 	}
 	PQclear(res);
 
+	if (in_doubt && doubt_event.event_id == event->event_id)
+		in_doubt = false;
 	last_applied = event->event_id;
 	report_applied(event);
 	return APPLY_DONE;
 }
 
 /*
- * After a reconnect: did the COMMIT whose answer was lost take effect?  If
- * so the event was applied by this process and is reported now; if not,
- * the catch-up that follows applies it.  False if it cannot tell yet.
+ * After a reconnect: did the COMMIT whose answer was lost take effect?  The
+ * event's row in shop.applied_events says so, on whichever server this is
+ * (a transaction id would not: a promoted standby that never received the
+ * COMMIT may have given the same id to another transaction).  If the row
+ * is there, the event was applied by this process and is reported now;
+ * if not, the catch-up that follows applies it, and if the old COMMIT
+ * lands first after all, apply_event() reports it then.  False if the
+ * query fails.
  */
 static bool
 resolve_in_doubt(PGconn *conn)
 {
+	char		event_id[32];
 	const char *params[1];
 	PGresult   *res;
-	const char *state;
+	bool		applied;
 
 	if (!in_doubt)
 		return true;
 
-	params[0] = doubt_xid;
-	res = PQexecParams(conn, "SELECT pg_xact_status($1::xid8)",
+	snprintf(event_id, sizeof(event_id), "%lld", doubt_event.event_id);
+	params[0] = event_id;
+	res = PQexecParams(conn,
+					   "SELECT EXISTS (SELECT FROM shop.applied_events WHERE event_id = $1)",
 					   1, NULL, params, NULL, NULL, 0);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK)
 	{
-		log_failure(conn, res, "pg_xact_status");
+		log_failure(conn, res, "looking up the event whose COMMIT was in doubt");
 		PQclear(res);
 		return false;
 	}
-	state = PQgetisnull(res, 0, 0) ? "unknown" : PQgetvalue(res, 0, 0);
-	if (strcmp(state, "in progress") == 0)
+	applied = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+	PQclear(res);
+	log_msg("event %lld, whose COMMIT was in doubt: %s", doubt_event.event_id,
+			applied ? "applied" : "not applied, applying it again");
+	if (applied)
 	{
-		/* The old session has not ended yet: ask again after a backoff. */
-		PQclear(res);
-		return false;
-	}
-	log_msg("transaction %s of event %lld: %s", doubt_xid,
-			doubt_event.event_id, state);
-	if (strcmp(state, "committed") == 0)
-	{
+		in_doubt = false;
 		if (doubt_event.event_id > last_applied)
 			last_applied = doubt_event.event_id;
 		report_applied(&doubt_event);
 	}
-	PQclear(res);
-	in_doubt = false;
 	return true;
 }
 

@@ -27,7 +27,10 @@
  * shop.order_payments. lastApplied is the largest event_id in
  * shop.applied_events, so the change and the memory of having made it
  * commit together or not at all. If COMMIT fails without an answer we can
- * trust, the outcome is looked up after the reconnect with pg_xact_status().
+ * trust, the outcome is looked up after the reconnect in
+ * shop.applied_events itself, never with pg_xact_status(): after a failover
+ * the new primary may have given the same transaction id to another
+ * transaction.
  *
  * With $PAYSYNC_WEBHOOK_PORT set it is also the shop's webhook endpoint:
  * an HTTP server on 127.0.0.1:$PAYSYNC_WEBHOOK_PORT (Node's own http
@@ -88,8 +91,7 @@ const catchUpMs = catchUpSeconds(process.env.PAYSYNC_CATCH_UP_SECONDS) * 1000;
 // Largest event_id known to be in shop.applied_events (event_id is a
 // bigint: kept as a BigInt).
 let lastApplied = 0n;
-// An event whose COMMIT failed without a trustworthy answer, and its
-// transaction id: { event, xid } or null.
+// An event whose COMMIT failed without a trustworthy answer, or null.
 let inDoubt = null;
 let stopping = false;
 // Called to cut a wait short (a notification, a lost connection, a signal).
@@ -174,19 +176,23 @@ class Session {
     const params = [event.eventId.toString(), event.paymentId, event.status];
 
     await client.query('BEGIN');
-    let xid;
     try {
       const res = await client.query(
         `INSERT INTO shop.applied_events (event_id, payment_id, status)
          VALUES ($1, $2, $3) ON CONFLICT (event_id) DO NOTHING
-         RETURNING pg_current_xact_id()::text AS xid`, params);
+         RETURNING event_id`, params);
       if (res.rowCount === 0) {
-        // Applied before: change nothing.
+        // Applied before: change nothing. If it is the event whose COMMIT
+        // was in doubt, that COMMIT took effect after all (the INSERT
+        // waited for it): it was applied by this process, so report it.
         await client.query('ROLLBACK');
         lastApplied = event.eventId;
+        if (inDoubt && inDoubt.eventId === event.eventId) {
+          inDoubt = null;
+          reportApplied(event);
+        }
         return 'skipped';
       }
-      xid = res.rows[0].xid;
       // The order service's own change. A real shop would mark the order
       // paid (or cancelled) here and queue what follows, in this transaction.
       await client.query(
@@ -204,32 +210,35 @@ class Session {
     } catch (err) {
       // No answer, or an error that may have come after the commit (the
       // server shutting down): it may have committed. Reconnect and ask.
-      inDoubt = { event, xid };
+      inDoubt = event;
       throw err;
     }
+    if (inDoubt && inDoubt.eventId === event.eventId) inDoubt = null;
     lastApplied = event.eventId;
     reportApplied(event);
     return 'applied';
   }
 
-  // After a reconnect: did the COMMIT whose answer was lost take effect? If
-  // so the event was applied by this process and is reported now; if not,
-  // the catch-up that follows applies it.
+  // After a reconnect: did the COMMIT whose answer was lost take effect?
+  // The event's row in shop.applied_events says so, on whichever server
+  // this is (a transaction id would not: a promoted standby that never
+  // received the COMMIT may have given the same id to another
+  // transaction). If the row is there, the event was applied by this
+  // process and is reported now; if not, the catch-up that follows applies
+  // it, and if the old COMMIT lands first after all, apply() reports it.
   async resolveInDoubt() {
     if (!inDoubt) return;
-    const { event, xid } = inDoubt;
-    const res = await this.client.query('SELECT pg_xact_status($1::xid8) AS state', [xid]);
-    const state = res.rows[0].state || 'unknown';
-    if (state === 'in progress') {
-      // The old session has not ended yet: ask again after a backoff.
-      throw new Error(`transaction ${xid} of event ${event.eventId} is still in progress`);
-    }
-    log(`transaction ${xid} of event ${event.eventId}: ${state}`);
-    if (state === 'committed') {
+    const event = inDoubt;
+    const res = await this.client.query(
+      'SELECT EXISTS (SELECT FROM shop.applied_events WHERE event_id = $1) AS applied',
+      [event.eventId.toString()]);
+    const { applied } = res.rows[0];
+    log(`event ${event.eventId}, whose COMMIT was in doubt: ${applied ? 'applied' : 'not applied, applying it again'}`);
+    if (applied) {
+      inDoubt = null;
       if (event.eventId > lastApplied) lastApplied = event.eventId;
       reportApplied(event);
     }
-    inDoubt = null;
   }
 
   // Applies every event after lastApplied, reading events_since() until it
