@@ -18,6 +18,7 @@ use warnings;
 use FindBin;
 use lib $FindBin::Bin;
 use PaysyncTest;
+use ListenerTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -29,92 +30,13 @@ my $top = "$FindBin::Bin/..";
 my $mock = start_mock();
 my $limit = '0.0000001';
 
-# Runs a command; returns its exit status and its output (stdout + stderr).
-sub run_cmd
-{
-	my (@cmd) = @_;
-	my $output = '';
-	my $ok = eval { IPC::Run::run(\@cmd, '>', \$output, '2>&1') };
-	return ($ok ? 0 : 1, $output . ($@ || ''));
-}
 
-# Starts a listener command with the connection URI appended.
-sub start_listener
-{
-	my ($cmd, $uri) = @_;
-	my $l = { out => '', err => '' };
-	$l->{h} = IPC::Run::start([ @$cmd, $uri ], '>', \$l->{out}, '2>', \$l->{err});
-	return $l;
-}
 
-# Collects what the listener wrote so far.
-sub pump_listener
-{
-	my ($l) = @_;
-	for (1 .. 5)
-	{
-		last unless $l->{h}->pumpable;
-		$l->{h}->pump_nb;
-	}
-}
 
-# The "applied <event_id> <payment_id> <status>" lines printed so far.
-sub applied_lines
-{
-	my ($l) = @_;
-	pump_listener($l);
-	return grep { /^applied \d+ \S+ \S+$/ } split /\n/, $l->{out};
-}
 
-# paysync.events as the lines a listener prints.
-sub event_lines
-{
-	my ($node) = @_;
-	return split /\n/, $node->safe_psql('postgres', q{
-		SELECT 'applied ' || event_id || ' ' || payment_id || ' ' || status
-		FROM paysync.events ORDER BY event_id});
-}
 
-# Waits up to 10 s until the listener printed every event, and fails with
-# what is missing if not: more than the 2 s catch-up timer the listener
-# is given here, less than the 30 s it would take without it.
-sub wait_applied
-{
-	my ($node, $l, $what) = @_;
-	my $deadline = time + 10;
-	my %missing;
-	while (1)
-	{
-		my %got = map { $_ => 1 } applied_lines($l);
-		%missing = map { $_ => 1 } grep { !$got{$_} } event_lines($node);
-		last if !%missing || time > $deadline || !$l->{h}->pumpable;
-		usleep(100_000);
-	}
-	ok(!%missing, $what);
-	diag("missing: " . join(', ', sort keys %missing) . "\nlistener stderr:\n$l->{err}")
-	  if %missing;
-}
 
-# Waits until count payments whose id starts with prefix have their final
-# status from the channel.
-sub wait_final
-{
-	my ($node, $prefix, $count, $what) = @_;
-	wait_for_sql($node, qq{
-		SELECT count(*) FROM paysync.payments
-		WHERE payment_id LIKE '${prefix}%' AND status NOT IN ('pending', 'expired')},
-		$count, $what);
-}
 
-# Tracks payments prefix1..prefixN, checked 200 ms later (the mock says
-# paid).
-sub track
-{
-	my ($node, $prefix, $n) = @_;
-	$node->safe_psql('postgres',
-		"SELECT paysync.track('$prefix' || g, 'wallet', schedule => '{200ms}')"
-		  . " FROM generate_series(1, $n) g");
-}
 
 # The paysync notifications psql printed in a session's output.
 sub notifications_in
@@ -123,25 +45,6 @@ sub notifications_in
 	return scalar(() = $output =~ /Asynchronous notification "paysync"/g);
 }
 
-# Sends SIGTERM; true if the listener exited with status 0 within 10 s.
-sub stop_listener
-{
-	my ($l) = @_;
-	$l->{h}->signal('TERM');
-	my $deadline = time + 10;
-	while ($l->{h}->pumpable && time < $deadline)
-	{
-		$l->{h}->pump_nb;
-		usleep(50_000);
-	}
-	if ($l->{h}->pumpable)
-	{
-		$l->{h}->kill_kill;
-		return 0;
-	}
-	$l->{h}->finish;
-	return $l->{h}->result(0) == 0;
-}
 
 # The whole scenario for one example listener.
 sub exercise
@@ -167,9 +70,9 @@ sub exercise
 	$witness->query_safe('LISTEN paysync');
 
 	# Before any pressure, every event is notified.
-	track($node, "${name}_before_", 3);
+	track($node, "${name}_before_", 3, '{200ms}');
 	wait_final($node, "${name}_before_", 3, "$name: 3 payments finish");
-	wait_applied($node, $l, "$name: the listener applies them");
+	wait_applied($node, [$l], "$name: the listener applies them");
 	is(notifications_in($witness->query_safe('SELECT 1')), 3,
 		"$name: with the queue free, each event is notified");
 
@@ -185,7 +88,7 @@ sub exercise
 
 	# Payments keep finishing; their events are committed without NOTIFY.
 	my $log_offset = -s $node->logfile;
-	track($node, "${name}_held_", 10);
+	track($node, "${name}_held_", 10, '{200ms}');
 	wait_final($node, "${name}_held_", 10,
 		"$name: 10 payments finish while the queue is held");
 	is( $node->safe_psql('postgres',
@@ -193,7 +96,7 @@ sub exercise
 		'10', "$name: their events are committed");
 	is(notifications_in($witness->query_safe('SELECT 1')), 0,
 		"$name: no notification is sent for them");
-	wait_applied($node, $l,
+	wait_applied($node, [$l],
 		"$name: the listener applies them all the same (its timer catch-up)");
 	is( $node->safe_psql('postgres', qq{
 			SELECT notifications_skipped >= 10 AND notify_queue_usage > $limit
@@ -219,7 +122,7 @@ sub exercise
 	is( $node->safe_psql('postgres',
 			'SELECT notifications_skipped FROM paysync.worker_status()'),
 		$skipped + 1, "$name: its notification is counted as skipped");
-	wait_applied($node, $l, "$name: the listener applies the reported event");
+	wait_applied($node, [$l], "$name: the listener applies the reported event");
 	is(notifications_in($witness->query_safe('SELECT 1')), 0,
 		"$name: no notification is sent for it");
 
@@ -229,9 +132,9 @@ sub exercise
 	$stuck->query_safe('COMMIT');
 	wait_for_sql($node, "SELECT pg_notification_queue_usage() <= $limit", 't',
 		"$name: once the stuck transaction ends the queue frees up");
-	track($node, "${name}_after_", 3);
+	track($node, "${name}_after_", 3, '{200ms}');
 	wait_final($node, "${name}_after_", 3, "$name: 3 more payments finish");
-	wait_applied($node, $l, "$name: the listener applies them");
+	wait_applied($node, [$l], "$name: the listener applies them");
 	is(notifications_in($witness->query_safe('SELECT 1')), 3,
 		"$name: their notifications are sent again");
 	ok($node->wait_for_log(qr/LOG:  paysync notifications are sent again/, $log_offset),
