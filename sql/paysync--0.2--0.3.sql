@@ -75,9 +75,13 @@ CREATE FUNCTION paysync._finalize(payment_ids text[],
 								  steps integer[] DEFAULT NULL,
 								  checked boolean DEFAULT false)
 RETURNS TABLE (payment_id text, channel text, status paysync.payment_status)
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
+BEGIN
+	/* PL/pgSQL keeps the plan for the session: this runs once per batch */
+	RETURN QUERY
 	WITH final AS (
 		SELECT * FROM unnest(payment_ids, statuses, channel_statuses, sources,
 							 last_errors, steps)
@@ -108,7 +112,8 @@ AS $$
 		ORDER BY c.payment_id
 		RETURNING 1
 	)
-	SELECT c.payment_id, c.channel, c.status FROM changed c
+	SELECT c.payment_id, c.channel, c.status FROM changed c;
+END
 $$;
 
 /*
@@ -126,9 +131,13 @@ CREATE FUNCTION paysync._claim(max_rows integer, channel_names text[],
 							   channel_free_slots integer[])
 RETURNS TABLE (payment_id text, channel text, attempts integer,
 			   due_at timestamptz, claimed_until timestamptz, closing boolean)
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
+BEGIN
+	/* PL/pgSQL keeps the plan for the session: this runs once per claim */
+	RETURN QUERY
 	WITH chan AS (
 		SELECT u.name, u.claim_ms, u.free_slots
 		FROM unnest(channel_names, channel_claim_ms, channel_free_slots)
@@ -156,7 +165,8 @@ AS $$
 	FROM cand
 	WHERE p.payment_id = cand.payment_id
 	RETURNING p.payment_id, p.channel, p.attempts, cand.due_at, p.claimed_until,
-			  p.closing
+			  p.closing;
+END
 $$;
 
 /*
