@@ -182,5 +182,14 @@ SKIP:
 	exercise('js', [ 'node', "$dir/listener.js" ]) if $npm_rc == 0;
 }
 
+# --- Python (psycopg 3) -------------------------------------------------------
+SKIP:
+{
+	my ($no_psycopg, $why) = run_cmd('python3', '-c', 'import psycopg');
+	skip "python3 with psycopg 3 is not installed: the Python example is not tested ($why)", 1
+	  if $no_psycopg;
+	exercise('py', [ 'python3', "$top/examples/listener_py/listener.py" ]);
+}
+
 stop_mock($mock);
 done_testing();

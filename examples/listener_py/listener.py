@@ -7,7 +7,7 @@ status change and sends it with NOTIFY in the same transaction. A
 notification sent while the listener is disconnected is gone, the row is
 not; so the listener catches up with paysync.events_since(last_applied) on
 every (re)connect, on every notification that is not simply the next event,
-and on a timer ($PAYSYNC_CATCH_UP_S seconds, default 5) -- which together
+and on a timer ($PAYSYNC_CATCH_UP_SECONDS seconds, default 5) -- which together
 miss nothing, even while notifications are skipped under queue pressure.
 Applying an event is one transaction in the shop's own tables: the event_id
 goes into shop.applied_events, whose primary key makes a second apply
@@ -47,7 +47,7 @@ import psycopg
 from psycopg import sql
 
 CATCH_UP_BATCH = 1000
-CATCH_UP_S = float(os.environ.get("PAYSYNC_CATCH_UP_S", "5"))
+CATCH_UP_S = float(os.environ.get("PAYSYNC_CATCH_UP_SECONDS", "5"))
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
 WEBHOOK_MAX_BODY = 1024 * 1024
