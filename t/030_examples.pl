@@ -21,7 +21,6 @@ use ListenerTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use File::Path qw(make_path);
 use IPC::Run;
 use Time::HiRes qw(time usleep);
 use Digest::SHA qw(hmac_sha256_hex);
@@ -283,43 +282,12 @@ sub exercise_webhook
 	$node->stop;
 }
 
-# --- C (libpq) ---------------------------------------------------------------
-my ($rc, $output) = run_cmd('make', '-s', '-C', "$top/examples/listener_c");
-is($rc, 0, 'the C example builds with -Wall -Wextra -Werror') or diag($output);
-exercise('c', ["$top/examples/listener_c/listener"]) if $rc == 0;
-
-# --- JavaScript (node-postgres) ----------------------------------------------
-SKIP:
+# --- every example listener: C (libpq), JavaScript (node-postgres), Python
+# (psycopg 3); the last two have a webhook endpoint too
+for my $example (example_listeners($top))
 {
-	my ($no_node) = run_cmd('node', '--version');
-	skip 'node is not installed: the JavaScript example is not tested', 1 if $no_node;
-
-	my $dir = "$top/examples/listener_js";
-	my $npm_rc = 0;
-	if (!-e "$dir/node_modules/pg/package.json")
-	{
-		# npm needs a writable HOME and cache; the tests run as postgres.
-		local $ENV{HOME} = "$PostgreSQL::Test::Utils::tmp_check/npm_home";
-		local $ENV{npm_config_cache} = "$PostgreSQL::Test::Utils::tmp_check/npm_cache";
-		make_path($ENV{HOME});
-		($npm_rc, $output) = run_cmd('npm', 'ci', '--prefix', $dir,
-			'--no-audit', '--no-fund', '--loglevel=error');
-		is($npm_rc, 0, 'npm ci installs the JavaScript example\'s dependencies')
-		  or diag($output);
-	}
-	exercise('js', [ 'node', "$dir/listener.js" ]) if $npm_rc == 0;
-	exercise_webhook('js', [ 'node', "$dir/listener.js" ]) if $npm_rc == 0;
-}
-
-# --- Python (psycopg 3) -------------------------------------------------------
-SKIP:
-{
-	my ($no_psycopg, $why) = run_cmd('python3', '-c', 'import psycopg');
-	skip "python3 with psycopg 3 is not installed: the Python example is not tested ($why)", 1
-	  if $no_psycopg;
-	my @cmd = ('python3', "$top/examples/listener_py/listener.py");
-	exercise('py', \@cmd);
-	exercise_webhook('py', \@cmd);
+	exercise(@$example);
+	exercise_webhook(@$example) unless $example->[0] eq 'c';
 }
 
 stop_mock($mock);

@@ -7,6 +7,7 @@ use strict;
 use warnings;
 
 use Exporter 'import';
+use File::Path qw(make_path);
 use IPC::Run;
 use Test::More;
 use Time::HiRes qw(time usleep);
@@ -14,7 +15,7 @@ use Time::HiRes qw(time usleep);
 use PaysyncTest;
 
 our @EXPORT = qw(run_cmd start_listener pump_listener applied_lines wait_stderr
-  event_lines wait_applied wait_final track stop_listener);
+  event_lines wait_applied wait_final track stop_listener example_listeners);
 
 # Runs a command; returns its exit status and its output (stdout + stderr).
 sub run_cmd
@@ -141,6 +142,49 @@ sub stop_listener
 	}
 	$l->{h}->finish;
 	return $l->{h}->result(0) == 0;
+}
+
+# The example listeners that can run here, as [name, command] pairs: the C
+# one built (a test of its own), the JavaScript one with its modules
+# installed (npm ci, if not done already), the Python one if psycopg 3 is
+# there; each that cannot run is a skipped test saying why.
+sub example_listeners
+{
+	my ($top) = @_;
+	my @listeners;
+
+	my ($rc, $output) = run_cmd('make', '-s', '-C', "$top/examples/listener_c");
+	is($rc, 0, 'the C example builds with -Wall -Wextra -Werror') or diag($output);
+	push @listeners, [ 'c', ["$top/examples/listener_c/listener"] ] if $rc == 0;
+
+  SKIP:
+	{
+		my ($no_node) = run_cmd('node', '--version');
+		skip 'node is not installed: the JavaScript example is not tested', 1 if $no_node;
+		my $dir = "$top/examples/listener_js";
+		my $npm_rc = 0;
+		if (!-e "$dir/node_modules/pg/package.json")
+		{
+			# npm needs a writable HOME and cache; the tests run as postgres.
+			local $ENV{HOME} = "$PostgreSQL::Test::Utils::tmp_check/npm_home";
+			local $ENV{npm_config_cache} = "$PostgreSQL::Test::Utils::tmp_check/npm_cache";
+			make_path($ENV{HOME});
+			($npm_rc, $output) = run_cmd('npm', 'ci', '--prefix', $dir,
+				'--no-audit', '--no-fund', '--loglevel=error');
+			is($npm_rc, 0, 'npm ci installs the JavaScript example\'s dependencies')
+			  or diag($output);
+		}
+		push @listeners, [ 'js', [ 'node', "$dir/listener.js" ] ] if $npm_rc == 0;
+	}
+
+  SKIP:
+	{
+		my ($no_psycopg, $why) = run_cmd('python3', '-c', 'import psycopg');
+		skip "python3 with psycopg 3 is not installed: the Python example is not tested ($why)", 1
+		  if $no_psycopg;
+		push @listeners, [ 'py', [ 'python3', "$top/examples/listener_py/listener.py" ] ];
+	}
+	return @listeners;
 }
 
 1;
