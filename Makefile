@@ -21,6 +21,7 @@ OBJS = \
 	src/driver_test.o \
 	src/crypto.o \
 	src/stats.o \
+	src/politeness.o \
 	src/functions.o \
 	src/notify.o
 

@@ -74,6 +74,15 @@ SELECT pg_temp.try($$SELECT paysync.create_channel('tmo', 'http_json', 'https://
 SELECT pg_temp.try($$SELECT paysync.create_channel('tmo', 'http_json', 'https://example.com', '{$$ || :'map' || $$, "timeout_ms": 600001}')$$);
 -- max_inflight
 SELECT pg_temp.try($$SELECT paysync.create_channel('inf', 'http_json', 'https://example.com', '{$$ || :'map' || $$, "max_inflight": 0}')$$);
+-- max_rps: not a number, not above 0, too high; pause_after_errors: negative, not whole
+SELECT pg_temp.try($$SELECT paysync.create_channel('rps', 'http_json', 'https://example.com', '{$$ || :'map' || $$, "max_rps": "500"}')$$);
+SELECT pg_temp.try($$SELECT paysync.create_channel('rps', 'http_json', 'https://example.com', '{$$ || :'map' || $$, "max_rps": 0}')$$);
+SELECT pg_temp.try($$SELECT paysync.create_channel('rps', 'http_json', 'https://example.com', '{$$ || :'map' || $$, "max_rps": 100001}')$$);
+SELECT pg_temp.try($$SELECT paysync.create_channel('pae', 'http_json', 'https://example.com', '{$$ || :'map' || $$, "pause_after_errors": -1}')$$);
+SELECT pg_temp.try($$SELECT paysync.create_channel('pae', 'http_json', 'https://example.com', '{$$ || :'map' || $$, "pause_after_errors": 2.5}')$$);
+-- and the accepted forms: a fraction of a request a second, 0 for a breaker never pausing
+SELECT paysync.create_channel('polite', 'http_json', 'https://example.com', ('{' || :'map' || ', "max_rps": 0.5, "pause_after_errors": 0}')::jsonb);
+DELETE FROM paysync.channels WHERE name = 'polite';
 -- schedule option: not an array, not interval strings, a bad interval, zero,
 -- negative, more than 7 days, empty
 SELECT pg_temp.try($$SELECT paysync.create_channel('sched', 'http_json', 'https://example.com', '{$$ || :'map' || $$, "schedule": "10s"}')$$);

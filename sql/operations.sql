@@ -46,6 +46,8 @@ SELECT state, in_flight FROM paysync.worker_status();
 SELECT channel, pending, due, in_flight, checks_1m, errors_1m,
 	   latency_p50_ms, latency_p99_ms, succeeded_1h, failed_1h, expired_1h
 FROM paysync.stats;
+-- 0.3: the breaker's state (without the preload nothing is paused), erroring
+SELECT channel, state, paused_since, erroring FROM paysync.stats;
 
 -- a fresh install is 0.2 (0.1 and the update script, the one path)
 DROP TABLE before_update;

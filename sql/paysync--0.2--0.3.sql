@@ -758,3 +758,48 @@ BEGIN
 	END IF;
 END
 $$;
+
+/* Politeness and scale (issue 11) */
+
+-- The channels whose circuit breaker has paused them, from shared memory.
+CREATE FUNCTION paysync._channel_pauses(OUT channel text, OUT paused_since timestamptz)
+RETURNS SETOF record
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'paysync_channel_pauses';
+REVOKE ALL ON FUNCTION paysync._channel_pauses() FROM PUBLIC;
+
+/*
+ * paysync.stats gains state (active, paused, disabled), paused_since and
+ * erroring (pending payments whose last 10 or more answers were errors:
+ * payments.errors counts the errors since the last good answer).  New
+ * columns go last, so CREATE OR REPLACE keeps the view and its grants.
+ */
+CREATE OR REPLACE VIEW paysync.stats AS
+SELECT c.name AS channel,
+	   q.pending,
+	   q.due,
+	   q.oldest_due_lag,
+	   coalesce(k.in_flight, 0) AS in_flight,
+	   coalesce(k.checks_1m, 0) AS checks_1m,
+	   coalesce(k.errors_1m, 0) AS errors_1m,
+	   round(k.latency_p50_ms::numeric, 1) AS latency_p50_ms,
+	   round(k.latency_p99_ms::numeric, 1) AS latency_p99_ms,
+	   coalesce(k.succeeded_1h, 0) AS succeeded_1h,
+	   coalesce(k.failed_1h, 0) AS failed_1h,
+	   coalesce(k.expired_1h, 0) AS expired_1h,
+	   CASE WHEN NOT c.enabled THEN 'disabled'
+			WHEN z.paused_since IS NOT NULL THEN 'paused'
+			ELSE 'active' END AS state,
+	   z.paused_since,
+	   q.erroring
+FROM paysync.channels c
+CROSS JOIN LATERAL (
+	SELECT count(*) AS pending,
+		   count(*) FILTER (WHERE p.next_check_at <= now()) AS due,
+		   now() - min(p.next_check_at) FILTER (WHERE p.next_check_at <= now()) AS oldest_due_lag,
+		   count(*) FILTER (WHERE p.errors >= 10) AS erroring
+	FROM paysync.payments p
+	WHERE p.channel = c.name AND p.status = 'pending'
+) q
+LEFT JOIN paysync._channel_counters() k ON k.channel = c.name
+LEFT JOIN paysync._channel_pauses() z ON z.channel = c.name;

@@ -3,8 +3,9 @@
  *		Channel definitions: channel_compile() checks a channel row (driver,
  *		base_url, options) and compiles it for the checker.  The options
  *		every channel takes whatever its driver are read here (timeout_ms,
- *		max_inflight, schedule, close_on_expiry); the driver's own options
- *		by its compile callback.
+ *		max_inflight, schedule, close_on_expiry, proxy, and the politeness
+ *		options max_rps and pause_after_errors); the driver's own options by
+ *		its compile callback.
  *
  *		This file also owns schedules: the checks of a schedule (channel
  *		option or track()'s argument), a channel's schedule as an interval[]
@@ -24,8 +25,15 @@
 
 /* Options any channel takes, handled here rather than by its driver. */
 static const char *const common_option_names[] = {
-	"timeout_ms", "max_inflight", "schedule", "close_on_expiry", "proxy", NULL
+	"timeout_ms", "max_inflight", "schedule", "close_on_expiry", "proxy",
+	"max_rps", "pause_after_errors", NULL
 };
+
+/* Error answers in a row that pause a channel, without the option. */
+#define DEFAULT_PAUSE_AFTER_ERRORS 20
+
+/* The highest max_rps: beyond it, a channel is better left without one. */
+#define MAX_RPS_LIMIT 100000
 
 /* The schedule of a channel without a "schedule" option. */
 static const char *const default_schedule[] = {
@@ -65,6 +73,34 @@ option_int(Jsonb *options, const char *key, int min, int max, int *value,
 				 errmsg("invalid value for option \"%s\" of channel \"%s\"", key, channel),
 				 errdetail("%lld is outside the range %d to %d.", n, min, max)));
 	*value = (int) n;
+}
+
+/*
+ * Reads number option key into *value if present, checking that it is a
+ * number above 0 and at most max.
+ */
+static void
+option_positive_number(Jsonb *options, const char *key, double max, double *value,
+					   const char *channel)
+{
+	JsonbValue *v = option_value(options, key);
+	double		n;
+
+	if (v == NULL)
+		return;
+	if (v->type != jbvNumeric)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for option \"%s\" of channel \"%s\"", key, channel),
+				 errdetail("The value must be a number.")));
+	n = DatumGetFloat8(DirectFunctionCall1(numeric_float8,
+										   NumericGetDatum(v->val.numeric)));
+	if (!(n > 0 && n <= max))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for option \"%s\" of channel \"%s\"", key, channel),
+				 errdetail("%g is not above 0 and at most %g.", n, max)));
+	*value = n;
 }
 
 /*
@@ -299,6 +335,9 @@ channel_compile(const char *name, const char *driver_name, const char *base_url,
 
 	option_int(options, "timeout_ms", 100, 600000, &config->timeout_ms, name);
 	option_int(options, "max_inflight", 1, 10000, &config->max_inflight, name);
+	option_positive_number(options, "max_rps", MAX_RPS_LIMIT, &config->max_rps, name);
+	config->pause_after_errors = DEFAULT_PAUSE_AFTER_ERRORS;
+	option_int(options, "pause_after_errors", 0, 1000000, &config->pause_after_errors, name);
 	(void) option_schedule(options, name, &n_delays);
 
 	config->close_on_expiry = driver->close_on_expiry_default;

@@ -3,8 +3,9 @@
  *		A channel definition: its driver, base_url and options, checked and
  *		compiled once into a ChannelConfig; the options every channel takes
  *		whatever its driver (timeout_ms, max_inflight, schedule,
- *		close_on_expiry); and the one owner of schedules: their checks, the
- *		channel's schedule option and the built-in default.
+ *		close_on_expiry, proxy, max_rps, pause_after_errors); and the one
+ *		owner of schedules: their checks, the channel's schedule option and
+ *		the built-in default.
  */
 #ifndef PAYSYNC_CHANNEL_H
 #define PAYSYNC_CHANNEL_H
@@ -26,6 +27,10 @@ typedef struct ChannelConfig
 	void	   *driver_config;
 	int			timeout_ms;		/* 0: paysync.request_timeout */
 	int			max_inflight;	/* 0: no cap of its own */
+	double		max_rps;		/* most requests started a second; 0: no
+								 * limit */
+	int			pause_after_errors; /* trouble answers in a row that pause
+									 * the channel; 0: never */
 	bool		close_on_expiry;	/* close the trade before expiring */
 	char	   *proxy;			/* proxy URL, or NULL: none, whatever the
 								 * environment says */

@@ -15,6 +15,17 @@
  *		compiled channel lives until no request in flight uses it.  This file
  *		calls storage.c for SQL and http.c for the network, never SPI or
  *		libcurl itself.
+ *
+ *		Politeness (politeness.c holds what all workers share): a worker
+ *		reserves slots in flight, of paysync.max_inflight and of each
+ *		channel's max_inflight, before it claims, and gives back each at the
+ *		end of its check.  A check starts only when its channel's circuit
+ *		breaker lets it (a paused channel: one probe at a time) and its rate
+ *		(max_rps) has a start free; until then it waits in the queue, in due
+ *		order, with no error counted.  Claims take no more of a channel than
+ *		its breaker and rate allow soon (CLAIM_RATE_HORIZON_MS), so that
+ *		claimed checks do not wait long; a blocked channel is left out of
+ *		the next-due look-up, and the worker wakes when it may go on.
  */
 #include "postgres.h"
 
@@ -34,6 +45,7 @@
 #include "checker.h"
 #include "driver.h"
 #include "http.h"
+#include "politeness.h"
 #include "stats.h"
 #include "storage.h"
 #include "token.h"
@@ -49,6 +61,9 @@
  * to be recorded before the claim lapses.
  */
 #define RECORD_ALLOWANCE_MS 1000
+
+/* A claim takes no more of a rate-limited channel than may start this soon. */
+#define CLAIM_RATE_HORIZON_MS 250
 
 /* A channel row compiled for use; shared by the requests made with it. */
 typedef struct CompiledChannel
@@ -68,9 +83,17 @@ typedef struct ChannelState
 	char	   *name;
 	char	   *source;			/* driver, base_url and options, to spot changes */
 	CompiledChannel *compiled;
+	ChannelPoliteness *shared;	/* what all workers share of it, or NULL */
 	int			in_flight;		/* checks claimed and not yet answered */
 	int			requests;		/* of which requests started */
+	int			reserved;		/* of which holding a shared slot */
+	int			reserved_now;	/* shared slots reserved for this claim */
+	int			claimed_now;	/* checks this claim got */
+	bool		probing;		/* its breaker's probe is ours, in flight */
 	bool		at_cap;			/* had no free slot at the last claim */
+	TimestampTz blocked_until;	/* at the last claim: 0 if it could be
+								 * claimed, else when it may be again
+								 * (DT_NOEND: when a slot frees) */
 	struct ChannelState *next;
 } ChannelState;
 
@@ -85,6 +108,8 @@ typedef struct Check
 	ChannelState *channel;
 	CompiledChannel *compiled;	/* set when the request starts */
 	uint32		token_generation;	/* of the token the request carried */
+	bool		reserved;		/* holds a shared slot in flight */
+	bool		probe;			/* the request is its paused channel's probe */
 } Check;
 
 static MemoryContext checker_context = NULL;	/* channels, checks */
@@ -104,6 +129,12 @@ static int	answers_len = 0;
 static int	answers_cap = 0;
 
 static bool slot_freed_for_capped = false;
+
+/* Shared slots of paysync.max_inflight this process holds. */
+static int	total_reserved = 0;
+
+/* The earliest time a queued check blocked by politeness may start. */
+static TimestampTz next_start_at = DT_NOEND;
 
 /* Sets up the HTTP engine, memory and the wait set, once per process. */
 void
@@ -211,6 +242,7 @@ refresh_channels(void)
 		{
 			state = MemoryContextAllocZero(checker_context, sizeof(ChannelState));
 			state->name = MemoryContextStrdup(checker_context, rows[i].name);
+			state->shared = politeness_entry(rows[i].name);
 			state->next = channels;
 			channels = state;
 		}
@@ -244,14 +276,48 @@ channel_cap(const ChannelState *channel)
 }
 
 /*
- * Every known channel, with how long a claim of its payments lasts and,
- * with honour_caps, how many may be claimed now (else no cap: -1).
+ * How many payments of channel its breaker and rate let a claim take now,
+ * besides those it has queued already (-1: no limit); when none, *wait_until
+ * says when more may be.
+ */
+static int
+politeness_allows(ChannelState *channel, TimestampTz now, TimestampTz *wait_until)
+{
+	const ChannelConfig *config = channel->compiled->config;
+	int			allowed = -1;
+
+	*wait_until = DT_NOEND;
+	if (config == NULL || channel->shared == NULL)
+		return -1;
+	if (config->pause_after_errors > 0)
+		allowed = breaker_claimable(channel->shared, config->pause_after_errors, now,
+									wait_until);
+	if (config->max_rps > 0 && allowed != 0)
+	{
+		int			rate = rate_available(channel->shared, config->max_rps, now,
+										  (int64) CLAIM_RATE_HORIZON_MS * 1000,
+										  wait_until);
+
+		rate = Max(rate - (channel->in_flight - channel->requests), 0);
+		allowed = allowed < 0 ? rate : Min(allowed, rate);
+		if (rate == 0 && *wait_until <= now)
+			*wait_until = now + (int64) CLAIM_RATE_HORIZON_MS * 1000;
+	}
+	return allowed;
+}
+
+/*
+ * Every known channel, with how long a claim of its payments lasts and how
+ * many may be claimed now (-1: no limit): what its breaker and rate allow
+ * and, with honour_caps, its free slots in flight, reserved here in the
+ * shared count so that other workers do not take them too.
  */
 static ChannelSlots
 channel_slots(bool honour_caps)
 {
 	ChannelSlots slots = {0};
 	int			n = 0;
+	TimestampTz now = GetCurrentTimestamp();
 
 	for (ChannelState *c = channels; c; c = c->next)
 		n++;
@@ -261,34 +327,56 @@ channel_slots(bool honour_caps)
 	for (ChannelState *c = channels; c; c = c->next)
 	{
 		int			cap = channel_cap(c);
+		TimestampTz wait_until;
+		int			allowed = politeness_allows(c, now, &wait_until);
 
+		c->reserved_now = 0;
+		c->claimed_now = 0;
+		c->blocked_until = 0;
+		if (allowed == 0)
+			c->blocked_until = wait_until;
+		else if (honour_caps && cap > 0)
+		{
+			int			want = allowed < 0 ? cap : Min(allowed, cap);
+
+			c->reserved_now = politeness_reserve(c->shared, want, cap);
+			if (c->shared == NULL)
+				c->reserved_now = Max(Min(want, cap - c->in_flight), 0);
+			allowed = c->reserved_now;
+			if (allowed == 0)
+				c->blocked_until = DT_NOEND;
+		}
 		slots.names[slots.n] = c->name;
 		slots.claim_ms[slots.n] = channel_timeout_ms(c->compiled) + PAYSYNC_CLAIM_MARGIN_MS;
-		slots.free_slots[slots.n] = (honour_caps && cap > 0) ? Max(cap - c->in_flight, 0) : -1;
-		c->at_cap = (slots.free_slots[slots.n] == 0);
+		slots.free_slots[slots.n] = allowed;
+		c->at_cap = (c->blocked_until == DT_NOEND);
 		slots.n++;
 	}
 	return slots;
 }
 
-/* The channels with a cap of their own and no free slot. */
+/*
+ * The channels left out of the next-due look-up (no free slot, paused, or
+ * out of rate at the last claim), and the earliest time one of them may be
+ * claimed again (DT_NOEND: when a slot frees).
+ */
 static ChannelSlots
-channels_at_cap(void)
+channels_blocked(TimestampTz *unblocked_at)
 {
-	ChannelSlots full = {0};
+	ChannelSlots blocked = {0};
 	int			n = 0;
 
+	*unblocked_at = DT_NOEND;
 	for (ChannelState *c = channels; c; c = c->next)
 		n++;
-	full.names = palloc(sizeof(char *) * Max(n, 1));
+	blocked.names = palloc(sizeof(char *) * Max(n, 1));
 	for (ChannelState *c = channels; c; c = c->next)
-	{
-		int			cap = channel_cap(c);
-
-		if (cap > 0 && c->in_flight >= cap)
-			full.names[full.n++] = c->name;
-	}
-	return full;
+		if (c->blocked_until != 0)
+		{
+			blocked.names[blocked.n++] = c->name;
+			*unblocked_at = Min(*unblocked_at, c->blocked_until);
+		}
+	return blocked;
 }
 
 /* Adds an answer to those waiting to be recorded (strings copied). */
@@ -350,6 +438,25 @@ check_done(Check *check)
 			channel->at_cap = false;
 			slot_freed_for_capped = true;
 		}
+		if (check->reserved)
+		{
+			bool		others_wait;
+
+			Assert(channel->reserved > 0 && total_reserved > 0);
+			channel->reserved--;
+			total_reserved--;
+			others_wait = politeness_release(channel->shared, 1, channel_cap(channel));
+			others_wait |= politeness_release_total(1, paysync_max_inflight);
+			/* a worker that found no free slot sleeps until one frees */
+			if (others_wait)
+				stats_wake_worker_for(GetCurrentTimestamp());
+		}
+		if (check->probe)
+		{
+			/* ended unanswered: the next probe need not wait for it to lapse */
+			breaker_probe_dropped(channel->shared);
+			channel->probing = false;
+		}
 	}
 	if (check->compiled)
 	{
@@ -378,8 +485,11 @@ checker_claim(int limit, bool honour_caps, bool *maybe_more)
 
 	refresh_channels();
 	old = MemoryContextSwitchTo(scratch_context);
+	/* the worker's share of paysync.max_inflight, with the other workers' */
+	if (honour_caps)
+		limit = politeness_reserve_total(limit, paysync_max_inflight);
 	slots = channel_slots(honour_caps);
-	n = storage_claim(limit, &slots, &claimed);
+	n = limit > 0 ? storage_claim(limit, &slots, &claimed) : 0;
 	MemoryContextSwitchTo(checker_context);
 	for (int i = 0; i < n; i++)
 	{
@@ -396,6 +506,17 @@ checker_claim(int limit, bool honour_caps, bool *maybe_more)
 			elog(ERROR, "paysync: claimed a payment of unknown channel \"%s\"",
 				 claimed[i].channel);
 		check->channel->in_flight++;
+		if (honour_caps)
+		{
+			/* slots were reserved for capped channels; others count here */
+			check->reserved = true;
+			check->channel->reserved++;
+			total_reserved++;
+			if (channel_cap(check->channel) > 0)
+				check->channel->claimed_now++;
+			else
+				(void) politeness_reserve(check->channel->shared, 1, 0);
+		}
 		if (queue_len == queue_cap)
 		{
 			queue_cap = Max(queue_cap * 2, 256);
@@ -404,25 +525,46 @@ checker_claim(int limit, bool honour_caps, bool *maybe_more)
 		}
 		queue[queue_len++] = check;
 	}
+	/* give back the slots reserved and not used */
+	if (honour_caps)
+	{
+		for (ChannelState *c = channels; c; c = c->next)
+		{
+			if (c->reserved_now > c->claimed_now)
+				politeness_release(c->shared, c->reserved_now - c->claimed_now,
+								   channel_cap(c));
+			c->reserved_now = c->claimed_now = 0;
+		}
+		if (limit > n)
+			politeness_release_total(limit - n, paysync_max_inflight);
+	}
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(scratch_context);
-	*maybe_more = (n == limit);
+	*maybe_more = (n == limit && n > 0);
 	return n;
 }
 
 /*
- * When the next check falls due, leaving out channels at their cap (their
- * turn comes when a slot frees).  False if nothing is pending.
+ * When the next check falls due, leaving out channels that were blocked at
+ * the last claim (at their cap: their turn comes when a slot frees; paused
+ * or out of rate: when they may go on, which is then the answer if it is
+ * earlier).  False if nothing is pending.
  */
 bool
 checker_next_due(TimestampTz *due_at)
 {
 	MemoryContext old = MemoryContextSwitchTo(scratch_context);
-	ChannelSlots full = channels_at_cap();
-	bool		found = storage_next_due(&full, due_at);
+	TimestampTz unblocked_at;
+	ChannelSlots blocked = channels_blocked(&unblocked_at);
+	bool		found = storage_next_due(&blocked, due_at);
 
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(scratch_context);
+	if (unblocked_at != DT_NOEND && (!found || unblocked_at < *due_at))
+	{
+		*due_at = unblocked_at;
+		found = true;
+	}
 	return found;
 }
 
@@ -460,6 +602,46 @@ start_token_request(ChannelState *channel, CompiledChannel *compiled)
 }
 
 /*
+ * May check start now, as far as its channel's circuit breaker and rate
+ * go?  If so, it may have become the paused channel's probe, and it has
+ * taken a start of the rate.  If not, next_start_at learns when to try.
+ */
+static bool
+politeness_admits(Check *check, TimestampTz now)
+{
+	ChannelState *channel = check->channel;
+	const ChannelConfig *config = channel->compiled->config;
+	TimestampTz wait_until = DT_NOEND;
+	int64		probe_lapse_us;
+	BreakerAdmit admit;
+
+	if (channel->shared == NULL)
+		return true;
+	probe_lapse_us = (int64) (channel_timeout_ms(channel->compiled) +
+							  PAYSYNC_CLAIM_MARGIN_MS) * 1000;
+	admit = breaker_admit(channel->shared, config->pause_after_errors, now,
+						  probe_lapse_us, &wait_until);
+	if (admit == BREAKER_WAIT)
+	{
+		next_start_at = Min(next_start_at, wait_until);
+		return false;
+	}
+	if (!rate_take(channel->shared, config->max_rps, now, &wait_until))
+	{
+		if (admit == BREAKER_PROBE)
+			breaker_probe_dropped(channel->shared);
+		next_start_at = Min(next_start_at, wait_until);
+		return false;
+	}
+	if (admit == BREAKER_PROBE)
+	{
+		check->probe = true;
+		channel->probing = true;
+	}
+	return true;
+}
+
+/*
  * Starts queued checks, as many as the global cap (paysync.max_inflight)
  * and each channel's allow.  Must run with no transaction open in the
  * worker.  Returns how many started.
@@ -473,6 +655,7 @@ checker_start_claimed(void)
 	CompiledChannel *token_failed = NULL;
 	TimestampTz now = GetCurrentTimestamp();
 
+	next_start_at = DT_NOEND;
 	http_engine_configure(paysync_max_inflight, (size_t) paysync_max_response_kb * 1024);
 	for (int i = 0; i < queue_len; i++)
 	{
@@ -546,6 +729,13 @@ checker_start_claimed(void)
 			continue;
 		}
 
+		/* a paused channel: one probe at a time; then the rate (max_rps) */
+		if (!politeness_admits(check, now))
+		{
+			queue[kept++] = check;
+			continue;
+		}
+
 		memset(&request, 0, sizeof(request));
 		compiled->config->driver->build_request(compiled->config->driver_config,
 												compiled->config->base_url,
@@ -609,6 +799,53 @@ interpret_safely(const ChannelConfig *config, CheckKind kind, const char *paymen
 	PG_END_TRY();
 }
 
+/*
+ * Tells the channel's circuit breaker and rate about an answer: no answer
+ * at all, a 5xx or a 429 is trouble (one more error in a row, which may
+ * pause the channel); anything else is a good answer (which ends a pause).
+ * A 429 also halves the rate for a while.  A pause and a resume each get
+ * one LOG line, from the one worker whose answer made the change.
+ */
+static void
+count_for_politeness(Check *check, const ChannelConfig *config,
+					 const HttpResult *result, const CheckAnswer *answer)
+{
+	ChannelState *channel = check->channel;
+	bool		trouble = answer->is_error &&
+		(result->status == 0 || result->status >= 500 || result->status == 429);
+	TimestampTz now = GetCurrentTimestamp();
+	int			errors_in_row;
+	int64		paused_ms;
+	BreakerChange change;
+
+	if (channel->shared == NULL)
+		return;
+	if (result->status == 429 && config->max_rps > 0)
+		rate_slow_down(channel->shared, now);
+	change = breaker_answer(channel->shared, trouble, check->probe,
+							config->pause_after_errors, now, &errors_in_row, &paused_ms);
+	if (check->probe)
+	{
+		check->probe = false;
+		channel->probing = false;
+	}
+	if (change == BREAKER_PAUSED)
+		ereport(LOG,
+				(errmsg("paysync paused channel \"%s\" after %d error answers in a row",
+						channel->name, errors_in_row),
+				 errdetail("The last error: %s", answer->error),
+				 errhint("One probe request at a time asks it again, after a pause of %d s that doubles up to %d s; its other payments wait with no error counted.",
+						 BREAKER_FIRST_PAUSE_MS / 1000, BREAKER_LONGEST_PAUSE_MS / 1000)));
+	else if (change == BREAKER_RESUMED)
+	{
+		ereport(LOG,
+				(errmsg("paysync resumed channel \"%s\": it answered again after a pause of %.1f s",
+						channel->name, paused_ms / 1000.0)));
+		/* the other workers may send its waiting payments now */
+		stats_wake_worker_for(now);
+	}
+}
+
 /* Turns finished requests into answers. */
 static void
 collect_answers(void)
@@ -651,6 +888,7 @@ collect_answers(void)
 		interpret_safely(config, check->kind, check->payment_id, &result, &answer);
 		stats_check_done(check->channel->name, answer.is_error, result.elapsed_ms,
 						 answer.is_error ? answer.error : NULL);
+		count_for_politeness(check, config, &result, &answer);
 		/*
 		 * a refused token is dropped, unless a newer one came meanwhile: the
 		 * retry fetches a new one
@@ -822,6 +1060,28 @@ checker_discard_failed_answers(void)
 	answers_len = answers_cap = 0;
 }
 
+/*
+ * Gives back everything this process holds of what the workers share:
+ * slots in flight and its channels' probes.  From checker_discard_all, and
+ * from the worker's exit.
+ */
+void
+checker_release_shared(void)
+{
+	for (ChannelState *c = channels; c; c = c->next)
+	{
+		if (c->reserved > 0)
+			politeness_release(c->shared, c->reserved, channel_cap(c));
+		c->reserved = 0;
+		if (c->probing)
+			breaker_probe_dropped(c->shared);
+		c->probing = false;
+	}
+	if (total_reserved > 0)
+		politeness_release_total(total_reserved, paysync_max_inflight);
+	total_reserved = 0;
+}
+
 /* Drops everything: queued checks, requests in flight, answers. */
 void
 checker_discard_all(void)
@@ -831,6 +1091,7 @@ checker_discard_all(void)
 	for (ChannelState *c = channels; c; c = c->next)
 		if (c->requests > 0)
 			stats_in_flight(c->name, -c->requests);
+	checker_release_shared();
 	http_cancel_all();
 	requests_in_flight = 0;
 	queue_len = 0;
@@ -859,11 +1120,29 @@ checker_in_flight(void)
 	return requests_in_flight;
 }
 
-/* Free places for new requests under paysync.max_inflight. */
+/*
+ * Free places for new requests under paysync.max_inflight: this process's
+ * own, and, in a worker, those the other workers leave.
+ */
 int
 checker_free_slots(void)
 {
-	return Max(paysync_max_inflight - requests_in_flight - queue_len, 0);
+	int			free_here = Max(paysync_max_inflight - requests_in_flight - queue_len, 0);
+
+	return Min(free_here, politeness_free_total(paysync_max_inflight));
+}
+
+/*
+ * When the earliest check kept queued by its channel's breaker or rate may
+ * start; false if none is.
+ */
+bool
+checker_next_start(TimestampTz *start_at)
+{
+	if (queue_len == 0 || next_start_at == DT_NOEND)
+		return false;
+	*start_at = next_start_at;
+	return true;
 }
 
 /* True (once) if a channel that was at its cap has had a slot freed. */

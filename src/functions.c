@@ -20,6 +20,7 @@
 #include "paysync.h"
 #include "channel.h"
 #include "checker.h"
+#include "politeness.h"
 #include "stats.h"
 
 PG_FUNCTION_INFO_V1(paysync_validate_channel);
@@ -30,6 +31,7 @@ PG_FUNCTION_INFO_V1(paysync_run_once);
 PG_FUNCTION_INFO_V1(paysync_worker_status);
 PG_FUNCTION_INFO_V1(paysync_channel_counters);
 PG_FUNCTION_INFO_V1(paysync_notify_allowed);
+PG_FUNCTION_INFO_V1(paysync_channel_pauses);
 
 /* _validate_channel(name, driver, base_url, options): ERROR if invalid. */
 Datum
@@ -186,7 +188,19 @@ paysync_run_once(PG_FUNCTION_ARGS)
 		checker_start_claimed();
 		while (checker_queued() > 0 || checker_in_flight() > 0)
 		{
-			checker_wait(1000, PG_WAIT_EXTENSION);
+			long		timeout_ms = 1000;
+			TimestampTz start_at;
+
+			/* checks that wait for their channel's breaker or rate */
+			if (checker_next_start(&start_at))
+			{
+				long		secs;
+				int			usecs;
+
+				TimestampDifference(GetCurrentTimestamp(), start_at, &secs, &usecs);
+				timeout_ms = Min(timeout_ms, secs * 1000 + (usecs + 999) / 1000);
+			}
+			checker_wait(timeout_ms, PG_WAIT_EXTENSION);
 			CHECK_FOR_INTERRUPTS();
 			checker_start_claimed();
 		}
@@ -288,3 +302,29 @@ paysync_channel_counters(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
+
+/*
+ * _channel_pauses(): the channels whose circuit breaker has paused them and
+ * since when, for the view paysync.stats.
+ */
+Datum
+paysync_channel_pauses(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char		(*names)[NAMEDATALEN];
+	TimestampTz *paused_since;
+	int			n;
+
+	InitMaterializedSRF(fcinfo, 0);
+	n = politeness_read_paused(&names, &paused_since);
+	for (int i = 0; i < n; i++)
+	{
+		Datum		values[2];
+		bool		nulls[2] = {0};
+
+		values[0] = CStringGetTextDatum(names[i]);
+		values[1] = TimestampTzGetDatum(paused_since[i]);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}

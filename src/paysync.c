@@ -17,6 +17,7 @@
 #include "utils/guc.h"
 
 #include "paysync.h"
+#include "politeness.h"
 #include "stats.h"
 
 PG_MODULE_MAGIC;
@@ -31,6 +32,7 @@ int			paysync_request_timeout_ms = 10000;
 char	   *paysync_notify_channel = NULL;
 int			paysync_max_response_kb = 1024;
 double		paysync_notify_queue_limit = 0.5;
+int			paysync_workers = 1;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -49,6 +51,7 @@ paysync_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	stats_shmem_request();
+	politeness_shmem_request();
 }
 
 /* Creates or attaches to paysync's shared memory. */
@@ -58,6 +61,7 @@ paysync_shmem_startup(void)
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
 	stats_shmem_startup();
+	politeness_shmem_startup();
 }
 
 /*
@@ -144,10 +148,16 @@ _PG_init(void)
 
 	/* a postmaster setting can only be defined while the server starts */
 	if (process_shared_preload_libraries_in_progress)
+	{
 		DefineCustomStringVariable("paysync.database",
 								   "Database the paysync worker works in.",
 								   NULL, &paysync_database, "postgres",
 								   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+		DefineCustomIntVariable("paysync.workers",
+								"Worker processes; they share paysync.max_inflight and every channel limit.",
+								NULL, &paysync_workers, 1, 1, PAYSYNC_MAX_WORKERS,
+								PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	}
 	DefineCustomBoolVariable("paysync.enabled",
 							 "When off, the worker sends no requests.",
 							 "paysync.run_once() still works.",
@@ -190,13 +200,21 @@ _PG_init(void)
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = paysync_shmem_startup;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_ConsistentState;
-	worker.bgw_restart_time = 1;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "paysync");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "paysync_worker_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "paysync worker");
-	snprintf(worker.bgw_type, BGW_MAXLEN, "paysync worker");
-	RegisterBackgroundWorker(&worker);
+	/* workers 1 to n, each restarted on its own */
+	for (int i = 1; i <= paysync_workers; i++)
+	{
+		memset(&worker, 0, sizeof(worker));
+		worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+		worker.bgw_start_time = BgWorkerStart_ConsistentState;
+		worker.bgw_restart_time = 1;
+		worker.bgw_main_arg = Int32GetDatum(i);
+		snprintf(worker.bgw_library_name, BGW_MAXLEN, "paysync");
+		snprintf(worker.bgw_function_name, BGW_MAXLEN, "paysync_worker_main");
+		if (paysync_workers == 1)
+			snprintf(worker.bgw_name, BGW_MAXLEN, "paysync worker");
+		else
+			snprintf(worker.bgw_name, BGW_MAXLEN, "paysync worker %d", i);
+		snprintf(worker.bgw_type, BGW_MAXLEN, "paysync worker");
+		RegisterBackgroundWorker(&worker);
+	}
 }

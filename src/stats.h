@@ -18,6 +18,9 @@
 
 #include "utils/timestamp.h"
 
+/* The most worker processes (paysync.workers). */
+#define PAYSYNC_MAX_WORKERS 16
+
 /* What the worker is doing, as worker_status().state shows it. */
 typedef enum WorkerState
 {

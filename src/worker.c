@@ -14,6 +14,13 @@
  *		the worker logs one WARNING a minute naming the likely holders of
  *		the queue, and one LOG line when notifications are sent again.
  *
+ *		With paysync.workers above 1, that many of these processes run side
+ *		by side, each restarted on its own: their claims (FOR UPDATE SKIP
+ *		LOCKED, then a claim time) never give one payment to two of them at
+ *		once, and they share paysync.max_inflight and every channel's limits
+ *		through politeness.c.  Worker 1 alone speaks of the notification
+ *		queue.
+ *
  *		Where it cannot work, the worker waits, says so once in the log,
  *		shows it in worker_status() and pg_stat_activity, and looks again
  *		every WAITING_RECHECK_MS: a standby (until promotion), a database
@@ -73,14 +80,19 @@ static WaitReason waiting = WAIT_NONE;	/* as found by the last claim attempt */
 static const char *shown = NULL;
 
 /* Skipped notifications: the count last warned about, and when. */
+static int	worker_number = 1;	/* 1 to paysync.workers */
 static uint64 skipped_warned = 0;
 static TimestampTz skipped_warned_at = 0;
 static bool skipping_warned = false;	/* warned, not yet told they resumed */
 
-/* Forgets the worker in shared memory as it exits. */
+/*
+ * Forgets the worker in shared memory as it exits, and gives back the
+ * slots in flight and probes it held, which the other workers share.
+ */
 static void
 worker_detach(int code, Datum arg)
 {
+	checker_release_shared();
 	stats_worker_stopped();
 }
 
@@ -362,6 +374,7 @@ static void
 sleep_until_something_happens(void)
 {
 	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz start_at;
 	long		timeout_ms;
 	bool		woken;
 
@@ -372,8 +385,11 @@ sleep_until_something_happens(void)
 	}
 	else if (checker_free_slots() == 0)
 	{
-		/* full: the next finished request wakes us through its socket */
-		stats_worker_sleeps_until(next_claim_at);
+		/*
+		 * full: the next finished request wakes us through its socket, or,
+		 * if another worker holds the slots, its release (through the latch)
+		 */
+		stats_worker_sleeps_until(DT_NOEND);
 		timeout_ms = IDLE_RECHECK_MS;
 	}
 	else
@@ -381,6 +397,9 @@ sleep_until_something_happens(void)
 		stats_worker_sleeps_until(next_claim_at);
 		timeout_ms = Min(ms_until(next_claim_at, now), IDLE_RECHECK_MS);
 	}
+	/* checks queued until their channel's breaker or rate lets them start */
+	if (checker_next_start(&start_at))
+		timeout_ms = Min(timeout_ms, ms_until(start_at, now));
 	if (checker_answers_waiting() > 0)
 		timeout_ms = 0;
 
@@ -417,7 +436,9 @@ worker_loop(void)
 
 		record_answers();
 		claim_and_start();
-		warn_if_notifications_skipped();
+		/* one worker speaks for all */
+		if (worker_number == 1)
+			warn_if_notifications_skipped();
 		sleep_until_something_happens();
 		MemoryContextReset(loop_context);
 	}
@@ -509,6 +530,7 @@ wait_for_database(void)
 void
 paysync_worker_main(Datum main_arg)
 {
+	worker_number = DatumGetInt32(main_arg);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
@@ -526,8 +548,13 @@ paysync_worker_main(Datum main_arg)
 	raise_open_files_limit();
 	checker_init();
 	forget_earlier_skipped_notifications();
-	ereport(LOG,
-			(errmsg("paysync worker started in database \"%s\"", paysync_database)));
+	if (paysync_workers == 1)
+		ereport(LOG,
+				(errmsg("paysync worker started in database \"%s\"", paysync_database)));
+	else
+		ereport(LOG,
+				(errmsg("paysync worker %d of %d started in database \"%s\"",
+						worker_number, paysync_workers, paysync_database)));
 
 	PG_TRY();
 	{
