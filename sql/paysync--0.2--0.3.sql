@@ -117,16 +117,29 @@ END
 $$;
 
 /*
- * Claims up to max_rows due payments for checking, oldest due first, from
- * the enabled channels named in channel_names only, at most
- * channel_free_slots of each (NULL: no cap of its own), skipping rows
- * another checker holds.  A claim is the payment's next attempt: attempts
- * goes up and the payment is not due again until the claim lapses, after
- * channel_claim_ms (the channel's request timeout and a margin, which only
- * the compiled channel knows); an answer that never comes back (a crash) is
- * thus retried, and an answer to an older attempt is never recorded.
+ * The claim walks due payments in due order through this index, whatever
+ * the number of channels defined: its cost follows the work due.
  */
-CREATE FUNCTION paysync._claim(max_rows integer, channel_names text[],
+CREATE INDEX payments_next_check_idx ON paysync.payments (next_check_at)
+	WHERE status = 'pending';
+
+/*
+ * Claims up to max_rows due payments of enabled channels for checking,
+ * oldest due first, skipping rows another checker holds.  The channels in
+ * channel_names are the exceptions: a claim of theirs lasts
+ * channel_claim_ms (NULL: default_claim_ms), and no more than
+ * channel_free_slots of them are claimed (NULL: no limit; 0: none, the
+ * channel is paused, out of rate or at its cap).  Any other channel's
+ * payments are claimed for default_claim_ms with no limit, in one scan of
+ * payments_next_check_idx; a limited channel's through its own index
+ * range.  A claim is the payment's next attempt: attempts goes up and the
+ * payment is not due again until the claim lapses (the claim time is the
+ * channel's request timeout and a margin, which only the compiled channel
+ * knows); an answer that never comes back (a crash) is thus retried, and
+ * an answer to an older attempt is never recorded.
+ */
+CREATE FUNCTION paysync._claim(max_rows integer, default_claim_ms integer,
+							   channel_names text[],
 							   channel_claim_ms integer[],
 							   channel_free_slots integer[])
 RETURNS TABLE (payment_id text, channel text, attempts integer,
@@ -135,36 +148,56 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
+DECLARE
+	limited		text[];
 BEGIN
+	limited := ARRAY(SELECT u.name
+					 FROM unnest(channel_names, channel_free_slots) AS u(name, free_slots)
+					 WHERE u.free_slots IS NOT NULL);
 	/* PL/pgSQL keeps the plan for the session: this runs once per claim */
 	RETURN QUERY
-	WITH chan AS (
+	WITH listed AS (
 		SELECT u.name, u.claim_ms, u.free_slots
 		FROM unnest(channel_names, channel_claim_ms, channel_free_slots)
 			AS u(name, claim_ms, free_slots)
-		JOIN paysync.channels c ON c.name = u.name AND c.enabled
 	), cand AS (
-		SELECT d.payment_id, d.next_check_at AS due_at, ch.claim_ms
-		FROM chan ch
+		(SELECT p.payment_id, p.channel, p.next_check_at AS due_at
+		 FROM paysync.payments p
+		 JOIN paysync.channels c ON c.name = p.channel AND c.enabled
+		 WHERE p.status = 'pending' AND p.next_check_at <= now()
+			AND p.channel <> ALL (limited)
+		 ORDER BY p.next_check_at
+		 LIMIT max_rows
+		 FOR UPDATE OF p SKIP LOCKED)
+		UNION ALL
+		SELECT d.payment_id, l.name, d.next_check_at
+		FROM listed l
+		JOIN paysync.channels c ON c.name = l.name AND c.enabled
 		CROSS JOIN LATERAL (
 			SELECT p.payment_id, p.next_check_at
 			FROM paysync.payments p
-			WHERE p.channel = ch.name AND p.status = 'pending'
+			WHERE p.channel = l.name AND p.status = 'pending'
 				AND p.next_check_at <= now()
 			ORDER BY p.next_check_at
-			LIMIT least(max_rows, coalesce(ch.free_slots, max_rows))
+			LIMIT least(max_rows, l.free_slots)
 			FOR UPDATE SKIP LOCKED
 		) d
-		ORDER BY d.next_check_at
+		WHERE l.free_slots > 0
+	), chosen AS (
+		SELECT cand.payment_id, cand.due_at,
+			   coalesce(l.claim_ms, default_claim_ms) AS claim_ms
+		FROM cand
+		LEFT JOIN listed l ON l.name = cand.channel
+		ORDER BY cand.due_at
 		LIMIT max_rows
 	)
 	UPDATE paysync.payments p
 	SET attempts = p.attempts + 1,
-		claimed_until = now() + make_interval(secs => cand.claim_ms / 1000.0),
-		next_check_at = now() + make_interval(secs => cand.claim_ms / 1000.0)
-	FROM cand
-	WHERE p.payment_id = cand.payment_id
-	RETURNING p.payment_id, p.channel, p.attempts, cand.due_at, p.claimed_until,
+		claimed_until = now() + make_interval(secs => chosen.claim_ms / 1000.0),
+		next_check_at = now() + make_interval(secs => chosen.claim_ms / 1000.0)
+	FROM chosen
+	WHERE p.payment_id = chosen.payment_id
+	RETURNING p.payment_id, p.channel, p.attempts, chosen.due_at, p.claimed_until,
 			  p.closing;
 END
 $$;
@@ -511,7 +544,7 @@ $$;
 REVOKE ALL ON FUNCTION paysync._error_delay(integer, integer, double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION paysync._next_check_at(interval[], integer, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION paysync._finalize(text[], paysync.payment_status[], text[], text[], text[], integer[], boolean) FROM PUBLIC;
-REVOKE ALL ON FUNCTION paysync._claim(integer, text[], integer[], integer[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION paysync._claim(integer, integer, text[], integer[], integer[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION paysync._record_answers(paysync._answer[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION paysync._channel_schedule(text, jsonb) FROM PUBLIC;
 /* 0.2 left it executable by PUBLIC: it lists every channel and its traffic */
@@ -803,3 +836,16 @@ CROSS JOIN LATERAL (
 ) q
 LEFT JOIN paysync._channel_counters() k ON k.channel = c.name
 LEFT JOIN paysync._channel_pauses() z ON z.channel = c.name;
+
+/*
+ * Checkers keep the channel rows they loaded until a transaction that
+ * changed paysync.channels commits (see paysync_channels_changed).
+ */
+CREATE FUNCTION paysync._channels_changed()
+RETURNS trigger
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'paysync_channels_changed_trigger';
+REVOKE ALL ON FUNCTION paysync._channels_changed() FROM PUBLIC;
+CREATE TRIGGER channels_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON paysync.channels
+	FOR EACH STATEMENT EXECUTE FUNCTION paysync._channels_changed();

@@ -108,9 +108,10 @@ SELECT payment_id, schedule FROM paysync.track('S-TRACK-DEFAULT', 'wallet');
 ROLLBACK;
 
 --
--- Claims: due payments only, oldest due first, of enabled channels the
--- checker names, within max_rows and each channel's free slots; a claim is
--- the next attempt and lasts the channel's claim time.
+-- Claims: due payments only, oldest due first, of enabled channels, within
+-- max_rows and the free slots of the channels the checker names with a
+-- limit; a claim is the next attempt and lasts the channel's claim time (the
+-- default one for a channel not named).
 --
 BEGIN;
 SELECT count(*) FROM (
@@ -123,22 +124,25 @@ UPDATE paysync.payments SET next_check_at = now() - make_interval(secs => 10 - i
 FROM (VALUES ('S-C1', 1), ('S-C2', 2), ('S-C3', 3), ('S-C5', 4), ('S-C6', 5),
 			 ('S-C-OFF', 0)) v(id, i)
 WHERE payment_id = v.id;
--- wallet has 2 free slots, other none of its own (NULL)
+-- wallet has 2 free slots, other no limit (NULL) and a claim time of its
+-- own; off, disabled and not named, is not claimed from
 SELECT payment_id, channel, attempts, now() - due_at AS overdue,
 	   claimed_until - now() AS claim
-FROM paysync._claim(10, ARRAY['wallet', 'other', 'off'], ARRAY[15000, 2500, 15000],
-					ARRAY[2, NULL, NULL])
+FROM paysync._claim(10, 15000, ARRAY['wallet', 'other'], ARRAY[NULL, 2500],
+					ARRAY[2, NULL])
 ORDER BY due_at;
 SELECT payment_id, attempts, next_check_at - now() AS due_in,
 	   claimed_until - now() AS claim
 FROM paysync.payments WHERE payment_id LIKE 'S-C%' ORDER BY payment_id;
+-- a channel with no free slot (paused, out of rate, at its cap) is not
+-- claimed from
+SELECT count(*) AS claimed_blocked FROM paysync._claim(10, 15000, ARRAY['wallet'],
+													   ARRAY[NULL]::int[], ARRAY[0]);
 -- claimed payments are not due again until their claim lapses; max_rows
--- counts over all channels
-SELECT payment_id FROM paysync._claim(1, ARRAY['wallet', 'other'],
-									  ARRAY[15000, 15000], ARRAY[NULL, NULL]::int[]);
--- a channel the checker does not name is not claimed from
-SELECT count(*) AS claimed_unnamed FROM paysync._claim(10, ARRAY['other'],
-													   ARRAY[15000], ARRAY[NULL]::int[]);
+-- counts over all channels; no channel named: all at the default claim time
+SELECT payment_id, claimed_until - now() AS claim
+FROM paysync._claim(1, 15000, '{}', '{}', '{}');
+SELECT count(*) AS claimed_again FROM paysync._claim(10, 15000, '{}', '{}', '{}');
 ROLLBACK;
 
 --
@@ -149,7 +153,7 @@ BEGIN;
 SELECT (paysync.track('S-P', 'wallet', schedule => '{10s,30s,1min}')).payment_id IS NOT NULL AS tracked;
 UPDATE paysync.payments SET errors = 3, last_error = 'old error' WHERE payment_id = 'S-P';
 SELECT pg_temp.due('S-P');
-SELECT count(*) AS claimed FROM paysync._claim(10, '{wallet}', '{15000}', '{NULL}'::int[]);
+SELECT count(*) AS claimed FROM paysync._claim(10, 15000, '{}', '{}', '{}');
 SELECT * FROM pg_temp.rec(pg_temp.ans('S-P', 'pending', 'WAIT'));
 SELECT * FROM pg_temp.show('S-P');
 SELECT * FROM pg_temp.rec(pg_temp.ans('S-P', 'pending', NULL));
@@ -263,12 +267,12 @@ ROLLBACK;
 BEGIN;
 SELECT (paysync.track('S-A', 'wallet', 100, 'CNY')).payment_id IS NOT NULL AS tracked;
 SELECT pg_temp.due('S-A');
-SELECT attempts FROM paysync._claim(10, '{wallet}', '{15000}', '{NULL}'::int[]);
+SELECT attempts FROM paysync._claim(10, 15000, '{}', '{}', '{}');
 CREATE TEMP TABLE first_answer AS
 	SELECT pg_temp.ans('S-A', 'failed', 'FAILED') AS a;
 UPDATE paysync.payments SET next_check_at = now() - interval '1 second',
 	claimed_until = now() - interval '1 second' WHERE payment_id = 'S-A';
-SELECT attempts FROM paysync._claim(10, '{wallet}', '{15000}', '{NULL}'::int[]);
+SELECT attempts FROM paysync._claim(10, 15000, '{}', '{}', '{}');
 SELECT * FROM pg_temp.rec((SELECT a FROM first_answer));
 SELECT * FROM pg_temp.show('S-A');
 -- the answer to the newer attempt counts

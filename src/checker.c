@@ -11,8 +11,13 @@
  *		                             driver into answers
  *		record (transaction open) -> answers written by storage.c
  *
- *		Channel rows are compiled once and recompiled when they change; a
- *		compiled channel lives until no request in flight uses it.  This file
+ *		Channel rows are loaded again only after a commit changed
+ *		paysync.channels (politeness_channels_generation), and each is
+ *		compiled when a payment of it is first claimed, and again when its
+ *		row changes; a compiled channel lives until no request in flight
+ *		uses it.  So a pass costs what is due, not what is defined: the
+ *		claim names only the channels with a limit or a claim time of their
+ *		own, and walks the due payments in one index scan.  This file
  *		calls storage.c for SQL and http.c for the network, never SPI or
  *		libcurl itself.
  *
@@ -36,6 +41,7 @@
 #include "miscadmin.h"
 #include "storage/latch.h"
 #include "utils/builtins.h"
+#include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
@@ -80,9 +86,10 @@ typedef struct CompiledChannel
 /* What the checker knows of one channel. */
 typedef struct ChannelState
 {
-	char	   *name;
+	char		name[NAMEDATALEN];	/* key in channel_table */
 	char	   *source;			/* driver, base_url and options, to spot changes */
-	CompiledChannel *compiled;
+	ChannelRow row;				/* the row, to compile it when first needed */
+	CompiledChannel *compiled;	/* NULL until a payment of it is claimed */
 	ChannelPoliteness *shared;	/* what all workers share of it, or NULL */
 	int			in_flight;		/* checks claimed and not yet answered */
 	int			requests;		/* of which requests started */
@@ -117,7 +124,9 @@ static MemoryContext answers_context = NULL;	/* answers until recorded */
 static MemoryContext scratch_context = NULL;	/* reset after each use */
 static WaitEventSet *wait_set = NULL;
 
-static ChannelState *channels = NULL;
+static ChannelState *channels = NULL;	/* all of them, in a list */
+static HTAB *channel_table = NULL;	/* and by name */
+static uint64 channels_generation = 0;	/* of the rows loaded */
 
 static Check **queue = NULL;	/* claimed, not yet started */
 static int	queue_len = 0;
@@ -215,48 +224,110 @@ compile_channel(const ChannelRow *row)
 static ChannelState *
 channel_find(const char *name)
 {
-	for (ChannelState *c = channels; c; c = c->next)
-		if (strcmp(c->name, name) == 0)
-			return c;
-	return NULL;
+	char		key[NAMEDATALEN] = {0};
+
+	if (channel_table == NULL || strlen(name) >= NAMEDATALEN)
+		return NULL;
+	strlcpy(key, name, sizeof(key));
+	return (ChannelState *) hash_search(channel_table, key, HASH_FIND, NULL);
 }
 
-/* Loads the channel rows and compiles the new or changed ones. */
+/*
+ * The compiled channel of state, compiled now if it was not yet (a
+ * transaction must be open).
+ */
+static CompiledChannel *
+channel_compiled(ChannelState *state)
+{
+	if (state->compiled == NULL)
+		state->compiled = compile_channel(&state->row);
+	return state->compiled;
+}
+
+/*
+ * Loads the channel rows if they changed since they were last loaded (or
+ * always, without the preload), and notes the new and changed ones.  They
+ * are compiled when a payment of theirs is first claimed; a changed
+ * channel with checks under way is compiled again at once, so that those
+ * checks go on with the new row.
+ */
 static void
 refresh_channels(void)
 {
 	ChannelRow *rows;
 	int			n;
-	MemoryContext old = MemoryContextSwitchTo(scratch_context);
+	uint64		generation = politeness_channels_generation();
+	MemoryContext rows_context;
+	MemoryContext old;
 
+	if (generation != 0 && generation == channels_generation)
+		return;
+	/* not scratch_context: the claim may call this with its rows there */
+	rows_context = AllocSetContextCreate(CurrentMemoryContext, "paysync channel rows",
+										 ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(rows_context);
+	if (channel_table == NULL)
+	{
+		HASHCTL		info = {0};
+
+		info.keysize = NAMEDATALEN;
+		info.entrysize = sizeof(ChannelState);
+		info.hcxt = checker_context;
+		channel_table = hash_create("paysync channels", 64, &info,
+									HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	}
+	/* read the generation first: a change committed after it is seen next time */
 	n = storage_load_channels(&rows);
 	for (int i = 0; i < n; i++)
 	{
 		char	   *source = psprintf("%s\n%s\n%s", rows[i].driver, rows[i].base_url,
 									  rows[i].options);
-		ChannelState *state = channel_find(rows[i].name);
+		char		key[NAMEDATALEN] = {0};
+		ChannelState *state;
+		bool		found;
 
-		if (state != NULL && strcmp(state->source, source) == 0)
+		if (strlen(rows[i].name) >= NAMEDATALEN)
+			continue;			/* cannot be: the table's check allows 63 */
+		strlcpy(key, rows[i].name, sizeof(key));
+		state = hash_search(channel_table, key, HASH_ENTER, &found);
+		if (found && strcmp(state->source, source) == 0)
 			continue;
-		if (state == NULL)
+		if (!found)
 		{
-			state = MemoryContextAllocZero(checker_context, sizeof(ChannelState));
-			state->name = MemoryContextStrdup(checker_context, rows[i].name);
-			state->shared = politeness_entry(rows[i].name);
+			char		name[NAMEDATALEN];
+
+			memcpy(name, state->name, NAMEDATALEN);
+			memset(state, 0, sizeof(ChannelState));
+			memcpy(state->name, name, NAMEDATALEN);
+			state->shared = politeness_entry(state->name);
 			state->next = channels;
 			channels = state;
 		}
 		else
 		{
 			pfree(state->source);
-			state->compiled->retired = true;
-			compiled_release(state->compiled);
+			pfree(state->row.name);
+			pfree(state->row.driver);
+			pfree(state->row.base_url);
+			pfree(state->row.options);
+			if (state->compiled)
+			{
+				state->compiled->retired = true;
+				compiled_release(state->compiled);
+				state->compiled = NULL;
+			}
 		}
 		state->source = MemoryContextStrdup(checker_context, source);
-		state->compiled = compile_channel(&rows[i]);
+		state->row.name = MemoryContextStrdup(checker_context, rows[i].name);
+		state->row.driver = MemoryContextStrdup(checker_context, rows[i].driver);
+		state->row.base_url = MemoryContextStrdup(checker_context, rows[i].base_url);
+		state->row.options = MemoryContextStrdup(checker_context, rows[i].options);
+		if (state->in_flight > 0)
+			(void) channel_compiled(state);
 	}
+	channels_generation = generation;
 	MemoryContextSwitchTo(old);
-	MemoryContextReset(scratch_context);
+	MemoryContextDelete(rows_context);
 }
 
 /* The request timeout of a compiled channel. */
@@ -268,11 +339,15 @@ channel_timeout_ms(const CompiledChannel *compiled)
 	return paysync_request_timeout_ms;
 }
 
-/* The cap of a channel's own on requests in flight; 0 if it has none. */
+/*
+ * The cap of a channel's own on requests in flight; 0 if it has none (or
+ * is not compiled yet).
+ */
 static int
 channel_cap(const ChannelState *channel)
 {
-	return channel->compiled->config ? channel->compiled->config->max_inflight : 0;
+	return (channel->compiled && channel->compiled->config) ?
+		channel->compiled->config->max_inflight : 0;
 }
 
 /*
@@ -283,13 +358,13 @@ channel_cap(const ChannelState *channel)
 static int
 politeness_allows(ChannelState *channel, TimestampTz now, TimestampTz *wait_until)
 {
-	const ChannelConfig *config = channel->compiled->config;
+	const ChannelConfig *config = channel->compiled ? channel->compiled->config : NULL;
 	int			allowed = -1;
 
 	*wait_until = DT_NOEND;
 	if (config == NULL || channel->shared == NULL)
 		return -1;
-	if (config->pause_after_errors > 0)
+	if (config->pause_after_errors > 0 && breaker_any_paused())
 		allowed = breaker_claimable(channel->shared, config->pause_after_errors, now,
 									wait_until);
 	if (config->max_rps > 0 && allowed != 0)
@@ -307,10 +382,13 @@ politeness_allows(ChannelState *channel, TimestampTz now, TimestampTz *wait_unti
 }
 
 /*
- * Every known channel, with how long a claim of its payments lasts and how
- * many may be claimed now (-1: no limit): what its breaker and rate allow
- * and, with honour_caps, its free slots in flight, reserved here in the
- * shared count so that other workers do not take them too.
+ * What a claim is to know of the channels: the default claim time and the
+ * channels that are exceptions, with how long a claim of theirs lasts and
+ * how many of their payments may be claimed now (-1: no limit): what their
+ * breaker and rate allow and, with honour_caps, their free slots in flight,
+ * reserved here in the shared count so that other workers do not take them
+ * too.  Channels not compiled yet (none of their payments claimed so far)
+ * have no limit yet.
  */
 static ChannelSlots
 channel_slots(bool honour_caps)
@@ -319,6 +397,7 @@ channel_slots(bool honour_caps)
 	int			n = 0;
 	TimestampTz now = GetCurrentTimestamp();
 
+	slots.default_claim_ms = paysync_request_timeout_ms + PAYSYNC_CLAIM_MARGIN_MS;
 	for (ChannelState *c = channels; c; c = c->next)
 		n++;
 	slots.names = palloc(sizeof(char *) * Max(n, 1));
@@ -329,6 +408,7 @@ channel_slots(bool honour_caps)
 		int			cap = channel_cap(c);
 		TimestampTz wait_until;
 		int			allowed = politeness_allows(c, now, &wait_until);
+		int			claim_ms;
 
 		c->reserved_now = 0;
 		c->claimed_now = 0;
@@ -346,10 +426,14 @@ channel_slots(bool honour_caps)
 			if (allowed == 0)
 				c->blocked_until = DT_NOEND;
 		}
-		slots.names[slots.n] = c->name;
-		slots.claim_ms[slots.n] = channel_timeout_ms(c->compiled) + PAYSYNC_CLAIM_MARGIN_MS;
-		slots.free_slots[slots.n] = allowed;
 		c->at_cap = (c->blocked_until == DT_NOEND);
+		claim_ms = c->compiled ? channel_timeout_ms(c->compiled) + PAYSYNC_CLAIM_MARGIN_MS :
+			slots.default_claim_ms;
+		if (allowed < 0 && claim_ms == slots.default_claim_ms)
+			continue;
+		slots.names[slots.n] = c->name;
+		slots.claim_ms[slots.n] = claim_ms == slots.default_claim_ms ? -1 : claim_ms;
+		slots.free_slots[slots.n] = allowed;
 		slots.n++;
 	}
 	return slots;
@@ -502,9 +586,18 @@ checker_claim(int limit, bool honour_caps, bool *maybe_more)
 		/* the caller's transaction holds run_once()'s rows to its end */
 		check->claimed_until = honour_caps ? claimed[i].claimed_until : DT_NOEND;
 		check->channel = channel_find(claimed[i].channel);
-		if (check->channel == NULL) /* cannot happen: rows were just loaded */
-			elog(ERROR, "paysync: claimed a payment of unknown channel \"%s\"",
-				 claimed[i].channel);
+		if (check->channel == NULL)
+		{
+			/* a channel committed after the rows were loaded */
+			channels_generation = 0;
+			refresh_channels();
+			MemoryContextSwitchTo(checker_context);
+			check->channel = channel_find(claimed[i].channel);
+			if (check->channel == NULL)
+				elog(ERROR, "paysync: claimed a payment of unknown channel \"%s\"",
+					 claimed[i].channel);
+		}
+		(void) channel_compiled(check->channel);
 		check->channel->in_flight++;
 		if (honour_caps)
 		{
@@ -1096,6 +1189,8 @@ checker_discard_all(void)
 	requests_in_flight = 0;
 	queue_len = 0;
 	channels = NULL;
+	channel_table = NULL;
+	channels_generation = 0;
 	queue = NULL;
 	queue_cap = 0;
 	MemoryContextReset(checker_context);

@@ -8,6 +8,7 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -32,6 +33,7 @@ PG_FUNCTION_INFO_V1(paysync_worker_status);
 PG_FUNCTION_INFO_V1(paysync_channel_counters);
 PG_FUNCTION_INFO_V1(paysync_notify_allowed);
 PG_FUNCTION_INFO_V1(paysync_channel_pauses);
+PG_FUNCTION_INFO_V1(paysync_channels_changed_trigger);
 
 /* _validate_channel(name, driver, base_url, options): ERROR if invalid. */
 Datum
@@ -327,4 +329,17 @@ paysync_channel_pauses(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
+}
+
+/*
+ * _channels_changed(): statement trigger on paysync.channels; the checkers
+ * reload their channel rows once the transaction commits.
+ */
+Datum
+paysync_channels_changed_trigger(PG_FUNCTION_ARGS)
+{
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "paysync: _channels_changed must be called as a trigger");
+	paysync_channels_changed();
+	return PointerGetDatum(NULL);
 }

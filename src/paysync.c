@@ -43,6 +43,8 @@ static bool wake_requested = false;
 
 /* Notifications this transaction skipped; counted if it commits. */
 static int64 skipped_in_xact = 0;
+/* the current transaction changed paysync.channels */
+static bool channels_changed_in_xact = false;
 
 /* Asks for paysync's shared memory and its LWLock (see stats.c). */
 static void
@@ -112,9 +114,19 @@ paysync_count_skipped_notifications(int64 count)
 }
 
 /*
- * At commit, wakes the worker for work made due by this transaction and
- * counts the notifications it skipped; a rolled-back transaction wakes
- * nobody and skipped nothing.
+ * Remembers that the current transaction changed paysync.channels; the
+ * checkers reload the channel rows once it commits.
+ */
+void
+paysync_channels_changed(void)
+{
+	channels_changed_in_xact = true;
+}
+
+/*
+ * At commit, wakes the worker for work made due by this transaction,
+ * counts the notifications it skipped and tells the checkers of changed
+ * channels; a rolled-back transaction does none of these.
  */
 static void
 paysync_xact_callback(XactEvent event, void *arg)
@@ -127,13 +139,17 @@ paysync_xact_callback(XactEvent event, void *arg)
 				stats_wake_worker_for(wake_due_at);
 			if (skipped_in_xact > 0)
 				stats_notifications_skipped(skipped_in_xact);
+			if (channels_changed_in_xact)
+				politeness_channels_changed();
 			wake_requested = false;
 			skipped_in_xact = 0;
+			channels_changed_in_xact = false;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			wake_requested = false;
 			skipped_in_xact = 0;
+			channels_changed_in_xact = false;
 			break;
 		default:
 			break;

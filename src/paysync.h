@@ -31,6 +31,7 @@ extern int	paysync_workers;
 /* paysync.c */
 extern void paysync_request_wake(TimestampTz due_at);
 extern void paysync_count_skipped_notifications(int64 count);
+extern void paysync_channels_changed(void);
 
 /* worker.c */
 extern PGDLLEXPORT void paysync_worker_main(Datum main_arg);

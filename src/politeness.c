@@ -31,6 +31,9 @@
  *		answer ends the pause.  A probe whose answer never comes (its worker
  *		exited) lapses after the request's timeout and the claim margin.
  *
+ *		Channels generation: a counter bumped by every commit that changed
+ *		paysync.channels, so that checkers reload channel rows only then.
+ *
  *		Locking: politeness->lock (an LWLock of the "paysync politeness"
  *		tranche) guards the hash table: finding an entry takes it shared,
  *		adding one exclusive.  Entries are never removed, so a pointer to
@@ -82,6 +85,9 @@ typedef struct PolitenessShared
 {
 	LWLock	   *lock;			/* guards the hash table */
 	pg_atomic_uint32 total_in_flight;	/* all channels, all workers */
+	pg_atomic_uint32 paused_channels;	/* how many are paused now */
+	pg_atomic_uint64 channels_generation;	/* bumped at each commit that
+											 * changed paysync.channels */
 } PolitenessShared;
 
 static PolitenessShared *politeness = NULL;
@@ -111,6 +117,9 @@ politeness_shmem_startup(void)
 	{
 		politeness->lock = &(GetNamedLWLockTranche("paysync politeness"))->lock;
 		pg_atomic_init_u32(&politeness->total_in_flight, 0);
+		pg_atomic_init_u32(&politeness->paused_channels, 0);
+		/* 1: a checker that has loaded nothing yet holds 0 */
+		pg_atomic_init_u64(&politeness->channels_generation, 1);
 	}
 	memset(&info, 0, sizeof(info));
 	info.keysize = NAMEDATALEN;
@@ -415,6 +424,7 @@ breaker_answer(ChannelPoliteness *entry, bool trouble, bool probe,
 			entry->paused = false;
 			*paused_ms = (now - entry->paused_since) / 1000;
 			change = BREAKER_RESUMED;
+			pg_atomic_fetch_sub_u32(&politeness->paused_channels, 1);
 		}
 	}
 	else
@@ -429,6 +439,7 @@ breaker_answer(ChannelPoliteness *entry, bool trouble, bool probe,
 			entry->probe_at = now + (int64) entry->pause_ms * 1000;
 			entry->probe_until = 0;
 			change = BREAKER_PAUSED;
+			pg_atomic_fetch_add_u32(&politeness->paused_channels, 1);
 		}
 		else if (entry->paused && probe)
 		{
@@ -439,6 +450,34 @@ breaker_answer(ChannelPoliteness *entry, bool trouble, bool probe,
 	*errors_in_row = entry->errors_in_row;
 	SpinLockRelease(&entry->mutex);
 	return change;
+}
+
+/* Is any channel paused?  When none is, a claim need not ask each channel. */
+bool
+breaker_any_paused(void)
+{
+	return politeness != NULL && pg_atomic_read_u32(&politeness->paused_channels) > 0;
+}
+
+/*
+ * The generation of paysync.channels: it changes at each commit that
+ * changed the table.  0 without the preload (a checker then reloads the
+ * channels at each claim).
+ */
+uint64
+politeness_channels_generation(void)
+{
+	if (politeness == NULL)
+		return 0;
+	return pg_atomic_read_u64(&politeness->channels_generation);
+}
+
+/* A transaction that changed paysync.channels commits. */
+void
+politeness_channels_changed(void)
+{
+	if (politeness != NULL)
+		pg_atomic_fetch_add_u64(&politeness->channels_generation, 1);
 }
 
 /* A probe ended without an answer (dropped, or its worker exits). */

@@ -76,6 +76,11 @@ extern BreakerChange breaker_answer(ChannelPoliteness *entry, bool trouble, bool
 									int pause_after_errors, TimestampTz now,
 									int *errors_in_row, int64 *paused_ms);
 extern void breaker_probe_dropped(ChannelPoliteness *entry);
+extern bool breaker_any_paused(void);
+
+/* changes of paysync.channels, for the checkers' cached channel rows */
+extern uint64 politeness_channels_generation(void);
+extern void politeness_channels_changed(void);
 
 /* readers, for paysync.stats */
 extern int	politeness_read_paused(char (**names)[NAMEDATALEN], TimestampTz **paused_since);

@@ -21,17 +21,18 @@
  */
 static const char *claim_sql =
 "SELECT payment_id, channel, attempts, due_at, claimed_until, closing"
-" FROM paysync._claim($1, $2, $3, $4)";
+" FROM paysync._claim($1, $2, $3, $4, $5)";
 
-/* When the next check falls due, over channels not at their cap. */
+/*
+ * When the next check falls due, over enabled channels but the blocked
+ * ones: the first row of payments_next_check_idx that is not theirs.
+ */
 static const char *next_due_sql =
-"SELECT min(d.next_check_at)"
-" FROM paysync.channels c"
-" CROSS JOIN LATERAL ("
-"   SELECT p.next_check_at FROM paysync.payments p"
-"   WHERE p.channel = c.name AND p.status = 'pending'"
-"   ORDER BY p.next_check_at LIMIT 1) d"
-" WHERE c.enabled AND NOT (c.name = ANY ($1))";
+"SELECT p.next_check_at FROM paysync.payments p"
+" JOIN paysync.channels c ON c.name = p.channel AND c.enabled"
+" WHERE p.status = 'pending' AND p.next_check_at IS NOT NULL"
+"   AND p.channel <> ALL ($1)"
+" ORDER BY p.next_check_at LIMIT 1";
 
 static const char *channels_sql =
 "SELECT name, driver, base_url, options::text FROM paysync.channels";
@@ -114,24 +115,25 @@ int_array(const int32 *values, int n, bool negative_is_null)
 }
 
 /*
- * Claims up to limit due payments of the channels in slots, no more of a
- * capped channel than its free slots.  Returns how many, with *claimed
- * allocated in the caller's context.
+ * Claims up to limit due payments, no more of a limited channel in slots
+ * than its free slots.  Returns how many, with *claimed allocated in the
+ * caller's context.
  */
 int
 storage_claim(int limit, const ChannelSlots *slots, ClaimedCheck **claimed)
 {
 	MemoryContext caller = CurrentMemoryContext;
-	Oid			argtypes[4] = {INT4OID, TEXTARRAYOID, INT4ARRAYOID, INT4ARRAYOID};
-	Datum		args[4];
+	Oid			argtypes[5] = {INT4OID, INT4OID, TEXTARRAYOID, INT4ARRAYOID, INT4ARRAYOID};
+	Datum		args[5];
 	int			n;
 
 	SPI_connect();
 	args[0] = Int32GetDatum(limit);
-	args[1] = text_array(slots->names, slots->n);
-	args[2] = int_array(slots->claim_ms, slots->n, false);
-	args[3] = int_array(slots->free_slots, slots->n, true);
-	if (SPI_execute_plan(kept_plan(&claim_plan, claim_sql, 4, argtypes),
+	args[1] = Int32GetDatum(slots->default_claim_ms);
+	args[2] = text_array(slots->names, slots->n);
+	args[3] = int_array(slots->claim_ms, slots->n, true);
+	args[4] = int_array(slots->free_slots, slots->n, true);
+	if (SPI_execute_plan(kept_plan(&claim_plan, claim_sql, 5, argtypes),
 						 args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "paysync: claim failed");
 
@@ -155,8 +157,8 @@ storage_claim(int limit, const ChannelSlots *slots, ClaimedCheck **claimed)
 }
 
 /*
- * Finds when the next check falls due, ignoring channels at their cap.
- * False if no payment is pending.
+ * Finds when the next check falls due, ignoring the blocked channels
+ * (those in full).  False if no payment is pending.
  */
 bool
 storage_next_due(const ChannelSlots *full, TimestampTz *due_at)

@@ -50,12 +50,14 @@ typedef struct RecordedAnswer
 } RecordedAnswer;
 
 /*
- * Channels to claim from: how long a claim of each lasts (its request
- * timeout and a margin), and how many of its payments may be claimed now
- * (-1: no cap of its own).
+ * How to claim: how long a claim lasts (the request timeout and a margin),
+ * and the channels that are exceptions: their own claim time (-1: the
+ * default), and how many of their payments may be claimed now (-1: no
+ * limit).  Channels not named: the default claim time, no limit.
  */
 typedef struct ChannelSlots
 {
+	int32		default_claim_ms;
 	int			n;
 	char	  **names;
 	int32	   *claim_ms;

@@ -1,0 +1,72 @@
+# 062_workers.pl: paysync.workers = 2.  The workers split the due payments
+# and never check one payment twice at once, even when one of them is
+# killed hard mid-flight; together they stay within paysync.max_inflight
+# and a channel's max_inflight; worker_status() has a row for each.
+use strict;
+use warnings;
+
+use FindBin;
+use lib $FindBin::Bin;
+use PaysyncTest;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep);
+
+my $mock = start_mock(latency_ms => 200);
+my $capped_mock = start_mock(latency_ms => 200);
+my $node = new_paysync_node('workers', conf => qq{
+paysync.workers = 2
+paysync.max_inflight = 16
+});
+
+my @status = split /\n/, sql($node,
+	'SELECT worker, pid IS NOT NULL, state FROM paysync.worker_status() ORDER BY worker');
+is(scalar(@status), 2, 'worker_status() has one row per worker');
+like($status[0], qr/^1\|t\|/, 'worker 1 runs');
+like($status[1], qr/^2\|t\|/, 'worker 2 runs');
+is(sql($node, q{SELECT count(DISTINCT pid) FROM paysync.worker_status()}), '2',
+	'two processes');
+
+# --- shared caps ----------------------------------------------------------------
+create_mock_channel($node, 'wide', $mock);
+create_mock_channel($node, 'capped', $capped_mock, '{"max_inflight": 4}');
+sql($node, q{SELECT paysync.track('w' || i || '~S', 'wide', schedule => '{1s}')
+			 FROM generate_series(1, 400) i});
+sql($node, q{SELECT paysync.track('c' || i || '~S', 'capped', schedule => '{1s}')
+			 FROM generate_series(1, 60) i});
+wait_for_sql($node, q{SELECT count(*) FROM paysync.payments WHERE status = 'succeeded'},
+	'460', 'both channels\' payments are checked');
+my $wide = mock_stats($mock);
+my $capped = mock_stats($capped_mock);
+ok($wide->{max_in_flight} + $capped->{max_in_flight} <= 16,
+	"paysync.max_inflight 16 holds for both workers together ($wide->{max_in_flight} + $capped->{max_in_flight})");
+ok($wide->{max_in_flight} >= 8, 'and the workers do use it');
+ok($capped->{max_in_flight} <= 4,
+	"a channel's max_inflight 4 holds for both together ($capped->{max_in_flight})");
+
+# --- one worker killed hard mid-flight ------------------------------------------
+`curl -s -X POST http://127.0.0.1:$mock->{port}/_reset`;
+sql($node, q{SELECT paysync.track('k' || i || '~S', 'wide', schedule => '{1s}')
+			 FROM generate_series(1, 1000) i});
+$node->poll_query_until('postgres',
+	q{SELECT count(*) > 200 FROM paysync.payments WHERE payment_id LIKE 'k%' AND status = 'succeeded'})
+  or die 'the checks never got going';
+my $victim = sql($node, 'SELECT pid FROM paysync.worker_status() WHERE worker = 2');
+ok(kill('KILL', $victim), "worker 2 (pid $victim) killed with SIGKILL");
+wait_for_sql($node, q{SELECT count(*) FROM paysync.payments WHERE payment_id LIKE 'k%' AND status = 'succeeded'},
+	'1000', 'every payment is checked in the end');
+is(sql($node, q{SELECT count(*) FROM paysync.events WHERE payment_id LIKE 'k%'}), '1000',
+	'one event per payment');
+my $stats = mock_stats($mock);
+is($stats->{max_in_flight_per_id}, 1, 'never two requests for one payment at once');
+is($stats->{overlapping}, 0, 'no overlapping request');
+$node->poll_query_until('postgres',
+	q{SELECT count(DISTINCT pid) = 2 FROM paysync.worker_status() WHERE pid IS NOT NULL})
+  or diag(sql($node, 'SELECT * FROM paysync.worker_status()'));
+ok(sql($node, q{SELECT pid FROM paysync.worker_status() WHERE worker = 2}) ne $victim,
+	'worker 2 runs again, as a new process');
+
+stop_mock($mock);
+stop_mock($capped_mock);
+done_testing();
