@@ -26,6 +26,7 @@ extern int	paysync_request_timeout_ms;
 extern char *paysync_notify_channel;
 extern int	paysync_max_response_kb;
 extern double paysync_notify_queue_limit;
+extern int	paysync_workers;
 
 /* paysync.c */
 extern void paysync_request_wake(TimestampTz due_at);

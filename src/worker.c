@@ -509,6 +509,8 @@ wait_for_database(void)
 void
 paysync_worker_main(Datum main_arg)
 {
+	/* the worker's number, 1..n (0, from a registration without it, is 1) */
+	stats_set_worker(Max(DatumGetInt32(main_arg), 1));
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
