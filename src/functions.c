@@ -214,12 +214,14 @@ static const char *const worker_state_names[] = {
 	[WORKER_DISABLED] = "disabled",
 };
 
+/* worker_status()'s columns, the last one (worker) new in 0.3 */
+#define WORKER_STATUS_COLUMNS 9
+
 /*
  * Fills values and nulls (WORKER_STATUS_COLUMNS each) with worker_status()'s
  * row on worker number worker, given the queue usage and skipped count
  * (counted false: NULL) that every row shows.
  */
-#define WORKER_STATUS_COLUMNS 9
 static void
 worker_status_row(int worker, double queue_usage, uint64 skipped, bool counted,
 				  Datum *values, bool *nulls)
