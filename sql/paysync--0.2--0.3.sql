@@ -758,7 +758,8 @@ $$;
 
 /*
  * worker_status() shows the queue's usage and the notifications skipped
- * since the server started.  New OUT columns mean a new function; whoever
+ * since the server started, and has one row per worker (paysync.workers),
+ * numbered by its last column, worker.  New OUT columns mean a new function; whoever
  * was granted EXECUTE on the old one keeps it on the new one.
  */
 DO $$
@@ -780,8 +781,10 @@ BEGIN
 										  OUT last_error text,
 										  OUT last_error_at timestamptz,
 										  OUT notify_queue_usage double precision,
-										  OUT notifications_skipped bigint)
-	RETURNS record
+										  OUT notifications_skipped bigint,
+										  OUT worker integer)
+	RETURNS SETOF record
+	ROWS 16
 	LANGUAGE C
 	AS 'MODULE_PATHNAME', 'paysync_worker_status';
 	REVOKE ALL ON FUNCTION paysync.worker_status() FROM PUBLIC;

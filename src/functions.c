@@ -218,44 +218,43 @@ paysync_run_once(PG_FUNCTION_ARGS)
 	PG_RETURN_INT32(checked);
 }
 
+/* worker_status().state in words */
+static const char *const worker_state_names[] = {
+	[WORKER_NOT_RUNNING] = "not running",
+	[WORKER_RUNNING] = "running",
+	[WORKER_IDLE] = "idle",
+	[WORKER_WAITING_FOR_EXTENSION] = "waiting for extension",
+	[WORKER_DISABLED] = "disabled",
+};
+
+/* worker_status()'s columns, the last one (worker) new in 0.3 */
+#define WORKER_STATUS_COLUMNS 9
+
 /*
- * worker_status(): one row on the worker, from shared memory, with the
- * notification queue's usage now and the notifications skipped since the
- * server started.  Without the preload, or when no worker runs: state "not
- * running"; without the preload nothing is counted (NULL).
+ * Fills values and nulls (WORKER_STATUS_COLUMNS each) with worker_status()'s
+ * row on worker number worker, given the queue usage and skipped count
+ * (counted false: NULL) that every row shows.
  */
-Datum
-paysync_worker_status(PG_FUNCTION_ARGS)
+static void
+worker_status_row(int worker, double queue_usage, uint64 skipped, bool counted,
+				  Datum *values, bool *nulls)
 {
-	static const char *const state_names[] = {
-		[WORKER_NOT_RUNNING] = "not running",
-		[WORKER_RUNNING] = "running",
-		[WORKER_IDLE] = "idle",
-		[WORKER_WAITING_FOR_EXTENSION] = "waiting for extension",
-		[WORKER_DISABLED] = "disabled",
-	};
-	TupleDesc	desc;
-	Datum		values[8];
-	bool		nulls[8] = {0};
 	WorkerState state = WORKER_NOT_RUNNING;
 	pid_t		pid = 0;
 	TimestampTz started_at = 0;
 	int			in_flight = 0;
 	char		last_error[256] = "";
 	TimestampTz last_error_at = 0;
-	uint64		skipped = 0;
-	bool		skipping = false;
 
-	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "paysync: worker_status must return a row");
-	stats_read_worker(&state, &pid, &started_at, &in_flight, last_error,
-					  sizeof(last_error), &last_error_at);
+	stats_read_worker(worker, &state, &pid, &started_at, &in_flight,
+					  last_error, sizeof(last_error), &last_error_at);
 	if (pid == 0)
 		state = WORKER_NOT_RUNNING;
 
+	memset(nulls, 0, sizeof(bool) * WORKER_STATUS_COLUMNS);
 	values[0] = Int32GetDatum(pid);
 	nulls[0] = (state == WORKER_NOT_RUNNING);
-	values[1] = CStringGetTextDatum(state_names[state]);
+	values[1] = CStringGetTextDatum(worker_state_names[state]);
 	values[2] = TimestampTzGetDatum(started_at);
 	nulls[2] = (state == WORKER_NOT_RUNNING);
 	values[3] = Int32GetDatum(state == WORKER_NOT_RUNNING ? 0 : in_flight);
@@ -263,10 +262,55 @@ paysync_worker_status(PG_FUNCTION_ARGS)
 	nulls[4] = (last_error[0] == '\0');
 	values[5] = TimestampTzGetDatum(last_error_at);
 	nulls[5] = (last_error[0] == '\0');
-	values[6] = Float8GetDatum(notification_queue_usage());
-	nulls[7] = !stats_read_notify(&skipped, &skipping);
+	values[6] = Float8GetDatum(queue_usage);
 	values[7] = Int64GetDatum((int64) skipped);
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+	nulls[7] = !counted;
+	values[8] = Int32GetDatum(worker);
+}
+
+/*
+ * worker_status(): one row per worker (1 to paysync.workers), from shared
+ * memory, each with the notification queue's usage now and the
+ * notifications skipped since the server started.  Without the preload,
+ * or for a worker that does not run: state "not running"; without the
+ * preload nothing is counted (NULL).  The last column, worker, is the
+ * worker's number.
+ *
+ * Declared as 0.2 declared it (one row of 8 columns, until ALTER EXTENSION
+ * UPDATE), it returns worker 1's row without that column.
+ */
+Datum
+paysync_worker_status(PG_FUNCTION_ARGS)
+{
+	double		queue_usage = notification_queue_usage();
+	uint64		skipped = 0;
+	bool		skipping = false;
+	bool		counted = stats_read_notify(&skipped, &skipping);
+	Datum		values[WORKER_STATUS_COLUMNS];
+	bool		nulls[WORKER_STATUS_COLUMNS];
+	TupleDesc	desc;
+	ReturnSetInfo *rsinfo;
+
+	if (!fcinfo->flinfo->fn_retset)
+	{
+		if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE ||
+			desc->natts > WORKER_STATUS_COLUMNS)
+			elog(ERROR, "paysync: worker_status must return a row");
+		worker_status_row(1, queue_usage, skipped, counted, values, nulls);
+		PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+	}
+
+	InitMaterializedSRF(fcinfo, 0);
+	rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	if (rsinfo->setDesc->natts != WORKER_STATUS_COLUMNS)
+		elog(ERROR, "paysync: worker_status must return %d columns",
+			 WORKER_STATUS_COLUMNS);
+	for (int worker = 1; worker <= Min(paysync_workers, PAYSYNC_MAX_WORKERS); worker++)
+	{
+		worker_status_row(worker, queue_usage, skipped, counted, values, nulls);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
 }
 
 /*

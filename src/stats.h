@@ -1,12 +1,25 @@
 /*
  * stats.h
- *		paysync's shared memory: the worker's state, its latch and the time it
- *		plans to wake (for the commit-time wake-up), and live counters per
+ *		paysync's shared memory: each worker's state, its latch and the time
+ *		it plans to wake (for the commit-time wake-up), live counters per
  *		channel (requests in flight, checks, errors and latencies of the last
  *		minute, statuses reached in the last hour), and the notifications
- *		skipped under queue pressure.  Kept by the worker, run_once() and
+ *		skipped under queue pressure.  Kept by the workers, run_once() and
  *		the events trigger; read by paysync.stats and
  *		paysync.worker_status().
+ *
+ *		Workers: up to PAYSYNC_MAX_WORKERS, numbered from 1.  A worker
+ *		process calls stats_set_worker() first thing; every stats_worker_*
+ *		function then acts on that worker's slot.  In any other process (a
+ *		backend, run_once()) they do nothing.  Each worker keeps its own last
+ *		error; a channel error met by a process that is not a worker (run_once)
+ *		is kept as worker 1's last error, as with the single worker of 0.2.
+ *
+ *		Channels: counters for up to STATS_MAX_CHANNELS (16,384) channels, in
+ *		a shared hash table of 22.2 MiB (see stats.c).  A channel counted
+ *		once the table is full gets no counters (one WARNING per process says
+ *		so); nothing else changes for it.
+ *
  *		Without shared_preload_libraries nothing is kept and every function
  *		here does nothing (readers get nothing).  The layout and the locking
  *		rules are private to stats.c.
@@ -21,7 +34,7 @@
 /* The most worker processes (paysync.workers). */
 #define PAYSYNC_MAX_WORKERS 16
 
-/* What the worker is doing, as worker_status().state shows it. */
+/* What a worker is doing, as worker_status().state shows it. */
 typedef enum WorkerState
 {
 	WORKER_NOT_RUNNING = 0,
@@ -49,7 +62,8 @@ typedef struct ChannelFigures
 extern void stats_shmem_request(void);
 extern void stats_shmem_startup(void);
 
-/* the worker's life and its wake-up */
+/* a worker's life and its wake-up (acting on the slot stats_set_worker chose) */
+extern void stats_set_worker(int worker);
 extern void stats_worker_connecting(bool connecting);
 extern bool stats_worker_connect_failed(void);
 extern void stats_worker_started(void);
@@ -71,8 +85,9 @@ extern void stats_notifications_skipped(int64 count);
 
 /* readers */
 extern int	stats_read(ChannelFigures **figures);
-extern bool stats_read_worker(WorkerState *state, pid_t *pid, TimestampTz *started_at,
-							  int *in_flight, char *last_error, size_t errlen,
+extern bool stats_read_worker(int worker, WorkerState *state, pid_t *pid,
+							  TimestampTz *started_at, int *in_flight,
+							  char *last_error, size_t errlen,
 							  TimestampTz *last_error_at);
 extern bool stats_read_notify(uint64 *skipped, bool *skipping);
 

@@ -531,6 +531,7 @@ void
 paysync_worker_main(Datum main_arg)
 {
 	worker_number = DatumGetInt32(main_arg);
+	stats_set_worker(worker_number);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
