@@ -120,6 +120,8 @@ SELECT pg_temp.try($$SELECT paysync.schedule_maintenance('* * * * *', '-1 day')$
 -- the worker is not preloaded here: no skipped notifications are counted;
 -- nobody listens, so the notification queue is empty
 SELECT pid, state, started_at, in_flight FROM paysync.worker_status();
+-- 0.3: one row per worker (paysync.workers, 1 here), numbered
+SELECT worker, state FROM paysync.worker_status();
 SELECT notify_queue_usage, notifications_skipped FROM paysync.worker_status();
 SHOW paysync.notify_queue_limit;
 

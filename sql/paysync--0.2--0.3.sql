@@ -160,15 +160,17 @@ BEGIN
 		SELECT u.name, u.claim_ms, u.free_slots
 		FROM unnest(channel_names, channel_claim_ms, channel_free_slots)
 			AS u(name, claim_ms, free_slots)
-	), cand AS (
-		(SELECT p.payment_id, p.channel, p.next_check_at AS due_at
-		 FROM paysync.payments p
-		 JOIN paysync.channels c ON c.name = p.channel AND c.enabled
-		 WHERE p.status = 'pending' AND p.next_check_at <= now()
+	), unlimited AS (
+		SELECT p.payment_id, p.channel, p.next_check_at AS due_at
+		FROM paysync.payments p
+		JOIN paysync.channels c ON c.name = p.channel AND c.enabled
+		WHERE p.status = 'pending' AND p.next_check_at <= now()
 			AND p.channel <> ALL (limited)
-		 ORDER BY p.next_check_at
-		 LIMIT max_rows
-		 FOR UPDATE OF p SKIP LOCKED)
+		ORDER BY p.next_check_at
+		LIMIT max_rows
+		FOR UPDATE OF p SKIP LOCKED
+	), cand AS (
+		SELECT u.payment_id, u.channel, u.due_at FROM unlimited u
 		UNION ALL
 		SELECT d.payment_id, l.name, d.next_check_at
 		FROM listed l
@@ -759,8 +761,9 @@ $$;
 /*
  * worker_status() shows the queue's usage and the notifications skipped
  * since the server started, and has one row per worker (paysync.workers),
- * numbered by its last column, worker.  New OUT columns mean a new function; whoever
- * was granted EXECUTE on the old one keeps it on the new one.
+ * numbered by its last column, worker.  New OUT columns mean a new
+ * function; whoever was granted EXECUTE on the old one keeps it on the new
+ * one.
  */
 DO $$
 DECLARE
