@@ -372,7 +372,7 @@ phase_wide() {
 	rm -f "$TMP/wide.sample.stop"
 	sample_workers "$TMP/wide.sample" &
 	sampler=$!
-	measure_batch wd- "$n" "'mock'" "'{1ms}'" 300
+	measure_batch wd- "$n" "'mock'" "'{1ms}'" 120
 	touch "$TMP/wide.sample.stop"
 	wait "$sampler" 2>/dev/null || true
 	read -r rss fds <"$TMP/wide.sample" || true
@@ -549,7 +549,7 @@ phase_channels() {
 	sql "SELECT paysync.create_channel('ch1', 'http_json', '$FAST_URL', '{\"status_map\": $STATUS_MAP}')" >/dev/null ||
 		fail "cannot create channel ch1"
 	say " one channel alone (the others of the run defined, $(sql "SELECT count(*) FROM paysync.channels") in all):"
-	measure_batch ca- "$pay" "'ch1'" "'{1ms}'" 300
+	measure_batch ca- "$pay" "'ch1'" "'{1ms}'" 120
 	alone=$MB_RATE
 	t0=$(now_us)
 	sql "INSERT INTO paysync.channels (name, driver, base_url, options)
@@ -558,10 +558,10 @@ phase_channels() {
 	t1=$(now_us)
 	say " $((n - 1)) more channels inserted in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", (b - a) / 1e6 }') s ($(sql "SELECT count(*) FROM paysync.channels") in all)"
 	say " all $pay on one of them:"
-	measure_batch c1- "$pay" "'ch1'" "'{1ms}'" 300
+	measure_batch c1- "$pay" "'ch1'" "'{1ms}'" 120
 	one=$MB_RATE
 	say " spread over all $n, $((pay / n)) per channel:"
-	measure_batch cs- "$pay" "'ch' || ((g - 1) % $n + 1)" "'{1ms}'" 300
+	measure_batch cs- "$pay" "'ch' || ((g - 1) % $n + 1)" "'{1ms}'" 120
 	spread=$MB_RATE
 	summary "channels, alone" "$alone checks/s"
 	summary "channels, $n defined, all on one" "$one checks/s = $(awk -v a="$one" -v b="$alone" 'BEGIN { if (b > 0) printf "%.0f%%", 100 * a / b; else print "n/a" }') of alone ($(meets "$(awk -v a="$one" -v b="$alone" 'BEGIN { if (b > 0) printf "%.3f", a / b }')" '>=' 0.9) vs >= 90%)"
@@ -591,7 +591,7 @@ phase_bigtable() {
 		fi
 	done
 	t1=$(now_us)
-	say "  loaded $n with track() in batches of $batch in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f s (%.0f track/s)", (b - a) / 1e6, n / ((b - a) / 1e6) }')"
+	say "  loaded $n with track() in batches of $batch in $(awk -v a="$t0" -v b="$t1" -v n="$n" 'BEGIN { printf "%.0f s (%.0f track/s)", (b - a) / 1e6, n / ((b - a) / 1e6) }')"
 	t0=$(now_us)
 	sql "VACUUM (ANALYZE) paysync.payments" >/dev/null
 	tv=$(awk -v a="$t0" -v b="$(now_us)" 'BEGIN { printf "%.0f", (b - a) / 1e6 }')
