@@ -24,7 +24,7 @@ phase_problem() {
 }
 
 summary() {
-	SUMMARY+=("$(printf '%-34s %s' "$1" "$2")")
+	SUMMARY+=("$(printf '%-30s %s' "$1" "$2")")
 }
 
 # "ok" or "MISSED" for a figure against a target: meets VALUE OP TARGET
@@ -396,7 +396,7 @@ phase_wide() {
 		phase_problem "wide: the mock saw $mif requests in flight at once, above paysync.max_inflight (2048)"
 	fi
 	summary "wide, max_inflight 2048" "$rate checks/s at the mock ($(meets "$rate" '>=' 15000) vs >= 15000), $MB_RATE end to end"
-	summary "wide, worker memory and files" "peak RssAnon $((rss / 1024)) MB ($(meets "$((rss / 1024))" '<=' 64) vs <= 64), peak fds $fds (limit $limit)"
+	summary "wide, worker memory, files" "peak RssAnon $((rss / 1024)) MB ($(meets "$((rss / 1024))" '<=' 64) vs <= 64), peak fds $fds (limit $limit)"
 	sql "ALTER SYSTEM RESET paysync.max_inflight" >/dev/null
 	if [ "$context" = sighup ]; then
 		sql "SELECT pg_reload_conf()" >/dev/null
@@ -446,12 +446,12 @@ phase_rate() {
 
 # ---- phase: outage ----
 
-# outage_run CHANNEL PREFIX LABEL: nginx 'down' answers 503 for 60 s while
+# outage_run CHANNEL PREFIX LABEL SHORT: nginx 'down' answers 503 for 60 s while
 # OUTAGE_N payments of CHANNEL fall due, evenly over those 60 s (from 15 s
 # after the track transaction starts, so the tracking itself is done by
 # then), then PAID.
 outage_run() {
-	local chan=$1 prefix=$2 label=$3 n=$OUTAGE_N margin=15 win=$OUTAGE_S
+	local chan=$1 prefix=$2 label=$3 short=$4 n=$OUTAGE_N margin=15 win=$OUTAGE_S
 	local start_us end_us t_track left deadline recovered last_commit req distinct bad over snapshot state
 	nginx_mode down down
 	say " $label: tracking $n payments due from +${margin} s over ${win} s..."
@@ -505,10 +505,10 @@ EOF
 		local after
 		after=$(awk -v a="$recovered" -v b="$last_commit" 'BEGIN { printf "%.1f", (b - a) / 1e6 }')
 		say "  after recovery every payment was final in $after s"
-		summary "outage, $label" "$req requests in the $win s outage; all final $after s after recovery ($(meets "$after" '<=' 120) vs <= 120 s)"
+		summary "outage, $short" "$req requests in the $win s outage; all final $after s after recovery ($(meets "$after" '<=' 120) vs <= 120 s)"
 	else
 		say "  after recovery $left payments were still pending after 300 s"
-		summary "outage, $label" "$req requests in the $win s outage; $left still pending 300 s after recovery (MISSED vs <= 120 s)"
+		summary "outage, $short" "$req requests in the $win s outage; $left still pending 300 s after recovery (MISSED vs <= 120 s)"
 	fi
 }
 
@@ -526,10 +526,10 @@ phase_outage() {
 	sql "SELECT paysync.create_channel('down_breaker', 'http_json', '$down_url', '{\"status_map\": $STATUS_MAP}')" >/dev/null ||
 		fail "cannot create channel down_breaker"
 	if [ "$breaker" = 1 ]; then
-		outage_run down_breaker ob- "with the breaker (pause_after_errors 20, the default)"
+		outage_run down_breaker ob- "with the breaker (pause_after_errors 20, the default)" "breaker"
 	else
 		say " the pause_after_errors option is refused: no breaker in this build; the default run shows paysync without it"
-		outage_run down_breaker ob- "default options (no breaker in this build)"
+		outage_run down_breaker ob- "default options (no breaker in this build)" "no breaker in build"
 	fi
 	if ! err=$(sql "SELECT paysync.create_channel('down_nobreaker', 'http_json', '$down_url',
 			'{\"status_map\": $STATUS_MAP, \"pause_after_errors\": 0}')" 2>&1 >/dev/null); then
@@ -537,7 +537,7 @@ phase_outage() {
 		summary "outage, pause_after_errors 0" "skipped: pause_after_errors is not in this build"
 		return 0
 	fi
-	outage_run down_nobreaker on- "pause_after_errors 0 (no breaker)"
+	outage_run down_nobreaker on- "pause_after_errors 0 (no breaker)" "pause_after_errors 0"
 }
 
 # ---- phase: channels ----
@@ -564,8 +564,8 @@ phase_channels() {
 	measure_batch cs- "$pay" "'ch' || ((g - 1) % $n + 1)" "'{1ms}'" 120
 	spread=$MB_RATE
 	summary "channels, alone" "$alone checks/s"
-	summary "channels, $n defined, all on one" "$one checks/s = $(awk -v a="$one" -v b="$alone" 'BEGIN { if (b > 0) printf "%.0f%%", 100 * a / b; else print "n/a" }') of alone ($(meets "$(awk -v a="$one" -v b="$alone" 'BEGIN { if (b > 0) printf "%.3f", a / b }')" '>=' 0.9) vs >= 90%)"
-	summary "channels, $n defined, spread" "$spread checks/s = $(awk -v a="$spread" -v b="$alone" 'BEGIN { if (b > 0) printf "%.0f%%", 100 * a / b; else print "n/a" }') of alone ($(meets "$(awk -v a="$spread" -v b="$alone" 'BEGIN { if (b > 0) printf "%.3f", a / b }')" '>=' 0.9) vs >= 90%)"
+	summary "channels, $n, all on one" "$one checks/s = $(awk -v a="$one" -v b="$alone" 'BEGIN { if (b > 0) printf "%.0f%%", 100 * a / b; else print "n/a" }') of alone ($(meets "$(awk -v a="$one" -v b="$alone" 'BEGIN { if (b > 0) printf "%.3f", a / b }')" '>=' 0.9) vs >= 90%)"
+	summary "channels, $n, spread" "$spread checks/s = $(awk -v a="$spread" -v b="$alone" 'BEGIN { if (b > 0) printf "%.0f%%", 100 * a / b; else print "n/a" }') of alone ($(meets "$(awk -v a="$spread" -v b="$alone" 'BEGIN { if (b > 0) printf "%.3f", a / b }')" '>=' 0.9) vs >= 90%)"
 }
 
 # ---- phase: bigtable ----
