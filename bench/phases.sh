@@ -607,7 +607,7 @@ phase_bigtable() {
 	after=$MB_RATE
 	# the claim's plan: auto_explain of the statement inside _claim()
 	sig=$(sql "SELECT pg_get_function_identity_arguments('paysync._claim'::regproc)" 2>/dev/null) || sig=
-	if [ "$sig" = "max_rows integer, channel_names text[], channel_claim_ms integer[], channel_free_slots integer[]" ]; then
+	if [ "$sig" = "max_rows integer, default_claim_ms integer, channel_names text[], channel_claim_ms integer[], channel_free_slots integer[]" ]; then
 		plan=$("${PSQL[@]}" 2>&1 <<'EOF'
 LOAD 'auto_explain';
 SET auto_explain.log_min_duration = 0;
@@ -615,7 +615,7 @@ SET auto_explain.log_nested_statements = on;
 SET auto_explain.log_level = notice;
 SET client_min_messages = notice;
 BEGIN;
-SELECT count(*) FROM paysync._claim(200, ARRAY['fast'], ARRAY[15000], ARRAY[NULL]::integer[]);
+SELECT count(*) FROM paysync._claim(200, 15000, '{}', '{}', '{}');
 ROLLBACK;
 EOF
 		)
