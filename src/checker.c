@@ -96,6 +96,7 @@ typedef struct ChannelState
 	int			reserved;		/* of which holding a shared slot */
 	int			reserved_now;	/* shared slots reserved for this claim */
 	int			claimed_now;	/* checks this claim got */
+	int			cap_at_claim;	/* its max_inflight when slots were reserved */
 	bool		probing;		/* its breaker's probe is ours, in flight */
 	bool		at_cap;			/* had no free slot at the last claim */
 	TimestampTz blocked_until;	/* at the last claim: 0 if it could be
@@ -412,6 +413,7 @@ channel_slots(bool honour_caps)
 
 		c->reserved_now = 0;
 		c->claimed_now = 0;
+		c->cap_at_claim = honour_caps ? cap : 0;
 		c->blocked_until = 0;
 		if (allowed == 0)
 			c->blocked_until = wait_until;
@@ -504,6 +506,18 @@ answer_add(const Check *check, const CheckAnswer *answer)
 	MemoryContextSwitchTo(old);
 }
 
+/*
+ * Sets the latches of the other workers (and this one's: harmless), for a
+ * slot in flight given back or a channel resumed, whatever their planned
+ * wake-up: one of them may be waiting for it.  Nothing with one worker.
+ */
+static void
+wake_other_workers(void)
+{
+	if (paysync_workers > 1)
+		stats_wake_worker_for(DT_NOBEGIN + 1);
+}
+
 /* Frees a check that has been answered, releasing its channel slot. */
 static void
 check_done(Check *check)
@@ -533,7 +547,7 @@ check_done(Check *check)
 			others_wait |= politeness_release_total(1, paysync_max_inflight);
 			/* a worker that found no free slot sleeps until one frees */
 			if (others_wait)
-				stats_wake_worker_for(GetCurrentTimestamp());
+				wake_other_workers();
 		}
 		if (check->probe)
 		{
@@ -554,6 +568,85 @@ check_done(Check *check)
 }
 
 /*
+ * The state of a claimed payment's channel; a channel committed after the
+ * rows were loaded is loaded now.
+ */
+static ChannelState *
+claimed_channel(const char *name)
+{
+	ChannelState *channel = channel_find(name);
+
+	if (channel == NULL)
+	{
+		MemoryContext old = CurrentMemoryContext;
+
+		channels_generation = 0;
+		refresh_channels();
+		MemoryContextSwitchTo(old);
+		channel = channel_find(name);
+		if (channel == NULL)
+			elog(ERROR, "paysync: claimed a payment of unknown channel \"%s\"", name);
+	}
+	return channel;
+}
+
+/* Gives back the channels' slots reserved for a claim and not used. */
+static void
+release_unclaimed_slots(void)
+{
+	for (ChannelState *c = channels; c; c = c->next)
+	{
+		if (c->reserved_now > c->claimed_now)
+			politeness_release(c->shared, c->reserved_now - c->claimed_now,
+							   c->cap_at_claim);
+		c->reserved_now = c->claimed_now = 0;
+	}
+}
+
+/*
+ * Claims (storage_claim) in a subtransaction.  A channel compiled for the
+ * first time by this claim had no limits in it (they were not known yet):
+ * then the claim is rolled back, the channel compiled, and the claim made
+ * again with its limits.  Returns how many were claimed, *claimed in
+ * scratch_context.
+ */
+static int
+claim_with_known_limits(int limit, bool honour_caps, ClaimedCheck **claimed)
+{
+	ResourceOwner owner = CurrentResourceOwner;
+	int			n = 0;
+
+	for (int attempt = 1; attempt <= 2; attempt++)
+	{
+		ChannelSlots slots;
+		bool		compiled_new = false;
+
+		MemoryContextSwitchTo(scratch_context);
+		slots = channel_slots(honour_caps);
+		BeginInternalSubTransaction(NULL);
+		MemoryContextSwitchTo(scratch_context);
+		n = storage_claim(limit, &slots, claimed);
+		for (int i = 0; i < n; i++)
+			if (claimed_channel((*claimed)[i].channel)->compiled == NULL)
+				compiled_new = true;
+		if (!compiled_new || attempt == 2)
+		{
+			ReleaseCurrentSubTransaction();
+			CurrentResourceOwner = owner;
+			break;
+		}
+		RollbackAndReleaseCurrentSubTransaction();
+		CurrentResourceOwner = owner;
+		if (honour_caps)
+			release_unclaimed_slots();
+		for (int i = 0; i < n; i++)
+			(void) channel_compiled(claimed_channel((*claimed)[i].channel));
+	}
+	MemoryContextSwitchTo(scratch_context);
+	return n;
+}
+
+/*
  * Claims up to limit due payments into the queue.  With honour_caps, no
  * more per channel than its free in-flight slots (the worker); without, the
  * queue alone keeps each channel within its cap (run_once).  *maybe_more is
@@ -562,18 +655,15 @@ check_done(Check *check)
 int
 checker_claim(int limit, bool honour_caps, bool *maybe_more)
 {
-	ClaimedCheck *claimed;
-	ChannelSlots slots;
+	ClaimedCheck *claimed = NULL;
 	int			n;
-	MemoryContext old;
+	MemoryContext old = CurrentMemoryContext;
 
 	refresh_channels();
-	old = MemoryContextSwitchTo(scratch_context);
 	/* the worker's share of paysync.max_inflight, with the other workers' */
 	if (honour_caps)
 		limit = politeness_reserve_total(limit, paysync_max_inflight);
-	slots = channel_slots(honour_caps);
-	n = limit > 0 ? storage_claim(limit, &slots, &claimed) : 0;
+	n = limit > 0 ? claim_with_known_limits(limit, honour_caps, &claimed) : 0;
 	MemoryContextSwitchTo(checker_context);
 	for (int i = 0; i < n; i++)
 	{
@@ -585,19 +675,9 @@ checker_claim(int limit, bool honour_caps, bool *maybe_more)
 		check->due_at = claimed[i].due_at;
 		/* the caller's transaction holds run_once()'s rows to its end */
 		check->claimed_until = honour_caps ? claimed[i].claimed_until : DT_NOEND;
-		check->channel = channel_find(claimed[i].channel);
-		if (check->channel == NULL)
-		{
-			/* a channel committed after the rows were loaded */
-			channels_generation = 0;
-			refresh_channels();
-			MemoryContextSwitchTo(checker_context);
-			check->channel = channel_find(claimed[i].channel);
-			if (check->channel == NULL)
-				elog(ERROR, "paysync: claimed a payment of unknown channel \"%s\"",
-					 claimed[i].channel);
-		}
+		check->channel = claimed_channel(claimed[i].channel);
 		(void) channel_compiled(check->channel);
+		MemoryContextSwitchTo(checker_context);
 		check->channel->in_flight++;
 		if (honour_caps)
 		{
@@ -605,7 +685,7 @@ checker_claim(int limit, bool honour_caps, bool *maybe_more)
 			check->reserved = true;
 			check->channel->reserved++;
 			total_reserved++;
-			if (channel_cap(check->channel) > 0)
+			if (check->channel->cap_at_claim > 0)
 				check->channel->claimed_now++;
 			else
 				(void) politeness_reserve(check->channel->shared, 1, 0);
@@ -621,13 +701,7 @@ checker_claim(int limit, bool honour_caps, bool *maybe_more)
 	/* give back the slots reserved and not used */
 	if (honour_caps)
 	{
-		for (ChannelState *c = channels; c; c = c->next)
-		{
-			if (c->reserved_now > c->claimed_now)
-				politeness_release(c->shared, c->reserved_now - c->claimed_now,
-								   channel_cap(c));
-			c->reserved_now = c->claimed_now = 0;
-		}
+		release_unclaimed_slots();
 		if (limit > n)
 			politeness_release_total(limit - n, paysync_max_inflight);
 	}
@@ -935,7 +1009,7 @@ count_for_politeness(Check *check, const ChannelConfig *config,
 				(errmsg("paysync resumed channel \"%s\": it answered again after a pause of %.1f s",
 						channel->name, paused_ms / 1000.0)));
 		/* the other workers may send its waiting payments now */
-		stats_wake_worker_for(now);
+		wake_other_workers();
 	}
 }
 

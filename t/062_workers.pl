@@ -37,13 +37,29 @@ sql($node, q{SELECT paysync.track('c' || i || '~S', 'capped', schedule => '{1s}'
 			 FROM generate_series(1, 60) i});
 wait_for_sql($node, q{SELECT count(*) FROM paysync.payments WHERE status = 'succeeded'},
 	'460', 'both channels\' payments are checked');
-my $wide = mock_stats($mock);
-my $capped = mock_stats($capped_mock);
-ok($wide->{max_in_flight} + $capped->{max_in_flight} <= 16,
-	"paysync.max_inflight 16 holds for both workers together ($wide->{max_in_flight} + $capped->{max_in_flight})");
-ok($wide->{max_in_flight} >= 8, 'and the workers do use it');
-ok($capped->{max_in_flight} <= 4,
-	"a channel's max_inflight 4 holds for both together ($capped->{max_in_flight})");
+# Every answer takes 200 ms: requests that arrived within 190 ms of one
+# another were all in flight at once.  (The mock's own high-water mark
+# counts a request until its completion callback runs, which may come after
+# the client has its answer and another worker has sent the next request.)
+my @all = sort { $a->[0] <=> $b->[0] }
+  map { [ $_->[0], $_->[2] =~ /^w/ ? 'wide' : 'capped' ] }
+  (mock_log($mock), mock_log($capped_mock));
+my ($most_all, $most_capped) = (0, 0);
+for my $i (0 .. $#all)
+{
+	my ($n_all, $n_capped) = (0, 0);
+	for (my $j = $i; $j < @all && $all[$j][0] < $all[$i][0] + 190_000; $j++)
+	{
+		$n_all++;
+		$n_capped++ if $all[$j][1] eq 'capped';
+	}
+	$most_all = $n_all if $n_all > $most_all;
+	$most_capped = $n_capped if $n_capped > $most_capped;
+}
+ok($most_all <= 16,
+	"paysync.max_inflight 16 holds for both workers and channels together (most at once: $most_all)");
+ok($most_all >= 12, 'and the workers do use it');
+ok($most_capped <= 4, "a channel's max_inflight 4 holds for both workers together (most: $most_capped)");
 
 # --- one worker killed hard mid-flight ------------------------------------------
 `curl -s -X POST http://127.0.0.1:$mock->{port}/_reset`;
