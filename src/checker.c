@@ -376,8 +376,9 @@ politeness_allows(ChannelState *channel, TimestampTz now, TimestampTz *wait_unti
 
 		rate = Max(rate - (channel->in_flight - channel->requests), 0);
 		allowed = allowed < 0 ? rate : Min(allowed, rate);
-		if (rate == 0 && *wait_until <= now)
-			*wait_until = now + (int64) CLAIM_RATE_HORIZON_MS * 1000;
+		/* its queued checks cover the horizon: claim again halfway through */
+		if (rate == 0)
+			*wait_until = Max(*wait_until, now + (int64) CLAIM_RATE_HORIZON_MS * 500);
 	}
 	return allowed;
 }
