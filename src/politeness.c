@@ -254,10 +254,15 @@ politeness_free_total(int cap)
 	return Max(cap - (int) pg_atomic_read_u32(&politeness->total_in_flight), 0);
 }
 
-/* The rate's interval between starts, in µs, and its burst. */
-static void
-rate_params(const ChannelPoliteness *entry, double max_rps, TimestampTz now,
-			int64 *interval_us, int64 *burst_us)
+/*
+ * The interval between starts of entry's channel under max_rps, in µs, and
+ * the earliest time the next may start, its burst allowed for (a rate idle
+ * for a while has its whole burst, no more).  Called with entry->mutex
+ * held.
+ */
+static TimestampTz
+rate_next_start(const ChannelPoliteness *entry, double max_rps, TimestampTz now,
+				int64 *interval_us)
 {
 	double		rps = max_rps * RATE_SHARE;
 	int			burst = max_rps >= RATE_BURST_FROM_RPS ? (int) floor(max_rps * RATE_BURST_SHARE) : 0;
@@ -265,7 +270,7 @@ rate_params(const ChannelPoliteness *entry, double max_rps, TimestampTz now,
 	if (now < entry->slowed_until)
 		rps /= 2;
 	*interval_us = (int64) ceil(1000000.0 / rps);
-	*burst_us = *interval_us * burst;
+	return Max(entry->rate_tat, now) - *interval_us * burst;
 }
 
 /*
@@ -277,19 +282,19 @@ bool
 rate_take(ChannelPoliteness *entry, double max_rps, TimestampTz now, TimestampTz *next_at)
 {
 	int64		interval_us;
-	int64		burst_us;
+	TimestampTz first;
 	bool		taken;
 
 	if (entry == NULL || max_rps <= 0)
 		return true;
 	SpinLockAcquire(&entry->mutex);
-	rate_params(entry, max_rps, now, &interval_us, &burst_us);
-	taken = now >= entry->rate_tat - burst_us;
+	first = rate_next_start(entry, max_rps, now, &interval_us);
+	taken = now >= first;
 	if (taken)
 		entry->rate_tat = Max(entry->rate_tat, now) + interval_us;
-	else
-		*next_at = entry->rate_tat - burst_us;
 	SpinLockRelease(&entry->mutex);
+	if (!taken)
+		*next_at = first;
 	return taken;
 }
 
@@ -303,7 +308,6 @@ rate_available(ChannelPoliteness *entry, double max_rps, TimestampTz now,
 			   int64 horizon_us, TimestampTz *next_at)
 {
 	int64		interval_us;
-	int64		burst_us;
 	TimestampTz first;
 	int64		n;
 
@@ -311,8 +315,7 @@ rate_available(ChannelPoliteness *entry, double max_rps, TimestampTz now,
 	if (entry == NULL || max_rps <= 0)
 		return INT_MAX;
 	SpinLockAcquire(&entry->mutex);
-	rate_params(entry, max_rps, now, &interval_us, &burst_us);
-	first = Max(entry->rate_tat - burst_us, now - burst_us);
+	first = rate_next_start(entry, max_rps, now, &interval_us);
 	SpinLockRelease(&entry->mutex);
 
 	*next_at = Max(first, now);
