@@ -68,6 +68,9 @@
  */
 #define RECORD_ALLOWANCE_MS 1000
 
+/* How soon run_once() tries again for a slot the workers hold. */
+#define SLOT_RETRY_MS 20
+
 /* A claim takes no more of a rate-limited channel than may start this soon. */
 #define CLAIM_RATE_HORIZON_MS 250
 
@@ -99,6 +102,7 @@ typedef struct ChannelState
 	int			cap_at_claim;	/* its max_inflight when slots were reserved */
 	bool		probing;		/* its breaker's probe is ours, in flight */
 	bool		at_cap;			/* had no free slot at the last claim */
+	bool		in_limited;		/* in limited_channels */
 	TimestampTz blocked_until;	/* at the last claim: 0 if it could be
 								 * claimed, else when it may be again
 								 * (DT_NOEND: when a slot frees) */
@@ -126,8 +130,32 @@ static MemoryContext scratch_context = NULL;	/* reset after each use */
 static WaitEventSet *wait_set = NULL;
 
 static ChannelState *channels = NULL;	/* all of them, in a list */
+static int	channel_count = 0;	/* in the list */
 static HTAB *channel_table = NULL;	/* and by name */
 static uint64 channels_generation = 0;	/* of the rows loaded */
+
+/*
+ * The channels a claim must look at when no channel is paused: those
+ * compiled with a limit of their own (max_inflight, max_rps, timeout).
+ * The others take the claim's defaults, so a claim's cost follows the
+ * channels with limits, not all the channels defined.  A channel stays
+ * listed after its row changes (looking at it costs a little, nothing
+ * more).
+ */
+static ChannelState **limited_channels = NULL;
+static int	limited_len = 0;
+static int	limited_cap = 0;
+
+/*
+ * The channels the last claim looked at: their reservations and blocks
+ * are set, the other channels have none.
+ */
+static ChannelState **claim_walk = NULL;
+static int	claim_walk_len = 0;
+static int	claim_walk_cap = 0;
+
+/* A channel not in limited_channels was blocked (paused) at the last claim. */
+static bool unlisted_blocked = false;
 
 static Check **queue = NULL;	/* claimed, not yet started */
 static int	queue_len = 0;
@@ -221,6 +249,19 @@ compile_channel(const ChannelRow *row)
 	return compiled;
 }
 
+/*
+ * Whether a compiled channel has a limit of its own that a claim must
+ * apply: a cap in flight, a rate, or a request timeout (its claim time).
+ */
+static bool
+channel_has_limits(const ChannelState *state)
+{
+	const ChannelConfig *config = state->compiled ? state->compiled->config : NULL;
+
+	return config != NULL &&
+		(config->max_inflight > 0 || config->max_rps > 0 || config->timeout_ms > 0);
+}
+
 /* The state of channel name, or NULL. */
 static ChannelState *
 channel_find(const char *name)
@@ -241,7 +282,21 @@ static CompiledChannel *
 channel_compiled(ChannelState *state)
 {
 	if (state->compiled == NULL)
+	{
 		state->compiled = compile_channel(&state->row);
+		if (channel_has_limits(state) && !state->in_limited)
+		{
+			if (limited_len == limited_cap)
+			{
+				limited_cap = Max(limited_cap * 2, 16);
+				limited_channels = limited_channels ?
+					repalloc(limited_channels, sizeof(ChannelState *) * limited_cap) :
+					MemoryContextAlloc(checker_context, sizeof(ChannelState *) * limited_cap);
+			}
+			limited_channels[limited_len++] = state;
+			state->in_limited = true;
+		}
+	}
 	return state->compiled;
 }
 
@@ -303,6 +358,7 @@ refresh_channels(void)
 			state->shared = politeness_entry(state->name);
 			state->next = channels;
 			channels = state;
+			channel_count++;
 		}
 		else
 		{
@@ -390,23 +446,42 @@ politeness_allows(ChannelState *channel, TimestampTz now, TimestampTz *wait_unti
  * breaker and rate allow and, with honour_caps, their free slots in flight,
  * reserved here in the shared count so that other workers do not take them
  * too.  Channels not compiled yet (none of their payments claimed so far)
- * have no limit yet.
+ * have no limit yet.  Only the channels with limits of their own are
+ * looked at, or all of them while a breaker somewhere is paused (a pause
+ * holds back a channel without limits too).
  */
 static ChannelSlots
 channel_slots(bool honour_caps)
 {
 	ChannelSlots slots = {0};
-	int			n = 0;
 	TimestampTz now = GetCurrentTimestamp();
+	bool		walk_all = unlisted_blocked || breaker_any_paused();
+	int			n = walk_all ? channel_count : limited_len;
 
 	slots.default_claim_ms = paysync_request_timeout_ms + PAYSYNC_CLAIM_MARGIN_MS;
-	for (ChannelState *c = channels; c; c = c->next)
-		n++;
 	slots.names = palloc(sizeof(char *) * Max(n, 1));
 	slots.claim_ms = palloc(sizeof(int32) * Max(n, 1));
 	slots.free_slots = palloc(sizeof(int32) * Max(n, 1));
-	for (ChannelState *c = channels; c; c = c->next)
+	if (claim_walk_cap < n)
 	{
+		claim_walk_cap = Max(n, 16);
+		if (claim_walk)
+			pfree(claim_walk);
+		claim_walk = MemoryContextAlloc(checker_context,
+										sizeof(ChannelState *) * claim_walk_cap);
+	}
+	claim_walk_len = 0;
+	if (walk_all)
+		for (ChannelState *c = channels; c; c = c->next)
+			claim_walk[claim_walk_len++] = c;
+	else
+		for (int i = 0; i < limited_len; i++)
+			claim_walk[claim_walk_len++] = limited_channels[i];
+
+	unlisted_blocked = false;
+	for (int i = 0; i < claim_walk_len; i++)
+	{
+		ChannelState *c = claim_walk[i];
 		int			cap = channel_cap(c);
 		TimestampTz wait_until;
 		int			allowed = politeness_allows(c, now, &wait_until);
@@ -430,6 +505,9 @@ channel_slots(bool honour_caps)
 				c->blocked_until = DT_NOEND;
 		}
 		c->at_cap = (c->blocked_until == DT_NOEND);
+		/* a paused channel without limits: look at all again next time */
+		if (c->blocked_until != 0 && !c->in_limited)
+			unlisted_blocked = true;
 		claim_ms = c->compiled ? channel_timeout_ms(c->compiled) + PAYSYNC_CLAIM_MARGIN_MS :
 			slots.default_claim_ms;
 		if (allowed < 0 && claim_ms == slots.default_claim_ms)
@@ -451,18 +529,19 @@ static ChannelSlots
 channels_blocked(TimestampTz *unblocked_at)
 {
 	ChannelSlots blocked = {0};
-	int			n = 0;
 
 	*unblocked_at = DT_NOEND;
-	for (ChannelState *c = channels; c; c = c->next)
-		n++;
-	blocked.names = palloc(sizeof(char *) * Max(n, 1));
-	for (ChannelState *c = channels; c; c = c->next)
+	blocked.names = palloc(sizeof(char *) * Max(claim_walk_len, 1));
+	for (int i = 0; i < claim_walk_len; i++)
+	{
+		ChannelState *c = claim_walk[i];
+
 		if (c->blocked_until != 0)
 		{
 			blocked.names[blocked.n++] = c->name;
 			*unblocked_at = Min(*unblocked_at, c->blocked_until);
 		}
+	}
 	return blocked;
 }
 
@@ -519,6 +598,51 @@ wake_other_workers(void)
 		stats_wake_worker_for(DT_NOBEGIN + 1);
 }
 
+/* Gives back the shared slots a check holds. */
+static void
+check_release_slots(Check *check)
+{
+	ChannelState *channel = check->channel;
+	bool		others_wait;
+
+	if (!check->reserved)
+		return;
+	Assert(channel->reserved > 0 && total_reserved > 0);
+	check->reserved = false;
+	channel->reserved--;
+	total_reserved--;
+	others_wait = politeness_release(channel->shared, 1, channel_cap(channel));
+	others_wait |= politeness_release_total(1, paysync_max_inflight);
+	/* a worker that found no free slot sleeps until one frees */
+	if (others_wait)
+		wake_other_workers();
+}
+
+/*
+ * A check claimed without shared slots (run_once) takes them as it starts,
+ * so that paysync.max_inflight and its channel's max_inflight hold across
+ * the workers and it.  False if none is free now.
+ */
+static bool
+check_reserve_slots(Check *check)
+{
+	ChannelState *channel = check->channel;
+
+	if (check->reserved)
+		return true;
+	if (politeness_reserve_total(1, paysync_max_inflight) == 0)
+		return false;
+	if (politeness_reserve(channel->shared, 1, channel_cap(channel)) == 0)
+	{
+		politeness_release_total(1, paysync_max_inflight);
+		return false;
+	}
+	check->reserved = true;
+	channel->reserved++;
+	total_reserved++;
+	return true;
+}
+
 /* Frees a check that has been answered, releasing its channel slot. */
 static void
 check_done(Check *check)
@@ -537,19 +661,7 @@ check_done(Check *check)
 			channel->at_cap = false;
 			slot_freed_for_capped = true;
 		}
-		if (check->reserved)
-		{
-			bool		others_wait;
-
-			Assert(channel->reserved > 0 && total_reserved > 0);
-			channel->reserved--;
-			total_reserved--;
-			others_wait = politeness_release(channel->shared, 1, channel_cap(channel));
-			others_wait |= politeness_release_total(1, paysync_max_inflight);
-			/* a worker that found no free slot sleeps until one frees */
-			if (others_wait)
-				wake_other_workers();
-		}
+		check_release_slots(check);
 		if (check->probe)
 		{
 			/* ended unanswered: the next probe need not wait for it to lapse */
@@ -595,8 +707,10 @@ claimed_channel(const char *name)
 static void
 release_unclaimed_slots(void)
 {
-	for (ChannelState *c = channels; c; c = c->next)
+	for (int i = 0; i < claim_walk_len; i++)
 	{
+		ChannelState *c = claim_walk[i];
+
 		if (c->reserved_now > c->claimed_now)
 			politeness_release(c->shared, c->reserved_now - c->claimed_now,
 							   c->cap_at_claim);
@@ -607,9 +721,9 @@ release_unclaimed_slots(void)
 /*
  * Claims (storage_claim) in a subtransaction.  A channel compiled for the
  * first time by this claim had no limits in it (they were not known yet):
- * then the claim is rolled back, the channel compiled, and the claim made
- * again with its limits.  Returns how many were claimed, *claimed in
- * scratch_context.
+ * if it has some (or a breaker somewhere is paused), the claim is rolled
+ * back and made again with them.  Returns how many were claimed, *claimed
+ * in scratch_context.
  */
 static int
 claim_with_known_limits(int limit, bool honour_caps, ClaimedCheck **claimed)
@@ -620,7 +734,7 @@ claim_with_known_limits(int limit, bool honour_caps, ClaimedCheck **claimed)
 	for (int attempt = 1; attempt <= 2; attempt++)
 	{
 		ChannelSlots slots;
-		bool		compiled_new = false;
+		bool		limits_unknown = false;
 
 		MemoryContextSwitchTo(scratch_context);
 		slots = channel_slots(honour_caps);
@@ -628,9 +742,17 @@ claim_with_known_limits(int limit, bool honour_caps, ClaimedCheck **claimed)
 		MemoryContextSwitchTo(scratch_context);
 		n = storage_claim(limit, &slots, claimed);
 		for (int i = 0; i < n; i++)
-			if (claimed_channel((*claimed)[i].channel)->compiled == NULL)
-				compiled_new = true;
-		if (!compiled_new || attempt == 2)
+		{
+			ChannelState *channel = claimed_channel((*claimed)[i].channel);
+
+			if (channel->compiled != NULL)
+				continue;
+			(void) channel_compiled(channel);
+			MemoryContextSwitchTo(scratch_context);
+			if (channel_has_limits(channel) || breaker_any_paused())
+				limits_unknown = true;
+		}
+		if (!limits_unknown || attempt == 2)
 		{
 			ReleaseCurrentSubTransaction();
 			CurrentResourceOwner = owner;
@@ -640,8 +762,6 @@ claim_with_known_limits(int limit, bool honour_caps, ClaimedCheck **claimed)
 		CurrentResourceOwner = owner;
 		if (honour_caps)
 			release_unclaimed_slots();
-		for (int i = 0; i < n; i++)
-			(void) channel_compiled(claimed_channel((*claimed)[i].channel));
 	}
 	MemoryContextSwitchTo(scratch_context);
 	return n;
@@ -897,9 +1017,17 @@ checker_start_claimed(void)
 			continue;
 		}
 
+		/* run_once: a free slot shared with the workers; retried soon */
+		if (!check_reserve_slots(check))
+		{
+			next_start_at = Min(next_start_at, now + SLOT_RETRY_MS * INT64CONST(1000));
+			queue[kept++] = check;
+			continue;
+		}
 		/* a paused channel: one probe at a time; then the rate (max_rps) */
 		if (!politeness_admits(check, now))
 		{
+			check_release_slots(check);
 			queue[kept++] = check;
 			continue;
 		}
@@ -1264,7 +1392,13 @@ checker_discard_all(void)
 	requests_in_flight = 0;
 	queue_len = 0;
 	channels = NULL;
+	channel_count = 0;
 	channel_table = NULL;
+	limited_channels = NULL;
+	limited_len = limited_cap = 0;
+	claim_walk = NULL;
+	claim_walk_len = claim_walk_cap = 0;
+	unlisted_blocked = false;
 	channels_generation = 0;
 	queue = NULL;
 	queue_cap = 0;

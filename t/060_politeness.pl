@@ -113,6 +113,24 @@ sql($node, q{UPDATE paysync.payments SET errors = 10 WHERE payment_id = 'e1~P'})
 is(sql($node, q{SELECT erroring FROM paysync.stats WHERE channel = 'brk'}), '1',
 	'stats count the erroring payments');
 
+# A paused channel with no limits of its own (max_inflight, max_rps): its
+# payments are not claimed during the pause, they keep their place in due
+# order; only the probes take one each.
+create_mock_channel($node, 'brk2', $mock, '{"pause_after_errors": 2}');
+sql($node, q{SELECT paysync.track('x' || i || '~E503', 'brk2', schedule => '{1s}')
+			 FROM generate_series(1, 2) i});
+wait_for_sql($node, q{SELECT state FROM paysync.stats WHERE channel = 'brk2'}, 'paused',
+	'a channel without limits pauses too');
+sql($node, q{SELECT paysync.track('q' || i || '~E503', 'brk2', schedule => '{1ms}')
+			 FROM generate_series(1, 10) i});
+usleep(2_000_000);
+my $unclaimed = sql($node, q{SELECT count(*) FROM paysync.payments
+							 WHERE payment_id LIKE 'q%' AND attempts = 0});
+ok($unclaimed >= 6,
+	"its due payments stay unclaimed during the pause, but for the probes ($unclaimed of 10 unclaimed)");
+sql($node, q{SELECT paysync.report(payment_id, 'cancelled') FROM paysync.payments
+			 WHERE channel = 'brk2' AND status = 'pending'});
+
 # without a breaker the errors go on at each payment's pace
 create_mock_channel($node, 'nobrk', $mock, '{"pause_after_errors": 0, "max_inflight": 1}');
 sql($node, q{SELECT paysync.track('n' || i || '~E503', 'nobrk', schedule => '{1s}')

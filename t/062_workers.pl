@@ -1,7 +1,8 @@
 # 062_workers.pl: paysync.workers = 2.  The workers split the due payments
 # and never check one payment twice at once, even when one of them is
 # killed hard mid-flight; together they stay within paysync.max_inflight
-# and a channel's max_inflight; worker_status() has a row for each.
+# and a channel's max_inflight, with run_once() beside them too;
+# worker_status() has a row for each.
 use strict;
 use warnings;
 
@@ -44,22 +45,27 @@ wait_for_sql($node, q{SELECT count(*) FROM paysync.payments WHERE status = 'succ
 my @all = sort { $a->[0] <=> $b->[0] }
   map { [ $_->[0], $_->[2] =~ /^w/ ? 'wide' : 'capped' ] }
   (mock_log($mock), mock_log($capped_mock));
-my ($most_all, $most_capped) = (0, 0);
-for my $i (0 .. $#all)
-{
-	my ($n_all, $n_capped) = (0, 0);
-	for (my $j = $i; $j < @all && $all[$j][0] < $all[$i][0] + 190_000; $j++)
-	{
-		$n_all++;
-		$n_capped++ if $all[$j][1] eq 'capped';
-	}
-	$most_all = $n_all if $n_all > $most_all;
-	$most_capped = $n_capped if $n_capped > $most_capped;
-}
+my $most_all = most_at_once(map { $_->[0] } @all);
+my $most_capped = most_at_once(map { $_->[0] } grep { $_->[1] eq 'capped' } @all);
 ok($most_all <= 16,
 	"paysync.max_inflight 16 holds for both workers and channels together (most at once: $most_all)");
 ok($most_all >= 12, 'and the workers do use it');
 ok($most_capped <= 4, "a channel's max_inflight 4 holds for both workers together (most: $most_capped)");
+
+# --- run_once() beside the workers ------------------------------------------------
+# The workers take the capped channel's payments 4 at a time; run_once()
+# claims others of them meanwhile, and its requests wait for the slots the
+# workers hold: still no more than 4 at once.
+sql($node, q{SELECT paysync.track('r' || i || '~S', 'capped', schedule => '{1ms}')
+			 FROM generate_series(1, 40) i});
+usleep(50_000);
+my $by_hand = sql($node, 'SELECT paysync.run_once(10)');
+ok($by_hand > 0, "run_once() checked payments beside the workers ($by_hand)");
+wait_for_sql($node, q{SELECT count(*) FROM paysync.payments WHERE payment_id LIKE 'r%' AND status = 'succeeded'},
+	'40', 'the workers check the rest');
+my $most_run_once = most_at_once(map { $_->[0] } grep { $_->[2] =~ /^r/ } mock_log($capped_mock));
+ok($most_run_once <= 4,
+	"a channel's max_inflight 4 holds for run_once() and the workers together (most: $most_run_once)");
 
 # --- one worker killed hard mid-flight ------------------------------------------
 `curl -s -X POST http://127.0.0.1:$mock->{port}/_reset`;
@@ -86,3 +92,19 @@ ok(sql($node, q{SELECT pid FROM paysync.worker_status() WHERE worker = 2}) ne $v
 stop_mock($mock);
 stop_mock($capped_mock);
 done_testing();
+
+# The most requests that arrived within 190 ms of one another, given their
+# arrival times in µs: every answer takes 200 ms, so they were all
+# in flight at once.
+sub most_at_once
+{
+	my @at = sort { $a <=> $b } @_;
+	my $most = 0;
+	for my $i (0 .. $#at)
+	{
+		my $n = 0;
+		$n++ while $i + $n < @at && $at[ $i + $n ] < $at[$i] + 190_000;
+		$most = $n if $n > $most;
+	}
+	return $most;
+}
