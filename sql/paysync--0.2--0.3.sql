@@ -720,43 +720,13 @@ REVOKE ALL ON FUNCTION paysync.receive(text, jsonb, text) FROM PUBLIC;
  * counted, and the worker names the likely holders in the log.
  */
 
--- May the events trigger send the NOTIFYs of so many new events?  When
--- not, they are counted as skipped if the transaction commits.
-CREATE FUNCTION paysync._notify_allowed(events bigint)
-RETURNS boolean
-LANGUAGE C VOLATILE
-AS 'MODULE_PATHNAME', 'paysync_notify_allowed';
-
-REVOKE ALL ON FUNCTION paysync._notify_allowed(bigint) FROM PUBLIC;
-
 -- Sends every new event with NOTIFY, in the inserting transaction, unless
--- the notification queue is too full (see above).
+-- the notification queue is too full (see above).  C: every recorded batch
+-- runs it.
 CREATE OR REPLACE FUNCTION paysync._events_notify()
 RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	notify_channel text := coalesce(nullif(current_setting('paysync.notify_channel', true), ''),
-									'paysync');
-	new_count	bigint;
-BEGIN
-	SELECT count(*) INTO new_count FROM new_events;
-	IF new_count = 0 OR NOT paysync._notify_allowed(new_count) THEN
-		RETURN NULL;
-	END IF;
-	PERFORM pg_notify(notify_channel,
-					  json_build_object('event_id', e.event_id,
-										'payment_id', e.payment_id,
-										'channel', e.channel,
-										'status', e.status,
-										'previous', e.previous,
-										'channel_status', e.channel_status,
-										'source', e.source)::text)
-	FROM (SELECT * FROM new_events ORDER BY event_id) e;
-	RETURN NULL;
-END
-$$;
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'paysync_events_notify';
 
 /*
  * worker_status() shows the queue's usage and the notifications skipped

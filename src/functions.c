@@ -2,19 +2,24 @@
  * functions.c
  *		SQL-callable C functions: run_once(), worker_status() and the
  *		helpers of the SQL functions (channel and schedule checks, a
- *		channel's schedule, the wake-up at commit, the events trigger's
- *		notification queue check).
+ *		channel's schedule, the wake-up at commit) and the events trigger,
+ *		which sends the NOTIFYs.
  */
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "commands/async.h"
 #include "commands/trigger.h"
+#include "executor/executor.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/tuplestore.h"
 #include "utils/wait_event.h"
 #include "utils/timestamp.h"
 
@@ -31,7 +36,7 @@ PG_FUNCTION_INFO_V1(paysync_wake_worker_at_commit);
 PG_FUNCTION_INFO_V1(paysync_run_once);
 PG_FUNCTION_INFO_V1(paysync_worker_status);
 PG_FUNCTION_INFO_V1(paysync_channel_counters);
-PG_FUNCTION_INFO_V1(paysync_notify_allowed);
+PG_FUNCTION_INFO_V1(paysync_events_notify);
 PG_FUNCTION_INFO_V1(paysync_channel_pauses);
 PG_FUNCTION_INFO_V1(paysync_channels_changed_trigger);
 
@@ -135,24 +140,151 @@ notification_queue_usage(void)
 }
 
 /*
- * _notify_allowed(events): may the events trigger send its NOTIFYs?  Not
+ * May the events trigger send the NOTIFYs of so many new events?  Not
  * while the notification queue is fuller than paysync.notify_queue_limit:
  * a listener that holds the queue's tail (a session that ran LISTEN and
  * sits in a transaction) would otherwise, once the queue is full, make
  * every commit of a status change fail.  The events are committed all the
- * same; the NOTIFYs skipped (one per event) are counted if the transaction commits,
- * and the worker says so in the log.
+ * same; the NOTIFYs skipped (one per event) are counted if the transaction
+ * commits, and the worker says so in the log.
  */
-Datum
-paysync_notify_allowed(PG_FUNCTION_ARGS)
+static bool
+notifications_allowed(int64 events)
 {
-	int64		events = PG_ARGISNULL(0) ? 0 : PG_GETARG_INT64(0);
 	bool		skip = notification_queue_usage() > paysync_notify_queue_limit;
 
 	stats_notify_skipping(skip);
 	if (skip && events > 0)
 		paysync_count_skipped_notifications(events);
-	PG_RETURN_BOOL(!skip);
+	return !skip;
+}
+
+/* One new event's NOTIFY payload, and its number to send them in order. */
+typedef struct EventNotification
+{
+	int64		event_id;
+	char	   *payload;
+} EventNotification;
+
+static int
+event_notification_cmp(const void *a, const void *b)
+{
+	int64		x = ((const EventNotification *) a)->event_id;
+	int64		y = ((const EventNotification *) b)->event_id;
+
+	return (x > y) - (x < y);
+}
+
+/* The number of the column of paysync.events called name. */
+static int
+events_column(TupleDesc tupdesc, const char *name)
+{
+	for (int i = 0; i < tupdesc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
+
+		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
+			return i + 1;
+	}
+	elog(ERROR, "paysync.events has no column \"%s\"", name);
+	return 0;					/* keep the compiler quiet */
+}
+
+/* The columns of an event's payload, in the order of its keys. */
+static const char *const event_payload_keys[] = {
+	"event_id", "payment_id", "channel", "status", "previous",
+	"channel_status", "source"
+};
+
+#define EVENT_PAYLOAD_KEYS lengthof(event_payload_keys)
+
+/*
+ * The events trigger (AFTER INSERT ON paysync.events FOR EACH STATEMENT,
+ * the new rows as its transition table): sends each new event with NOTIFY
+ * on paysync.notify_channel, in event_id order, as the JSON object of the
+ * contract, unless the notification queue is too full (see
+ * notifications_allowed).  Every recorded batch runs it, so it is C: in
+ * PL/pgSQL its per-row json_build_object and pg_notify cost more than the
+ * NOTIFYs themselves.
+ */
+Datum
+paysync_events_notify(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Tuplestorestate *rows;
+	TupleDesc	tupdesc;
+	TupleTableSlot *slot;
+	int			columns[EVENT_PAYLOAD_KEYS];
+	Oid			output_functions[EVENT_PAYLOAD_KEYS];
+	EventNotification *events;
+	int64		n;
+	int64		i = 0;
+	const char *notify_channel;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) ||
+		!TRIGGER_FIRED_AFTER(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event) ||
+		!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) ||
+		trigdata->tg_newtable == NULL)
+		elog(ERROR, "_events_notify() must be an AFTER INSERT statement trigger with a new table");
+	rows = trigdata->tg_newtable;
+	n = tuplestore_tuple_count(rows);
+	if (n == 0 || !notifications_allowed(n))
+		return PointerGetDatum(NULL);
+
+	tupdesc = RelationGetDescr(trigdata->tg_relation);
+	for (int k = 0; k < (int) EVENT_PAYLOAD_KEYS; k++)
+	{
+		bool		varlena;
+
+		columns[k] = events_column(tupdesc, event_payload_keys[k]);
+		getTypeOutputInfo(TupleDescAttr(tupdesc, columns[k] - 1)->atttypid,
+						  &output_functions[k], &varlena);
+	}
+
+	events = palloc(sizeof(EventNotification) * n);
+	slot = MakeSingleTupleTableSlot(tupdesc, &TTSOpsMinimalTuple);
+	/* a read pointer of our own: other readers of the new rows keep theirs */
+	tuplestore_select_read_pointer(rows,
+								   tuplestore_alloc_read_pointer(rows, EXEC_FLAG_REWIND));
+	tuplestore_rescan(rows);
+	while (i < n && tuplestore_gettupleslot(rows, true, false, slot))
+	{
+		StringInfoData payload;
+
+		initStringInfo(&payload);
+		events[i].event_id = 0;
+		appendStringInfoChar(&payload, '{');
+		for (int k = 0; k < (int) EVENT_PAYLOAD_KEYS; k++)
+		{
+			bool		isnull;
+			Datum		value = slot_getattr(slot, columns[k], &isnull);
+
+			if (k > 0)
+				appendStringInfoString(&payload, ", ");
+			escape_json(&payload, event_payload_keys[k]);
+			appendStringInfoString(&payload, " : ");
+			if (isnull)
+				appendStringInfoString(&payload, "null");
+			else if (k == 0)
+			{
+				events[i].event_id = DatumGetInt64(value);
+				appendStringInfo(&payload, INT64_FORMAT, events[i].event_id);
+			}
+			else
+				escape_json(&payload, OidOutputFunctionCall(output_functions[k], value));
+		}
+		appendStringInfoChar(&payload, '}');
+		events[i++].payload = payload.data;
+	}
+	ExecDropSingleTupleTableSlot(slot);
+
+	qsort(events, i, sizeof(EventNotification), event_notification_cmp);
+	notify_channel = (paysync_notify_channel && paysync_notify_channel[0]) ?
+		paysync_notify_channel : "paysync";
+	for (int64 j = 0; j < i; j++)
+		Async_Notify(notify_channel, events[j].payload);
+	return PointerGetDatum(NULL);
 }
 
 /*

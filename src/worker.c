@@ -10,7 +10,7 @@
  *		a committing track()/check_now() wakes it.
  *
  *		While events are committed without their NOTIFY (the notification
- *		queue fuller than paysync.notify_queue_limit, see _notify_allowed),
+ *		queue fuller than paysync.notify_queue_limit, see _events_notify),
  *		the worker logs one WARNING a minute naming the likely holders of
  *		the queue, and one LOG line when notifications are sent again.
  *

@@ -549,6 +549,14 @@ wait_true($node, 'auth_j~J', 'errors >= 1', 'an error on the channel with the se
 
 # ================================================================ 5. NOTIFY
 
+# Five payments ended by one recording statement: run_once() in the
+# transaction that tracks them, so no worker sees them pending.
+is(sql($node, q{BEGIN;
+	SELECT count(paysync.track('ord' || i || '~S', 'mock')) FROM generate_series(1, 5) i \\g /dev/null
+	SELECT count(paysync.check_now('ord' || i || '~S')) FROM generate_series(1, 5) i \\g /dev/null
+	SELECT paysync.run_once(10);
+	COMMIT;}), '5', 'five payments checked and recorded in one statement');
+
 my @events = map { [ split /\|/, $_, 7 ] } split /\n/, sql($node, 
 	q{SELECT event_id, payment_id, channel, status, previous, coalesce(channel_status, '<null>'), source
 	  FROM paysync.events ORDER BY event_id});
@@ -602,6 +610,9 @@ my @events = map { [ split /\|/, $_, 7 ] } split /\n/, sql($node,
 	my ($rep_1_raw) = grep { $_->[1] =~ /"rep_1"/ } @notifications;
 	like($rep_1_raw->[1] // '', qr/"event_id"\s*:\s*\d+\s*[,}]/,
 		'NOTIFY: event_id is a JSON number');
+	my @arrival = map { $_->{event_id} } @payloads;
+	ok(!grep({ $arrival[$_] <= $arrival[ $_ - 1 ] } 1 .. $#arrival),
+		'NOTIFY: notifications arrive in event_id order, also those of one statement');
 }
 
 # ================================================================ 6. events_since
