@@ -165,6 +165,7 @@ static int	requests_in_flight = 0;
 static RecordedAnswer *answers = NULL;
 static int	answers_len = 0;
 static int	answers_cap = 0;
+static TimestampTz oldest_answer_at = 0;	/* when the first of them came */
 
 static bool slot_freed_for_capped = false;
 
@@ -558,6 +559,8 @@ answer_add(const Check *check, const CheckAnswer *answer)
 		answers = answers ? repalloc(answers, sizeof(RecordedAnswer) * answers_cap) :
 			palloc(sizeof(RecordedAnswer) * answers_cap);
 	}
+	if (answers_len == 0)
+		oldest_answer_at = GetCurrentTimestamp();
 	a = &answers[answers_len++];
 	a->payment_id = pstrdup(check->payment_id);
 	a->attempts = check->attempts;
@@ -1354,6 +1357,7 @@ checker_discard_failed_answers(void)
 	MemoryContextReset(answers_context);
 	answers = NULL;
 	answers_len = answers_cap = 0;
+	oldest_answer_at = 0;
 }
 
 /*
@@ -1410,6 +1414,13 @@ int
 checker_answers_waiting(void)
 {
 	return answers_len;
+}
+
+/* When the oldest answer waiting to be recorded came (0 if none waits). */
+TimestampTz
+checker_oldest_answer_at(void)
+{
+	return answers_len > 0 ? oldest_answer_at : 0;
 }
 
 int

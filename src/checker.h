@@ -20,6 +20,7 @@ extern int	checker_start_claimed(void);
 extern bool checker_wait(long timeout_ms, uint32 wait_event_info);
 extern int	checker_record(int limit);
 extern int	checker_answers_waiting(void);
+extern TimestampTz checker_oldest_answer_at(void);
 extern int	checker_queued(void);
 extern int	checker_in_flight(void);
 extern int	checker_free_slots(void);

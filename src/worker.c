@@ -3,7 +3,8 @@
  *		The paysync background worker: its main loop.
  *
  *		Each pass records the answers that came back (short transactions of
- *		up to paysync.batch_size), claims due payments if there is room in
+ *		up to paysync.batch_size, once a batch is full or the oldest answer
+ *		has waited RECORD_GATHER_MS), claims due payments if there is room in
  *		flight (one short transaction), starts their requests with no
  *		transaction open, then sleeps on its latch and the requests' sockets
  *		until a request makes progress, the earliest next_check_at comes, or
@@ -45,6 +46,7 @@
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/memutils.h"
+#include "utils/plancache.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
@@ -61,6 +63,17 @@
 #define NOTIFY_WARNING_INTERVAL_MS 60000
 /* Sessions named in that WARNING. */
 #define NOTIFY_HOLDERS_SHOWN 3
+
+/*
+ * How long an answer may wait for others to share its recording
+ * transaction.  Answers that trickle in (a channel held to max_rps, a slow
+ * channel) are then recorded a few at a time, not one transaction each;
+ * a full batch is recorded at once.
+ */
+#define RECORD_GATHER_MS 20
+
+/* How often the worker makes its cached query plans again. */
+#define PLAN_REFRESH_MS 5000
 
 /* Why the worker is not claiming payments, when it is not. */
 typedef enum WaitReason
@@ -84,6 +97,7 @@ static int	worker_number = 1;	/* 1 to paysync.workers */
 static uint64 skipped_warned = 0;
 static TimestampTz skipped_warned_at = 0;
 static bool skipping_warned = false;	/* warned, not yet told they resumed */
+static TimestampTz plans_made_at = 0;	/* the cached plans were dropped then */
 
 /*
  * Forgets the worker in shared memory as it exits, and gives back the
@@ -225,6 +239,22 @@ find_wait_reason(void)
 }
 
 /*
+ * When the answers waiting should be recorded: at once if a batch is full,
+ * else RECORD_GATHER_MS after the oldest came; DT_NOEND if none waits.
+ */
+static TimestampTz
+answers_record_at(void)
+{
+	int			waiting_answers = checker_answers_waiting();
+
+	if (waiting_answers == 0)
+		return DT_NOEND;
+	if (waiting_answers >= paysync_batch_size)
+		return 0;
+	return checker_oldest_answer_at() + (int64) RECORD_GATHER_MS * 1000;
+}
+
+/*
  * Records what came back, batch by batch, each batch in a short
  * transaction.  Answers that cannot be recorded now (see find_wait_reason)
  * are dropped: their claims lapse and the payments are checked again.
@@ -232,7 +262,7 @@ find_wait_reason(void)
 static void
 record_answers(void)
 {
-	if (checker_answers_waiting() == 0)
+	if (answers_record_at() > GetCurrentTimestamp())
 		return;
 	/* the answers set new due times, so look for due work again */
 	next_claim_at = 0;
@@ -401,13 +431,33 @@ sleep_until_something_happens(void)
 	if (checker_next_start(&start_at))
 		timeout_ms = Min(timeout_ms, ms_until(start_at, now));
 	if (checker_answers_waiting() > 0)
-		timeout_ms = 0;
+		timeout_ms = Min(timeout_ms, ms_until(answers_record_at(), now));
 
 	report_state();
 	woken = checker_wait(timeout_ms, PG_WAIT_EXTENSION);
 	CHECK_FOR_INTERRUPTS();
 	if (woken || checker_slot_freed_for_capped())
 		next_claim_at = 0;
+}
+
+/*
+ * Drops the worker's cached query plans every PLAN_REFRESH_MS, so that
+ * they follow the size of paysync's tables: a generic plan made while the
+ * payments table was nearly empty (a fresh install, the first payments)
+ * may scan every pending payment to update the few of a batch, and would
+ * stay until a vacuum or analyze of the table next invalidated it.
+ * Planning again costs a few milliseconds.
+ */
+static void
+refresh_plans_if_due(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (TimestampDifferenceExceeds(plans_made_at, now, PLAN_REFRESH_MS))
+	{
+		ResetPlanCache();
+		plans_made_at = now;
+	}
 }
 
 /* Rereads the configuration file after a SIGHUP. */
@@ -434,6 +484,7 @@ worker_loop(void)
 		/* busy: any commit of due work from now on sets the latch */
 		stats_worker_sleeps_until(DT_NOEND);
 
+		refresh_plans_if_due();
 		record_answers();
 		claim_and_start();
 		/* one worker speaks for all */
