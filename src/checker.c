@@ -103,6 +103,7 @@ typedef struct ChannelState
 	bool		probing;		/* its breaker's probe is ours, in flight */
 	bool		at_cap;			/* had no free slot at the last claim */
 	bool		in_limited;		/* in limited_channels */
+	uint64		walk_mark;		/* the last claim walk it is in */
 	TimestampTz blocked_until;	/* at the last claim: 0 if it could be
 								 * claimed, else when it may be again
 								 * (DT_NOEND: when a slot frees) */
@@ -154,8 +155,8 @@ static ChannelState **claim_walk = NULL;
 static int	claim_walk_len = 0;
 static int	claim_walk_cap = 0;
 
-/* A channel not in limited_channels was blocked (paused) at the last claim. */
-static bool unlisted_blocked = false;
+/* Marks the channels already in claim_walk (ChannelState.walk_mark). */
+static uint64 walk_mark = 0;
 
 static Check **queue = NULL;	/* claimed, not yet started */
 static int	queue_len = 0;
@@ -440,6 +441,30 @@ politeness_allows(ChannelState *channel, TimestampTz now, TimestampTz *wait_unti
 	return allowed;
 }
 
+/* Is a compiled channel's breaker paused (by any worker)? */
+static bool
+channel_paused(const ChannelState *c)
+{
+	const ChannelConfig *config = c->compiled ? c->compiled->config : NULL;
+	TimestampTz wait_until;
+
+	if (config == NULL || c->shared == NULL || config->pause_after_errors <= 0 ||
+		!breaker_any_paused())
+		return false;
+	return breaker_claimable(c->shared, config->pause_after_errors,
+							 GetCurrentTimestamp(), &wait_until) >= 0;
+}
+
+/* Adds channel c to the claim walk, once. */
+static void
+claim_walk_add(ChannelState *c)
+{
+	if (c->walk_mark == walk_mark)
+		return;
+	c->walk_mark = walk_mark;
+	claim_walk[claim_walk_len++] = c;
+}
+
 /*
  * What a claim is to know of the channels: the default claim time and the
  * channels that are exceptions, with how long a claim of theirs lasts and
@@ -448,16 +473,21 @@ politeness_allows(ChannelState *channel, TimestampTz now, TimestampTz *wait_unti
  * reserved here in the shared count so that other workers do not take them
  * too.  Channels not compiled yet (none of their payments claimed so far)
  * have no limit yet.  Only the channels with limits of their own are
- * looked at, or all of them while a breaker somewhere is paused (a pause
- * holds back a channel without limits too).
+ * looked at, and the paused ones (a pause holds back a channel without
+ * limits too; all channels if more are paused than the shared memory
+ * names).  The others keep no reservation or block from an earlier claim
+ * that matters: channels_blocked() and release_unclaimed_slots() look at
+ * this walk only.
  */
 static ChannelSlots
 channel_slots(bool honour_caps)
 {
 	ChannelSlots slots = {0};
 	TimestampTz now = GetCurrentTimestamp();
-	bool		walk_all = unlisted_blocked || breaker_any_paused();
-	int			n = walk_all ? channel_count : limited_len;
+	char		(*paused_names)[NAMEDATALEN] = palloc(PAUSED_NAMES_MAX * NAMEDATALEN);
+	int			paused = breaker_paused_names(paused_names);
+	bool		walk_all = (paused < 0);
+	int			n = walk_all ? channel_count : limited_len + paused;
 
 	slots.default_claim_ms = paysync_request_timeout_ms + PAYSYNC_CLAIM_MARGIN_MS;
 	slots.names = palloc(sizeof(char *) * Max(n, 1));
@@ -472,14 +502,23 @@ channel_slots(bool honour_caps)
 										sizeof(ChannelState *) * claim_walk_cap);
 	}
 	claim_walk_len = 0;
+	walk_mark++;
 	if (walk_all)
 		for (ChannelState *c = channels; c; c = c->next)
-			claim_walk[claim_walk_len++] = c;
+			claim_walk_add(c);
 	else
+	{
 		for (int i = 0; i < limited_len; i++)
-			claim_walk[claim_walk_len++] = limited_channels[i];
+			claim_walk_add(limited_channels[i]);
+		for (int i = 0; i < paused; i++)
+		{
+			ChannelState *c = channel_find(paused_names[i]);
 
-	unlisted_blocked = false;
+			if (c != NULL)
+				claim_walk_add(c);
+		}
+	}
+
 	for (int i = 0; i < claim_walk_len; i++)
 	{
 		ChannelState *c = claim_walk[i];
@@ -506,9 +545,6 @@ channel_slots(bool honour_caps)
 				c->blocked_until = DT_NOEND;
 		}
 		c->at_cap = (c->blocked_until == DT_NOEND);
-		/* a paused channel without limits: look at all again next time */
-		if (c->blocked_until != 0 && !c->in_limited)
-			unlisted_blocked = true;
 		claim_ms = c->compiled ? channel_timeout_ms(c->compiled) + PAYSYNC_CLAIM_MARGIN_MS :
 			slots.default_claim_ms;
 		if (allowed < 0 && claim_ms == slots.default_claim_ms)
@@ -724,8 +760,8 @@ release_unclaimed_slots(void)
 /*
  * Claims (storage_claim) in a subtransaction.  A channel compiled for the
  * first time by this claim had no limits in it (they were not known yet):
- * if it has some (or a breaker somewhere is paused), the claim is rolled
- * back and made again with them.  Returns how many were claimed, *claimed
+ * if it has some, or is paused, the claim is rolled back and made again
+ * with them.  Returns how many were claimed, *claimed
  * in scratch_context.
  */
 static int
@@ -752,7 +788,7 @@ claim_with_known_limits(int limit, bool honour_caps, ClaimedCheck **claimed)
 				continue;
 			(void) channel_compiled(channel);
 			MemoryContextSwitchTo(scratch_context);
-			if (channel_has_limits(channel) || breaker_any_paused())
+			if (channel_has_limits(channel) || channel_paused(channel))
 				limits_unknown = true;
 		}
 		if (!limits_unknown || attempt == 2)
@@ -1402,7 +1438,6 @@ checker_discard_all(void)
 	limited_len = limited_cap = 0;
 	claim_walk = NULL;
 	claim_walk_len = claim_walk_cap = 0;
-	unlisted_blocked = false;
 	channels_generation = 0;
 	queue = NULL;
 	queue_cap = 0;

@@ -88,6 +88,10 @@ typedef struct PolitenessShared
 	pg_atomic_uint32 paused_channels;	/* how many are paused now */
 	pg_atomic_uint64 channels_generation;	/* bumped at each commit that
 											 * changed paysync.channels */
+	slock_t		paused_mutex;	/* guards the two below */
+	int			paused_named;	/* names in paused_names */
+	char		paused_names[PAUSED_NAMES_MAX][NAMEDATALEN];	/* of paused
+																 * channels */
 } PolitenessShared;
 
 static PolitenessShared *politeness = NULL;
@@ -118,6 +122,8 @@ politeness_shmem_startup(void)
 		politeness->lock = &(GetNamedLWLockTranche("paysync politeness"))->lock;
 		pg_atomic_init_u32(&politeness->total_in_flight, 0);
 		pg_atomic_init_u32(&politeness->paused_channels, 0);
+		SpinLockInit(&politeness->paused_mutex);
+		politeness->paused_named = 0;
 		/* 1: a checker that has loaded nothing yet holds 0 */
 		pg_atomic_init_u64(&politeness->channels_generation, 1);
 	}
@@ -400,6 +406,55 @@ breaker_claimable(ChannelPoliteness *entry, int pause_after_errors, TimestampTz 
 }
 
 /*
+ * Adds channel to the shared names of paused channels (paused), or takes it
+ * out; a name that finds no room is left out (claims then look at every
+ * channel: paused_channels is larger than paused_named).
+ */
+static void
+paused_names_update(const char *channel, bool paused)
+{
+	SpinLockAcquire(&politeness->paused_mutex);
+	if (paused)
+	{
+		if (politeness->paused_named < PAUSED_NAMES_MAX)
+			memcpy(politeness->paused_names[politeness->paused_named++], channel,
+				   NAMEDATALEN);
+	}
+	else
+	{
+		for (int i = 0; i < politeness->paused_named; i++)
+			if (strcmp(politeness->paused_names[i], channel) == 0)
+			{
+				politeness->paused_named--;
+				memcpy(politeness->paused_names[i],
+					   politeness->paused_names[politeness->paused_named], NAMEDATALEN);
+				break;
+			}
+	}
+	SpinLockRelease(&politeness->paused_mutex);
+}
+
+/*
+ * Copies the names of the paused channels into names (PAUSED_NAMES_MAX of
+ * NAMEDATALEN) and returns how many; -1 if more are paused than are named.
+ */
+int
+breaker_paused_names(char (*names)[NAMEDATALEN])
+{
+	int			n;
+
+	if (politeness == NULL || pg_atomic_read_u32(&politeness->paused_channels) == 0)
+		return 0;
+	SpinLockAcquire(&politeness->paused_mutex);
+	n = politeness->paused_named;
+	memcpy(names, politeness->paused_names, (Size) n * NAMEDATALEN);
+	SpinLockRelease(&politeness->paused_mutex);
+	if (pg_atomic_read_u32(&politeness->paused_channels) > (uint32) n)
+		return -1;
+	return n;
+}
+
+/*
  * Counts an answer of entry's channel: trouble (no answer, a 5xx, a 429)
  * or not, and whether it answered the probe.  Returns the change it made,
  * for the caller's one LOG line, with the errors in a row and, on a
@@ -452,6 +507,8 @@ breaker_answer(ChannelPoliteness *entry, bool trouble, bool probe,
 	}
 	*errors_in_row = entry->errors_in_row;
 	SpinLockRelease(&entry->mutex);
+	if (change != BREAKER_UNCHANGED)
+		paused_names_update(entry->name, change == BREAKER_PAUSED);
 	return change;
 }
 

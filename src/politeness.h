@@ -77,6 +77,10 @@ extern BreakerChange breaker_answer(ChannelPoliteness *entry, bool trouble, bool
 									int *errors_in_row, int64 *paused_ms);
 extern void breaker_probe_dropped(ChannelPoliteness *entry);
 extern bool breaker_any_paused(void);
+extern int	breaker_paused_names(char (*names)[NAMEDATALEN]);
+
+/* The most names breaker_paused_names() copies. */
+#define PAUSED_NAMES_MAX 64
 
 /* changes of paysync.channels, for the checkers' cached channel rows */
 extern uint64 politeness_channels_generation(void);

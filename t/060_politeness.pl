@@ -80,6 +80,9 @@ my @gaps = map { ($b[$_] - $b[ $_ - 1 ]) / 1e6 } 3 .. 5;
 ok($gaps[0] >= 0.95 && $gaps[0] < 2.5, "the first probe came 1 s after the pause ($gaps[0] s)");
 ok($gaps[1] >= 1.95 && $gaps[1] < 3.5, "the second 2 s after the first ($gaps[1] s)");
 ok($gaps[2] >= 3.95 && $gaps[2] < 6, "the third 4 s after the second ($gaps[2] s)");
+# (the last answer is recorded a moment after its request arrived)
+$node->poll_query_until('postgres',
+	q{SELECT sum(errors) >= } . scalar(@b) . q{ FROM paysync.payments WHERE payment_id LIKE 'b%'});
 is(sql($node, q{SELECT sum(errors) FROM paysync.payments WHERE payment_id LIKE 'b%'}),
 	scalar(@b), 'each error counted belongs to a request: none for the pause');
 
