@@ -619,10 +619,11 @@ SELECT count(*) FROM paysync._claim(200, 15000, '{}', '{}', '{}');
 ROLLBACK;
 EOF
 		)
-		say "  plan of the claim (auto_explain, nested statement of paysync._claim):"
-		awk '/\(cost=/ && !on { on = 1 } on && /NOTICE/ { exit } on { print "    " $0 }' <<<"$plan"
-		if grep -q 'Index.*Scan.*payments' <<<"$plan"; then
-			summary "bigtable, claim plan" "index scan on payments: yes"
+		say "  plan of the claim (auto_explain, the WITH listed statement of paysync._claim):"
+		awk '/NOTICE/ { on = 0 } /Query Text: WITH listed/ { on = 1 }
+			on && /\(cost=|Index Cond|Filter:|CTE [a-z]/ { print "    " $0 }' <<<"$plan"
+		if grep -q 'Index Scan using payments_next_check_idx' <<<"$plan"; then
+			summary "bigtable, claim plan" "index scan on payments_next_check_idx: yes"
 		else
 			summary "bigtable, claim plan" "NO index scan on payments (see the plan above)"
 		fi
