@@ -136,7 +136,7 @@ static HTAB *channel_table = NULL;	/* and by name */
 static uint64 channels_generation = 0;	/* of the rows loaded */
 
 /*
- * The channels a claim must look at when no channel is paused: those
+ * The channels a claim must look at, besides the paused ones: those
  * compiled with a limit of their own (max_inflight, max_rps, timeout).
  * The others take the claim's defaults, so a claim's cost follows the
  * channels with limits, not all the channels defined.  A channel stays
@@ -992,6 +992,7 @@ checker_start_claimed(void)
 		CheckAnswer answer;
 		char		error[200];
 		const char *token = NULL;
+		bool		reserved_here;
 
 		if (requests_in_flight >= paysync_max_inflight ||
 			(compiled->config && compiled->config->max_inflight > 0 &&
@@ -1057,6 +1058,7 @@ checker_start_claimed(void)
 		}
 
 		/* run_once: a free slot shared with the workers; retried soon */
+		reserved_here = !check->reserved;
 		if (!check_reserve_slots(check))
 		{
 			next_start_at = Min(next_start_at, now + SLOT_RETRY_MS * INT64CONST(1000));
@@ -1066,7 +1068,9 @@ checker_start_claimed(void)
 		/* a paused channel: one probe at a time; then the rate (max_rps) */
 		if (!politeness_admits(check, now))
 		{
-			check_release_slots(check);
+			/* a worker's check keeps the slot its claim reserved */
+			if (reserved_here)
+				check_release_slots(check);
 			queue[kept++] = check;
 			continue;
 		}
