@@ -68,6 +68,10 @@ $$;
 -- last_error set when given.  Payments no longer pending are left alone.
 -- Returns the payments it ended.  Every way a payment ends comes through
 -- here, in one update of its row.
+--
+-- "Still pending" is spelt status::text = 'pending' here and in
+-- _record_answers(), a test no partial index answers (see "Pending, spelt
+-- three ways" below), so that the planner reaches each row by its key.
 CREATE FUNCTION paysync._finalize(payment_ids text[],
 								  statuses paysync.payment_status[],
 								  channel_statuses text[], sources text[],
@@ -100,7 +104,7 @@ BEGIN
 			finalized_at = now(),
 			updated_at = now()
 		FROM final f
-		WHERE p.payment_id = f.payment_id AND p.status = 'pending'
+		WHERE p.payment_id = f.payment_id AND p.status::text = 'pending'
 			AND f.status <> 'pending'
 		RETURNING p.payment_id, p.channel, p.status, p.channel_status, f.source
 	), event AS (
@@ -119,9 +123,23 @@ $$;
 /*
  * The claim walks due payments in due order through this index, whatever
  * the number of channels defined: its cost follows the work due.
+ *
+ * Pending, spelt three ways.  A pending payment has status 'pending' and
+ * no finalized_at (payments_final_check makes the two the same), and each
+ * query says it in the way that leaves the planner only the index meant
+ * for it, because the statistics of a payments table swing between "none
+ * pending" (just after an outage or a busy hour ended them all) and "all
+ * pending", and with either some plans walked every due payment at each
+ * claim or batch:
+ * - finalized_at IS NULL: this index, for the walk of all channels in due
+ *   order (the claim, the next-due look-up);
+ * - status = 'pending': payments_due_idx (channel, next_check_at), for one
+ *   channel's due payments (a limited channel's claim, paysync.stats);
+ * - status::text = 'pending': no partial index, for payments found by their
+ *   key (recording answers, ending payments).
  */
 CREATE INDEX payments_next_check_idx ON paysync.payments (next_check_at)
-	WHERE status = 'pending';
+	WHERE finalized_at IS NULL;
 
 /*
  * Claims up to max_rows due payments of enabled channels for checking,
@@ -164,7 +182,7 @@ BEGIN
 		SELECT p.payment_id, p.channel, p.next_check_at AS due_at
 		FROM paysync.payments p
 		JOIN paysync.channels c ON c.name = p.channel AND c.enabled
-		WHERE p.status = 'pending' AND p.next_check_at <= now()
+		WHERE p.finalized_at IS NULL AND p.next_check_at <= now()
 			AND p.channel <> ALL (limited)
 		ORDER BY p.next_check_at
 		LIMIT max_rows
@@ -254,7 +272,7 @@ BEGIN
 			   coalesce(a.close_on_expiry, false) AS close_on_expiry
 		FROM paysync.payments p
 		JOIN unnest(answers) a ON a.payment_id = p.payment_id
-		WHERE p.status = 'pending' AND p.attempts = a.attempts
+		WHERE p.status::text = 'pending' AND p.attempts = a.attempts
 		ORDER BY p.payment_id
 		FOR UPDATE OF p
 	), judged AS (

@@ -390,3 +390,66 @@ FROM paysync.payments WHERE payment_id LIKE 'S-N%' ORDER BY payment_id;
 SELECT * FROM pg_temp.rec(pg_temp.ans('S-N3', 'pending', 'WAIT'));
 SELECT retry_after_until FROM paysync.payments WHERE payment_id = 'S-N3';
 ROLLBACK;
+
+--
+-- Each statement of the worker reads the index meant for it whatever the
+-- statistics say: taken while no payment was pending (an outage just ended
+-- them all) or while all were.  Plans that trusted them walked every due
+-- payment: to record a batch, to claim the payments of other channels, or
+-- a limited channel's.  3,000 payments of 'wallet' are due; a claim of 10
+-- with 'other' limited (5 free slots) and a few answers must read a handful
+-- of index entries of pending payments, not thousands.
+--
+CREATE FUNCTION pg_temp.pending_index_reads() RETURNS bigint
+LANGUAGE sql AS $$
+	SELECT sum(pg_stat_get_xact_tuples_returned(i))::bigint
+	FROM unnest(ARRAY['paysync.payments_due_idx',
+					  'paysync.payments_next_check_idx']::regclass[]) i
+$$;
+CREATE FUNCTION pg_temp.claim_and_record_reads(OUT claimed bigint,
+											   OUT claim_reads bigint,
+											   OUT record_reads bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+	before bigint;
+BEGIN
+	UPDATE paysync.payments SET next_check_at = now() - interval '1 s'
+	WHERE payment_id LIKE 'S-Q%';
+	DISCARD PLANS;
+	before := pg_temp.pending_index_reads();
+	SELECT count(*) INTO claimed
+	FROM paysync._claim(10, 15000, '{other}', '{NULL}', '{5}');
+	claim_reads := pg_temp.pending_index_reads() - before;
+	before := pg_temp.pending_index_reads();
+	PERFORM pg_temp.rec(pg_temp.ans('S-Q1', 'succeeded', 'PAID'),
+						pg_temp.ans('S-Q2', 'pending', 'WAIT'),
+						pg_temp.ans('S-Q3', NULL, error => 'HTTP 503'));
+	PERFORM paysync._finalize('{S-Q4,S-Q5}', '{cancelled,failed}', '{X,Y}',
+							  '{report,report}');
+	record_reads := pg_temp.pending_index_reads() - before;
+END
+$$;
+-- (VACUUM: the rows of the blocks rolled back before left index entries)
+VACUUM paysync.payments;
+-- statistics taken while none was pending
+BEGIN;
+SELECT count(paysync.track('S-P' || g, 'wallet')) FROM generate_series(1, 3000) g;
+SELECT count(*) FROM paysync._finalize(
+	ARRAY(SELECT 'S-P' || g FROM generate_series(1, 3000) g),
+	array_fill('failed'::paysync.payment_status, ARRAY[3000]),
+	array_fill(NULL::text, ARRAY[3000]), array_fill('report'::text, ARRAY[3000]));
+ANALYZE paysync.payments;
+SELECT count(paysync.track('S-Q' || g, 'wallet', schedule => '{1h,2h}'))
+FROM generate_series(1, 3000) g;
+SELECT claimed, claim_reads <= 12 AS claim_reads_few, record_reads
+FROM pg_temp.claim_and_record_reads();
+ROLLBACK;
+VACUUM paysync.payments;
+-- statistics taken while all were
+BEGIN;
+SELECT count(paysync.track('S-Q' || g, 'wallet', schedule => '{1h,2h}'))
+FROM generate_series(1, 3000) g;
+ANALYZE paysync.payments;
+SELECT claimed, claim_reads <= 12 AS claim_reads_few, record_reads
+FROM pg_temp.claim_and_record_reads();
+ROLLBACK;

@@ -25,12 +25,14 @@ static const char *claim_sql =
 
 /*
  * When the next check falls due, over enabled channels but the blocked
- * ones: the first row of payments_next_check_idx that is not theirs.
+ * ones: the first row of payments_next_check_idx that is not theirs
+ * ("pending" said as finalized_at IS NULL, the index's own predicate: see
+ * "Pending, spelt three ways" in paysync--0.2--0.3.sql).
  */
 static const char *next_due_sql =
 "SELECT p.next_check_at FROM paysync.payments p"
 " JOIN paysync.channels c ON c.name = p.channel AND c.enabled"
-" WHERE p.status = 'pending' AND p.next_check_at IS NOT NULL"
+" WHERE p.finalized_at IS NULL AND p.next_check_at IS NOT NULL"
 "   AND p.channel <> ALL ($1)"
 " ORDER BY p.next_check_at LIMIT 1";
 
