@@ -196,6 +196,7 @@ BEGIN
 		CROSS JOIN LATERAL (
 			SELECT p.payment_id, p.next_check_at
 			FROM paysync.payments p
+			/* payments_due_idx only: see "Pending, spelt three ways" */
 			WHERE p.channel = l.name AND p.status = 'pending'
 				AND p.next_check_at <= now()
 			ORDER BY p.next_check_at
@@ -272,6 +273,7 @@ BEGIN
 			   coalesce(a.close_on_expiry, false) AS close_on_expiry
 		FROM paysync.payments p
 		JOIN unnest(answers) a ON a.payment_id = p.payment_id
+		/* by key only: see "Pending, spelt three ways" */
 		WHERE p.status::text = 'pending' AND p.attempts = a.attempts
 		ORDER BY p.payment_id
 		FOR UPDATE OF p

@@ -411,22 +411,23 @@ CREATE FUNCTION pg_temp.claim_and_record_reads(OUT claimed bigint,
 											   OUT record_reads bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
-	before bigint;
+	before_claim bigint;
+	after_claim bigint;
 BEGIN
 	UPDATE paysync.payments SET next_check_at = now() - interval '1 s'
 	WHERE payment_id LIKE 'S-Q%';
 	DISCARD PLANS;
-	before := pg_temp.pending_index_reads();
+	before_claim := pg_temp.pending_index_reads();
 	SELECT count(*) INTO claimed
 	FROM paysync._claim(10, 15000, '{other}', '{NULL}', '{5}');
-	claim_reads := pg_temp.pending_index_reads() - before;
-	before := pg_temp.pending_index_reads();
+	after_claim := pg_temp.pending_index_reads();
+	claim_reads := after_claim - before_claim;
 	PERFORM pg_temp.rec(pg_temp.ans('S-Q1', 'succeeded', 'PAID'),
 						pg_temp.ans('S-Q2', 'pending', 'WAIT'),
 						pg_temp.ans('S-Q3', NULL, error => 'HTTP 503'));
 	PERFORM paysync._finalize('{S-Q4,S-Q5}', '{cancelled,failed}', '{X,Y}',
 							  '{report,report}');
-	record_reads := pg_temp.pending_index_reads() - before;
+	record_reads := pg_temp.pending_index_reads() - after_claim;
 END
 $$;
 -- (VACUUM: the rows of the blocks rolled back before left index entries)
