@@ -80,6 +80,18 @@ settable_status(const char *word)
 	return NULL;
 }
 
+/*
+ * Whether a driver's answer to a check of this kind may carry status: a
+ * settable status, or for a close "expired" (the channel has no such
+ * trade, so there is nothing to close).
+ */
+bool
+answer_status_allowed(const char *status, CheckKind kind)
+{
+	return settable_status(status) != NULL ||
+		(kind == CHECK_CLOSE && strcmp(status, "expired") == 0);
+}
+
 /* ---------------------------------------------------------------- options */
 
 /* The value of top-level key in options, or NULL. */
@@ -302,7 +314,7 @@ redact_secrets(const char *text, const char *const *secrets, int n_secrets)
 void
 answer_status(CheckAnswer *answer, const char *status, const char *channel_word)
 {
-	Assert(settable_status(status) != NULL || strcmp(status, "expired") == 0);
+	Assert(answer_status_allowed(status, CHECK_CLOSE));
 	answer->is_error = false;
 	answer->status = status;
 	answer->error[0] = '\0';

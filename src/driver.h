@@ -157,6 +157,7 @@ extern CryptoKey *option_key_text(const char *text, const char *key, const char 
 /* Words */
 extern bool word_in_list(const char *word, const char *const *words);
 extern const char *settable_status(const char *word);
+extern bool answer_status_allowed(const char *status, CheckKind kind);
 
 /* Channel text */
 extern char *channel_text(const char *text, size_t max_bytes);
