@@ -25,7 +25,8 @@ OBJS = \
 	src/functions.o \
 	src/notify.o
 
-DATA = sql/paysync--0.1.sql sql/paysync--0.1--0.2.sql sql/paysync--0.2--0.3.sql
+DATA = sql/paysync--0.1.sql sql/paysync--0.1--0.2.sql sql/paysync--0.2--0.3.sql \
+	sql/paysync--0.3--0.4.sql
 
 REGRESS = surface errors privileges operations upgrade state_machine
 REGRESS_OPTS = --temp-instance=tmp_check_regress --temp-config=expected/regress.conf

@@ -8,7 +8,7 @@
 #define PAYSYNC_VERSION_H
 
 /* This library's version, as sent in the User-Agent of every request. */
-#define PAYSYNC_VERSION "0.3"
+#define PAYSYNC_VERSION "0.4"
 #define PAYSYNC_USER_AGENT "paysync/" PAYSYNC_VERSION
 
 /*
@@ -16,6 +16,6 @@
  * functions the SQL in storage.c expects.  The worker waits while the
  * installed extension has another version.
  */
-#define PAYSYNC_SCHEMA_VERSION "0.3"
+#define PAYSYNC_SCHEMA_VERSION "0.4"
 
 #endif							/* PAYSYNC_VERSION_H */

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # t/deploy/upgrade.sh: upgrade in place from a source install of paysync 0.2
-# to the Debian package of 0.3, as a shop would: 0.2 is built from the git
+# to the Debian package of 0.4, as a shop would: 0.2 is built from the git
 # tree at its release commit and installed with make install; a cluster
 # with paysync preloaded gets data (final and pending payments, events);
 # then apt-get install of the package, a restart (the worker waits quietly
@@ -125,14 +125,14 @@ check "0.2's worker checks the due payments" wait_for \
 	"SELECT count(*) FROM paysync.payments WHERE status = 'succeeded'" 5
 events_0_2=$(sql "SELECT string_agg(event_id || ':' || payment_id || ':' || status, ',' ORDER BY event_id) FROM paysync.events")
 
-# --- the 0.3 package over it --------------------------------------------------
+# --- the 0.4 package over it --------------------------------------------------
 apt-get install -y -qq "$deb" >"$work/apt.log" 2>&1 || { cat "$work/apt.log"; exit 1; }
 check "the package is installed" equals \
 	"$(dpkg-query -W -f '${Status}' postgresql-15-paysync)" "install ok installed"
 check "its library replaced 0.2's" dpkg --verify postgresql-15-paysync
 runuser -u postgres -- "$bindir/pg_ctl" -D "$data" -l "$work/server.log" -w restart >/dev/null
-check "after the restart the 0.3 library waits for the schema, with a LOG line" log_has \
-	'LOG:  paysync worker is waiting: extension paysync is version 0.2 in database "postgres", this library needs 0.3'
+check "after the restart the 0.4 library waits for the schema, with a LOG line" log_has \
+	'LOG:  paysync worker is waiting: extension paysync is version 0.2 in database "postgres", this library needs 0.4'
 check "while waiting, pg_stat_activity says what it waits for" wait_for \
 	"SELECT query FROM pg_stat_activity WHERE backend_type = 'paysync worker'" \
 	"paysync: waiting for ALTER EXTENSION paysync UPDATE" 10
@@ -145,8 +145,8 @@ check "while waiting it claims nothing" equals \
 # --- ALTER EXTENSION paysync UPDATE: the worker resumes -----------------------
 update_at=$SECONDS
 sql "ALTER EXTENSION paysync UPDATE" >/dev/null
-check "ALTER EXTENSION paysync UPDATE moves to 0.3" equals \
-	"$(sql "SELECT extversion FROM pg_extension WHERE extname = 'paysync'")" 0.3
+check "ALTER EXTENSION paysync UPDATE moves to 0.4" equals \
+	"$(sql "SELECT extversion FROM pg_extension WHERE extname = 'paysync'")" 0.4
 check "the worker resumes: the payments due meanwhile are checked" wait_for \
 	"SELECT count(*) FROM paysync.payments WHERE payment_id LIKE 'later_%' AND status = 'failed'" 5
 echo "# the worker resumed $((SECONDS - update_at)) s after ALTER EXTENSION"
