@@ -27,6 +27,7 @@ typedef enum CheckKind
 {
 	CHECK_QUERY,				/* what became of the payment? */
 	CHECK_CLOSE,				/* close the unpaid trade (close_on_expiry) */
+	CHECK_REFUND,				/* what became of a refund? (0.4) */
 	CHECK_TOKEN					/* an access token for the channel (OAuth2) */
 } CheckKind;
 
@@ -58,6 +59,8 @@ typedef struct NotificationResult
 	char	   *payment_id;		/* the payment it is about; NULL: it is not
 								 * about a payment (another event type), or
 								 * not verified and no id could be read */
+	char	   *refund_id;		/* the refund it is about, or NULL: a
+								 * payment's notification (0.4) */
 	CheckAnswer answer;			/* its status, as a query answer would give
 								 * it ("pending": still pending) */
 	int			reply_status;	/* what the endpoint answers the channel */
@@ -87,6 +90,19 @@ typedef struct PaysyncDriver
 	void		(*build_request) (const void *config, const char *base_url,
 								  const char *payment_id, CheckKind kind,
 								  const char *token, HttpRequest *request);
+
+	/*
+	 * Builds the status query of one refund (CHECK_REFUND), in
+	 * CurrentMemoryContext: payment_id is the refund's payment, refund_id
+	 * the id the channel knows the refund by.  NULL: the driver cannot
+	 * query refunds.  Its answer goes to interpret() with kind
+	 * CHECK_REFUND and the refund_id as the id asked about; the amount in
+	 * the answer (has_paid_amount...) is then the refunded amount.
+	 */
+	void		(*build_refund_request) (const void *config, const char *base_url,
+										 const char *payment_id,
+										 const char *refund_id,
+										 const char *token, HttpRequest *request);
 
 	/*
 	 * Interprets an answer (a transport error included) into *answer.  For
