@@ -157,6 +157,10 @@ sub asked_after
 	return @arrivals > $before ? $arrivals[$before] - $committed : 99;
 }
 
+# Nothing else is pending, so that no other answer wakes the worker.
+ok($node->poll_query_until('shop',
+		q{SELECT count(*) FROM paysync.payments WHERE status = 'pending'}, '0'),
+	'every payment of the mix has ended');
 $node->safe_psql('shop', q{
 	SELECT paysync.track(p, 'wallet', schedule => '{1h}')
 	FROM unnest(ARRAY['by-hand~P', 'hand-then-check-now~P']) p});
@@ -168,14 +172,19 @@ $node->safe_psql('shop', q{
 	SET session_replication_role = replica;
 	UPDATE paysync.payments SET next_check_at = now() WHERE payment_id = 'hand-then-check-now~P'});
 sleep 1;
-is(mock_requests($mock, 'hand-then-check-now~P'), 0,
-	'a payment made due with triggers off is not noticed at once');
-my $waited = asked_after('hand-then-check-now~P',
-	q{SELECT paysync.check_now('hand-then-check-now~P')});
-cmp_ok($waited, '<=', 1, 'check_now() on a payment made due by hand wakes the worker');
-diag(sprintf('made due by hand, then check_now(): asked %.3f s after the commit', $waited));
+SKIP:
+{
+	# the worker's 10 s safety net may have found it meanwhile (rarely):
+	# then check_now() has nothing to show
+	skip 'the worker found the payment on its safety-net look', 1
+	  if mock_requests($mock, 'hand-then-check-now~P') > 0;
+	my $waited = asked_after('hand-then-check-now~P',
+		q{SELECT paysync.check_now('hand-then-check-now~P')});
+	cmp_ok($waited, '<=', 1, 'check_now() on a payment made due by hand wakes the worker');
+	diag(sprintf('made due by hand, then check_now(): asked %.3f s after the commit', $waited));
+}
 
-$waited = asked_after('by-hand~P',
+my $waited = asked_after('by-hand~P',
 	q{UPDATE paysync.payments SET next_check_at = now() WHERE payment_id = 'by-hand~P'});
 cmp_ok($waited, '<=', 1, 'an UPDATE that makes a payment due sooner wakes the worker');
 diag(sprintf('made due by hand: asked %.3f s after the commit', $waited));

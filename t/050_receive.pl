@@ -95,12 +95,14 @@ sub receive
 		  . lit($json->encode($headers)) . '::jsonb, ' . lit($body) . ')');
 }
 
-# Everything a refused notification must leave alone.
+# Everything a refused notification must leave alone.  Not pi_4: made due
+# by a "checking" answer on a channel that cannot be reached, the worker
+# retries it with backoff on its own, changing its row at any moment.
 sub state_now
 {
 	return sql($node, q{SELECT (SELECT string_agg(payment_id || status || updated_at
 		|| coalesce(next_check_at::text, '') || coalesce(last_error, ''), ',' ORDER BY payment_id)
-		FROM paysync.payments), (SELECT count(*) FROM paysync.events)});
+		FROM paysync.payments WHERE payment_id <> 'pi_4'), (SELECT count(*) FROM paysync.events)});
 }
 
 # Checks that a notification is refused with SQLSTATE 28000, changing
