@@ -137,6 +137,26 @@ my ($rc, $out, $err) = $node->psql('postgres',
 	q{SELECT paysync.track_refund('R-3e', 'P-3', 201, schedule => '{1h}')});
 like($err, qr/refund "R-3e" of 201 would refund more than payment "P-3" of 1000/, 'over-refund refused');
 
+# Two refunds of one payment tracked at once: the second waits for the
+# first's transaction, then sees its amount (600 + 600 > 1000: refused).
+sql($node, q{SELECT paysync.track('P-turns', 'mock', 1000, 'CNY', '{1h}')});
+my $first = $node->background_psql('postgres');
+$first->query_safe(q{BEGIN; SELECT paysync.track_refund('R-turn1', 'P-turns', 600, schedule => '{1h}')});
+my $second = $node->background_psql('postgres', on_error_stop => 0);
+$second->query_until(qr/sent/, "\\echo sent\nSELECT paysync.track_refund('R-turn2', 'P-turns', 600, schedule => '{1h}');\n");
+wait_for_sql($node, q{SELECT count(*) FROM pg_stat_activity
+	WHERE wait_event_type = 'Lock' AND query LIKE '%R-turn2%'}, '1',
+	'a second refund of the payment waits for the first one\'s transaction');
+$first->query_safe('COMMIT');
+$first->quit;
+$second->{stderr} = '';
+$second->query('SELECT 1');
+like($second->{stderr}, qr/refund "R-turn2" of 600 would refund more than payment "P-turns" of 1000/,
+	'then it sees the first one\'s amount and is refused');
+$second->quit;
+is(sql($node, q{SELECT string_agg(refund_id, ',') FROM paysync.refunds WHERE payment_id = 'P-turns'}),
+	'R-turn1', 'one refund tracked, not two');
+
 # ---------------------------------------------------------------- a report racing a poll
 # The slow channel answers after 1.5 s; the report lands while the request
 # is in flight: exactly one event, the report's.
@@ -197,7 +217,7 @@ is($race->[1]{payment_id} . '|' . $race->[1]{status} . '|' . $race->[1]{source},
 
 # ---------------------------------------------------------------- stats
 is(sql($node, q{SELECT refunds_pending || '/' || refunds_due FROM paysync.stats WHERE channel = 'mock'}),
-	'1/0', 'stats: refunds pending and due');
+	'2/0', 'stats: refunds pending and due');
 
 $listener->quit;
 $node->stop;
