@@ -337,3 +337,67 @@ SELECT channel, pending, due, refunds_pending, refunds_due FROM paysync.stats OR
 SELECT attname FROM pg_attribute
 WHERE attrelid = 'paysync.stats'::regclass AND attnum > 15 ORDER BY attnum;
 ROLLBACK;
+
+--
+-- The worker's statements read the refunds' indexes as they read the
+-- payments' ("Pending, spelt three ways"), whatever the statistics say:
+-- with 3,000 refunds of 'wallet' due and statistics taken while none was
+-- pending, a claim of 10 with 'other' limited (5 free slots) and a batch
+-- of answers read a handful of index entries of pending refunds, not
+-- thousands.
+--
+CREATE FUNCTION pg_temp.refund_index_reads() RETURNS bigint
+LANGUAGE sql AS $$
+	SELECT sum(pg_stat_get_xact_tuples_returned(i))::bigint
+	FROM unnest(ARRAY['paysync.refunds_due_idx',
+					  'paysync.refunds_next_check_idx']::regclass[]) i
+$$;
+CREATE FUNCTION pg_temp.refund_claim_and_record_reads(OUT claimed bigint,
+													  OUT claim_reads bigint,
+													  OUT record_reads bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+	before_claim bigint;
+	after_claim bigint;
+BEGIN
+	UPDATE paysync.refunds SET next_check_at = now() - interval '1 s'
+	WHERE refund_id LIKE 'R-Q%';
+	DISCARD PLANS;
+	before_claim := pg_temp.refund_index_reads();
+	SELECT count(*) INTO claimed
+	FROM paysync._claim(10, 15000, '{other}', '{NULL}', '{5}');
+	after_claim := pg_temp.refund_index_reads();
+	claim_reads := after_claim - before_claim;
+	PERFORM pg_temp.rec(pg_temp.ans('R-Q1', 'succeeded', 'SUCCESS'),
+						pg_temp.ans('R-Q2', 'pending', 'PROCESSING'),
+						pg_temp.ans('R-Q3', NULL, error => 'HTTP 503'));
+	PERFORM paysync._finalize('{P-Q,P-Q}', '{cancelled,failed}', '{X,Y}',
+							  '{report,report}', refund_ids => '{R-Q4,R-Q5}');
+	record_reads := pg_temp.refund_index_reads() - after_claim;
+END
+$$;
+VACUUM paysync.refunds;
+BEGIN;
+SELECT (paysync.track('P-Q', 'wallet', schedule => '{1h}')).payment_id IS NOT NULL AS tracked;
+SELECT count(paysync.track_refund('R-P' || g, 'P-Q')) FROM generate_series(1, 3000) g;
+SELECT count(*) FROM paysync._finalize(
+	array_fill('P-Q'::text, ARRAY[3000]),
+	array_fill('failed'::paysync.payment_status, ARRAY[3000]),
+	array_fill(NULL::text, ARRAY[3000]), array_fill('report'::text, ARRAY[3000]),
+	refund_ids => ARRAY(SELECT 'R-P' || g FROM generate_series(1, 3000) g));
+ANALYZE paysync.refunds;
+SELECT count(paysync.track_refund('R-Q' || g, 'P-Q', schedule => '{1h,2h}'))
+FROM generate_series(1, 3000) g;
+SELECT claimed, claim_reads <= 12 AS claim_reads_few, record_reads
+FROM pg_temp.refund_claim_and_record_reads();
+ROLLBACK;
+VACUUM paysync.refunds;
+-- statistics taken while all were pending
+BEGIN;
+SELECT (paysync.track('P-Q', 'wallet', schedule => '{1h}')).payment_id IS NOT NULL AS tracked;
+SELECT count(paysync.track_refund('R-Q' || g, 'P-Q', schedule => '{1h,2h}'))
+FROM generate_series(1, 3000) g;
+ANALYZE paysync.refunds;
+SELECT claimed, claim_reads <= 12 AS claim_reads_few, record_reads
+FROM pg_temp.refund_claim_and_record_reads();
+ROLLBACK;
