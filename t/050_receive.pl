@@ -87,11 +87,13 @@ sub track
 		  . (defined $currency ? "'$currency'" : 'NULL') . ", '{1h}')");
 }
 
-# receive()'s row, '|'-separated.
+# receive()'s row, '|'-separated, without its last column refund_id (0.4:
+# NULL for a payment's notification, the refund's id for a refund's).
 sub receive
 {
 	my ($channel, $headers, $body) = @_;
-	return sql($node, "SELECT * FROM paysync.receive('$channel', "
+	return sql($node, "SELECT payment_id, status, outcome, reply_status, reply_body"
+		  . " FROM paysync.receive('$channel', "
 		  . lit($json->encode($headers)) . '::jsonb, ' . lit($body) . ')');
 }
 
@@ -370,10 +372,10 @@ track('race1', 'wx', 100, 'CNY');
 my $attempts = sql($node, q{SELECT attempts FROM paysync.payments WHERE payment_id = 'race1'});
 my $poll = $node->background_psql('postgres');
 $poll->query_safe(qq{BEGIN; SELECT * FROM paysync._record_answers(ARRAY[ROW('race1', $attempts,
-	'succeeded', 'SUCCESS', NULL, NULL, 100, 'CNY', false, false)::paysync._answer])});
+	'succeeded', 'SUCCESS', NULL, NULL, 100, 'CNY', false, false, NULL)::paysync._answer])});
 ($h, $b) = wx_notification('race1');
 my $callback = $node->background_psql('postgres', on_error_stop => 0);
-$callback->query_until(qr/sent/, "\\echo sent\nSELECT * FROM paysync.receive('wx', "
+$callback->query_until(qr/sent/, "\\echo sent\nSELECT payment_id, status, outcome, reply_status, reply_body FROM paysync.receive('wx', "
 	  . lit($json->encode($h)) . '::jsonb, ' . lit($b) . ");\n");
 wait_for_sql($node, q{SELECT count(*) FROM pg_stat_activity
 	WHERE wait_event_type = 'Lock' AND query LIKE '%paysync.receive%'}, '1',
