@@ -10,6 +10,7 @@ use warnings;
 use Exporter 'import';
 use File::Basename qw(basename);
 use FindBin;
+use HTTP::Tiny;
 use IPC::Run;
 use MIME::Base64 qw(encode_base64 decode_base64);
 use Time::HiRes qw(time usleep);
@@ -23,7 +24,7 @@ our @EXPORT = qw(lit payment_row wait_payment_status
   status_of make_rsa_key spew_file STATUS_MAP
   sql wait_true events_of run_openssl openssl_sign openssl_verifies
   create_test_functions test_request test_interpret test_fields
-  test_notification);
+  test_notification send_request);
 
 # The status words the mock answers with, mapped to paysync statuses.
 use constant STATUS_MAP =>
@@ -375,6 +376,22 @@ sub test_fields
 		}
 	}
 	return \%fields;
+}
+
+# Sends a request a driver built (test_fields() of paysync_test_request's
+# text) as the HTTP engine would, to a mock on 127.0.0.1; returns (HTTP
+# status, the answer's headers as "Name: value" lines, body), ready for
+# test_interpret().
+sub send_request
+{
+	my ($r) = @_;
+	my %headers = map { /^([^:]+):\s*(.*)$/ ? (lc $1, $2) : () } @{ $r->{header} };
+	my $answer = HTTP::Tiny->new(timeout => 30)->request($r->{method}, $r->{url},
+		{ headers => \%headers, defined $r->{body} ? (content => $r->{body}) : () });
+	my $lines = join "\n",
+	  map { my $v = $answer->{headers}{$_}; "$_: " . (ref $v ? $v->[0] : $v) }
+	  sort keys %{ $answer->{headers} };
+	return ($answer->{status}, $lines, $answer->{content} // '');
 }
 
 1;
