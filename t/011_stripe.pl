@@ -12,6 +12,12 @@
 # Stripe's answers through paysync_test_interpret() (src/driver_test.c).
 #
 # Stripe signs none of these answers, so there is no signature to test.
+#
+# Refunds (0.4): the refund query GET /v1/refunds/{id} through the test
+# interface (every status, amounts, 404, another refund), the same built by
+# the driver, answered by mock_stripe and read back, and refund events
+# (refund.updated, refund.failed, charge.refund.updated) verified with
+# webhook_secret or refused with SQLSTATE 28000.
 use strict;
 use warnings;
 

@@ -15,6 +15,12 @@
 # Keys are made here with openssl; the private keys reach the server only
 # through pg_read_file(), so no statement text holds them, and the server
 # log is checked for them at the end.
+#
+# Refunds (0.4): GET /v3/refund/domestic/refunds/{out_refund_no} signed as
+# the payment query, every refund status, amount.refund, RESOURCE_NOT_EXISTS,
+# another refund, forged answers; the same against mock_wechatpay (which
+# verifies the request and signs its answers); REFUND.* callbacks verified
+# and decrypted, forged ones refused with SQLSTATE 28000.
 use strict;
 use warnings;
 

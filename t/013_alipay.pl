@@ -20,6 +20,12 @@
 # failed close retried); close_on_expiry off -> expired; amount mismatch
 # -> failed; every verification failure an error, never a status; keys
 # nowhere in the server log or paysync's tables but paysync.channels.
+#
+# Refunds (0.4): alipay.trade.fastpay.refund.query signed as the payment
+# query, REFUND_SUCCESS and the answer without refund_status, amounts,
+# another refund, forged answers; the same against mock_alipay in key and
+# certificate modes; trade notifications naming a refund (out_biz_no)
+# checked, forged ones refused with SQLSTATE 28000.
 use strict;
 use warnings;
 

@@ -9,6 +9,10 @@
 # (expired or revoked token) with the payment still completing; a bad client
 # secret makes every check an error, never a status; the secret, its Basic
 # encoding and the tokens never show in the server log or in last_error.
+#
+# Refunds (0.4): GET /v2/payments/refunds/{id} with the bearer token, every
+# refund status, amounts, 404, another refund; the same against mock_paypal
+# with a token it issued; refund webhooks naming the refund to check.
 use strict;
 use warnings;
 
