@@ -28,7 +28,7 @@ OBJS = \
 DATA = sql/paysync--0.1.sql sql/paysync--0.1--0.2.sql sql/paysync--0.2--0.3.sql \
 	sql/paysync--0.3--0.4.sql
 
-REGRESS = surface errors privileges operations upgrade state_machine
+REGRESS = surface errors privileges operations upgrade upgrade_refunds state_machine refunds
 REGRESS_OPTS = --temp-instance=tmp_check_regress --temp-config=expected/regress.conf
 TAP_TESTS = 1
 

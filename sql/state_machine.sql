@@ -34,7 +34,7 @@ CREATE FUNCTION pg_temp.ans(id text, status paysync.payment_status,
 RETURNS paysync._answer LANGUAGE sql AS $$
 	SELECT ROW(ans.id, p.attempts - ans.attempts_back, ans.status,
 			   ans.channel_status, ans.error, ans.retry_after_s, ans.paid_amount,
-			   ans.paid_currency, ans.is_close, ans.close_on_expiry)::paysync._answer
+			   ans.paid_currency, ans.is_close, ans.close_on_expiry, NULL)::paysync._answer
 	FROM paysync.payments p WHERE p.payment_id = ans.id
 $$;
 

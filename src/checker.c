@@ -113,8 +113,9 @@ typedef struct ChannelState
 /* One claimed check, queued or in flight (or a channel's token request). */
 typedef struct Check
 {
-	CheckKind	kind;
-	char	   *payment_id;		/* NULL for CHECK_TOKEN */
+	CheckKind	kind;			/* query, close, refund, or a token request */
+	char	   *payment_id;		/* NULL for CHECK_TOKEN; a refund's payment */
+	char	   *refund_id;		/* for CHECK_REFUND only */
 	int32		attempts;
 	TimestampTz due_at;
 	TimestampTz claimed_until;	/* a request must end before the claim lapses */
@@ -599,6 +600,7 @@ answer_add(const Check *check, const CheckAnswer *answer)
 		oldest_answer_at = GetCurrentTimestamp();
 	a = &answers[answers_len++];
 	a->payment_id = pstrdup(check->payment_id);
+	a->refund_id = check->refund_id ? pstrdup(check->refund_id) : NULL;
 	a->attempts = check->attempts;
 	a->status = answer->is_error ? NULL : answer->status;
 	Assert(a->status == NULL || answer_status_allowed(a->status, check->kind));
@@ -618,7 +620,8 @@ answer_add(const Check *check, const CheckAnswer *answer)
 	a->paid_currency = (a->has_paid_amount && answer->paid_currency[0]) ?
 		pstrdup(answer->paid_currency) : NULL;
 	a->is_close = (check->kind == CHECK_CLOSE);
-	a->close_on_expiry = check->channel->compiled->config &&
+	a->close_on_expiry = check->kind != CHECK_REFUND &&
+		check->channel->compiled->config &&
 		check->channel->compiled->config->close_on_expiry;
 	MemoryContextSwitchTo(old);
 }
@@ -714,6 +717,8 @@ check_done(Check *check)
 	}
 	if (check->payment_id)
 		pfree(check->payment_id);
+	if (check->refund_id)
+		pfree(check->refund_id);
 	pfree(check);
 }
 
@@ -827,8 +832,10 @@ checker_claim(int limit, bool honour_caps, bool *maybe_more)
 	{
 		Check	   *check = palloc0(sizeof(Check));
 
-		check->kind = claimed[i].closing ? CHECK_CLOSE : CHECK_QUERY;
+		check->kind = claimed[i].refund_id ? CHECK_REFUND :
+			claimed[i].closing ? CHECK_CLOSE : CHECK_QUERY;
 		check->payment_id = pstrdup(claimed[i].payment_id);
+		check->refund_id = claimed[i].refund_id ? pstrdup(claimed[i].refund_id) : NULL;
 		check->attempts = claimed[i].attempts;
 		check->due_at = claimed[i].due_at;
 		/* the caller's transaction holds run_once()'s rows to its end */
@@ -1009,6 +1016,15 @@ checker_start_claimed(void)
 			check_done(check);
 			continue;
 		}
+		if (check->kind == CHECK_REFUND &&
+			compiled->config->driver->build_refund_request == NULL)
+		{
+			answer_error(&answer, "driver \"%s\" cannot query refunds",
+						 compiled->config->driver->name);
+			answer_add(check, &answer);
+			check_done(check);
+			continue;
+		}
 
 		if (compiled->config->driver->build_token_request)
 		{
@@ -1074,10 +1090,17 @@ checker_start_claimed(void)
 		}
 
 		memset(&request, 0, sizeof(request));
-		compiled->config->driver->build_request(compiled->config->driver_config,
-												compiled->config->base_url,
-												check->payment_id, check->kind,
-												token, &request);
+		if (check->kind == CHECK_REFUND)
+			compiled->config->driver->build_refund_request(compiled->config->driver_config,
+														   compiled->config->base_url,
+														   check->payment_id,
+														   check->refund_id,
+														   token, &request);
+		else
+			compiled->config->driver->build_request(compiled->config->driver_config,
+													compiled->config->base_url,
+													check->payment_id, check->kind,
+													token, &request);
 		request.timeout_ms = channel_timeout_ms(compiled);
 		request.proxy = compiled->config->proxy;
 		if (!http_submit(&request, check, error, sizeof(error)))
@@ -1222,7 +1245,10 @@ collect_answers(void)
 
 		memset(&answer, 0, sizeof(answer));
 		answer.retry_after_s = -1;
-		interpret_safely(config, check->kind, check->payment_id, &result, &answer);
+		/* a refund's answer is about the refund, by the id the channel knows */
+		interpret_safely(config, check->kind,
+						 check->kind == CHECK_REFUND ? check->refund_id : check->payment_id,
+						 &result, &answer);
 		stats_check_done(check->channel->name, answer.is_error, result.elapsed_ms,
 						 answer.is_error ? answer.error : NULL);
 		count_for_politeness(check, config, &result, &answer);

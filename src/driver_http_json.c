@@ -3,6 +3,11 @@
  *		Driver "http_json": a channel whose status query is one HTTP request
  *		(GET, or POST with a body template) answered with JSON, the status
  *		at a dot path mapped to a paysync status by the channel's status_map.
+ *		A refund's query is the same request at refund_path, its status at
+ *		refund_status_field mapped by refund_status_map (the payment ones
+ *		when absent).  With amount_field (and currency_field), answers of
+ *		both kinds carry the amount paid or refunded, which the state
+ *		machine checks.
  *
  *		Notifications: with webhook_secret and webhook_signature_header, the
  *		header must hold the hex HMAC-SHA256 of the raw body under the
@@ -19,19 +24,32 @@
 #include "driver.h"
 
 #define PAYMENT_ID_PLACEHOLDER "{payment_id}"
+#define REFUND_ID_PLACEHOLDER "{refund_id}"
+
+/* A status_map: the channel's words, each to a paysync status. */
+typedef struct StatusMap
+{
+	char	  **from;
+	const char **to;
+	int			n;
+} StatusMap;
 
 typedef struct HttpJsonConfig
 {
 	char	   *path;			/* appended to base_url, with placeholder */
+	char	   *refund_path;	/* a refund's, with placeholders */
+	char	   *refund_status_field;	/* dot path of a refund's status */
+	StatusMap	refund_map;		/* refund_status_map, or status_map */
+	char	   *amount_field;	/* dot path of the amount in minor units,
+								 * or NULL: no amount check */
+	char	   *currency_field; /* dot path of its currency, or NULL */
 	bool		post;
 	char	   *body;			/* POST body template, or NULL */
 	char	  **headers;		/* "Name: value" lines, secrets possibly */
 	int			n_headers;
 	bool		has_content_type;
 	char	   *status_field;	/* dot path into the answer */
-	char	  **map_from;		/* status_map: channel word ... */
-	const char **map_to;		/* ... to paysync status */
-	int			n_map;
+	StatusMap	map;			/* status_map */
 	const char *not_found;		/* paysync status for HTTP 404 */
 	const char **secrets;		/* header values and their long words, */
 	int			n_secrets;		/* longest first: redacted in errors */
@@ -46,25 +64,58 @@ typedef struct HttpJsonConfig
 static const char *const http_json_option_names[] = {
 	"path", "method", "body", "headers", "status_field", "status_map",
 	"not_found", "webhook_secret", "webhook_signature_header", "webhook_id_field",
-	NULL
+	"refund_path", "refund_status_field", "refund_status_map", "amount_field",
+	"currency_field", NULL
 };
 
 /* Replaces every placeholder in template with replacement. */
 static char *
-fill_placeholder(const char *template, const char *replacement)
+fill_one(const char *template, const char *placeholder, const char *replacement)
 {
 	StringInfoData out;
 	const char *p = template;
 	const char *hit;
 
 	initStringInfo(&out);
-	while ((hit = strstr(p, PAYMENT_ID_PLACEHOLDER)) != NULL)
+	while ((hit = strstr(p, placeholder)) != NULL)
 	{
 		appendBinaryStringInfo(&out, p, hit - p);
 		appendStringInfoString(&out, replacement);
-		p = hit + strlen(PAYMENT_ID_PLACEHOLDER);
+		p = hit + strlen(placeholder);
 	}
 	appendStringInfoString(&out, p);
+	return out.data;
+}
+
+/*
+ * Fills template's {payment_id} and, when refund_id is given, its
+ * {refund_id}, in one pass each over the template (a replacement is
+ * never scanned again: an id holding "{refund_id}" stays as it is).
+ */
+static char *
+fill_placeholder(const char *template, const char *payment_id, const char *refund_id)
+{
+	StringInfoData out;
+	const char *p = template;
+
+	if (refund_id == NULL)
+		return fill_one(template, PAYMENT_ID_PLACEHOLDER, payment_id);
+	initStringInfo(&out);
+	while (*p)
+	{
+		if (strncmp(p, PAYMENT_ID_PLACEHOLDER, strlen(PAYMENT_ID_PLACEHOLDER)) == 0)
+		{
+			appendStringInfoString(&out, payment_id);
+			p += strlen(PAYMENT_ID_PLACEHOLDER);
+		}
+		else if (strncmp(p, REFUND_ID_PLACEHOLDER, strlen(REFUND_ID_PLACEHOLDER)) == 0)
+		{
+			appendStringInfoString(&out, refund_id);
+			p += strlen(REFUND_ID_PLACEHOLDER);
+		}
+		else
+			appendStringInfoChar(&out, *p++);
+	}
 	return out.data;
 }
 
@@ -170,17 +221,20 @@ compile_headers(HttpJsonConfig *config, Jsonb *options, const char *channel)
 	}
 }
 
-/* Reads the required "status_map" option. */
+/* Reads a status map option, key (required when required). */
 static void
-compile_status_map(HttpJsonConfig *config, Jsonb *options, const char *channel)
+compile_status_map(StatusMap *map, const char *key, bool required, Jsonb *options,
+				   const char *channel)
 {
-	JsonbValue *v = option_value(options, "status_map");
+	JsonbValue *v = option_value(options, key);
 	JsonbIterator *it;
 	JsonbValue	item;
 	JsonbIteratorToken tok;
 	char	   *word = NULL;
 	int			size;
 
+	if (v == NULL && !required)
+		return;
 	if (v == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -190,12 +244,13 @@ compile_status_map(HttpJsonConfig *config, Jsonb *options, const char *channel)
 		JsonContainerSize(v->val.binary.data) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid value for option \"status_map\" of channel \"%s\"", channel),
+				 errmsg("invalid value for option \"%s\" of channel \"%s\"", key, channel),
 				 errdetail("The value must be a non-empty JSON object.")));
 
 	size = JsonContainerSize(v->val.binary.data);
-	config->map_from = palloc0(sizeof(char *) * size);
-	config->map_to = palloc0(sizeof(char *) * size);
+	map->from = palloc0(sizeof(char *) * size);
+	map->to = palloc0(sizeof(char *) * size);
+	map->n = 0;
 	it = JsonbIteratorInit(v->val.binary.data);
 	while ((tok = JsonbIteratorNext(&it, &item, true)) != WJB_DONE)
 	{
@@ -210,12 +265,12 @@ compile_status_map(HttpJsonConfig *config, Jsonb *options, const char *channel)
 			if (status == NULL)
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("invalid value for option \"status_map\" of channel \"%s\"", channel),
+						 errmsg("invalid value for option \"%s\" of channel \"%s\"", key, channel),
 						 errdetail("\"%s\" maps to \"%s\".", word, target),
 						 errhint("Map to pending, succeeded, failed, cancelled or closed.")));
-			config->map_from[config->n_map] = word;
-			config->map_to[config->n_map] = status;
-			config->n_map++;
+			map->from[map->n] = word;
+			map->to[map->n] = status;
+			map->n++;
 		}
 	}
 }
@@ -291,11 +346,22 @@ http_json_compile(const char *channel, const char *base_url, Jsonb *options)
 		config->path[0] != '/')
 		config->path = psprintf("/%s", config->path);
 
-	sample_url = url_join(base_url, fill_placeholder(config->path, "T0001"));
+	sample_url = url_join(base_url, fill_placeholder(config->path, "T0001", NULL));
 	if (!http_url_valid(sample_url, urlerr, sizeof(urlerr)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid value for option \"path\" of channel \"%s\"", channel),
+				 errdetail("%s", urlerr)));
+
+	config->refund_path = "/refunds/" REFUND_ID_PLACEHOLDER;
+	if (option_string(options, "refund_path", &config->refund_path, channel) &&
+		config->refund_path[0] != '/')
+		config->refund_path = psprintf("/%s", config->refund_path);
+	sample_url = url_join(base_url, fill_placeholder(config->refund_path, "T0001", "R0001"));
+	if (!http_url_valid(sample_url, urlerr, sizeof(urlerr)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for option \"refund_path\" of channel \"%s\"", channel),
 				 errdetail("%s", urlerr)));
 
 	if (option_string(options, "method", &method, channel))
@@ -320,7 +386,22 @@ http_json_compile(const char *channel, const char *base_url, Jsonb *options)
 	check_dot_path("status_field", config->status_field, channel);
 	compile_webhook(config, options, channel);
 
-	compile_status_map(config, options, channel);
+	compile_status_map(&config->map, "status_map", true, options, channel);
+	config->refund_status_field = config->status_field;
+	if (option_string(options, "refund_status_field", &config->refund_status_field, channel))
+		check_dot_path("refund_status_field", config->refund_status_field, channel);
+	config->refund_map = config->map;
+	compile_status_map(&config->refund_map, "refund_status_map", false, options, channel);
+	if (option_string(options, "amount_field", &config->amount_field, channel))
+		check_dot_path("amount_field", config->amount_field, channel);
+	if (option_string(options, "currency_field", &config->currency_field, channel))
+	{
+		check_dot_path("currency_field", config->currency_field, channel);
+		if (config->amount_field == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("option \"currency_field\" of channel \"%s\" needs \"amount_field\"", channel)));
+	}
 
 	config->not_found = "pending";
 	if (option_string(options, "not_found", &not_found, channel))
@@ -335,30 +416,39 @@ http_json_compile(const char *channel, const char *base_url, Jsonb *options)
 	return config;
 }
 
-/* Builds the status query for one payment. */
-static void
-http_json_build_request(const void *cfg, const char *base_url,
-						const char *payment_id, CheckKind kind,
-						const char *token, HttpRequest *request)
+/* text JSON-escaped without its quotes: the template supplies its own */
+static char *
+json_escaped(const char *text)
 {
-	const HttpJsonConfig *config = cfg;
+	StringInfoData quoted;
+
+	initStringInfo(&quoted);
+	escape_json(&quoted, text);
+	quoted.data[quoted.len - 1] = '\0';
+	return quoted.data + 1;
+}
+
+/*
+ * Builds the query for one payment (refund_id NULL) or one refund: the
+ * path's placeholders URL-encoded, the POST body's JSON-escaped.
+ */
+static void
+build_query(const HttpJsonConfig *config, const char *base_url,
+			const char *payment_id, const char *refund_id, HttpRequest *request)
+{
 	const char **headers = palloc(sizeof(char *) * (config->n_headers + 2));
 	int			n = 0;
 
-	request->url = url_join(base_url, fill_placeholder(config->path, http_escape_segment(payment_id)));
+	request->url = url_join(base_url,
+							fill_placeholder(refund_id ? config->refund_path : config->path,
+											 http_escape_segment(payment_id),
+											 refund_id ? http_escape_segment(refund_id) : NULL));
 	request->post = config->post;
 	request->body = NULL;
 	if (config->post)
-	{
-		StringInfoData quoted;
-
-		/* escape_json quotes the text; the template supplies its own quotes */
-		initStringInfo(&quoted);
-		escape_json(&quoted, payment_id);
-		quoted.data[quoted.len - 1] = '\0';
 		request->body = fill_placeholder(config->body ? config->body : "",
-										 quoted.data + 1);
-	}
+										 json_escaped(payment_id),
+										 refund_id ? json_escaped(refund_id) : NULL);
 
 	headers[n++] = "Accept: application/json";
 	if (config->post && !config->has_content_type)
@@ -369,16 +459,82 @@ http_json_build_request(const void *cfg, const char *base_url,
 	request->n_headers = n;
 }
 
-/* Turns an answer into a status or an error. */
+/* Builds the status query for one payment. */
+static void
+http_json_build_request(const void *cfg, const char *base_url,
+						const char *payment_id, CheckKind kind,
+						const char *token, HttpRequest *request)
+{
+	build_query(cfg, base_url, payment_id, NULL, request);
+}
+
+/* Builds the status query for one refund, at refund_path. */
+static void
+http_json_build_refund_request(const void *cfg, const char *base_url,
+							   const char *payment_id, const char *refund_id,
+							   const char *token, HttpRequest *request)
+{
+	build_query(cfg, base_url, payment_id, refund_id, request);
+}
+
+/*
+ * The amount at amount_field (minor units: a JSON integer, or a string of
+ * digits) and the currency at currency_field of an answer, into *answer.
+ * False with *answer the error if they are given and not valid; an
+ * amount_field the answer lacks gives no amount (nothing to check).
+ */
+static bool
+read_amount(const HttpJsonConfig *config, const JsonField *amount,
+			const JsonField *currency, CheckAnswer *answer)
+{
+	int64		minor;
+
+	if (config->amount_field == NULL || amount->value == NULL)
+		return true;
+	if (amount->count > 1 || (currency && currency->count > 1))
+	{
+		answer_error(answer, "the answer gives its amount or currency twice");
+		return false;
+	}
+	if ((amount->type != JSON_TOKEN_NUMBER && amount->type != JSON_TOKEN_STRING) ||
+		!parse_minor_units(amount->value, &minor))
+	{
+		answer_error(answer, "the answer's amount \"%s\" at \"%s\" is not a whole number of minor units",
+					 channel_text(amount->value, CHANNEL_WORD_MAX_BYTES), config->amount_field);
+		return false;
+	}
+	return answer_paid(answer, minor,
+					   currency && currency->type == JSON_TOKEN_STRING ? currency->value : NULL);
+}
+
+/*
+ * Turns an answer into a status or an error: a payment's (status_field,
+ * status_map; HTTP 404 is not_found), or for CHECK_REFUND a refund's
+ * (refund_status_field, refund_status_map; HTTP 404, a refund the channel
+ * does not know, is an error).  With amount_field, the amount is read
+ * too, in the same pass over the answer.
+ */
 static void
 http_json_interpret(const void *cfg, CheckKind kind, const char *payment_id, const HttpResult *result,
 					CheckAnswer *answer)
 {
 	const HttpJsonConfig *config = cfg;
+	bool		refund = (kind == CHECK_REFUND);
+	const StatusMap *map = refund ? &config->refund_map : &config->map;
+	JsonField	f[3] = {{.path = refund ? config->refund_status_field : config->status_field},
+	{.path = config->amount_field}, {.path = config->currency_field}};
+	int			n_fields = config->currency_field ? 3 : config->amount_field ? 2 : 1;
+	JsonFieldsResult parsed;
 	char	   *word;
 
 	if (answer_transport_error(result, answer) || answer_http_error(result, answer))
 		return;
+	if (result->status == 404 && refund)
+	{
+		answer_error(answer, "the channel knows no refund \"%s\" (HTTP 404)",
+					 channel_text(payment_id ? payment_id : "", CHANNEL_WORD_MAX_BYTES));
+		return;
+	}
 	if (result->status == 404)
 	{
 		answer_status(answer, config->not_found, "HTTP 404");
@@ -389,21 +545,33 @@ http_json_interpret(const void *cfg, CheckKind kind, const char *payment_id, con
 		answer_error(answer, "unexpected HTTP %ld from the channel", result->status);
 		return;
 	}
-	if (!json_scalar_at_path(result->body, result->body_len, config->status_field,
-							 &word, answer))
-		return;
-	for (int i = 0; i < config->n_map; i++)
+	parsed = json_fields(result->body, result->body_len, 0, f, n_fields);
+	if (parsed != JSON_FIELDS_OK)
 	{
-		if (strcmp(config->map_from[i], word) == 0)
+		answer_error(answer, "%s", json_fields_problem(parsed));
+		return;
+	}
+	if (f[0].value == NULL)
+	{
+		answer_error(answer, "the answer has no status at \"%s\"", f[0].path);
+		return;
+	}
+	word = f[0].value;
+	for (int i = 0; i < map->n; i++)
+	{
+		if (strcmp(map->from[i], word) == 0)
 		{
-			answer_status(answer, config->map_to[i], word);
+			answer_status(answer, map->to[i], word);
+			if (n_fields > 1)
+				(void) read_amount(config, &f[1], n_fields > 2 ? &f[2] : NULL, answer);
 			return;
 		}
 	}
 	/* the channel may echo the request: its headers are redacted */
-	answer_error(answer, "unknown channel status \"%s\" (not in status_map)",
+	answer_error(answer, "unknown channel status \"%s\" (not in %s)",
 				 channel_text(redact_secrets(word, config->secrets, config->n_secrets),
-							  CHANNEL_WORD_MAX_BYTES));
+							  CHANNEL_WORD_MAX_BYTES),
+				 refund && map != &config->map ? "refund_status_map" : "status_map");
 }
 
 /*
@@ -457,11 +625,11 @@ http_json_verify_notification(const void *cfg, const char *channel,
 	if (f[0].value == NULL)
 		notification_refused(channel, "the notification has no status at \"%s\"",
 							 config->status_field);
-	for (int i = 0; i < config->n_map; i++)
+	for (int i = 0; i < config->map.n; i++)
 	{
-		if (strcmp(config->map_from[i], f[0].value) == 0)
+		if (strcmp(config->map.from[i], f[0].value) == 0)
 		{
-			answer_status(&out->answer, config->map_to[i], f[0].value);
+			answer_status(&out->answer, config->map.to[i], f[0].value);
 			out->payment_id = f[1].value;
 			return;
 		}
@@ -475,6 +643,7 @@ const PaysyncDriver http_json_driver = {
 	.option_names = http_json_option_names,
 	.compile = http_json_compile,
 	.build_request = http_json_build_request,
+	.build_refund_request = http_json_build_refund_request,
 	.interpret = http_json_interpret,
 	.verify_notification = http_json_verify_notification,
 };

@@ -159,11 +159,15 @@ notifications_allowed(int64 events)
 	return !skip;
 }
 
-/* One new event's NOTIFY payload, and its number to send them in order. */
+/*
+ * One new event's NOTIFY payload, its number to send them in order, and
+ * whether it is a refund's (sent on paysync.refund_notify_channel).
+ */
 typedef struct EventNotification
 {
 	int64		event_id;
 	char	   *payload;
+	bool		refund;
 } EventNotification;
 
 static int
@@ -175,9 +179,13 @@ event_notification_cmp(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-/* The number of the column of paysync.events called name. */
+/*
+ * The number of the column of paysync.events called name; 0 if there is
+ * none and it may be missing (refund_id, in a 0.3 schema still being
+ * upgraded).
+ */
 static int
-events_column(TupleDesc tupdesc, const char *name)
+events_column(TupleDesc tupdesc, const char *name, bool missing_ok)
 {
 	for (int i = 0; i < tupdesc->natts; i++)
 	{
@@ -186,14 +194,18 @@ events_column(TupleDesc tupdesc, const char *name)
 		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
 			return i + 1;
 	}
-	elog(ERROR, "paysync.events has no column \"%s\"", name);
-	return 0;					/* keep the compiler quiet */
+	if (!missing_ok)
+		elog(ERROR, "paysync.events has no column \"%s\"", name);
+	return 0;
 }
 
-/* The columns of an event's payload, in the order of its keys. */
+/*
+ * The columns of an event's payload, in the order of its keys; the last,
+ * refund_id, only in a refund's (a payment's payload is as it was in 0.3).
+ */
 static const char *const event_payload_keys[] = {
 	"event_id", "payment_id", "channel", "status", "previous",
-	"channel_status", "source"
+	"channel_status", "source", "refund_id"
 };
 
 #define EVENT_PAYLOAD_KEYS lengthof(event_payload_keys)
@@ -201,8 +213,9 @@ static const char *const event_payload_keys[] = {
 /*
  * The events trigger (AFTER INSERT ON paysync.events FOR EACH STATEMENT,
  * the new rows as its transition table): sends each new event with NOTIFY
- * on paysync.notify_channel, in event_id order, as the JSON object of the
- * contract, unless the notification queue is too full (see
+ * on paysync.notify_channel (a refund's on paysync.refund_notify_channel,
+ * never on the payments' channel), in event_id order, as the JSON object
+ * of the contract (a refund's with "refund_id" too), unless the notification queue is too full (see
  * notifications_allowed).  Every recorded batch runs it, so it is C: in
  * PL/pgSQL its per-row json_build_object and pg_notify cost more than the
  * NOTIFYs themselves.
@@ -220,6 +233,7 @@ paysync_events_notify(PG_FUNCTION_ARGS)
 	int64		n;
 	int64		i = 0;
 	const char *notify_channel;
+	const char *refund_channel;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) ||
 		!TRIGGER_FIRED_AFTER(trigdata->tg_event) ||
@@ -237,7 +251,10 @@ paysync_events_notify(PG_FUNCTION_ARGS)
 	{
 		bool		varlena;
 
-		columns[k] = events_column(tupdesc, event_payload_keys[k]);
+		columns[k] = events_column(tupdesc, event_payload_keys[k],
+								   k == EVENT_PAYLOAD_KEYS - 1);
+		if (columns[k] == 0)
+			continue;
 		getTypeOutputInfo(TupleDescAttr(tupdesc, columns[k] - 1)->atttypid,
 						  &output_functions[k], &varlena);
 	}
@@ -254,12 +271,23 @@ paysync_events_notify(PG_FUNCTION_ARGS)
 
 		initStringInfo(&payload);
 		events[i].event_id = 0;
+		events[i].refund = false;
+		if (columns[EVENT_PAYLOAD_KEYS - 1] != 0)
+		{
+			bool		no_refund;
+
+			(void) slot_getattr(slot, columns[EVENT_PAYLOAD_KEYS - 1], &no_refund);
+			events[i].refund = !no_refund;
+		}
 		appendStringInfoChar(&payload, '{');
 		for (int k = 0; k < (int) EVENT_PAYLOAD_KEYS; k++)
 		{
 			bool		isnull;
-			Datum		value = slot_getattr(slot, columns[k], &isnull);
+			Datum		value;
 
+			if (k == EVENT_PAYLOAD_KEYS - 1 && !events[i].refund)
+				break;
+			value = slot_getattr(slot, columns[k], &isnull);
 			if (k > 0)
 				appendStringInfoString(&payload, ", ");
 			escape_json(&payload, event_payload_keys[k]);
@@ -282,8 +310,11 @@ paysync_events_notify(PG_FUNCTION_ARGS)
 	qsort(events, i, sizeof(EventNotification), event_notification_cmp);
 	notify_channel = (paysync_notify_channel && paysync_notify_channel[0]) ?
 		paysync_notify_channel : "paysync";
+	refund_channel = (paysync_refund_notify_channel && paysync_refund_notify_channel[0]) ?
+		paysync_refund_notify_channel : "paysync_refunds";
 	for (int64 j = 0; j < i; j++)
-		Async_Notify(notify_channel, events[j].payload);
+		Async_Notify(events[j].refund ? refund_channel : notify_channel,
+					 events[j].payload);
 	return PointerGetDatum(NULL);
 }
 

@@ -99,10 +99,11 @@ header_lines(Jsonb *headers, const char *channel)
 /*
  * _verify_notification(channel, driver, base_url, options, headers, body):
  * one row (verified, payment_id, status, channel_status, paid_amount,
- * paid_currency, reply_status, reply_body).  verified false: the driver
+ * paid_currency, reply_status, reply_body, refund_id).  verified false: the driver
  * cannot verify this channel's notifications, payment_id (if any) is the
  * payment to check at once.  payment_id NULL when verified: the
- * notification is about no payment.
+ * notification is about no payment.  refund_id set: it is about that
+ * refund (payment_id, if set, its payment).
  */
 Datum
 paysync_verify_notification(PG_FUNCTION_ARGS)
@@ -116,8 +117,8 @@ paysync_verify_notification(PG_FUNCTION_ARGS)
 	HttpResult	notification;
 	NotificationResult out;
 	TupleDesc	tupdesc;
-	Datum		values[8];
-	bool		nulls[8];
+	Datum		values[9];
+	bool		nulls[9];
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(3))
 		ereport(ERROR,
@@ -151,7 +152,7 @@ paysync_verify_notification(PG_FUNCTION_ARGS)
 		values[1] = CStringGetTextDatum(out.payment_id);
 	else
 		nulls[1] = true;
-	if (out.verified && out.payment_id != NULL && !out.answer.is_error && out.answer.status)
+	if (out.verified && (out.payment_id != NULL || out.refund_id != NULL) && !out.answer.is_error && out.answer.status)
 		values[2] = CStringGetTextDatum(out.answer.status);
 	else
 		nulls[2] = true;
@@ -171,6 +172,10 @@ paysync_verify_notification(PG_FUNCTION_ARGS)
 		nulls[4] = nulls[5] = true;
 	values[6] = Int32GetDatum(out.reply_status);
 	values[7] = CStringGetTextDatum(out.reply_body ? out.reply_body : "");
+	if (out.refund_id != NULL)
+		values[8] = CStringGetTextDatum(out.refund_id);
+	else
+		nulls[8] = true;
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
 													  values, nulls)));
 }

@@ -30,6 +30,7 @@ int			paysync_max_inflight = 256;
 int			paysync_batch_size = 200;
 int			paysync_request_timeout_ms = 10000;
 char	   *paysync_notify_channel = NULL;
+char	   *paysync_refund_notify_channel = NULL;
 int			paysync_max_response_kb = 1024;
 double		paysync_notify_queue_limit = 0.5;
 int			paysync_workers = 1;
@@ -194,6 +195,11 @@ _PG_init(void)
 	DefineCustomStringVariable("paysync.notify_channel",
 							   "NOTIFY channel on which events are sent.",
 							   NULL, &paysync_notify_channel, "paysync",
+							   PGC_SIGHUP, 0, check_notify_channel, NULL, NULL);
+	DefineCustomStringVariable("paysync.refund_notify_channel",
+							   "NOTIFY channel on which refund events are sent.",
+							   "Refund events are never sent on paysync.notify_channel.",
+							   &paysync_refund_notify_channel, "paysync_refunds",
 							   PGC_SIGHUP, 0, check_notify_channel, NULL, NULL);
 	DefineCustomIntVariable("paysync.max_response_size",
 							"A larger response body is an error.",

@@ -24,6 +24,7 @@ extern int	paysync_max_inflight;
 extern int	paysync_batch_size;
 extern int	paysync_request_timeout_ms;
 extern char *paysync_notify_channel;
+extern char *paysync_refund_notify_channel;
 extern int	paysync_max_response_kb;
 extern double paysync_notify_queue_limit;
 extern int	paysync_workers;

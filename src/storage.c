@@ -15,26 +15,33 @@
 #include "storage.h"
 
 /*
- * The payment state machine is SQL of the installed extension script
- * (paysync._claim, paysync._record_answers): these statements only call it,
- * and know nothing of its rules.
+ * The state machine of payments and refunds is SQL of the installed
+ * extension script (paysync._claim, paysync._record_answers): these
+ * statements only call it, and know nothing of its rules.
  */
 static const char *claim_sql =
-"SELECT payment_id, channel, attempts, due_at, claimed_until, closing"
+"SELECT payment_id, channel, attempts, due_at, claimed_until, closing, refund_id"
 " FROM paysync._claim($1, $2, $3, $4, $5)";
 
 /*
  * When the next check falls due, over enabled channels but the blocked
- * ones: the first row of payments_next_check_idx that is not theirs
- * ("pending" said as finalized_at IS NULL, the index's own predicate: see
- * "Pending, spelt three ways" in paysync--0.2--0.3.sql).
+ * ones: the first row of payments_next_check_idx and of
+ * refunds_next_check_idx that is not theirs ("pending" said as
+ * finalized_at IS NULL, the indexes' own predicate: see "Pending, spelt
+ * three ways" in paysync--0.2--0.3.sql).
  */
 static const char *next_due_sql =
-"SELECT p.next_check_at FROM paysync.payments p"
-" JOIN paysync.channels c ON c.name = p.channel AND c.enabled"
-" WHERE p.finalized_at IS NULL AND p.next_check_at IS NOT NULL"
-"   AND p.channel <> ALL ($1)"
-" ORDER BY p.next_check_at LIMIT 1";
+"SELECT least("
+" (SELECT p.next_check_at FROM paysync.payments p"
+"  JOIN paysync.channels c ON c.name = p.channel AND c.enabled"
+"  WHERE p.finalized_at IS NULL AND p.next_check_at IS NOT NULL"
+"    AND p.channel <> ALL ($1)"
+"  ORDER BY p.next_check_at LIMIT 1),"
+" (SELECT r.next_check_at FROM paysync.refunds r"
+"  JOIN paysync.channels c ON c.name = r.channel AND c.enabled"
+"  WHERE r.finalized_at IS NULL AND r.next_check_at IS NOT NULL"
+"    AND r.channel <> ALL ($1)"
+"  ORDER BY r.next_check_at LIMIT 1))";
 
 static const char *channels_sql =
 "SELECT name, driver, base_url, options::text FROM paysync.channels";
@@ -46,7 +53,7 @@ static const char *record_sql =
 "   SELECT ROW(a.*)::paysync._answer"
 "   FROM unnest($1::text[], $2::int[], $3::text[]::paysync.payment_status[],"
 "               $4::text[], $5::text[], $6::int[], $7::int8[], $8::text[],"
-"               $9::bool[], $10::bool[]) a))";
+"               $9::bool[], $10::bool[], $11::text[]) a))";
 
 static SPIPlanPtr claim_plan = NULL;
 static SPIPlanPtr next_due_plan = NULL;
@@ -153,6 +160,9 @@ storage_claim(int limit, const ChannelSlots *slots, ClaimedCheck **claimed)
 		(*claimed)[i].due_at = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 4, &isnull));
 		(*claimed)[i].claimed_until = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 5, &isnull));
 		(*claimed)[i].closing = DatumGetBool(SPI_getbinval(tuple, desc, 6, &isnull));
+		(void) SPI_getbinval(tuple, desc, 7, &isnull);
+		(*claimed)[i].refund_id = isnull ? NULL :
+			MemoryContextStrdup(caller, SPI_getvalue(tuple, desc, 7));
 	}
 	SPI_finish();
 	return n;
@@ -221,10 +231,12 @@ int
 storage_record(const RecordedAnswer *answers, int n, FinalCount **finals)
 {
 	MemoryContext caller = CurrentMemoryContext;
-	Oid			argtypes[10] = {TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, BOOLARRAYOID, BOOLARRAYOID};
-	Datum		args[10];
+	Oid			argtypes[11] = {TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, BOOLARRAYOID, BOOLARRAYOID,
+	TEXTARRAYOID};
+	Datum		args[11];
 	const char **ids = palloc(sizeof(char *) * n);
+	const char **refund_ids = palloc(sizeof(char *) * n);
 	const char **statuses = palloc(sizeof(char *) * n);
 	const char **channel_statuses = palloc(sizeof(char *) * n);
 	const char **errors = palloc(sizeof(char *) * n);
@@ -245,6 +257,7 @@ storage_record(const RecordedAnswer *answers, int n, FinalCount **finals)
 	for (int i = 0; i < n; i++)
 	{
 		ids[i] = answers[i].payment_id;
+		refund_ids[i] = answers[i].refund_id;
 		statuses[i] = answers[i].status;
 		channel_statuses[i] = answers[i].channel_status;
 		errors[i] = answers[i].error;
@@ -269,8 +282,9 @@ storage_record(const RecordedAnswer *answers, int n, FinalCount **finals)
 	args[7] = nullable_text_array(currencies, n);
 	args[8] = PointerGetDatum(construct_array(is_close, n, BOOLOID, 1, true, TYPALIGN_CHAR));
 	args[9] = PointerGetDatum(construct_array(close_on_expiry, n, BOOLOID, 1, true, TYPALIGN_CHAR));
+	args[10] = nullable_text_array(refund_ids, n);
 
-	if (SPI_execute_plan(kept_plan(&record_plan, record_sql, 10, argtypes),
+	if (SPI_execute_plan(kept_plan(&record_plan, record_sql, 11, argtypes),
 						 args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "paysync: recording answers failed");
 	rows = (int) SPI_processed;

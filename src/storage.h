@@ -1,6 +1,6 @@
 /*
  * storage.h
- *		SQL storage calls (SPI) of the checker: claim due payments, load
+ *		SQL storage calls (SPI) of the checker: claim due payments and refunds, load
  *		channels, record answers; and the worker's look at the notification
  *		queue and its likely holders.  Each expects a transaction to be open and
  *		returns its results allocated in the caller's memory context.
@@ -13,10 +13,11 @@
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
-/* A payment claimed for one check. */
+/* A payment or refund claimed for one check. */
 typedef struct ClaimedCheck
 {
-	char	   *payment_id;
+	char	   *payment_id;		/* the payment, or the refund's payment */
+	char	   *refund_id;		/* NULL for a payment */
 	char	   *channel;
 	int32		attempts;		/* the attempt this claim is; the answer must match */
 	TimestampTz due_at;
@@ -37,6 +38,7 @@ typedef struct ChannelRow
 typedef struct RecordedAnswer
 {
 	char	   *payment_id;
+	char	   *refund_id;		/* NULL: the answer is about the payment */
 	int32		attempts;
 	const char *status;			/* paysync status, or NULL for an error */
 	char	   *channel_status;

@@ -67,7 +67,7 @@
 #define TIMER_BATCH			256
 
 /* The script actions, in the order /_stats lists their counts. */
-#define ACTION_LETTERS		"PSFCXUMJNERTBD"
+#define ACTION_LETTERS		"PSFCXUMJNERTBDA"
 
 /* A header every scripted request must carry (--require-header). */
 typedef struct RequiredHeader
@@ -346,6 +346,7 @@ script_action(const char *p, uint64_t attempt, Action *out)
 				break;
 			case 'R':
 			case 'T':
+			case 'A':
 				if (!parse_script_number(&p, &cur.arg))
 					return false;
 				break;
@@ -465,10 +466,12 @@ headers_ok(struct MHD_Connection *conn)
 
 /*
  * Build a status answer for id with the given status word.  If min_len is
- * non-zero a "pad" member is added so the body is at least min_len bytes.
+ * non-zero a "pad" member is added so the body is at least min_len bytes;
+ * if amount is not negative, "amount" (that many minor units) and
+ * "currency" ("CNY") members are added.
  */
 static struct MHD_Response *
-status_response(const char *id, const char *word, long min_len)
+status_response_amount(const char *id, const char *word, long min_len, long amount)
 {
 	size_t		wlen = strlen(word);
 	size_t		cap;
@@ -490,6 +493,8 @@ status_response(const char *id, const char *word, long min_len)
 	memcpy(buf + off, word, wlen);
 	off += wlen;
 	APPEND_LIT("\"}");
+	if (amount >= 0)
+		off += (size_t) sprintf(buf + off, ",\"amount\":%ld,\"currency\":\"CNY\"", amount);
 	if (min_len > 0)
 	{
 		size_t		with_empty_pad = off + strlen(",\"pad\":\"\"}");
@@ -506,6 +511,13 @@ status_response(const char *id, const char *word, long min_len)
 #undef APPEND_LIT
 
 	return mock_response(buf, off, MHD_RESPMEM_MUST_FREE, "application/json");
+}
+
+/* A status answer with no amount. */
+static struct MHD_Response *
+status_response(const char *id, const char *word, long min_len)
+{
+	return status_response_amount(id, word, min_len, -1);
 }
 
 /*
@@ -931,6 +943,10 @@ handle_scripted(struct MHD_Connection *conn, ReqState *rs, const char *url,
 					break;
 				case 'D':
 					resp = deep_response(act.arg);
+					owned = true;
+					break;
+				case 'A':
+					resp = status_response_amount(id, "PAID", 0, act.arg);
 					owned = true;
 					break;
 			}
