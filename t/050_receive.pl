@@ -87,11 +87,12 @@ sub track
 		  . (defined $currency ? "'$currency'" : 'NULL') . ", '{1h}')");
 }
 
-# receive()'s row, '|'-separated.
+# receive()'s row, '|'-separated, but its refund_id (0.4: NULL for these
+# payment notifications).
 sub receive
 {
 	my ($channel, $headers, $body) = @_;
-	return sql($node, "SELECT * FROM paysync.receive('$channel', "
+	return sql($node, "SELECT payment_id, status, outcome, reply_status, reply_body FROM paysync.receive('$channel', "
 		  . lit($json->encode($headers)) . '::jsonb, ' . lit($body) . ')');
 }
 
@@ -202,8 +203,11 @@ track('st_other', 'st', 100, 'CNY');
 ($h, $b) = wx_notification('st_other');
 is(receive('wx', $h, $b), 'st_other||unknown|204|',
 	"wechatpay: a payment of another channel is unknown to this one");
+# a REFUND.* callback is a refund's (0.4): one whose resource names no
+# refund (here a transaction) is refused as a transaction without
+# out_trade_no is
 ($h, $b) = wx_notification('wx2', event_type => 'REFUND.SUCCESS');
-is(receive('wx', $h, $b), '||unknown|204|', 'wechatpay: a refund event is about no payment');
+refused('wechatpay refund event naming no refund', 'wx', $h, $b, qr/the notification's refund has no out_refund_no/);
 track('wx3', 'wx_nokey', 100, 'CNY');
 ($h, $b) = wx_notification('wx3');
 is(receive('wx_nokey', $h, $b), '||checking|204|', 'wechatpay without api_v3_key: checking');
@@ -368,10 +372,10 @@ track('race1', 'wx', 100, 'CNY');
 my $attempts = sql($node, q{SELECT attempts FROM paysync.payments WHERE payment_id = 'race1'});
 my $poll = $node->background_psql('postgres');
 $poll->query_safe(qq{BEGIN; SELECT * FROM paysync._record_answers(ARRAY[ROW('race1', $attempts,
-	'succeeded', 'SUCCESS', NULL, NULL, 100, 'CNY', false, false)::paysync._answer])});
+	'succeeded', 'SUCCESS', NULL, NULL, 100, 'CNY', false, false, NULL)::paysync._answer])});
 ($h, $b) = wx_notification('race1');
 my $callback = $node->background_psql('postgres', on_error_stop => 0);
-$callback->query_until(qr/sent/, "\\echo sent\nSELECT * FROM paysync.receive('wx', "
+$callback->query_until(qr/sent/, "\\echo sent\nSELECT payment_id, status, outcome, reply_status, reply_body FROM paysync.receive('wx', "
 	  . lit($json->encode($h)) . '::jsonb, ' . lit($b) . ");\n");
 wait_for_sql($node, q{SELECT count(*) FROM pg_stat_activity
 	WHERE wait_event_type = 'Lock' AND query LIKE '%paysync.receive%'}, '1',
