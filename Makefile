@@ -6,6 +6,9 @@ OBJS = \
 	src/paysync.o \
 	src/worker.o \
 	src/checker.o \
+	src/checker_channels.o \
+	src/checker_slots.o \
+	src/checker_queue.o \
 	src/token.o \
 	src/http.o \
 	src/storage.o \

@@ -633,3 +633,72 @@ EOF
 	fi
 	summary "bigtable, $n not due" "$after checks/s = $(awk -v a="$after" -v b="$base" 'BEGIN { if (b > 0) printf "%.0f%%", 100 * a / b; else print "n/a" }') of $base empty ($(meets "$(awk -v a="$after" -v b="$base" 'BEGIN { if (b > 0) printf "%.3f", a / b }')" '>=' 0.9) vs >= 90%)"
 }
+
+# ---- phase: refunds ----
+
+# Payments alone, then as many refunds due at once beside as many payments,
+# on the one 'fast' channel (nginx, fixed PAID answer): the refunds go
+# through the same claim, checks and recording.  Target: checks/s of the
+# mixed batch within 10% of payments alone; worker CPU per check quoted.
+phase_refunds() {
+	local n=${REFUNDS_N:-20000} r1 cpu1 pids c0 c1 t0 xid left deadline row track_commit last_commit events rate cpu ticks req distinct ratio
+	ensure_fast_channel
+	wait_workers 1
+	say "phase refunds: $n payments alone, then $n refunds due at once beside $n payments, on 'fast' ($FAST_URL)..."
+	say " payments alone:"
+	measure_batch rfp- "$n" "'fast'" "'{1ms}'" 300
+	r1=$MB_RATE cpu1=$MB_CPU_US
+	# the refunds' payments, not due for an hour: only the refunds are
+	sql "SELECT count(paysync.track('rfo-' || g, 'fast', schedule => '{1h}')) FROM generate_series(1, $n) g" >/dev/null ||
+		fail "tracking the refunds' payments failed"
+	say " refunds beside payments:"
+	mapfile -t pids < <(worker_pids)
+	c0=$(cpu_ticks "${pids[@]}")
+	t0=$(now_us)
+	xid=$("${PSQL[@]}" -At <<EOF | tail -n 1
+BEGIN;
+SELECT count(*) FROM generate_series(1, $n) g,
+	LATERAL paysync.track('rfm-' || g, 'fast', schedule => '{1ms}');
+SELECT count(*) FROM generate_series(1, $n) g,
+	LATERAL paysync.track_refund('rfr-' || g, 'rfo-' || g, schedule => '{1ms}');
+SELECT pg_current_xact_id();
+COMMIT;
+EOF
+	) || fail "tracking 'rfm-*' and 'rfr-*' failed"
+	deadline=$(($(date +%s) + 300))
+	while :; do
+		left=$(sql "SELECT (SELECT count(*) FROM paysync.payments WHERE payment_id LIKE 'rfm-%' AND status = 'pending')
+			+ (SELECT count(*) FROM paysync.refunds WHERE refund_id LIKE 'rfr-%' AND status = 'pending')")
+		[ "$left" = 0 ] && break
+		[ "$(date +%s)" -ge "$deadline" ] && break
+		sleep 0.2
+	done
+	c1=$(cpu_ticks "${pids[@]}")
+	row=$(sql "SELECT count(*),
+			(extract(epoch FROM max(pg_xact_commit_timestamp(e.xmin))) * 1e6)::bigint,
+			(extract(epoch FROM pg_xact_commit_timestamp('$xid'::text::xid)) * 1e6)::bigint
+		FROM paysync.events e
+		WHERE (e.refund_id IS NULL AND e.payment_id LIKE 'rfm-%') OR e.refund_id LIKE 'rfr-%'")
+	IFS='|' read -r events last_commit track_commit <<<"$row"
+	[ "$left" = 0 ] || { say "  NOT DONE: $left still pending after 300 s"; last_commit=$(now_us); }
+	rate=$(awk -v a="$track_commit" -v b="$last_commit" -v n="$events" \
+		'BEGIN { if (b > a) printf "%.0f", n / ((b - a) / 1e6); else print "n/a" }')
+	ticks=$(getconf CLK_TCK)
+	if [ "$c0" = gone ] || [ "$c1" = gone ]; then
+		phase_problem "a paysync worker exited during the refund batch"
+		cpu=n/a
+	else
+		cpu=$(awk -v a="$c0" -v b="$c1" -v t="$ticks" -v n="$events" \
+			'BEGIN { if (n > 0) printf "%.1f", (b - a) / t / n * 1e6; else print "n/a" }')
+	fi
+	say "  $events events ($n payments, $n refunds): $rate checks/s end to end; worker CPU $cpu us/check"
+	read -r req distinct < <(nginx_requests fast rfr-)
+	if [ "$req" != "$n" ] || [ "$distinct" != "$n" ]; then
+		phase_problem "refunds: nginx saw $req requests for $distinct of the $n refunds (expected one each)"
+	fi
+	if [ "$events" != "$((2 * n))" ]; then
+		phase_problem "refunds: $events events for $n payments and $n refunds (expected $((2 * n)))"
+	fi
+	ratio=$(awk -v a="$rate" -v b="$r1" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
+	summary "refunds beside payments" "$rate checks/s vs $r1 payments alone: ratio $ratio ($(meets "$ratio" '>=' 0.9) vs >= 0.90), $cpu us/check vs $cpu1"
+}

@@ -6,7 +6,9 @@
 # Installs what it needs (Debian packages), builds and installs paysync,
 # starts a cluster with the worker and a local mock wallet on 127.0.0.1,
 # tracks four payments in the orders' own transactions and shows each
-# status change arriving over LISTEN, then catches up with events_since().
+# status change arriving over LISTEN, then catches up with events_since();
+# and one refund going to its end, on LISTEN paysync_refunds and
+# refund_events_since().
 # Everything is removed at the end.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -57,12 +59,14 @@ runuser -u postgres -- "$bindir/psql" -X -h "$work" -p 55433 -d postgres \
 CREATE EXTENSION paysync;
 SELECT paysync.create_channel('demo_wallet', 'http_json', 'http://127.0.0.1:' || :'port',
   '{"path": "/v3/trades/{payment_id}",
+    "refund_path": "/v3/refunds/{refund_id}",
     "status_field": "data.trade_state",
     "status_map": {"WAIT": "pending", "PAID": "succeeded", "FAILED": "failed",
                    "CLOSED": "closed", "CANCELLED": "cancelled"}}');
 CREATE TABLE shop_orders (order_no text PRIMARY KEY, amount_minor bigint NOT NULL);
 
 LISTEN paysync;
+LISTEN paysync_refunds;
 
 -- each order and its tracking commit together; a rolled-back order is never polled
 BEGIN;
@@ -82,6 +86,13 @@ INSERT INTO shop_orders VALUES ('T1004~P', 100);
 SELECT payment_id, status FROM paysync.track('T1004~P', 'demo_wallet', 100, 'CNY', schedule => '{1s,1s}');
 COMMIT;
 
+-- the shop refunds part of T1003 at the channel, and tracks the refund in
+-- the same transaction (RF1003~P,S: "processing" once, then refunded)
+BEGIN;
+SELECT refund_id, payment_id, status
+FROM paysync.track_refund('RF1003~P,S', 'T1003~E500,S', 2000, schedule => '{1s,1s,1s}');
+COMMIT;
+
 \echo
 \echo == waiting; psql prints each NOTIFY as it arrives
 SELECT pg_sleep(1.2) AS "1 s";
@@ -97,5 +108,11 @@ FROM paysync.payments ORDER BY payment_id;
 \echo == a listener that was away catches up from its last event_id
 SELECT event_id, payment_id, previous, status, channel_status, source
 FROM paysync.events_since(0);
+
+\echo == the refund, and a refund listener's catch-up
+SELECT refund_id, payment_id, status, channel_status, step, attempts
+FROM paysync.refunds;
+SELECT event_id, refund_id, payment_id, previous, status, source
+FROM paysync.refund_events_since(0);
 EOF
 echo "== done; the cluster and the mock are removed"

@@ -51,6 +51,7 @@ sub exercise
 		CREATE ROLE order_service LOGIN;
 		CREATE SCHEMA shop AUTHORIZATION order_service;
 		GRANT EXECUTE ON FUNCTION paysync.events_since(bigint, integer) TO order_service;
+		GRANT EXECUTE ON FUNCTION paysync.refund_events_since(bigint, integer) TO order_service;
 	});
 	my $uri = sprintf('postgresql:///postgres?host=%s&port=%d&user=order_service',
 		$node->host, $node->port);
@@ -139,6 +140,21 @@ sub exercise
 	wait_final($node, "${name}_live_", 20, "$name: 20 payments finished while it listens");
 	wait_applied($node, [$l], "$name: it applies the 20 events it is notified of");
 
+	# Refunds while it listens: their events come on paysync_refunds and
+	# from refund_events_since(), each applied once as a refund, never as
+	# a payment's event.
+	$node->safe_psql('postgres', qq{
+		SELECT count(paysync.track_refund('${name}_refund_' || i || '~' || (ARRAY['S','F','X','P,S'])[i],
+			'${name}_live_' || i || '~' || (ARRAY['F','C','X','S'])[i], schedule => '{200ms,200ms}'))
+		FROM generate_series(1, 4) i});
+	wait_for_sql($node, qq{SELECT count(*) FROM paysync.refunds
+		WHERE refund_id LIKE '${name}_refund_%' AND status <> 'pending'},
+		'4', "$name: 4 refunds finished while it listens");
+	my $deadline = time + 20;
+	usleep(100_000) while refund_lines($l) < 4 && time < $deadline;
+	is_deeply([ refund_lines($l) ], [ refund_event_lines($node) ],
+		"$name: it applies the 4 refund events, in order, as refunds");
+
 	# A fast restart, with the listener locked out while payments finish:
 	# their notifications reach nobody, only the catch-up finds them.  The
 	# "across" payments answer pending 1 to 10 times, 300 ms apart, so they
@@ -172,8 +188,8 @@ sub exercise
 	wait_applied($node, [$l], "$name: after the immediate stop it catches up");
 
 	my @lines = applied_lines($l);
-	is_deeply([ grep { !/^applied \d+ \S+ \S+$/ } split /\n/, $l->{out} ], [],
-		"$name: it prints nothing on stdout but applied lines");
+	is_deeply([ grep { !/^applied \d+ \S+ \S+$/ && !/^refund \d+ \S+ \S+ \S+$/ } split /\n/, $l->{out} ], [],
+		"$name: it prints nothing on stdout but applied and refund lines");
 	my %seen;
 	my @twice = grep { $seen{ (split / /)[1] }++ } @lines;
 	is_deeply(\@twice, [], "$name: no event applied twice");
@@ -196,7 +212,7 @@ sub exercise
 
 	# The shop's own state matches paysync's.
 	is( $node->safe_psql('postgres', q{
-			SELECT count(*) FROM paysync.events e
+			SELECT count(*) FROM (SELECT * FROM paysync.events WHERE refund_id IS NULL) e
 			FULL JOIN shop.applied_events a USING (event_id)
 			WHERE e.event_id IS NULL OR a.event_id IS NULL
 			   OR a.payment_id <> e.payment_id OR a.status <> e.status::text}),
@@ -207,8 +223,14 @@ sub exercise
 			FULL JOIN shop.order_payments o USING (payment_id)
 			WHERE p.payment_id IS NULL OR o.payment_id IS NULL OR o.status <> p.status}),
 		'0', "$name: shop.order_payments has each payment's final status");
-	is($node->safe_psql('postgres', 'SELECT count(*) FROM paysync.events'),
-		'85', "$name: 85 events in all");
+	is($node->safe_psql('postgres', 'SELECT count(*) FROM paysync.events WHERE refund_id IS NULL'),
+		'85', "$name: 85 payment events in all");
+	is( $node->safe_psql('postgres', q{
+			SELECT count(*) FROM (SELECT * FROM paysync.events WHERE refund_id IS NOT NULL) e
+			FULL JOIN shop.applied_refund_events a USING (event_id)
+			WHERE e.event_id IS NULL OR a.event_id IS NULL
+			   OR a.refund_id <> e.refund_id OR a.status <> e.status::text}),
+		'0', "$name: shop.applied_refund_events holds exactly the refund events");
 	$node->stop;
 }
 
@@ -239,6 +261,7 @@ sub exercise_webhook
 		CREATE ROLE order_service LOGIN;
 		CREATE SCHEMA shop AUTHORIZATION order_service;
 		GRANT EXECUTE ON FUNCTION paysync.events_since(bigint, integer) TO order_service;
+		GRANT EXECUTE ON FUNCTION paysync.refund_events_since(bigint, integer) TO order_service;
 		GRANT EXECUTE ON FUNCTION paysync.receive(text, jsonb, text) TO order_service;
 		SELECT paysync.track('hook_' || g, 'hooks', schedule => '{1h}')
 		FROM generate_series(1, 3) g;});

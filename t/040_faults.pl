@@ -8,7 +8,9 @@
 # status its script leads to (or is still pending because its script never
 # ends), exactly one event per status change, no expiry after an error,
 # never two requests for one payment in flight at once, and the worker
-# still runs.  The counts are printed with diag.
+# still runs.  2,000 refunds of those payments go through the same faults
+# on the same state machine: none lost, none doubled.  The counts are
+# printed with diag.
 use strict;
 use warnings;
 
@@ -49,6 +51,15 @@ my @CLASSES = (
 	[ 'expire',   'P',                  'expired' ],
 	[ 'errtail',  'P,P,E503',           'pending' ],
 	[ 'garbtail', 'P,J',                'pending' ],
+);
+
+# Refunds per class, and their classes as above: two refunds of each
+# payment of the class pendpaid, their scripts in their refund ids (the
+# last segment of the refund's path).
+my $REFUNDS_PER_CLASS = 1000;
+my @REFUND_CLASSES = (
+	[ 'rpaid', 'P,E503,S', 'succeeded' ],
+	[ 'rfail', 'R1,J,P,F', 'failed' ],
 );
 
 # The channel's own word for each final status the scripts lead to.
@@ -155,7 +166,14 @@ $node->safe_psql('postgres',
 # The class of a payment: its id up to the first '_'.
 my $CLASS_JOIN = q{JOIN fault_class c ON c.name = split_part(p.payment_id, '_', 1)};
 
+$node->safe_psql('postgres',
+	"CREATE TABLE fault_refund_class (name text PRIMARY KEY, script text NOT NULL, expected text NOT NULL);\n"
+	  . 'INSERT INTO fault_refund_class VALUES '
+	  . join(', ', map { '(' . join(', ', map { lit($_) } @$_) . ')' } @REFUND_CLASSES));
+my $REFUND_CLASS_JOIN = q{JOIN fault_refund_class c ON c.name = split_part(r.refund_id, '_', 1)};
+
 my $payment_count = $PER_CLASS * @CLASSES;
+my $refund_count = $REFUNDS_PER_CLASS * @REFUND_CLASSES;
 my $tracked_at = time;
 # First checks spread over 40 s, so that every fault meets payments at
 # every stage of their scripts.
@@ -165,6 +183,13 @@ $node->safe_psql('postgres', qq{
 	FROM fault_class c, generate_series(1, $PER_CLASS) g});
 is($node->safe_psql('postgres', 'SELECT count(*) FROM paysync.payments'),
 	$payment_count, "$payment_count payments tracked");
+$node->safe_psql('postgres', qq{
+	SELECT count(paysync.track_refund(c.name || '_' || g || '~' || c.script,
+		'pendpaid_' || g || '~P,S',
+		schedule => ('{' || (1 + g % 40) || 's,1s,2s}')::interval[]))
+	FROM fault_refund_class c, generate_series(1, $REFUNDS_PER_CLASS) g});
+is($node->safe_psql('postgres', 'SELECT count(*) FROM paysync.refunds'),
+	$refund_count, "$refund_count refunds tracked");
 
 # ------------------------------------------------------------------ faults
 
@@ -213,20 +238,27 @@ note sprintf('the channel was down for %.1f s', time - $down_at);
 # check_now() leaves a payment with a request in flight alone, and a
 # payment with no next check at all is never nudged (such a one would be a
 # lost payment, and fails the test).  The nudge locks the payments in
-# payment_id order, as the worker's recording does, so that the two never
-# deadlock.
+# payment_id order, then the refunds in refund_id order, as the worker's
+# recording does, so that the two never deadlock.
 my $unsettled_sql = qq{
-	SELECT count(*) FROM paysync.payments p $CLASS_JOIN
-	WHERE (c.expected <> 'pending' AND p.status = 'pending')
-	   OR (c.expected = 'pending' AND p.errors = 0)};
+	SELECT (SELECT count(*) FROM paysync.payments p $CLASS_JOIN
+			WHERE (c.expected <> 'pending' AND p.status = 'pending')
+			   OR (c.expected = 'pending' AND p.errors = 0))
+		 + (SELECT count(*) FROM paysync.refunds r WHERE r.status = 'pending')};
 my $nudge_sql = qq{
-	SELECT count(*) FROM (
+	SELECT (SELECT count(*) FROM (
 		SELECT p.payment_id
 		FROM paysync.payments p $CLASS_JOIN
 		WHERE c.expected <> 'pending' AND p.status = 'pending' AND p.errors >= 3
 		  AND p.next_check_at > now() + interval '3 s'
 		ORDER BY p.payment_id) n,
-	LATERAL paysync.check_now(n.payment_id)};
+	LATERAL paysync.check_now(n.payment_id))
+	+ (SELECT count(*) FROM (
+		SELECT r.refund_id FROM paysync.refunds r
+		WHERE r.status = 'pending' AND r.errors >= 3
+		  AND r.next_check_at > now() + interval '3 s'
+		ORDER BY r.refund_id) n,
+	LATERAL paysync.check_refund_now(n.refund_id))};
 my $settle_start = time;
 my $settle_deadline = $settle_start + 100;
 my ($unsettled, $nudged, $next_nudge) = (undef, 0, 0);
@@ -281,8 +313,8 @@ is($node->safe_psql('postgres', qq{
 my %events = map { split /=/ } split /\n/, $node->safe_psql('postgres', q{
 	WITH ev AS (
 		SELECT payment_id, count(*) AS n, min(status::text) AS lo, max(status::text) AS hi
-		FROM paysync.events GROUP BY payment_id)
-	SELECT 'total=' || (SELECT count(*) FROM paysync.events)
+		FROM paysync.events WHERE refund_id IS NULL GROUP BY payment_id)
+	SELECT 'total=' || (SELECT count(*) FROM paysync.events WHERE refund_id IS NULL)
 	UNION ALL SELECT 'several=' || count(*) FROM ev WHERE n > 1
 	UNION ALL SELECT 'final_not_one=' || count(*)
 		FROM paysync.payments p LEFT JOIN ev USING (payment_id)
@@ -294,8 +326,8 @@ my %events = map { split /=/ } split /\n/, $node->safe_psql('postgres', q{
 		WHERE ev.lo <> p.status::text OR ev.hi <> p.status::text
 	UNION ALL SELECT 'wrong_source=' || count(*)
 		FROM paysync.events e JOIN paysync.payments p USING (payment_id)
-		WHERE e.previous <> 'pending'
-		   OR e.source <> CASE WHEN p.status = 'expired' THEN 'expiry' ELSE 'poll' END
+		WHERE e.refund_id IS NULL AND (e.previous <> 'pending'
+		   OR e.source <> CASE WHEN p.status = 'expired' THEN 'expiry' ELSE 'poll' END)
 	UNION ALL SELECT 'orphan=' || count(*)
 		FROM ev WHERE NOT EXISTS (SELECT 1 FROM paysync.payments p WHERE p.payment_id = ev.payment_id)});
 diag join(', ', map { "$_ $events{$_}" } sort keys %events);
@@ -306,6 +338,37 @@ is($events{pending_with_event}, '0', 'no pending payment has an event');
 is($events{status_differs}, '0', "every event's status is its payment's status");
 is($events{wrong_source}, '0', 'every event is pending -> status, source poll or expiry');
 is($events{orphan}, '0', 'no event for a payment that is not tracked');
+
+# The refunds: each ends as its script says, with exactly one event, its
+# own; none lost, none doubled.
+my $refunds_by_class = $node->safe_psql('postgres', qq{
+	SELECT c.name, c.script, c.expected, r.status, count(*)
+	FROM paysync.refunds r $REFUND_CLASS_JOIN
+	GROUP BY 1, 2, 3, 4 ORDER BY 1, 4});
+diag "refund class|script|expected|status|refunds\n$refunds_by_class";
+is($node->safe_psql('postgres', qq{
+	SELECT count(*) FROM paysync.refunds r $REFUND_CLASS_JOIN
+	WHERE r.status::text <> c.expected
+	   OR r.channel_status IS DISTINCT FROM
+		CASE r.status::text } . join(' ', map { "WHEN '$_' THEN '$CHANNEL_WORD{$_}'" } sort keys %CHANNEL_WORD) . q{ END}),
+	'0', 'every refund has the status its script leads to, with the channel\'s word');
+my %refund_events = map { split /=/ } split /\n/, $node->safe_psql('postgres', q{
+	WITH ev AS (
+		SELECT refund_id, count(*) AS n, min(status::text) AS lo, max(status::text) AS hi,
+			   min(payment_id) AS payment_id, min(source) AS source
+		FROM paysync.events WHERE refund_id IS NOT NULL GROUP BY refund_id)
+	SELECT 'total=' || (SELECT count(*) FROM ev)
+	UNION ALL SELECT 'not_one=' || count(*)
+		FROM paysync.refunds r LEFT JOIN ev USING (refund_id)
+		WHERE coalesce(ev.n, 0) <> 1
+	UNION ALL SELECT 'differs=' || count(*)
+		FROM paysync.refunds r JOIN ev USING (refund_id)
+		WHERE ev.lo <> r.status::text OR ev.hi <> r.status::text
+		   OR ev.payment_id <> r.payment_id OR ev.source <> 'poll'});
+diag join(', ', map { "refund events $_ $refund_events{$_}" } sort keys %refund_events);
+is($refund_events{total}, $refund_count, 'one event per refund');
+is($refund_events{not_one}, '0', 'no refund lost (without its event) or doubled');
+is($refund_events{differs}, '0', "every refund event is its refund's change, source poll");
 
 # Errors never expire a payment: an expired one's last answer was a good
 # "pending" (errors 0, step 3), and no payment whose script ends in errors

@@ -15,7 +15,7 @@ use Time::HiRes qw(time usleep);
 use PaysyncTest;
 
 our @EXPORT = qw(run_cmd start_listener pump_listener applied_lines wait_stderr
-  event_lines wait_applied wait_final track stop_listener example_listeners);
+  event_lines refund_lines refund_event_lines wait_applied wait_final track stop_listener example_listeners);
 
 # Runs a command; returns its exit status and its output (stdout + stderr).
 sub run_cmd
@@ -67,14 +67,33 @@ sub wait_stderr
 	return $l->{err} =~ $re;
 }
 
-# paysync.events as the lines a listener prints; where is an SQL condition.
+# paysync.events of payments as the lines a listener prints; where is an
+# SQL condition.
 sub event_lines
 {
 	my ($node, $where) = @_;
 	$where ||= 'true';
 	return split /\n/, $node->safe_psql('postgres', qq{
 		SELECT 'applied ' || event_id || ' ' || payment_id || ' ' || status
-		FROM paysync.events WHERE $where ORDER BY event_id});
+		FROM paysync.events WHERE refund_id IS NULL AND ($where) ORDER BY event_id});
+}
+
+# The "refund <event_id> <refund_id> <payment_id> <status>" lines printed so
+# far.
+sub refund_lines
+{
+	my ($l) = @_;
+	pump_listener($l);
+	return grep { /^refund \d+ \S+ \S+ \S+$/ } split /\n/, $l->{out};
+}
+
+# paysync.events of refunds as the lines a listener prints.
+sub refund_event_lines
+{
+	my ($node) = @_;
+	return split /\n/, $node->safe_psql('postgres', q{
+		SELECT 'refund ' || event_id || ' ' || refund_id || ' ' || payment_id || ' ' || status
+		FROM paysync.events WHERE refund_id IS NOT NULL ORDER BY event_id});
 }
 
 # Waits until the listeners together printed every line in paysync.events;

@@ -37,6 +37,16 @@
  *		$PAYSYNC_NOTIFY_CHANNEL overrides the channel (default "paysync");
  *		$PAYSYNC_CATCH_UP_SECONDS the catch-up when nothing is heard
  *		(default 5).
+ *		Refunds (paysync 0.4): refund events come on their own notify
+ *		channel ($PAYSYNC_REFUND_NOTIFY_CHANNEL, default "paysync_refunds")
+ *		and from paysync.refund_events_since(), never from events_since().
+ *		They are a second stream: the last applied one is the largest
+ *		event_id in shop.applied_refund_events, each is applied in one
+ *		statement (the refund's status into shop.order_refunds) and printed
+ *		as "refund <event_id> <refund_id> <payment_id> <status>".  Event ids
+ *		are shared with payments, so a refund notification always means a
+ *		catch-up with refund_events_since().
+ *
  *		Prints "applied <event_id> <payment_id> <status>" on stdout for
  *		each event it applies; logs to stderr.  SIGTERM or SIGINT: it
  *		finishes the statement at hand, disconnects and exits with status 0.
@@ -100,16 +110,32 @@ static const char *const shop_ddl =
 "  payment_id text PRIMARY KEY,"
 "  status text NOT NULL,"
 "  event_id bigint NOT NULL,"
+"  updated_at timestamptz NOT NULL DEFAULT now());"
+"CREATE TABLE IF NOT EXISTS shop.applied_refund_events ("
+"  event_id bigint PRIMARY KEY,"
+"  refund_id text NOT NULL,"
+"  payment_id text NOT NULL,"
+"  status text NOT NULL,"
+"  applied_at timestamptz NOT NULL DEFAULT now());"
+"CREATE TABLE IF NOT EXISTS shop.order_refunds ("
+"  refund_id text PRIMARY KEY,"
+"  payment_id text NOT NULL,"
+"  status text NOT NULL,"
+"  event_id bigint NOT NULL,"
 "  updated_at timestamptz NOT NULL DEFAULT now());";
 
 static volatile sig_atomic_t stop_requested = 0;
 static sigset_t stop_signals;
 
 static const char *notify_channel = "paysync";
+static const char *refund_notify_channel = "paysync_refunds";
 static int	catch_up_ms = DEFAULT_CATCH_UP_SECONDS * 1000;
 
 /* Largest event_id known to be in shop.applied_events. */
 static long long last_applied = 0;
+
+/* Largest event_id in shop.applied_refund_events. */
+static long long last_refund = 0;
 
 /* An event whose COMMIT was sent but never answered, and its transaction. */
 static bool in_doubt = false;
@@ -422,6 +448,67 @@ catch_up(PGconn *conn)
 	}
 }
 
+/*
+ * Applies every refund event after last_refund, reading
+ * refund_events_since() until it returns nothing.  Each is applied in one
+ * statement: its row in shop.applied_refund_events (whose primary key lets
+ * it in once) and the refund's status, together or not at all.  False on
+ * a failure (reconnect) or a stop signal.
+ */
+static bool
+catch_up_refunds(PGconn *conn)
+{
+	for (;;)
+	{
+		char		after[32];
+		const char *params[1];
+		PGresult   *res;
+		int			rows;
+
+		snprintf(after, sizeof(after), "%lld", last_refund);
+		params[0] = after;
+		res = PQexecParams(conn,
+						   "WITH ev AS ("
+						   "  SELECT event_id, refund_id, payment_id, status::text AS status"
+						   "  FROM paysync.refund_events_since($1, " CATCH_UP_BATCH ")),"
+						   " applied AS ("
+						   "  INSERT INTO shop.applied_refund_events (event_id, refund_id, payment_id, status)"
+						   "  SELECT * FROM ev ON CONFLICT (event_id) DO NOTHING"
+						   "  RETURNING event_id, refund_id, payment_id, status),"
+						   " refunds AS ("
+						   "  INSERT INTO shop.order_refunds AS o (refund_id, payment_id, status, event_id)"
+						   "  SELECT DISTINCT ON (refund_id) refund_id, payment_id, status, event_id"
+						   "  FROM applied ORDER BY refund_id, event_id DESC"
+						   "  ON CONFLICT (refund_id) DO UPDATE"
+						   "  SET status = excluded.status, event_id = excluded.event_id,"
+						   "      updated_at = now()"
+						   "  WHERE o.event_id < excluded.event_id)"
+						   " SELECT ev.event_id, ev.refund_id, ev.payment_id, ev.status,"
+						   "        a.event_id IS NOT NULL"
+						   " FROM ev LEFT JOIN applied a USING (event_id) ORDER BY ev.event_id",
+						   1, NULL, params, NULL, NULL, 0);
+		if (PQresultStatus(res) != PGRES_TUPLES_OK)
+		{
+			log_failure(conn, res, "refund_events_since");
+			PQclear(res);
+			return false;
+		}
+		rows = PQntuples(res);
+		for (int i = 0; i < rows; i++)
+		{
+			last_refund = strtoll(PQgetvalue(res, i, 0), NULL, 10);
+			if (strcmp(PQgetvalue(res, i, 4), "t") == 0)
+				printf("refund %s %s %s %s\n", PQgetvalue(res, i, 0),
+					   PQgetvalue(res, i, 1), PQgetvalue(res, i, 2),
+					   PQgetvalue(res, i, 3));
+		}
+		fflush(stdout);
+		PQclear(res);
+		if (rows == 0 || stop_requested)
+			return !stop_requested;
+	}
+}
+
 /* Skips JSON whitespace. */
 static const char *
 json_skip_space(const char *p)
@@ -700,12 +787,19 @@ static bool
 handle_notifications(PGconn *conn)
 {
 	PGnotify   *notify;
+	bool		refund_heard = false;
 
 	while ((notify = PQnotifies(conn)) != NULL)
 	{
 		ShopEvent	event;
 		bool		ok = true;
 
+		if (strcmp(notify->relname, refund_notify_channel) == 0)
+		{
+			refund_heard = true;
+			PQfreemem(notify);
+			continue;
+		}
 		if (!parse_payload(notify->extra, &event))
 		{
 			log_msg("unreadable payload, catching up: %s", notify->extra);
@@ -726,7 +820,7 @@ handle_notifications(PGconn *conn)
 		if (!ok || stop_requested)
 			return false;
 	}
-	return true;
+	return !refund_heard || catch_up_refunds(conn);
 }
 
 /*
@@ -755,7 +849,7 @@ listen_loop(PGconn *conn)
 		}
 		if (rc == 0)
 		{
-			if (!catch_up(conn))
+			if (!catch_up(conn) || !catch_up_refunds(conn))
 				return;
 			continue;
 		}
@@ -800,6 +894,13 @@ open_session(const char *conninfo)
 	PQfreemem(channel);
 	if (!exec_command(conn, listen))
 		goto fail;
+	channel = PQescapeIdentifier(conn, refund_notify_channel, strlen(refund_notify_channel));
+	if (channel == NULL)
+		goto fail;
+	snprintf(listen, sizeof(listen), "LISTEN %s", channel);
+	PQfreemem(channel);
+	if (!exec_command(conn, listen))
+		goto fail;
 
 	res = PQexec(conn, "SELECT coalesce(max(event_id), 0) FROM shop.applied_events");
 	if (PQresultStatus(res) != PGRES_TUPLES_OK)
@@ -810,8 +911,17 @@ open_session(const char *conninfo)
 	}
 	last_applied = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
 	PQclear(res);
-	log_msg("connected, listening on \"%s\", last applied event %lld",
-			notify_channel, last_applied);
+	res = PQexec(conn, "SELECT coalesce(max(event_id), 0) FROM shop.applied_refund_events");
+	if (PQresultStatus(res) != PGRES_TUPLES_OK)
+	{
+		log_failure(conn, res, "reading the last applied refund event");
+		PQclear(res);
+		goto fail;
+	}
+	last_refund = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+	PQclear(res);
+	log_msg("connected, listening on \"%s\" and \"%s\", last applied event %lld, refund event %lld",
+			notify_channel, refund_notify_channel, last_applied, last_refund);
 	return conn;
 
 fail:
@@ -841,6 +951,8 @@ main(int argc, char **argv)
 		conninfo = "";
 	if (getenv("PAYSYNC_NOTIFY_CHANNEL") && getenv("PAYSYNC_NOTIFY_CHANNEL")[0])
 		notify_channel = getenv("PAYSYNC_NOTIFY_CHANNEL");
+	if (getenv("PAYSYNC_REFUND_NOTIFY_CHANNEL") && getenv("PAYSYNC_REFUND_NOTIFY_CHANNEL")[0])
+		refund_notify_channel = getenv("PAYSYNC_REFUND_NOTIFY_CHANNEL");
 	if (getenv("PAYSYNC_CATCH_UP_SECONDS") && getenv("PAYSYNC_CATCH_UP_SECONDS")[0])
 	{
 		const char *text = getenv("PAYSYNC_CATCH_UP_SECONDS");
@@ -871,9 +983,10 @@ main(int argc, char **argv)
 	{
 		PGconn	   *conn = open_session(conninfo);
 
-		if (conn != NULL && resolve_in_doubt(conn) && catch_up(conn))
+		if (conn != NULL && resolve_in_doubt(conn) && catch_up(conn) &&
+			catch_up_refunds(conn))
 		{
-			log_msg("caught up to event %lld", last_applied);
+			log_msg("caught up to event %lld, refund event %lld", last_applied, last_refund);
 			backoff_ms = BACKOFF_MIN_MS;
 			listen_loop(conn);
 		}

@@ -41,6 +41,16 @@
  * 503 so that the channel sends it again. The status change itself reaches
  * the shop as an event, like every other: through the listener.
  *
+ * Refunds (paysync 0.4): refund events come on their own notify channel
+ * ($PAYSYNC_REFUND_NOTIFY_CHANNEL, default "paysync_refunds") and from
+ * paysync.refund_events_since(), never from events_since(). The listener
+ * keeps them as a second stream: its last applied refund event is the
+ * largest in shop.applied_refund_events, the refund's status goes into
+ * shop.order_refunds, and each is printed as
+ * "refund <event_id> <refund_id> <payment_id> <status>". Event ids are
+ * shared with payments, so a refund notification after the last applied
+ * one always catches up with refund_events_since().
+ *
  * Usage: node listener.js [CONNECTION_URI]
  * CONNECTION_URI is a postgresql:// URI (for a Unix socket:
  * postgresql:///shop?host=/var/run/postgresql); without it, $PAYSYNC_DSN,
@@ -78,6 +88,18 @@ CREATE TABLE IF NOT EXISTS shop.order_payments (
   payment_id text PRIMARY KEY,
   status text NOT NULL,
   event_id bigint NOT NULL,
+  updated_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS shop.applied_refund_events (
+  event_id bigint PRIMARY KEY,
+  refund_id text NOT NULL,
+  payment_id text NOT NULL,
+  status text NOT NULL,
+  applied_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS shop.order_refunds (
+  refund_id text PRIMARY KEY,
+  payment_id text NOT NULL,
+  status text NOT NULL,
+  event_id bigint NOT NULL,
   updated_at timestamptz NOT NULL DEFAULT now());`;
 
 // The largest notification body the webhook endpoint takes.
@@ -86,11 +108,14 @@ const WEBHOOK_MAX_BODY = 1024 * 1024;
 const connectionString = process.argv[2] || process.env.PAYSYNC_DSN || undefined;
 const webhookPort = process.env.PAYSYNC_WEBHOOK_PORT;
 const notifyChannel = process.env.PAYSYNC_NOTIFY_CHANNEL || 'paysync';
+const refundNotifyChannel = process.env.PAYSYNC_REFUND_NOTIFY_CHANNEL || 'paysync_refunds';
 const catchUpMs = catchUpSeconds(process.env.PAYSYNC_CATCH_UP_SECONDS) * 1000;
 
 // Largest event_id known to be in shop.applied_events (event_id is a
 // bigint: kept as a BigInt).
 let lastApplied = 0n;
+// Largest event_id in shop.applied_refund_events.
+let lastRefund = 0n;
 // An event whose COMMIT failed without a trustworthy answer, or null.
 let inDoubt = null;
 let stopping = false;
@@ -105,6 +130,11 @@ function log(message) {
 // Prints the line the order service's log (and the tests) read.
 function reportApplied(event) {
   process.stdout.write(`applied ${event.eventId} ${event.paymentId} ${event.status}\n`);
+}
+
+// Prints the line of an applied refund event.
+function reportRefund(event) {
+  process.stdout.write(`refund ${event.eventId} ${event.refundId} ${event.paymentId} ${event.status}\n`);
 }
 
 // Resolves after ms, or earlier when wakeUp() is called.
@@ -134,10 +164,14 @@ class Session {
       connectionTimeoutMillis: 10000,
     });
     this.payloads = [];
+    this.refundHeard = false;
     this.lost = null;
     this.client.on('notification', (msg) => {
       if (msg.channel === notifyChannel) {
         this.payloads.push(msg.payload);
+        wake();
+      } else if (msg.channel === refundNotifyChannel) {
+        this.refundHeard = true;
         wake();
       }
     });
@@ -159,10 +193,15 @@ class Session {
     await client.connect();
     await client.query(SHOP_DDL);
     await client.query(`LISTEN ${client.escapeIdentifier(notifyChannel)}`);
+    await client.query(`LISTEN ${client.escapeIdentifier(refundNotifyChannel)}`);
     const res = await client.query(
       'SELECT coalesce(max(event_id), 0)::text AS last FROM shop.applied_events');
     lastApplied = BigInt(res.rows[0].last);
-    log(`connected, listening on "${notifyChannel}", last applied event ${lastApplied}`);
+    const refunds = await client.query(
+      'SELECT coalesce(max(event_id), 0)::text AS last FROM shop.applied_refund_events');
+    lastRefund = BigInt(refunds.rows[0].last);
+    log(`connected, listening on "${notifyChannel}" and "${refundNotifyChannel}", ` +
+        `last applied event ${lastApplied}, refund event ${lastRefund}`);
   }
 
   // Applies one event in one transaction, unless it was applied before.
@@ -260,6 +299,60 @@ class Session {
     }
   }
 
+  // Applies one refund event in one transaction, unless it was applied
+  // before (shop.applied_refund_events's primary key, as for payments). A
+  // COMMIT without an answer is thrown: after the reconnect the catch-up
+  // finds the event applied (then it is reported here) or applies it.
+  async applyRefund(event) {
+    const { client } = this;
+    if (event.eventId <= lastRefund) return;
+    const params = [event.eventId.toString(), event.refundId, event.paymentId, event.status];
+    await client.query('BEGIN');
+    try {
+      const res = await client.query(
+        `INSERT INTO shop.applied_refund_events (event_id, refund_id, payment_id, status)
+         VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING
+         RETURNING event_id`, params);
+      if (res.rowCount === 0) {
+        await client.query('ROLLBACK');
+        lastRefund = event.eventId;
+        return;
+      }
+      await client.query(
+        `INSERT INTO shop.order_refunds AS o (refund_id, payment_id, status, event_id)
+         VALUES ($2, $3, $4, $1)
+         ON CONFLICT (refund_id) DO UPDATE
+         SET status = excluded.status, event_id = excluded.event_id, updated_at = now()
+         WHERE o.event_id < excluded.event_id`, params);
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => {});
+      throw err;
+    }
+    await client.query('COMMIT');
+    lastRefund = event.eventId;
+    reportRefund(event);
+  }
+
+  // Applies every refund event after lastRefund (refund_events_since()).
+  async catchUpRefunds() {
+    this.refundHeard = false;
+    for (;;) {
+      const res = await this.client.query(
+        `SELECT event_id::text, refund_id, payment_id, status::text
+         FROM paysync.refund_events_since($1, ${CATCH_UP_BATCH})`, [lastRefund.toString()]);
+      if (res.rows.length === 0) return;
+      for (const row of res.rows) {
+        if (stopping) return;
+        await this.applyRefund({
+          eventId: BigInt(row.event_id),
+          refundId: row.refund_id,
+          paymentId: row.payment_id,
+          status: row.status,
+        });
+      }
+    }
+  }
+
   // Handles one notification's payload: the next event is applied from it;
   // an event already applied is skipped; one further ahead, or a payload
   // that cannot be read, means catching up with events_since().
@@ -289,13 +382,15 @@ class Session {
       while (this.payloads.length > 0 && !stopping && !this.lost) {
         await this.handlePayload(this.payloads.shift());
       }
+      if (this.refundHeard && !stopping && !this.lost) await this.catchUpRefunds();
       if (stopping) return;
       if (this.lost) throw this.lost;
       const before = Date.now();
       await sleep(catchUpMs);
       if (!stopping && !this.lost && this.payloads.length === 0 &&
-          Date.now() - before >= catchUpMs) {
+          !this.refundHeard && Date.now() - before >= catchUpMs) {
         await this.catchUp();
+        await this.catchUpRefunds();
       }
     }
   }
@@ -411,6 +506,7 @@ async function main() {
       await session.open();
       await session.resolveInDoubt();
       await session.catchUp();
+      await session.catchUpRefunds();
       if (!stopping) log(`caught up to event ${lastApplied}`);
       backoffMs = BACKOFF_MIN_MS;
       await session.listen();

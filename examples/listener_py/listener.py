@@ -26,6 +26,13 @@ that fails verification (SQLSTATE 28000) is answered 401, any other failure
 its own, so a server restart costs at most the requests in flight. The
 status change reaches the shop as an event, through the listener.
 
+Refunds (paysync 0.4). Refund events come on their own notify channel
+($PAYSYNC_REFUND_NOTIFY_CHANNEL, default "paysync_refunds") and from
+paysync.refund_events_since(), never from events_since(): the listener
+keeps a second stream the same way, its own last applied refund event in
+shop.applied_refund_events and the refund's status in shop.order_refunds,
+and prints "refund <event_id> <refund_id> <payment_id> <status>".
+
 Usage: python3 listener.py [CONNECTION_URI]
 CONNECTION_URI is a postgresql:// URI; without it, $PAYSYNC_DSN, else the
 PG* environment variables. $PAYSYNC_NOTIFY_CHANNEL overrides the channel
@@ -64,10 +71,23 @@ CREATE TABLE IF NOT EXISTS shop.order_payments (
   status text NOT NULL,
   event_id bigint NOT NULL,
   updated_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS shop.applied_refund_events (
+  event_id bigint PRIMARY KEY,
+  refund_id text NOT NULL,
+  payment_id text NOT NULL,
+  status text NOT NULL,
+  applied_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS shop.order_refunds (
+  refund_id text PRIMARY KEY,
+  payment_id text NOT NULL,
+  status text NOT NULL,
+  event_id bigint NOT NULL,
+  updated_at timestamptz NOT NULL DEFAULT now());
 """
 
 DSN = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("PAYSYNC_DSN", "")
 NOTIFY_CHANNEL = os.environ.get("PAYSYNC_NOTIFY_CHANNEL", "paysync")
+REFUND_NOTIFY_CHANNEL = os.environ.get("PAYSYNC_REFUND_NOTIFY_CHANNEL", "paysync_refunds")
 WEBHOOK_PORT = os.environ.get("PAYSYNC_WEBHOOK_PORT")
 
 stopping = threading.Event()
@@ -87,12 +107,19 @@ def report_applied(event_id, payment_id, status):
     sys.stdout.flush()
 
 
+def report_refund(event_id, refund_id, payment_id, status):
+    """Prints the line of an applied refund event."""
+    sys.stdout.write(f"refund {event_id} {refund_id} {payment_id} {status}\n")
+    sys.stdout.flush()
+
+
 class Session:
     """One connection's life: LISTEN, catch-up, applying events."""
 
     def __init__(self, state):
         self.state = state
         self.payloads = []
+        self.refund_payloads = []
         self.conn = psycopg.connect(DSN, autocommit=True,
                                     application_name="paysync-listener-py",
                                     connect_timeout=10)
@@ -101,16 +128,22 @@ class Session:
     def on_notify(self, notify):
         if notify.channel == NOTIFY_CHANNEL:
             self.payloads.append(notify.payload)
+        elif notify.channel == REFUND_NOTIFY_CHANNEL:
+            self.refund_payloads.append(notify.payload)
 
     def open(self):
         """Creates the shop's tables if missing, LISTENs, reads last_applied."""
         self.conn.execute(SHOP_DDL)
         self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
+        self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(REFUND_NOTIFY_CHANNEL)))
         row = self.conn.execute(
             "SELECT coalesce(max(event_id), 0) FROM shop.applied_events").fetchone()
         self.state["last_applied"] = row[0]
-        log(f'connected, listening on "{NOTIFY_CHANNEL}", '
-            f'last applied event {row[0]}')
+        refund_row = self.conn.execute(
+            "SELECT coalesce(max(event_id), 0) FROM shop.applied_refund_events").fetchone()
+        self.state["last_refund"] = refund_row[0]
+        log(f'connected, listening on "{NOTIFY_CHANNEL}" and "{REFUND_NOTIFY_CHANNEL}", '
+            f'last applied event {row[0]}, refund event {refund_row[0]}')
 
     def apply(self, event_id, payment_id, status):
         """Applies one event in one transaction, unless it was applied before."""
@@ -151,6 +184,88 @@ class Session:
             raise
         self.state["last_applied"] = event_id
         report_applied(event_id, payment_id, status)
+
+    def apply_refund(self, event_id, refund_id, payment_id, status):
+        """Applies one refund event in one transaction, unless applied before."""
+        if event_id <= self.state["last_refund"]:
+            return
+        self.conn.execute("BEGIN")
+        try:
+            row = self.conn.execute(
+                """INSERT INTO shop.applied_refund_events
+                       (event_id, refund_id, payment_id, status)
+                   VALUES (%s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING
+                   RETURNING event_id""",
+                (event_id, refund_id, payment_id, status)).fetchone()
+            if row is None:
+                self.conn.execute("ROLLBACK")
+                self.state["last_refund"] = event_id
+                return
+            self.conn.execute(
+                """INSERT INTO shop.order_refunds AS o (refund_id, payment_id, status, event_id)
+                   VALUES (%s, %s, %s, %s)
+                   ON CONFLICT (refund_id) DO UPDATE
+                   SET status = excluded.status, event_id = excluded.event_id,
+                       updated_at = now()
+                   WHERE o.event_id < excluded.event_id""",
+                (refund_id, payment_id, status, event_id))
+        except Exception:
+            try:
+                self.conn.execute("ROLLBACK")
+            except psycopg.Error:
+                pass
+            raise
+        try:
+            self.conn.execute("COMMIT")
+        except psycopg.Error:
+            self.state["refund_in_doubt"] = (event_id, refund_id, payment_id, status)
+            raise
+        self.state["last_refund"] = event_id
+        report_refund(event_id, refund_id, payment_id, status)
+
+    def resolve_refund_in_doubt(self):
+        """As resolve_in_doubt, for a refund event."""
+        doubt = self.state.get("refund_in_doubt")
+        if doubt is None:
+            return
+        event_id, refund_id, payment_id, status = doubt
+        row = self.conn.execute(
+            "SELECT EXISTS (SELECT FROM shop.applied_refund_events WHERE event_id = %s)",
+            (event_id,)).fetchone()
+        if row[0]:
+            self.state["last_refund"] = max(self.state["last_refund"], event_id)
+            report_refund(event_id, refund_id, payment_id, status)
+        self.state["refund_in_doubt"] = None
+
+    def catch_up_refunds(self):
+        """Applies every refund event after the last applied one."""
+        while not stopping.is_set():
+            rows = self.conn.execute(
+                "SELECT event_id, refund_id, payment_id, status::text "
+                "FROM paysync.refund_events_since(%s, %s)",
+                (self.state["last_refund"], CATCH_UP_BATCH)).fetchall()
+            if not rows:
+                return
+            for event_id, refund_id, payment_id, status in rows:
+                if stopping.is_set():
+                    return
+                self.apply_refund(event_id, refund_id, payment_id, status)
+
+    def handle_refund_payload(self, payload):
+        """A refund notification: applied if it is about a refund not yet
+        applied, after the refund events before it (refund_events_since)."""
+        try:
+            value = json.loads(payload)
+            event_id = value["event_id"]
+            if not isinstance(event_id, int) or not isinstance(value["refund_id"], str):
+                raise ValueError("wrong types")
+        except (ValueError, KeyError, TypeError):
+            log(f"unreadable refund payload, catching up: {payload}")
+            event_id = None
+        if event_id is None or event_id > self.state["last_refund"]:
+            # event ids are shared with payments: a gap says nothing, so
+            # the refund stream always catches up (it is short)
+            self.catch_up_refunds()
 
     def resolve_in_doubt(self):
         """After a reconnect: did the COMMIT whose answer was lost take effect?
@@ -215,6 +330,8 @@ class Session:
         while not stopping.is_set():
             while self.payloads and not stopping.is_set():
                 self.handle_payload(self.payloads.pop(0))
+            while self.refund_payloads and not stopping.is_set():
+                self.handle_refund_payload(self.refund_payloads.pop(0))
             timeout = max(0.0, next_catch_up - time.monotonic())
             ready, _, _ = select.select([self.conn.fileno(), wake_read], [], [], timeout)
             if stopping.is_set():
@@ -225,6 +342,7 @@ class Session:
                 self.conn.execute("SELECT 1")
             if time.monotonic() >= next_catch_up:
                 self.catch_up()
+                self.catch_up_refunds()
                 next_catch_up = time.monotonic() + CATCH_UP_S
 
     def close(self):
@@ -300,7 +418,8 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server = start_webhook_server(int(WEBHOOK_PORT)) if WEBHOOK_PORT else None
-    state = {"last_applied": 0, "in_doubt": None}
+    state = {"last_applied": 0, "in_doubt": None,
+             "last_refund": 0, "refund_in_doubt": None}
     backoff = BACKOFF_MIN_S
     while not stopping.is_set():
         session = None
@@ -308,9 +427,12 @@ def main():
             session = Session(state)
             session.open()
             session.resolve_in_doubt()
+            session.resolve_refund_in_doubt()
             session.catch_up()
+            session.catch_up_refunds()
             if not stopping.is_set():
-                log(f"caught up to event {state['last_applied']}")
+                log(f"caught up to event {state['last_applied']}, "
+                    f"refund event {state['last_refund']}")
             backoff = BACKOFF_MIN_S
             session.listen()
         except (psycopg.Error, RuntimeError, OSError) as err:
