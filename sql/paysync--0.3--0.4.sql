@@ -773,8 +773,10 @@ $$;
  * the wake-up.  The refund's currency is the payment's (given or not);
  * the refunds of one payment not failed, cancelled or closed may not add
  * up to more than its amount, when the amounts are known.  Concurrent
- * refunds of one payment take turns (an advisory lock on the payment), so
- * that two cannot both pass the amount check.
+ * refunds of one payment take turns (the payment's row locked FOR NO KEY
+ * UPDATE: a claim or a recording of the payment holds it up only for
+ * their short transactions), so that two cannot both pass the amount
+ * check.
  */
 CREATE FUNCTION paysync.track_refund(refund_id text, payment_id text,
 									 amount_minor bigint DEFAULT NULL,
@@ -818,9 +820,14 @@ BEGIN
 				  HINT = 'Use an ISO 4217 code in capitals, such as CNY or USD.';
 	END IF;
 
-	/* one payment's refunds take turns: the amount check sees them all */
-	PERFORM pg_advisory_xact_lock(1885436276, hashtext(payment_id));
-	SELECT * INTO payment FROM paysync.payments p WHERE p.payment_id = track_refund.payment_id;
+	/*
+	 * one payment's refunds take turns: the amount check sees them all (a
+	 * row lock, not an advisory one: tracking thousands of refunds in one
+	 * transaction must not fill the lock table)
+	 */
+	SELECT * INTO payment FROM paysync.payments p
+	WHERE p.payment_id = track_refund.payment_id
+	FOR NO KEY UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'unknown payment "%"', payment_id
 			USING ERRCODE = 'no_data_found',

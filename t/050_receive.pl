@@ -87,12 +87,13 @@ sub track
 		  . (defined $currency ? "'$currency'" : 'NULL') . ", '{1h}')");
 }
 
-# receive()'s row, '|'-separated, but its refund_id (0.4: NULL for these
-# payment notifications).
+# receive()'s row, '|'-separated, without its last column refund_id (0.4:
+# NULL for a payment's notification, the refund's id for a refund's).
 sub receive
 {
 	my ($channel, $headers, $body) = @_;
-	return sql($node, "SELECT payment_id, status, outcome, reply_status, reply_body FROM paysync.receive('$channel', "
+	return sql($node, "SELECT payment_id, status, outcome, reply_status, reply_body"
+		  . " FROM paysync.receive('$channel', "
 		  . lit($json->encode($headers)) . '::jsonb, ' . lit($body) . ')');
 }
 
