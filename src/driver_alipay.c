@@ -47,6 +47,19 @@
  *		checked) and TRADE_CLOSED closed.  A close answered
  *		ACQ.TRADE_NOT_EXIST (the trade never existed at Alipay: nobody
  *		opened it) is "expired": there is nothing to close.
+ *
+ *		Refunds (0.4): alipay.trade.fastpay.refund.query with biz_content
+ *		{"out_trade_no": payment_id, "out_request_no": refund_id}, signed
+ *		and verified as alipay.trade.query (key and certificate modes).
+ *		refund_status REFUND_SUCCESS is succeeded, refund_amount (yuan) the
+ *		refunded amount.  Alipay answers a refund it has not received (or
+ *		has not processed yet, or that failed) with code 10000 and no
+ *		refund_status: that is pending, never final (the schedule ends it).
+ *		Any other refund_status is an error, and so is an answer about
+ *		another out_request_no.  Alipay has no refund notification of its
+ *		own: the trade's notification (trade_status_sync) names the refund
+ *		in out_biz_no; once its signature verifies, it is not believed but
+ *		makes the refund checked at once (verified false, refund_id set).
  */
 #include "postgres.h"
 
@@ -64,6 +77,8 @@
 #define ALIPAY_CLOSE_METHOD "alipay.trade.close"
 #define ALIPAY_QUERY_NODE "alipay_trade_query_response"
 #define ALIPAY_CLOSE_NODE "alipay_trade_close_response"
+#define ALIPAY_REFUND_METHOD "alipay.trade.fastpay.refund.query"
+#define ALIPAY_REFUND_NODE "alipay_trade_fastpay_refund_query_response"
 #define ALIPAY_ERROR_NODE "error_response"
 
 /* Alipay's code for a call that succeeded. */
@@ -107,12 +122,16 @@ typedef struct AlipayAnswer
 	char	   *out_trade_no;
 	char	   *total_amount;
 	char	   *trans_currency;
+	char	   *out_request_no; /* refund query: the refund */
+	char	   *refund_status;
+	char	   *refund_amount;
 } AlipayAnswer;
 
 /* The fields of a response node read, as paths below the node. */
 static const char *const node_fields[] = {
 	"code", "msg", "sub_code", "sub_msg", "trade_status", "out_trade_no",
-	"total_amount", "trans_currency"
+	"total_amount", "trans_currency", "out_request_no", "refund_status",
+	"refund_amount"
 };
 
 static const char *const alipay_option_names[] = {
@@ -278,34 +297,22 @@ alipay_compile(const char *channel, const char *base_url, Jsonb *options)
 }
 
 /*
- * Builds alipay.trade.query (or, for CHECK_CLOSE, alipay.trade.close) for
- * one payment: common parameters and sign in the query string, biz_content
- * as the POST form body.
+ * Builds a call of method with biz_content biz (JSON text): common
+ * parameters and sign in the query string, biz_content as the POST form
+ * body.
  */
 static void
-alipay_build_request(const void *cfg, const char *base_url,
-					 const char *payment_id, CheckKind kind,
-					 const char *token, HttpRequest *request)
+alipay_build_call(const AlipayConfig *config, const char *base_url,
+				  const char *method, const char *biz, HttpRequest *request)
 {
-	const AlipayConfig *config = cfg;
-	const char *method = ALIPAY_QUERY_METHOD;
 	AlipayParam params[11];
 	int			n = 0;
 	char		timestamp[32];
-	StringInfoData biz;
 	StringInfoData url;
 	char	   *content;
 	char	   *signature;
 	char		error[160];
 	const char **headers = palloc(sizeof(char *) * 2);
-
-	if (kind == CHECK_CLOSE)
-		method = ALIPAY_CLOSE_METHOD;
-
-	initStringInfo(&biz);
-	appendStringInfoString(&biz, "{\"out_trade_no\":");
-	escape_json(&biz, payment_id);
-	appendStringInfoChar(&biz, '}');
 
 	shanghai_timestamp(timestamp, sizeof(timestamp));
 	params[n++] = (AlipayParam) {"app_id", config->app_id};
@@ -315,7 +322,7 @@ alipay_build_request(const void *cfg, const char *base_url,
 	params[n++] = (AlipayParam) {"sign_type", "RSA2"};
 	params[n++] = (AlipayParam) {"timestamp", timestamp};
 	params[n++] = (AlipayParam) {"version", "1.0"};
-	params[n++] = (AlipayParam) {"biz_content", biz.data};
+	params[n++] = (AlipayParam) {"biz_content", biz};
 	if (config->app_cert_sn != NULL)
 	{
 		/* certificate mode: which certificates to verify the request with */
@@ -350,11 +357,51 @@ alipay_build_request(const void *cfg, const char *base_url,
 
 	request->url = url.data;
 	request->post = true;
-	request->body = psprintf("biz_content=%s", http_escape(biz.data));
+	request->body = psprintf("biz_content=%s", http_escape(biz));
 	headers[0] = "Content-Type: application/x-www-form-urlencoded;charset=utf-8";
 	headers[1] = "Accept: application/json";
 	request->headers = headers;
 	request->n_headers = 2;
+}
+
+/*
+ * Builds alipay.trade.query (or, for CHECK_CLOSE, alipay.trade.close) for
+ * one payment.
+ */
+static void
+alipay_build_request(const void *cfg, const char *base_url,
+					 const char *payment_id, CheckKind kind,
+					 const char *token, HttpRequest *request)
+{
+	StringInfoData biz;
+
+	initStringInfo(&biz);
+	appendStringInfoString(&biz, "{\"out_trade_no\":");
+	escape_json(&biz, payment_id);
+	appendStringInfoChar(&biz, '}');
+	alipay_build_call(cfg, base_url,
+					  kind == CHECK_CLOSE ? ALIPAY_CLOSE_METHOD : ALIPAY_QUERY_METHOD,
+					  biz.data, request);
+}
+
+/*
+ * Builds alipay.trade.fastpay.refund.query for one refund: the trade
+ * (out_trade_no, the payment) and the refund request (out_request_no).
+ */
+static void
+alipay_build_refund_request(const void *cfg, const char *base_url,
+							const char *payment_id, const char *refund_id,
+							const char *token, HttpRequest *request)
+{
+	StringInfoData biz;
+
+	initStringInfo(&biz);
+	appendStringInfoString(&biz, "{\"out_trade_no\":");
+	escape_json(&biz, payment_id);
+	appendStringInfoString(&biz, ",\"out_request_no\":");
+	escape_json(&biz, refund_id);
+	appendStringInfoChar(&biz, '}');
+	alipay_build_call(cfg, base_url, ALIPAY_REFUND_METHOD, biz.data, request);
 }
 
 /*
@@ -368,7 +415,8 @@ parse_answer(const char *body, size_t body_len, const char *const *wanted,
 {
 	char	  **slots[] = {
 		&a->code, &a->msg, &a->sub_code, &a->sub_msg, &a->trade_status,
-		&a->out_trade_no, &a->total_amount, &a->trans_currency
+		&a->out_trade_no, &a->total_amount, &a->trans_currency,
+		&a->out_request_no, &a->refund_status, &a->refund_amount
 	};
 	int			per_node = 1 + lengthof(node_fields);
 	JsonField  *f = palloc0(sizeof(JsonField) * (1 + n_wanted * per_node));
@@ -573,6 +621,41 @@ answer_trade_status(const AlipayAnswer *a, CheckAnswer *answer)
 	answer_status(answer, status, word);
 }
 
+/*
+ * Reads a verified refund query answer (code 10000) about refund_id (NULL:
+ * not checked) into *answer.
+ */
+static void
+answer_refund_status(const AlipayAnswer *a, const char *refund_id, CheckAnswer *answer)
+{
+	/* a genuine signed answer about another refund (replayed) is no answer */
+	if (refund_id != NULL && (a->out_request_no != NULL || a->refund_status != NULL) &&
+		(a->out_request_no == NULL || strcmp(a->out_request_no, refund_id) != 0))
+	{
+		answer_error(answer, "the Alipay answer is about another out_request_no than the refund asked about");
+		return;
+	}
+	if (a->refund_status == NULL)
+	{
+		/* not received, not processed yet, or failed: never final */
+		answer_status(answer, "pending", NULL);
+		return;
+	}
+	if (strcmp(a->refund_status, "REFUND_SUCCESS") != 0)
+	{
+		answer_error(answer, "unknown Alipay refund_status \"%s\"",
+					 safe_text(a->refund_status));
+		return;
+	}
+	if (a->refund_amount == NULL)
+	{
+		answer_error(answer, "the Alipay answer for a succeeded refund has no refund_amount");
+		return;
+	}
+	if (answer_paid_decimal(answer, a->refund_amount, "CNY"))
+		answer_status(answer, "succeeded", a->refund_status);
+}
+
 /* True if sub_code says a close was refused as the trade no longer awaits payment. */
 static bool
 refused_as_not_waiting(const char *sub_code)
@@ -596,6 +679,8 @@ refused_as_not_waiting(const char *sub_code)
  * status.  CHECK_CLOSE: "closed" if Alipay closed it, "expired" if Alipay
  * has no such trade, "pending" (query it again) if Alipay refused as the
  * trade no longer awaits payment; anything else is an error.
+ * CHECK_REFUND: the refund's status (payment_id is then the refund's
+ * out_request_no); a refusal is an error.
  */
 static void
 alipay_interpret(const void *cfg, CheckKind kind, const char *payment_id, const HttpResult *result,
@@ -604,6 +689,7 @@ alipay_interpret(const void *cfg, CheckKind kind, const char *payment_id, const 
 	const AlipayConfig *config = cfg;
 	static const char *const query_nodes[] = {ALIPAY_QUERY_NODE, ALIPAY_ERROR_NODE};
 	static const char *const close_nodes[] = {ALIPAY_CLOSE_NODE, ALIPAY_ERROR_NODE};
+	static const char *const refund_nodes[] = {ALIPAY_REFUND_NODE, ALIPAY_ERROR_NODE};
 	AlipayAnswer a;
 	bool		is_query;
 
@@ -618,6 +704,12 @@ alipay_interpret(const void *cfg, CheckKind kind, const char *payment_id, const 
 	{
 		if (!parse_answer(result->body, result->body_len, close_nodes,
 						  lengthof(close_nodes), &a, answer))
+			return;
+	}
+	else if (kind == CHECK_REFUND)
+	{
+		if (!parse_answer(result->body, result->body_len, refund_nodes,
+						  lengthof(refund_nodes), &a, answer))
 			return;
 	}
 	else if (!parse_answer(result->body, result->body_len, query_nodes,
@@ -637,6 +729,15 @@ alipay_interpret(const void *cfg, CheckKind kind, const char *payment_id, const 
 		return;
 	}
 	is_query = strcmp(a.node_name, ALIPAY_QUERY_NODE) == 0;
+
+	if (kind == CHECK_REFUND)
+	{
+		if (strcmp(a.code, ALIPAY_CODE_SUCCESS) == 0)
+			answer_refund_status(&a, payment_id, answer);
+		else
+			answer_alipay_refusal(answer, "refused the refund query", &a);
+		return;
+	}
 
 	if (kind == CHECK_QUERY && is_query)
 	{
@@ -713,7 +814,9 @@ notification_text(const char *channel, const char *value, int encoding)
 
 /*
  * Verifies an asynchronous notification and reads its trade.  A
- * notification without trade_status is about no payment.
+ * notification without trade_status is about no payment.  One that names
+ * a refund (out_biz_no, the refund's out_request_no, as Alipay sends on a
+ * refund of the trade) is not believed: its refund is checked at once.
  */
 static void
 alipay_verify_notification(const void *cfg, const char *channel,
@@ -730,6 +833,7 @@ alipay_verify_notification(const void *cfg, const char *channel,
 	const char *app_id;
 	const char *trade_status;
 	const char *out_trade_no;
+	const char *out_biz_no;
 	int			encoding = PG_UTF8;
 	StringInfoData content;
 	AlipayAnswer a;
@@ -778,11 +882,24 @@ alipay_verify_notification(const void *cfg, const char *channel,
 							 app_id ? channel_text(app_id, CHANNEL_WORD_MAX_BYTES) : "(none)",
 							 config->app_id);
 	trade_status = form_value(params, n, "trade_status", NULL);
-	if (trade_status == NULL)
+	out_biz_no = form_value(params, n, "out_biz_no", NULL);
+	if (trade_status == NULL && (out_biz_no == NULL || out_biz_no[0] == '\0'))
 		return;					/* not a trade status notification */
 	out_trade_no = form_value(params, n, "out_trade_no", NULL);
 	if (out_trade_no == NULL || out_trade_no[0] == '\0')
 		notification_refused(channel, "the notification has no out_trade_no");
+	if (out_biz_no != NULL && out_biz_no[0] != '\0')
+	{
+		/*
+		 * About a refund: its trade_status is the trade's, refund_fee the
+		 * sum refunded so far, neither this refund's status.  The caller
+		 * checks the refund at once.
+		 */
+		out->verified = false;
+		out->refund_id = notification_text(channel, out_biz_no, encoding);
+		out->payment_id = notification_text(channel, out_trade_no, encoding);
+		return;
+	}
 
 	memset(&a, 0, sizeof(a));
 	a.trade_status = (char *) trade_status;
@@ -799,6 +916,7 @@ const PaysyncDriver alipay_driver = {
 	.option_names = alipay_option_names,
 	.compile = alipay_compile,
 	.build_request = alipay_build_request,
+	.build_refund_request = alipay_build_refund_request,
 	.interpret = alipay_interpret,
 	.can_close = true,
 	.close_on_expiry_default = true,

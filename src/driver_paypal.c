@@ -27,6 +27,15 @@
  *		carries the capture's amount for the core's amount check.  PayPal
  *		cannot close an order from here: can_close is false.
  *
+ *		Refunds (0.4): GET /v2/payments/refunds/{refund_id} (PayPal's refund
+ *		id) with the same Bearer token.  Refund status COMPLETED is
+ *		succeeded, FAILED failed, CANCELLED cancelled, PENDING pending (an
+ *		eCheck, say); amount.value and amount.currency_code the refunded
+ *		amount.  A 404 (no such refund), another status or an answer about
+ *		another refund is an error.  A webhook whose resource_type is
+ *		"refund" (PAYMENT.CAPTURE.REFUNDED, PAYMENT.CAPTURE.REVERSED) names
+ *		the refund in resource.id: it is checked at once, never believed.
+ *
  *		PayPal's REST answers are not signed (TLS only); there is no
  *		signature to verify on this path.  Its webhook notifications are
  *		verified by a call to PayPal, which a SQL function must not make: a
@@ -62,6 +71,7 @@
 typedef struct PaypalConfig
 {
 	char	   *orders_url;		/* base_url + "/v2/checkout/orders/" */
+	char	   *refunds_url;	/* base_url + "/v2/payments/refunds/" */
 	char	   *token_url;		/* base_url + "/v1/oauth2/token" */
 	char	   *basic_header;	/* "Authorization: Basic ..." (secret) */
 } PaypalConfig;
@@ -190,6 +200,7 @@ paypal_compile(const char *channel, const char *base_url, Jsonb *options)
 				 errdetail("The value contains \":\", which Basic credentials cannot carry in a user id.")));
 
 	config->orders_url = url_join(base_url, "/v2/checkout/orders/");
+	config->refunds_url = url_join(base_url, "/v2/payments/refunds/");
 	config->token_url = url_join(base_url, "/v1/oauth2/token");
 	if (!http_url_valid(config->token_url, urlerr, sizeof(urlerr)))
 		ereport(ERROR,
@@ -306,23 +317,67 @@ paypal_interpret_token(const void *cfg, const HttpResult *result, char **token,
 
 /* ---------------------------------------------------------------- query */
 
-/* Builds the order query (GET /v2/checkout/orders/{id}), bearer token. */
+/* Builds a GET of prefix + id with the bearer token. */
 static void
-paypal_build_request(const void *cfg, const char *base_url, const char *payment_id,
-					 CheckKind kind, const char *token, HttpRequest *request)
+paypal_build_get(const char *prefix, const char *id, const char *token,
+				 HttpRequest *request)
 {
-	const PaypalConfig *config = cfg;
 	const char **headers = palloc(sizeof(char *) * 2);
 	int			n = 0;
 
 	headers[n++] = "Accept: application/json";
 	if (token != NULL)
 		headers[n++] = psprintf("Authorization: Bearer %s", token);
-	request->url = psprintf("%s%s", config->orders_url, http_escape_segment(payment_id));
+	request->url = psprintf("%s%s", prefix, http_escape_segment(id));
 	request->post = false;
 	request->body = NULL;
 	request->headers = headers;
 	request->n_headers = n;
+}
+
+/* Builds the order query (GET /v2/checkout/orders/{id}), bearer token. */
+static void
+paypal_build_request(const void *cfg, const char *base_url, const char *payment_id,
+					 CheckKind kind, const char *token, HttpRequest *request)
+{
+	const PaypalConfig *config = cfg;
+
+	paypal_build_get(config->orders_url, payment_id, token, request);
+}
+
+/* Builds the refund query (GET /v2/payments/refunds/{id}), bearer token. */
+static void
+paypal_build_refund_request(const void *cfg, const char *base_url,
+							const char *payment_id, const char *refund_id,
+							const char *token, HttpRequest *request)
+{
+	const PaypalConfig *config = cfg;
+
+	paypal_build_get(config->refunds_url, refund_id, token, request);
+}
+
+/*
+ * Makes *answer the amount value (major units, a decimal string) of
+ * currency, for what ("capture", "refund").  False with *answer the error
+ * if either is missing or not what PayPal sends.
+ */
+static bool
+paypal_amount(const char *what, const char *value, const char *currency,
+			  CheckAnswer *answer)
+{
+	if (value == NULL || currency == NULL)
+	{
+		answer_error(answer, "the %s has no amount.value or amount.currency_code", what);
+		return false;
+	}
+	/* PayPal writes codes upper case */
+	if (strspn(currency, "ABCDEFGHIJKLMNOPQRSTUVWXYZ") != strlen(currency))
+	{
+		answer_error(answer, "the %s's currency_code \"%s\" is not an ISO 4217 code",
+					 what, channel_text(currency, CHANNEL_WORD_MAX_BYTES));
+		return false;
+	}
+	return answer_paid_decimal(answer, value, currency);
 }
 
 /*
@@ -368,23 +423,79 @@ interpret_capture(const JsonField *fields, CheckAnswer *answer)
 					 channel_text(capture, CHANNEL_WORD_MAX_BYTES));
 		return;
 	}
-	if (value == NULL || currency == NULL)
-	{
-		answer_error(answer, "the capture has no amount.value or amount.currency_code");
-		return;
-	}
-	/* PayPal writes codes upper case */
-	if (strspn(currency, "ABCDEFGHIJKLMNOPQRSTUVWXYZ") != strlen(currency))
-	{
-		answer_error(answer, "the capture's currency_code \"%s\" is not an ISO 4217 code",
-					 channel_text(currency, CHANNEL_WORD_MAX_BYTES));
-		return;
-	}
-	if (answer_paid_decimal(answer, value, currency))
+	if (paypal_amount("capture", value, currency, answer))
 		answer_status(answer, "succeeded", word);
 }
 
-/* Turns an answer of the order query into a status or an error. */
+/* Refund statuses and what they are (every one PayPal documents). */
+static const struct
+{
+	const char *word;
+	const char *status;
+}			paypal_refund_statuses[] = {
+	{"COMPLETED", "succeeded"},
+	{"FAILED", "failed"},
+	{"CANCELLED", "cancelled"},
+	{"PENDING", "pending"},
+};
+
+/*
+ * Turns a 200 answer of the refund query about refund_id (NULL: not
+ * checked) into a status or an error; the refund's amount, required when
+ * it is COMPLETED, is carried whenever it is given.
+ */
+static void
+interpret_refund(const char *refund_id, const HttpResult *result, CheckAnswer *answer)
+{
+	JsonField	f[] = {
+		{.path = "id"}, {.path = "status"}, {.path = "amount.value"},
+		{.path = "amount.currency_code"},
+	};
+	JsonFieldsResult read;
+	const char *status = NULL;
+
+	read = json_fields(result->body, result->body_len, PAYPAL_JSON, f, lengthof(f));
+	if (read != JSON_FIELDS_OK)
+	{
+		answer_error(answer, "%s", json_fields_problem(read));
+		return;
+	}
+	for (size_t i = 0; i < lengthof(f); i++)
+		if (f[i].count > 1)
+		{
+			answer_error(answer, "PayPal's answer gives %s twice", f[i].path);
+			return;
+		}
+	if (refund_id != NULL && (f[0].value == NULL || strcmp(f[0].value, refund_id) != 0))
+	{
+		answer_error(answer, "PayPal's answer is about refund \"%s\", not the refund asked about",
+					 f[0].value ? channel_text(f[0].value, CHANNEL_WORD_MAX_BYTES) : "(none)");
+		return;
+	}
+	if (f[1].value == NULL)
+	{
+		answer_error(answer, "the answer has no refund status");
+		return;
+	}
+	for (size_t i = 0; i < lengthof(paypal_refund_statuses); i++)
+		if (strcmp(f[1].value, paypal_refund_statuses[i].word) == 0)
+			status = paypal_refund_statuses[i].status;
+	if (status == NULL)
+	{
+		answer_error(answer, "unknown PayPal refund status \"%s\"",
+					 channel_text(f[1].value, CHANNEL_WORD_MAX_BYTES));
+		return;
+	}
+	if ((strcmp(status, "succeeded") == 0 || f[2].value != NULL || f[3].value != NULL) &&
+		!paypal_amount("refund", f[2].value, f[3].value, answer))
+		return;
+	answer_status(answer, status, f[1].value);
+}
+
+/*
+ * Turns an answer of the order query, or for CHECK_REFUND of the refund
+ * query about refund payment_id, into a status or an error.
+ */
 static void
 paypal_interpret(const void *cfg, CheckKind kind, const char *payment_id, const HttpResult *result,
 				 CheckAnswer *answer)
@@ -393,7 +504,7 @@ paypal_interpret(const void *cfg, CheckKind kind, const char *payment_id, const 
 	JsonFieldsResult read;
 	const char *status;
 
-	if (kind != CHECK_QUERY)
+	if (kind != CHECK_QUERY && kind != CHECK_REFUND)
 	{
 		answer_error(answer, "driver paypal cannot close an order");
 		return;
@@ -405,6 +516,13 @@ paypal_interpret(const void *cfg, CheckKind kind, const char *payment_id, const 
 		/* expired or revoked: the checker drops it and the retry fetches another */
 		answer->credentials_rejected = true;
 		answer_error(answer, "HTTP 401 from PayPal (%s): the access token was refused, a new one will be fetched",
+					 paypal_error_name(result));
+		return;
+	}
+	if (result->status == 404 && kind == CHECK_REFUND)
+	{
+		/* no such refund: never an end of the refund (the schedule ends it) */
+		answer_error(answer, "HTTP 404 from PayPal (%s): no such refund",
 					 paypal_error_name(result));
 		return;
 	}
@@ -423,6 +541,11 @@ paypal_interpret(const void *cfg, CheckKind kind, const char *payment_id, const 
 	{
 		answer_error(answer, "unexpected HTTP %ld from PayPal (%s)", result->status,
 					 paypal_error_name(result));
+		return;
+	}
+	if (kind == CHECK_REFUND)
+	{
+		interpret_refund(payment_id, result, answer);
 		return;
 	}
 
@@ -453,7 +576,8 @@ paypal_interpret(const void *cfg, CheckKind kind, const char *payment_id, const 
 /*
  * A webhook notification, unverified: the order it names (an order
  * event's resource.id, a capture's
- * resource.supplementary_data.related_ids.order_id), or none.
+ * resource.supplementary_data.related_ids.order_id), or none; for a refund
+ * (resource_type "refund") also the refund, resource.id.
  */
 static void
 paypal_verify_notification(const void *cfg, const char *channel,
@@ -466,6 +590,7 @@ paypal_verify_notification(const void *cfg, const char *channel,
 		{.path = "resource.supplementary_data.related_ids.order_id", .only = JSON_TOKEN_STRING},
 	};
 	char	   *order_id = NULL;
+	char	   *refund_id = NULL;
 
 	if (json_fields(notification->body, notification->body_len, PAYPAL_JSON,
 					f, lengthof(f)) == JSON_FIELDS_OK)
@@ -474,8 +599,12 @@ paypal_verify_notification(const void *cfg, const char *channel,
 			order_id = f[2].value;
 		else if (f[0].value != NULL && strcmp(f[0].value, "checkout-order") == 0)
 			order_id = f[1].value;
+		if (f[0].value != NULL && strcmp(f[0].value, "refund") == 0 &&
+			f[1].value != NULL && f[1].value[0] != '\0')
+			refund_id = f[1].value;
 	}
 	notification_unverified(out, order_id);
+	out->refund_id = refund_id;
 }
 
 const PaysyncDriver paypal_driver = {
@@ -483,6 +612,7 @@ const PaysyncDriver paypal_driver = {
 	.option_names = paypal_option_names,
 	.compile = paypal_compile,
 	.build_request = paypal_build_request,
+	.build_refund_request = paypal_build_refund_request,
 	.interpret = paypal_interpret,
 	.can_close = false,
 	.close_on_expiry_default = false,

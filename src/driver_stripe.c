@@ -24,6 +24,17 @@
  *		time; t at most 300 seconds off the clock.  payment_intent.* events
  *		carry the PaymentIntent in data.object, read as a query answer is.
  *
+ *		Refunds (0.4): GET /v1/refunds/{id} (the re_... id), authenticated
+ *		as the payment query.  Refund statuses: succeeded is succeeded,
+ *		failed failed, canceled cancelled, pending and requires_action (the
+ *		customer must act) pending; anything else is an error, and so is a
+ *		404 (a refund Stripe does not know never ends a refund) and an
+ *		answer about another refund.  The refund's amount and currency are
+ *		the answer's amount (the refunded amount; required for a succeeded
+ *		refund).  Events refund.updated, refund.failed and
+ *		charge.refund.updated carry the Refund in data.object and are
+ *		verified and read as payment events are.
+ *
  *		Paid amounts are reported in ISO 4217 minor units, as paysync's
  *		amount_minor is: Stripe's own unit agrees for every currency but ISK
  *		(Stripe counts hundredths of a krona) and MGA (Stripe counts whole
@@ -44,6 +55,7 @@
 typedef struct StripeConfig
 {
 	char	   *url_prefix;		/* ".../v1/payment_intents/" */
+	char	   *refund_prefix;	/* ".../v1/refunds/" */
 	char	   *auth_header;	/* "Authorization: Bearer ..."; a secret */
 	char	   *version_header; /* "Stripe-Version: ...", or NULL */
 	char	   *account_header; /* "Stripe-Account: acct_...", or NULL */
@@ -61,9 +73,13 @@ typedef struct StripeFields
 	bool		duplicate;		/* a field read here appears twice */
 
 	char	   *object;
+	char	   *id;
 	char	   *status;
 	char	   *amount_received;
 	bool		amount_is_number;
+	char	   *amount;			/* a Refund's amount */
+	bool		refund_amount_is_number;
+	char	   *payment_intent; /* a Refund's PaymentIntent, or NULL */
 	char	   *currency;
 	char	   *error_type;		/* in the top-level "error" object */
 	char	   *error_code;
@@ -81,6 +97,24 @@ static const char *const stripe_pending_statuses[] = {
 	/* API versions before 2019-02-11 */
 	"requires_source", "requires_source_action",
 	NULL
+};
+
+/* Refund statuses and what they are (every one Stripe documents). */
+static const struct
+{
+	const char *word;
+	const char *status;
+}			stripe_refund_statuses[] = {
+	{"succeeded", "succeeded"},
+	{"failed", "failed"},
+	{"canceled", "cancelled"},
+	{"pending", "pending"},
+	{"requires_action", "pending"},
+};
+
+/* The events about a Refund whose data.object is the Refund. */
+static const char *const stripe_refund_events[] = {
+	"refund.updated", "refund.failed", "charge.refund.updated", NULL
 };
 
 /* True if every character of text is an ASCII letter, digit or '_'. */
@@ -212,20 +246,19 @@ stripe_compile(const char *channel, const char *base_url, Jsonb *options)
 	if (len >= 3 && strncmp(base_url + len - 3, "/v1", 3) == 0)
 		len -= 3;
 	config->url_prefix = psprintf("%.*s/v1/payment_intents/", (int) len, base_url);
+	config->refund_prefix = psprintf("%.*s/v1/refunds/", (int) len, base_url);
 	return config;
 }
 
-/* Builds the request retrieving one PaymentIntent. */
+/* Builds a GET of prefix + id with the channel's headers. */
 static void
-stripe_build_request(const void *cfg, const char *base_url,
-					 const char *payment_id, CheckKind kind,
-					 const char *token, HttpRequest *request)
+stripe_build_get(const StripeConfig *config, const char *prefix, const char *id,
+				 HttpRequest *request)
 {
-	const StripeConfig *config = cfg;
 	const char **headers = palloc(sizeof(char *) * 4);
 	int			n = 0;
 
-	request->url = psprintf("%s%s", config->url_prefix, http_escape_segment(payment_id));
+	request->url = psprintf("%s%s", prefix, http_escape_segment(id));
 	request->post = false;
 	request->body = NULL;
 	headers[n++] = "Accept: application/json";
@@ -238,6 +271,28 @@ stripe_build_request(const void *cfg, const char *base_url,
 	request->n_headers = n;
 }
 
+/* Builds the request retrieving one PaymentIntent. */
+static void
+stripe_build_request(const void *cfg, const char *base_url,
+					 const char *payment_id, CheckKind kind,
+					 const char *token, HttpRequest *request)
+{
+	const StripeConfig *config = cfg;
+
+	stripe_build_get(config, config->url_prefix, payment_id, request);
+}
+
+/* Builds the request retrieving one Refund (GET /v1/refunds/{refund_id}). */
+static void
+stripe_build_refund_request(const void *cfg, const char *base_url,
+							const char *payment_id, const char *refund_id,
+							const char *token, HttpRequest *request)
+{
+	const StripeConfig *config = cfg;
+
+	stripe_build_get(config, config->refund_prefix, refund_id, request);
+}
+
 /*
  * Reads the fields the driver needs from a JSON body in one pass with
  * PostgreSQL's JSON parser.  False if the body is not JSON text.
@@ -248,7 +303,8 @@ stripe_read_fields(const char *body, size_t body_len, StripeFields *fields)
 	JsonField	f[] = {
 		{.path = "object"}, {.path = "status"}, {.path = "amount_received"},
 		{.path = "currency"}, {.path = "error.type"}, {.path = "error.code"},
-		{.path = "error.message"},
+		{.path = "error.message"}, {.path = "id"}, {.path = "amount"},
+		{.path = "payment_intent"},
 	};
 
 	memset(fields, 0, sizeof(StripeFields));
@@ -266,6 +322,10 @@ stripe_read_fields(const char *body, size_t body_len, StripeFields *fields)
 	fields->error_type = f[4].value;
 	fields->error_code = f[5].value;
 	fields->error_message = f[6].value;
+	fields->id = f[7].type == JSON_TOKEN_STRING ? f[7].value : NULL;
+	fields->amount = f[8].value;
+	fields->refund_amount_is_number = (f[8].type == JSON_TOKEN_NUMBER);
+	fields->payment_intent = f[9].type == JSON_TOKEN_STRING ? f[9].value : NULL;
 	return true;
 }
 
@@ -296,7 +356,8 @@ stripe_safe_message(const StripeConfig *config, const char *message)
  */
 static void
 stripe_answer_http_error(const StripeConfig *config, const HttpResult *result,
-						 const StripeFields *fields, bool parsed, CheckAnswer *answer)
+						 const StripeFields *fields, bool parsed, bool refund,
+						 CheckAnswer *answer)
 {
 	StringInfoData msg;
 	const char *what;
@@ -311,10 +372,14 @@ stripe_answer_http_error(const StripeConfig *config, const HttpResult *result,
 			answer->credentials_rejected = true;
 			break;
 		case 403:
-			what = "Stripe refused access (a restricted key needs read access to PaymentIntents)";
+			what = refund ?
+				"Stripe refused access (a restricted key needs read access to refunds)" :
+				"Stripe refused access (a restricted key needs read access to PaymentIntents)";
 			break;
 		case 404:
-			what = "Stripe has no such PaymentIntent (wrong id, or key of another mode/account)";
+			what = refund ?
+				"Stripe has no such refund (wrong id, or key of another mode/account)" :
+				"Stripe has no such PaymentIntent (wrong id, or key of another mode/account)";
 			break;
 		case 429:
 			what = "Stripe rate limit";
@@ -380,58 +445,77 @@ stripe_amount_to_iso(int64 amount, const char *currency, int64 *minor)
 }
 
 /*
- * Fills the paid amount of a succeeded PaymentIntent from amount_received
- * and currency.  False (with *answer the error) if they are missing or not
- * what Stripe sends: a success whose amount cannot be checked is no success.
+ * Fills the amount of *answer from Stripe's amount (field name, the JSON
+ * text value, is_number its type) and currency of a what ("PaymentIntent",
+ * "refund").  False (with *answer the error) if they are missing or not
+ * what Stripe sends: a success whose amount cannot be checked is no
+ * success.
  */
 static bool
-stripe_paid_amount(const StripeFields *fields, CheckAnswer *answer)
+stripe_amount(const char *what, const char *name, const char *value, bool is_number,
+			  const char *currency_text, CheckAnswer *answer)
 {
 	int64		amount;
 	int64		minor;
 	char		currency[4];
 
-	if (fields->amount_received == NULL || fields->currency == NULL)
+	if (value == NULL || currency_text == NULL)
 	{
-		answer_error(answer, "the succeeded PaymentIntent has no %s",
-					 fields->amount_received == NULL ? "amount_received" : "currency");
+		answer_error(answer, "the succeeded %s has no %s", what,
+					 value == NULL ? name : "currency");
 		return false;
 	}
-	if (!fields->amount_is_number || !parse_minor_units(fields->amount_received, &amount))
+	if (!is_number || !parse_minor_units(value, &amount))
 	{
-		answer_error(answer, "the PaymentIntent's amount_received \"%s\" is not a whole number within range",
-					 channel_text(fields->amount_received, 40));
+		answer_error(answer, "the %s's %s \"%s\" is not a whole number within range",
+					 what, name, channel_text(value, 40));
 		return false;
 	}
-	if (!currency_code_valid(fields->currency))
+	if (!currency_code_valid(currency_text))
 	{
-		answer_error(answer, "the PaymentIntent's currency \"%s\" is not an ISO 4217 code",
-					 channel_text(fields->currency, 40));
+		answer_error(answer, "the %s's currency \"%s\" is not an ISO 4217 code",
+					 what, channel_text(currency_text, 40));
 		return false;
 	}
 	for (int i = 0; i < 4; i++)
-		currency[i] = pg_toupper((unsigned char) fields->currency[i]);
+		currency[i] = pg_toupper((unsigned char) currency_text[i]);
 	if (!stripe_amount_to_iso(amount, currency, &minor))
 	{
-		answer_error(answer, "Stripe's amount_received %lld %s has no ISO 4217 equivalent",
-					 (long long) amount, currency);
+		answer_error(answer, "Stripe's %s %lld %s has no ISO 4217 equivalent",
+					 name, (long long) amount, currency);
 		return false;
 	}
 	return answer_paid(answer, minor, currency);
 }
 
-static void answer_intent(const StripeFields *fields, CheckAnswer *answer);
+/*
+ * Fills the paid amount of a succeeded PaymentIntent from amount_received
+ * and currency, as stripe_amount() does.
+ */
+static bool
+stripe_paid_amount(const StripeFields *fields, CheckAnswer *answer)
+{
+	return stripe_amount("PaymentIntent", "amount_received", fields->amount_received,
+						 fields->amount_is_number, fields->currency, answer);
+}
 
-/* Turns Stripe's answer about a PaymentIntent into a status or an error. */
+static void answer_intent(const StripeFields *fields, CheckAnswer *answer);
+static void answer_refund(const StripeFields *fields, const char *refund_id,
+						  CheckAnswer *answer);
+
+/*
+ * Turns Stripe's answer about a PaymentIntent, or for CHECK_REFUND about
+ * the Refund id (NULL: not checked), into a status or an error.
+ */
 static void
-stripe_interpret(const void *cfg, CheckKind kind, const char *payment_id, const HttpResult *result,
+stripe_interpret(const void *cfg, CheckKind kind, const char *id, const HttpResult *result,
 				 CheckAnswer *answer)
 {
 	const StripeConfig *config = cfg;
 	StripeFields fields;
 	bool		parsed;
 
-	if (kind != CHECK_QUERY)
+	if (kind != CHECK_QUERY && kind != CHECK_REFUND)
 	{
 		answer_error(answer, "driver stripe cannot close a PaymentIntent");
 		return;
@@ -442,7 +526,8 @@ stripe_interpret(const void *cfg, CheckKind kind, const char *payment_id, const 
 	parsed = stripe_read_fields(result->body, result->body_len, &fields);
 	if (result->status < 200 || result->status > 299)
 	{
-		stripe_answer_http_error(config, result, &fields, parsed, answer);
+		stripe_answer_http_error(config, result, &fields, parsed, kind == CHECK_REFUND,
+								 answer);
 		return;
 	}
 	if (!parsed || !fields.root_is_object)
@@ -450,7 +535,59 @@ stripe_interpret(const void *cfg, CheckKind kind, const char *payment_id, const 
 		answer_error(answer, "Stripe's answer (HTTP %ld) is not a JSON object", result->status);
 		return;
 	}
-	answer_intent(&fields, answer);
+	if (kind == CHECK_REFUND)
+		answer_refund(&fields, id, answer);
+	else
+		answer_intent(&fields, answer);
+}
+
+/*
+ * Reads a Refund (an answer, or a refund event's data.object) about
+ * refund_id (NULL: not checked) into *answer, its amount the refunded
+ * amount: required when it succeeded, carried when given otherwise.
+ */
+static void
+answer_refund(const StripeFields *fields, const char *refund_id, CheckAnswer *answer)
+{
+	const char *status = NULL;
+
+	if (fields->duplicate)
+	{
+		answer_error(answer, "Stripe's answer has a field twice");
+		return;
+	}
+	if (fields->object == NULL || strcmp(fields->object, "refund") != 0)
+	{
+		answer_error(answer, "Stripe's answer is not a refund (object \"%s\")",
+					 channel_text(fields->object, 40));
+		return;
+	}
+	/* a refund of ours is asked about by its id: another one is no answer */
+	if (refund_id != NULL && (fields->id == NULL || strcmp(fields->id, refund_id) != 0))
+	{
+		answer_error(answer, "Stripe's answer is about refund \"%s\", not the refund asked about",
+					 fields->id ? channel_text(fields->id, CHANNEL_WORD_MAX_BYTES) : "(none)");
+		return;
+	}
+	if (fields->status == NULL)
+	{
+		answer_error(answer, "the refund has no status");
+		return;
+	}
+	for (size_t i = 0; i < lengthof(stripe_refund_statuses); i++)
+		if (strcmp(fields->status, stripe_refund_statuses[i].word) == 0)
+			status = stripe_refund_statuses[i].status;
+	if (status == NULL)
+	{
+		answer_error(answer, "unknown refund status \"%s\"",
+					 channel_text(fields->status, CHANNEL_WORD_MAX_BYTES));
+		return;
+	}
+	if ((strcmp(status, "succeeded") == 0 || fields->amount != NULL) &&
+		!stripe_amount("refund", "amount", fields->amount,
+					   fields->refund_amount_is_number, fields->currency, answer))
+		return;
+	answer_status(answer, status, fields->status);
 }
 
 /* Reads a PaymentIntent (an answer, or an event's data.object) into *answer. */
@@ -547,8 +684,39 @@ stripe_signature_ok(const char *header, const char *secret, const char *body,
 }
 
 /*
- * Verifies a Stripe webhook event and reads its PaymentIntent.  Without
- * webhook_secret: unverified, about the PaymentIntent data.object.id names.
+ * Reads the Refund of a verified refund event (type, its data.object in
+ * *object) into *out: the refund, its payment (the Refund's
+ * payment_intent, NULL if it has none) and its status and amount.
+ */
+static void
+stripe_refund_notification(const char *channel, const char *type,
+						   const JsonField *object, NotificationResult *out)
+{
+	StripeFields fields;
+
+	if (object->raw_start == NULL ||
+		!stripe_read_fields(pnstrdup(object->raw_start, object->raw_len), object->raw_len,
+							&fields) ||
+		!fields.root_is_object)
+		notification_refused(channel, "the %s event's data.object is not a JSON object",
+							 channel_text(type, CHANNEL_WORD_MAX_BYTES));
+	if (fields.object == NULL || strcmp(fields.object, "refund") != 0)
+		notification_refused(channel, "the %s event's data.object is not a refund",
+							 channel_text(type, CHANNEL_WORD_MAX_BYTES));
+	if (fields.id == NULL || fields.id[0] == '\0')
+		notification_refused(channel, "the %s event's refund has no id",
+							 channel_text(type, CHANNEL_WORD_MAX_BYTES));
+	answer_refund(&fields, NULL, &out->answer);
+	if (out->answer.is_error)
+		notification_refused(channel, "%s", out->answer.error);
+	out->refund_id = fields.id;
+	out->payment_id = fields.payment_intent;
+}
+
+/*
+ * Verifies a Stripe webhook event and reads its PaymentIntent, or for a
+ * refund event its Refund.  Without webhook_secret: unverified, about the
+ * PaymentIntent (or Refund) data.object.id names.
  */
 static void
 stripe_verify_notification(const void *cfg, const char *channel,
@@ -578,8 +746,13 @@ stripe_verify_notification(const void *cfg, const char *channel,
 	}
 	if (config->webhook_secret == NULL)
 	{
+		bool		refund_event = f[1].value && word_in_list(f[1].value, stripe_refund_events);
+
 		notification_unverified(out, f[1].value && strncmp(f[1].value, "payment_intent.", 15) == 0 ?
 								f[3].value : NULL);
+		/* the refund its event names is checked at once */
+		if (refund_event && f[3].value != NULL)
+			out->refund_id = f[3].value;
 		return;
 	}
 	if (header == NULL || header[0] == '\0')
@@ -599,6 +772,11 @@ stripe_verify_notification(const void *cfg, const char *channel,
 			notification_refused(channel, "the notification gives %s twice", f[i].path);
 	if (f[0].value == NULL || strcmp(f[0].value, "event") != 0)
 		notification_refused(channel, "the notification is not a Stripe event");
+	if (word_in_list(f[1].value, stripe_refund_events))
+	{
+		stripe_refund_notification(channel, f[1].value, &f[2], out);
+		return;
+	}
 	if (strncmp(f[1].value, "payment_intent.", 15) != 0)
 		return;					/* another kind of event: no payment of ours */
 	if (f[2].raw_start == NULL || f[3].value == NULL)
@@ -620,6 +798,7 @@ const PaysyncDriver stripe_driver = {
 	.option_names = stripe_option_names,
 	.compile = stripe_compile,
 	.build_request = stripe_build_request,
+	.build_refund_request = stripe_build_refund_request,
 	.interpret = stripe_interpret,
 	.can_close = false,
 	.close_on_expiry_default = false,

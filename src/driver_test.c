@@ -9,17 +9,27 @@
  *		create_test_functions) with
  *
  *		CREATE FUNCTION paysync_test_request(driver text, options jsonb,
- *			base_url text, payment_id text, kind text, token text)
+ *			base_url text, payment_id text, kind text, token text,
+ *			refund_id text DEFAULT NULL)
  *			RETURNS text AS '$libdir/paysync', 'paysync_test_request' LANGUAGE C;
  *		CREATE FUNCTION paysync_test_interpret(driver text, options jsonb,
  *			kind text, http_status int, headers text, body text,
  *			payment_id text)
  *			RETURNS text AS '$libdir/paysync', 'paysync_test_interpret' LANGUAGE C;
+ *		CREATE FUNCTION paysync_test_notification(driver text, options jsonb,
+ *			headers text, body text, now bigint DEFAULT NULL)
+ *			RETURNS text AS '$libdir/paysync', 'paysync_test_notification' LANGUAGE C;
  *
- *		kind is "query", "close" or "token" (the access token request, for
+ *		kind is "query", "close", "refund" (the status query of a refund,
+ *		build_refund_request()) or "token" (the access token request, for
  *		drivers that have one).  payment_id may be NULL for "token", and for
- *		paysync_test_interpret (the driver then checks no payment id in the
- *		answer); token may be NULL (no access token).
+ *		paysync_test_interpret (the driver then checks no id in the
+ *		answer); token may be NULL (no access token).  For "refund",
+ *		paysync_test_request takes the refund's payment as payment_id and
+ *		the refund as refund_id (required), and paysync_test_interpret's
+ *		payment_id is the id asked about, which for a refund is the refund
+ *		id (as the checker passes it); refund_id is ignored for the other
+ *		kinds.
  *
  *		paysync_test_interpret builds the HttpResult the HTTP engine would:
  *		headers are "Name: value" lines (separated by LF or CRLF; NULL for
@@ -46,6 +56,17 @@
  *					credentials_rejected=true	(when the channel refused them)
  *		a token answer:	token=the token and expires_in=seconds,
  *					or error=the message
+ *		a notification:	verified=true or false
+ *					payment_id=the payment	(when it names one)
+ *					refund_id=the refund	(when it is about one)
+ *					then the answer's fields (when it names a payment
+ *					or a refund), reply_status=the HTTP status answered
+ *
+ *		paysync_test_notification hands the driver's verify_notification a
+ *		notification as receive() does (headers as for
+ *		paysync_test_interpret; now the clock in Unix seconds, NULL: the
+ *		time now).  One that fails verification is the driver's ERROR
+ *		(SQLSTATE 28000).
  *
  *		Header values and tokens are secrets in production; these functions
  *		show them because the tests check them, for options the caller gives.
@@ -53,6 +74,8 @@
  *		C).
  */
 #include "postgres.h"
+
+#include <time.h>
 
 #include "fmgr.h"
 #include "lib/stringinfo.h"
@@ -67,6 +90,7 @@
 
 PG_FUNCTION_INFO_V1(paysync_test_request);
 PG_FUNCTION_INFO_V1(paysync_test_interpret);
+PG_FUNCTION_INFO_V1(paysync_test_notification);
 
 /* Argument argno as a C string; an ERROR naming it if it is NULL. */
 static char *
@@ -99,8 +123,8 @@ required_options(FunctionCallInfo fcinfo, int argno)
 }
 
 /*
- * The CheckKind of "query" or "close"; -1 for "token", which is not a
- * CheckKind of build_request/interpret but a call of their token
+ * The CheckKind of "query", "close" or "refund"; -1 for "token", which is
+ * not a CheckKind of build_request/interpret but a call of their token
  * counterparts.
  */
 static int
@@ -110,12 +134,14 @@ parse_kind(const char *kind)
 		return CHECK_QUERY;
 	if (strcmp(kind, "close") == 0)
 		return CHECK_CLOSE;
+	if (strcmp(kind, "refund") == 0)
+		return CHECK_REFUND;
 	if (strcmp(kind, "token") == 0)
 		return -1;
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("invalid kind \"%s\"", kind),
-			 errdetail("The kind of request is \"query\", \"close\" or \"token\".")));
+			 errdetail("The kind of request is \"query\", \"close\", \"refund\" or \"token\".")));
 	return CHECK_QUERY;			/* keep the compiler quiet */
 }
 
@@ -231,9 +257,9 @@ retry_after_of(const HttpResult *result)
 }
 
 /*
- * paysync_test_request(driver, options, base_url, payment_id, kind, token):
- * the request the driver builds for a channel with these options, in the
- * format of the header comment.
+ * paysync_test_request(driver, options, base_url, payment_id, kind, token
+ * [, refund_id]): the request the driver builds for a channel with these
+ * options, in the format of the header comment.
  */
 Datum
 paysync_test_request(PG_FUNCTION_ARGS)
@@ -244,6 +270,7 @@ paysync_test_request(PG_FUNCTION_ARGS)
 	char	   *payment_id = optional_text(fcinfo, 3);
 	int			kind = parse_kind(required_text(fcinfo, 4, "kind"));
 	char	   *token = optional_text(fcinfo, 5);
+	char	   *refund_id = PG_NARGS() > 6 ? optional_text(fcinfo, 6) : NULL;
 	ChannelConfig *config = channel_compile("test", driver, base_url, options);
 	HttpRequest request;
 	StringInfoData out;
@@ -254,6 +281,19 @@ paysync_test_request(PG_FUNCTION_ARGS)
 		require_tokens(config);
 		config->driver->build_token_request(config->driver_config, config->base_url,
 											&request);
+	}
+	else if (kind == CHECK_REFUND)
+	{
+		if (config->driver->build_refund_request == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("driver \"%s\" has no refund query", config->driver->name)));
+		if (payment_id == NULL || refund_id == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("arguments \"payment_id\" and \"refund_id\" must not be null for kind \"refund\"")));
+		config->driver->build_refund_request(config->driver_config, config->base_url,
+											 payment_id, refund_id, token, &request);
 	}
 	else
 	{
@@ -335,4 +375,48 @@ paysync_test_interpret(PG_FUNCTION_ARGS)
 		append_answer(&out, &answer);
 	}
 	PG_RETURN_TEXT_P(cstring_to_text(out.data));
+}
+
+/*
+ * paysync_test_notification(driver, options, headers, body, now): what the
+ * driver's verify_notification makes of this notification, in the format
+ * of the header comment.
+ */
+Datum
+paysync_test_notification(PG_FUNCTION_ARGS)
+{
+	char	   *driver = required_text(fcinfo, 0, "driver");
+	Jsonb	   *options = required_options(fcinfo, 1);
+	ChannelConfig *config = channel_compile("test", driver, TEST_BASE_URL, options);
+	HttpResult	notification;
+	NotificationResult out;
+	int64		now = PG_ARGISNULL(4) ? (int64) time(NULL) : PG_GETARG_INT64(4);
+	StringInfoData out_text;
+
+	memset(&notification, 0, sizeof(notification));
+	notification.headers = engine_headers(optional_text(fcinfo, 2));
+	if (notification.headers == NULL)
+		notification.headers = "";
+	notification.body = PG_ARGISNULL(3) ? pstrdup("") : text_to_cstring(PG_GETARG_TEXT_PP(3));
+	notification.body_len = strlen(notification.body);
+	notification.retry_after_s = -1;
+
+	memset(&out, 0, sizeof(out));
+	out.answer.retry_after_s = -1;
+	if (config->driver->verify_notification == NULL)
+		notification_unverified(&out, NULL);
+	else
+		config->driver->verify_notification(config->driver_config, "test",
+											&notification, now, &out);
+
+	initStringInfo(&out_text);
+	append_field(&out_text, "verified", out.verified ? "true" : "false");
+	if (out.payment_id)
+		append_field(&out_text, "payment_id", out.payment_id);
+	if (out.refund_id)
+		append_field(&out_text, "refund_id", out.refund_id);
+	if (out.verified && (out.payment_id || out.refund_id))
+		append_answer(&out_text, &out.answer);
+	append_field(&out_text, "reply_status", psprintf("%d", out.reply_status));
+	PG_RETURN_TEXT_P(cstring_to_text(out_text.data));
 }

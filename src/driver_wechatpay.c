@@ -27,6 +27,17 @@
  *		its Wechatpay-Serial names, and a serial not named is an error
  *		naming it (wechatpay_key_for_serial(), for callbacks too).
  *
+ *		Refunds (0.4): GET /v3/refund/domestic/refunds/{out_refund_no},
+ *		signed and verified as the payment query (a direct merchant sends no
+ *		mchid with it).  Its status SUCCESS is succeeded, ABNORMAL failed
+ *		(the refund did not reach the buyer, a card frozen or cancelled: a
+ *		person must act at the merchant platform), CLOSED closed, PROCESSING
+ *		pending; amount.refund (fen) is the refunded amount.  A 404
+ *		RESOURCE_NOT_EXISTS (no such refund), signed or not, is an error:
+ *		it never ends a refund.  REFUND.SUCCESS, REFUND.ABNORMAL and
+ *		REFUND.CLOSED callbacks are verified and decrypted as payment
+ *		callbacks; their resource says refund_status.
+ *
  *		WeChat Pay may leave error answers unsigned.  Unverified, 404
  *		ORDER_NOT_EXIST to a query is pending (nothing is paid); a close
  *		answer that would end the payment (ORDERPAID, ORDER_CLOSED,
@@ -97,7 +108,26 @@ typedef struct WechatpayAnswer
 	char	   *total;			/* amount.total, as written */
 	char	   *currency;		/* amount.currency */
 	JsonTokenType total_type;
+
+	/* a refund (query answer, or a REFUND.* callback's resource) */
+	char	   *status;			/* refund status (the query's "status") */
+	char	   *refund_status;	/* the callback's word for it */
+	char	   *out_refund_no;
+	char	   *refund;			/* amount.refund, as written */
+	JsonTokenType refund_type;
 } WechatpayAnswer;
+
+/* refund status (query "status", callback "refund_status") to paysync status. */
+static const struct
+{
+	const char *word;
+	const char *status;
+}			refund_statuses[] = {
+	{"SUCCESS", "succeeded"},
+	{"ABNORMAL", "failed"},		/* a person must act: see the header */
+	{"CLOSED", "closed"},
+	{"PROCESSING", "pending"},
+};
 
 static const char *const wechatpay_option_names[] = {
 	"mchid", "merchant_serial_no", "merchant_private_key",
@@ -325,39 +355,24 @@ wechatpay_authorization(CryptoKey *key, const char *mchid, const char *serial_no
 	return header;
 }
 
-/* Builds the status query, or the close call, for one payment. */
+/*
+ * Fills *request with a signed request: path (base_path included, query
+ * too: the bytes signed are the bytes sent) and, for a POST, body.
+ */
 static void
-wechatpay_build_request(const void *cfg, const char *base_url,
-						const char *payment_id, CheckKind kind,
-						const char *token, HttpRequest *request)
+wechatpay_build_signed(const WechatpayConfig *config, const char *path,
+					   const char *body, HttpRequest *request)
 {
-	const WechatpayConfig *config = cfg;
 	const char **headers = palloc(sizeof(char *) * 4);
-	const char *method;
-	char	   *path;
+	const char *method = body ? "POST" : "GET";
 	char	   *timestamp;
 	char		nonce[33];
 	char		error[160];
 	char	   *authorization;
 	int			n = 0;
 
-	if (kind == CHECK_CLOSE)
-	{
-		method = "POST";
-		path = psprintf("%s/v3/pay/transactions/out-trade-no/%s/close",
-						config->base_path, http_escape_segment(payment_id));
-		/* mchid is letters and digits only: nothing to escape */
-		request->body = psprintf("{\"mchid\":\"%s\"}", config->mchid);
-		request->post = true;
-	}
-	else
-	{
-		method = "GET";
-		path = psprintf("%s/v3/pay/transactions/out-trade-no/%s?mchid=%s",
-						config->base_path, http_escape_segment(payment_id), config->mchid);
-		request->body = NULL;
-		request->post = false;
-	}
+	request->body = body ? pstrdup(body) : NULL;
+	request->post = (body != NULL);
 	request->url = psprintf("%s%s", config->base, path + strlen(config->base_path));
 
 	timestamp = psprintf("%lld", (long long) time(NULL));
@@ -379,6 +394,48 @@ wechatpay_build_request(const void *cfg, const char *base_url,
 		headers[n++] = "Content-Type: application/json";
 	request->headers = headers;
 	request->n_headers = n;
+}
+
+/* Builds the status query, or the close call, for one payment. */
+static void
+wechatpay_build_request(const void *cfg, const char *base_url,
+						const char *payment_id, CheckKind kind,
+						const char *token, HttpRequest *request)
+{
+	const WechatpayConfig *config = cfg;
+
+	if (kind == CHECK_CLOSE)
+	{
+		/* mchid is letters and digits only: nothing to escape */
+		wechatpay_build_signed(config,
+							   psprintf("%s/v3/pay/transactions/out-trade-no/%s/close",
+										config->base_path, http_escape_segment(payment_id)),
+							   psprintf("{\"mchid\":\"%s\"}", config->mchid), request);
+	}
+	else
+		wechatpay_build_signed(config,
+							   psprintf("%s/v3/pay/transactions/out-trade-no/%s?mchid=%s",
+										config->base_path, http_escape_segment(payment_id),
+										config->mchid),
+							   NULL, request);
+}
+
+/*
+ * Builds the status query of one refund, by the merchant's refund number
+ * (GET /v3/refund/domestic/refunds/{out_refund_no}; a direct merchant sends
+ * no mchid), signed as the payment query.
+ */
+static void
+wechatpay_build_refund_request(const void *cfg, const char *base_url,
+							   const char *payment_id, const char *refund_id,
+							   const char *token, HttpRequest *request)
+{
+	const WechatpayConfig *config = cfg;
+
+	wechatpay_build_signed(config,
+						   psprintf("%s/v3/refund/domestic/refunds/%s",
+									config->base_path, http_escape_segment(refund_id)),
+						   NULL, request);
 }
 
 /*
@@ -547,6 +604,10 @@ wechatpay_parse(const HttpResult *result, WechatpayAnswer *parsed, CheckAnswer *
 		{.path = "code", .only = JSON_TOKEN_STRING},
 		{.path = "amount.total"},
 		{.path = "amount.currency", .only = JSON_TOKEN_STRING},
+		{.path = "status", .only = JSON_TOKEN_STRING},
+		{.path = "refund_status", .only = JSON_TOKEN_STRING},
+		{.path = "out_refund_no", .only = JSON_TOKEN_STRING},
+		{.path = "amount.refund"},
 	};
 	JsonFieldsResult read;
 
@@ -570,6 +631,11 @@ wechatpay_parse(const HttpResult *result, WechatpayAnswer *parsed, CheckAnswer *
 	parsed->total = f[4].value;
 	parsed->total_type = f[4].type;
 	parsed->currency = f[5].value;
+	parsed->status = f[6].value;
+	parsed->refund_status = f[7].value;
+	parsed->out_refund_no = f[8].value;
+	parsed->refund = f[9].value;
+	parsed->refund_type = f[9].type;
 	return true;
 }
 
@@ -718,6 +784,102 @@ answer_transaction(const WechatpayConfig *config, const char *payment_id,
 	answer_error(answer, "unknown trade_state \"%s\"", channel_word(parsed.trade_state));
 }
 
+/*
+ * Reads a refund (a query answer, status in parsed->status, or a REFUND.*
+ * callback's resource, in parsed->refund_status) about refund_id (NULL:
+ * not checked) into *answer: its status, and amount.refund (fen) as the
+ * refunded amount, required when it succeeded.
+ */
+static void
+answer_refund(const WechatpayConfig *config, const char *refund_id,
+			  const WechatpayAnswer *parsed, bool callback, CheckAnswer *answer)
+{
+	const char *word = callback ? parsed->refund_status : parsed->status;
+	const char *status = NULL;
+	int64		refund;
+
+	if (word == NULL)
+	{
+		answer_error(answer, "the refund answer has no %s",
+					 callback ? "refund_status" : "status");
+		return;
+	}
+	if (parsed->mchid != NULL && strcmp(parsed->mchid, config->mchid) != 0)
+	{
+		answer_error(answer, "the answer is about merchant %s, not mchid %s",
+					 channel_word(parsed->mchid), config->mchid);
+		return;
+	}
+	/* a genuine signed answer about another refund (replayed) is no answer */
+	if (refund_id != NULL &&
+		(parsed->out_refund_no == NULL || strcmp(parsed->out_refund_no, refund_id) != 0))
+	{
+		answer_error(answer, "the answer is about out_refund_no \"%s\", not the refund asked about",
+					 parsed->out_refund_no ? channel_word(parsed->out_refund_no) : "(none)");
+		return;
+	}
+	for (size_t i = 0; i < lengthof(refund_statuses); i++)
+		if (strcmp(word, refund_statuses[i].word) == 0)
+			status = refund_statuses[i].status;
+	if (status == NULL)
+	{
+		answer_error(answer, "unknown refund status \"%s\"", channel_word(word));
+		return;
+	}
+	if (parsed->refund == NULL && strcmp(status, "succeeded") == 0)
+	{
+		answer_error(answer, "the answer for a succeeded refund has no amount.refund");
+		return;
+	}
+	if (parsed->refund != NULL)
+	{
+		if (parsed->refund_type != JSON_TOKEN_NUMBER ||
+			!parse_minor_units(parsed->refund, &refund))
+		{
+			answer_error(answer, "the answer's amount.refund \"%s\" is not a whole number of minor units within range",
+						 channel_word(parsed->refund));
+			return;
+		}
+		if (!answer_paid(answer, refund, parsed->currency))
+			return;
+	}
+	answer_status(answer, status, word);
+}
+
+/*
+ * Interprets the answer to a refund query about refund_id (NULL: not
+ * checked).  Unlike a payment's "no such order", a refund WeChat Pay does
+ * not know (404 RESOURCE_NOT_EXISTS) is an error, signed or not: it may be
+ * one whose creation never got through, which only the schedule ends.
+ */
+static void
+interpret_refund(const WechatpayConfig *config, const char *refund_id,
+				 const HttpResult *result, CheckAnswer *answer)
+{
+	WechatpayAnswer parsed;
+	char		error[200];
+
+	if (result->status == 404 && parse_refusal(result, &parsed) && parsed.code &&
+		strcmp(parsed.code, "RESOURCE_NOT_EXISTS") == 0)
+	{
+		answer_error(answer, "WeChat Pay has no such refund (HTTP 404 RESOURCE_NOT_EXISTS)");
+		return;
+	}
+	if (result->status != 200)
+	{
+		answer_refusal(result, parse_refusal(result, &parsed) ? &parsed : NULL, answer);
+		return;
+	}
+	if (!verify_with_named_key(config, result, (int64) time(NULL), error, sizeof(error)))
+	{
+		answer_error(answer, "%s", error);
+		return;
+	}
+	if (!wechatpay_parse(result, &parsed, answer))
+		return;
+	answer_refund(config, refund_id, &parsed, false, answer);
+}
+
 /* True if code is one of WeChat Pay's words for "the buyer is paying". */
 static bool
 is_user_paying(const char *code)
@@ -809,7 +971,10 @@ interpret_close(const WechatpayConfig *config, const HttpResult *result,
 	answer_status(answer, status, word);
 }
 
-/* Turns an answer into a status or an error. */
+/*
+ * Turns an answer into a status or an error; payment_id is the id asked
+ * about, for CHECK_REFUND the refund's out_refund_no.
+ */
 static void
 wechatpay_interpret(const void *cfg, CheckKind kind, const char *payment_id, const HttpResult *result,
 					CheckAnswer *answer)
@@ -820,6 +985,8 @@ wechatpay_interpret(const void *cfg, CheckKind kind, const char *payment_id, con
 		return;
 	if (kind == CHECK_CLOSE)
 		interpret_close(config, result, answer);
+	else if (kind == CHECK_REFUND)
+		interpret_refund(config, payment_id, result, answer);
 	else
 		interpret_query(config, payment_id, result, answer);
 }
@@ -828,7 +995,8 @@ wechatpay_interpret(const void *cfg, CheckKind kind, const char *payment_id, con
  * Verifies a payment notification (WeChat Pay API v3 callback): the
  * signature headers as for an answer, the five-minute window, then the
  * resource decrypted with api_v3_key.  A TRANSACTION.* event gives the
- * transaction's status; other events are about no payment.  Without
+ * transaction's status, a REFUND.* event (SUCCESS, ABNORMAL, CLOSED) the
+ * refund's; other events are about no payment.  Without
  * api_v3_key the payment cannot be read: unverified, no payment.
  */
 static void
@@ -852,6 +1020,7 @@ wechatpay_verify_notification(const void *cfg, const char *channel,
 	const char *aad;
 	HttpResult	decrypted;
 	WechatpayAnswer parsed;
+	bool		refund_event;
 
 	out->reply_status = 204;
 	out->reply_body = "";
@@ -874,8 +1043,9 @@ wechatpay_verify_notification(const void *cfg, const char *channel,
 			notification_refused(channel, "the notification gives %s twice", f[i].path);
 	if (f[0].value == NULL)
 		notification_refused(channel, "the notification has no event_type");
-	if (strncmp(f[0].value, "TRANSACTION.", 12) != 0)
-		return;					/* a refund or other event: no payment of ours */
+	refund_event = strncmp(f[0].value, "REFUND.", 7) == 0;
+	if (strncmp(f[0].value, "TRANSACTION.", 12) != 0 && !refund_event)
+		return;					/* another event: no payment of ours */
 	if (f[1].value == NULL || strcmp(f[1].value, "AEAD_AES_256_GCM") != 0)
 		notification_refused(channel, "the notification's resource is not sealed with AEAD_AES_256_GCM");
 	if (f[2].value == NULL || f[4].value == NULL)
@@ -899,11 +1069,22 @@ wechatpay_verify_notification(const void *cfg, const char *channel,
 	decrypted.body_len = plain_len;
 	free(plain);
 	if (!wechatpay_parse(&decrypted, &parsed, &out->answer))
-		notification_refused(channel, "the notification's resource is not a transaction: %s",
-							 out->answer.error);
+		notification_refused(channel, "the notification's resource is not a %s: %s",
+							 refund_event ? "refund" : "transaction", out->answer.error);
 	if (parsed.mchid == NULL || strcmp(parsed.mchid, config->mchid) != 0)
 		notification_refused(channel, "the notification is about merchant %s, not mchid %s",
 							 parsed.mchid ? channel_word(parsed.mchid) : "(none)", config->mchid);
+	if (refund_event)
+	{
+		if (parsed.out_refund_no == NULL || parsed.out_refund_no[0] == '\0')
+			notification_refused(channel, "the notification's refund has no out_refund_no");
+		answer_refund(config, NULL, &parsed, true, &out->answer);
+		if (out->answer.is_error)
+			notification_refused(channel, "%s", out->answer.error);
+		out->refund_id = parsed.out_refund_no;
+		out->payment_id = parsed.out_trade_no;
+		return;
+	}
 	if (parsed.out_trade_no == NULL || parsed.out_trade_no[0] == '\0')
 		notification_refused(channel, "the notification's transaction has no out_trade_no");
 	answer_transaction(config, parsed.out_trade_no, &parsed, &out->answer);
@@ -917,6 +1098,7 @@ const PaysyncDriver wechatpay_driver = {
 	.option_names = wechatpay_option_names,
 	.compile = wechatpay_compile,
 	.build_request = wechatpay_build_request,
+	.build_refund_request = wechatpay_build_refund_request,
 	.interpret = wechatpay_interpret,
 	.can_close = true,
 	.close_on_expiry_default = true,

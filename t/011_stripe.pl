@@ -12,6 +12,12 @@
 # Stripe's answers through paysync_test_interpret() (src/driver_test.c).
 #
 # Stripe signs none of these answers, so there is no signature to test.
+#
+# Refunds (0.4): the refund query GET /v1/refunds/{id} through the test
+# interface (every status, amounts, 404, another refund), the same built by
+# the driver, answered by mock_stripe and read back, and refund events
+# (refund.updated, refund.failed, charge.refund.updated) verified with
+# webhook_secret or refused with SQLSTATE 28000.
 use strict;
 use warnings;
 
@@ -21,6 +27,7 @@ use PaysyncTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Digest::SHA qw(hmac_sha256_hex);
 
 # The keys are spelled out only here and on the mock's command line; SQL
 # builds them with upper() so that no logged statement carries them.
@@ -400,6 +407,181 @@ unlike(payment_row($node, 'pi_wrong~S', 'last_error'), qr/QZQZ|sk_|\*\*\*/,
 	'... without Stripe\'s message that quotes the (redacted) key');
 ok((grep { $_->{auth} eq 'wrong' } stripe_log($mock, 'pi_wrong~S')) >= 1,
 	'... the mock saw the wrong key');
+
+# ---------------------------------------------------------------- refunds
+
+# A Refund body; extra is JSON text of more members.
+sub refund_body
+{
+	my ($id, $status, $extra) = @_;
+	$extra = defined $extra ? ", $extra" : '';
+	return qq({"id": "$id", "object": "refund", "charge": "ch_1", "payment_intent": "pi_1",
+		"metadata": {"status": "succeeded"}, "status": "$status"$extra});
+}
+
+# What the driver makes of an answer to the refund query about refund_id.
+sub interpret_refund
+{
+	my ($refund_id, $status, $body, $headers) = @_;
+	return test_interpret($node, driver => 'stripe',
+		options => q{'{"secret_key": "sk_test_UNIT"}'}, kind => 'refund',
+		status => $status, headers => $headers, body => $body, payment_id => $refund_id);
+}
+
+{
+	my $r = test_fields(test_request($node, driver => 'stripe',
+		options => q{'{"secret_key": "sk_test_UNIT", "api_version": "2024-06-20"}'},
+		base_url => 'http://127.0.0.1:1/v1/', payment_id => 'pi_1', refund_id => 're_1/x y',
+		kind => 'refund'));
+	is("$r->{method} $r->{url}", 'GET http://127.0.0.1:1/v1/refunds/re_1%2Fx%20y',
+		'refund query: GET /v1/refunds/{refund_id}, the id URL-encoded, /v1 not doubled');
+	is_deeply($r->{header},
+		[ 'Accept: application/json', 'Authorization: Bearer sk_test_UNIT', 'Stripe-Version: 2024-06-20' ],
+		'... authenticated as the payment query');
+	ok(!defined $r->{body}, '... with no body');
+
+	my $amount = q{"amount": 500, "currency": "usd"};
+	is(interpret_refund('re_1', 200, refund_body('re_1', 'succeeded', $amount)),
+		"status=succeeded\nchannel_status=succeeded\npaid_amount=500\npaid_currency=USD",
+		'refund succeeded: succeeded, with the refunded amount');
+	is(interpret_refund('re_1', 200, refund_body('re_1', 'failed', $amount)),
+		"status=failed\nchannel_status=failed\npaid_amount=500\npaid_currency=USD",
+		'refund failed: failed');
+	is(interpret_refund('re_1', 200, refund_body('re_1', 'canceled')),
+		"status=cancelled\nchannel_status=canceled", 'refund canceled: cancelled');
+	is(interpret_refund('re_1', 200, refund_body('re_1', 'pending', $amount)),
+		"status=pending\nchannel_status=pending\npaid_amount=500\npaid_currency=USD",
+		'refund pending: pending');
+	is(interpret_refund('re_1', 200, refund_body('re_1', 'requires_action')),
+		"status=pending\nchannel_status=requires_action", 'refund requires_action: pending');
+	is(interpret_refund('re_1', 200, refund_body('re_1', 'succeeded', q{"amount": 50000, "currency": "isk"})),
+		"status=succeeded\nchannel_status=succeeded\npaid_amount=500\npaid_currency=ISK",
+		'... ISK converted to ISO minor units as for payments');
+	is(interpret_refund('re_1', 200, refund_body('re_1', 'succeeded', q{"amount": 1500, "currency": "eur"})),
+		"status=succeeded\nchannel_status=succeeded\npaid_amount=1500\npaid_currency=EUR",
+		'another amount and currency are carried as they are, for the amount check');
+	like(interpret_refund('re_1', 200, refund_body('re_1', 'succeeded')),
+		qr/^error=the succeeded refund has no amount$/, 'succeeded without an amount: an error');
+	like(interpret_refund('re_1', 200, refund_body('re_1', 'succeeded', q{"amount": "500", "currency": "usd"})),
+		qr/^error=the refund's amount "500" is not a whole number/, '... and with the amount as a string');
+	like(interpret_refund('re_1', 200, refund_body('re_1', 'reversed')),
+		qr/^error=unknown refund status "reversed"$/, 'an unknown refund status: an error');
+	like(interpret_refund('re_1', 200, refund_body('re_2', 'succeeded', $amount)),
+		qr/^error=Stripe's answer is about refund "re_2", not the refund asked about$/,
+		'an answer about another refund: an error');
+	like(interpret_refund('re_1', 200, q({"id": "re_1", "object": "refund"})),
+		qr/^error=the refund has no status$/, 'a refund without status: an error');
+	like(interpret_refund('re_1', 200, pi_body('succeeded', q{"amount_received": 1999, "currency": "usd"})),
+		qr/^error=Stripe's answer is not a refund/, 'a PaymentIntent in answer to a refund query: an error');
+	like(interpret_refund('re_1', 200, q({"id": "re_1", "object": "refund", "status": "pending", "status": "succeeded"})),
+		qr/^error=.*twice/, 'a field given twice: an error');
+	is(interpret_refund('re_nope', 404,
+			q({"error": {"type": "invalid_request_error", "code": "resource_missing", "param": "id", "message": "No such refund: 're_nope'"}}),
+			"Request-Id: req_R1\r\n"),
+		q{error=Stripe has no such refund (wrong id, or key of another mode/account): HTTP 404 resource_missing [req_R1]: No such refund: 're_nope'},
+		'404: an error (an unknown refund never ends one)');
+	like(interpret_refund('re_1', 401,
+			q({"error": {"type": "invalid_request_error", "message": "Invalid API Key provided: sk_test_****WXYZ"}})),
+		qr/^error=Stripe refused the secret key: HTTP 401 invalid_request_error\ncredentials_rejected=true$/,
+		'401: an error without the key');
+
+	# against the mock, which checks the key as Stripe does
+	my %want = (
+		're_m1~S750' => "status=succeeded\nchannel_status=succeeded\npaid_amount=750\npaid_currency=USD",
+		're_m2~P' => "status=pending\nchannel_status=pending\npaid_amount=1000\npaid_currency=USD",
+		're_m3~A' => "status=pending\nchannel_status=requires_action\npaid_amount=1000\npaid_currency=USD",
+		're_m4~F' => "status=failed\nchannel_status=failed\npaid_amount=1000\npaid_currency=USD",
+		're_m5~X' => "status=cancelled\nchannel_status=canceled\npaid_amount=1000\npaid_currency=USD",
+		're_m6~S1000eur' => "status=succeeded\nchannel_status=succeeded\npaid_amount=1000\npaid_currency=EUR",
+	);
+	for my $id (sort keys %want)
+	{
+		my ($status, $headers, $body) = send_request(test_fields(test_request($node,
+			driver => 'stripe', options => "jsonb_build_object('secret_key', $SECRET_SQL)",
+			base_url => $base, payment_id => 'pi_1', refund_id => $id, kind => 'refund')));
+		is(interpret_refund($id, $status, $body, $headers), $want{$id},
+			"mock_stripe: refund $id as the driver built it and read it");
+	}
+	my %refused = (
+		're_m7~U' => qr/^error=unknown refund status "unheard_of"$/,
+		're_m8~W' => qr/^error=Stripe's answer is about refund "re_3MockAnotherRefund"/,
+		're_m9' => qr/^error=Stripe has no such refund .*HTTP 404 resource_missing, Stripe-Should-Retry false \[req_\w+\]: No such refund: 're_m9'$/,
+		're_m10~E' => qr/^error=Stripe server error: HTTP 500/,
+	);
+	for my $id (sort keys %refused)
+	{
+		my ($status, $headers, $body) = send_request(test_fields(test_request($node,
+			driver => 'stripe', options => "jsonb_build_object('secret_key', $SECRET_SQL)",
+			base_url => $base, payment_id => 'pi_1', refund_id => $id, kind => 'refund')));
+		like(interpret_refund($id, $status, $body, $headers), $refused{$id},
+			"mock_stripe: refund $id is an error");
+	}
+	my ($status, $headers, $body) = send_request(test_fields(test_request($node,
+		driver => 'stripe', options => "jsonb_build_object('secret_key', $WRONG_SQL)",
+		base_url => $base, payment_id => 'pi_1', refund_id => 're_m1~S', kind => 'refund')));
+	# (its body, which quotes the key's end, is not passed through SQL)
+	is($status, 401, 'mock_stripe: a wrong key is refused for refunds too');
+	like($body, qr/Invalid API Key provided/, '... as Stripe refuses it');
+}
+
+# Refund events, verified with webhook_secret as payment events are.
+{
+	my $whsec = 'whsec_UNITrefund';
+	my $opts = qq{'{"secret_key": "sk_test_UNIT", "webhook_secret": "$whsec"}'};
+	my $event = sub {
+		my ($type, $object) = @_;
+		return qq({"id": "evt_r1", "object": "event", "type": "$type", "data": {"object": $object}});
+	};
+	my $signed = sub {
+		my ($body, %o) = @_;
+		my $t = $o{t} // time;
+		my $sig = hmac_sha256_hex("$t.$body", $o{secret} // $whsec);
+		return "Stripe-Signature: t=$t,v1=$sig";
+	};
+	my $amount = q{"amount": 500, "currency": "usd"};
+	for my $case (
+		[ 'refund.updated', 'succeeded', "status=succeeded\nchannel_status=succeeded\npaid_amount=500\npaid_currency=USD" ],
+		[ 'refund.failed', 'failed', "status=failed\nchannel_status=failed\npaid_amount=500\npaid_currency=USD" ],
+		[ 'charge.refund.updated', 'canceled', "status=cancelled\nchannel_status=canceled\npaid_amount=500\npaid_currency=USD" ],
+		[ 'refund.updated', 'requires_action', "status=pending\nchannel_status=requires_action\npaid_amount=500\npaid_currency=USD" ])
+	{
+		my ($type, $word, $want) = @$case;
+		my $body = $event->($type, refund_body('re_n1', $word, $amount));
+		my ($text, $err) = test_notification($node, driver => 'stripe', options => $opts,
+			headers => $signed->($body), body => $body);
+		is($text, "verified=true\npayment_id=pi_1\nrefund_id=re_n1\n$want\nreply_status=200",
+			"$type ($word), signed: verified, about refund re_n1 of pi_1") or diag($err);
+	}
+	my $body = $event->('refund.updated', refund_body('re_n1', 'succeeded', $amount));
+	for my $forged (
+		[ 'no Stripe-Signature', undef, qr/no Stripe-Signature header/ ],
+		[ 'another secret', $signed->($body, secret => 'whsec_other'), qr/no v1 signature/ ],
+		[ 'a stale signature', $signed->($body, t => time - 1000), qr/off the clock/ ])
+	{
+		my ($what, $headers, $expected) = @$forged;
+		my ($text, $err) = test_notification($node, driver => 'stripe', options => $opts,
+			headers => $headers, body => $body);
+		ok(!defined $text, "a refund event with $what is refused");
+		like($err, qr/28000: notification for channel "test" refused.*DETAIL:  .*$expected/s,
+			'... with SQLSTATE 28000 saying why');
+	}
+	my $tampered = $body =~ s/re_n1/re_n2/r;
+	my ($text, $err) = test_notification($node, driver => 'stripe', options => $opts,
+		headers => $signed->($body), body => $tampered);
+	like($err, qr/28000: .*no v1 signature/s, 'a tampered refund event (another refund id) is refused');
+	my $odd = $event->('refund.updated', refund_body('re_n1', 'reversed', $amount));
+	($text, $err) = test_notification($node, driver => 'stripe', options => $opts,
+		headers => $signed->($odd), body => $odd);
+	like($err, qr/28000: .*unknown refund status "reversed"/s, 'a signed refund event with an unknown status is refused');
+	($text, $err) = test_notification($node, driver => 'stripe',
+		options => q{'{"secret_key": "sk_test_UNIT"}'}, body => $body);
+	is($text, "verified=false\nrefund_id=re_n1\nreply_status=200",
+		'without webhook_secret: unverified, the refund to check at once');
+	my $created = $event->('refund.created', refund_body('re_n1', 'succeeded', $amount));
+	($text, $err) = test_notification($node, driver => 'stripe', options => $opts,
+		headers => $signed->($created), body => $created);
+	is($text, "verified=true\nreply_status=200", 'refund.created (not among the events read): about nothing');
+}
 
 # ---------------------------------------------------------------- secrets
 

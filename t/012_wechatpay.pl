@@ -15,10 +15,17 @@
 # Keys are made here with openssl; the private keys reach the server only
 # through pg_read_file(), so no statement text holds them, and the server
 # log is checked for them at the end.
+#
+# Refunds (0.4): GET /v3/refund/domestic/refunds/{out_refund_no} signed as
+# the payment query, every refund status, amount.refund, RESOURCE_NOT_EXISTS,
+# another refund, forged answers; the same against mock_wechatpay (which
+# verifies the request and signs its answers); REFUND.* callbacks verified
+# and decrypted, forged ones refused with SQLSTATE 28000.
 use strict;
 use warnings;
 
 use FindBin;
+use IPC::Run;
 use lib $FindBin::Bin;
 use MIME::Base64 qw(encode_base64);
 use PaysyncTest;
@@ -663,6 +670,182 @@ wait_row('single~S', q{status || '|' || (errors >= 1) || '|' || last_error},
 	'pending|true|the answer\'s Wechatpay-Signature does not verify with platform_public_key',
 	'... one old key: does not verify');
 stop_mock($rot);
+
+# ---------------------------------------------------------------- refunds
+
+{
+	my $now = int(time);
+	my $signed = sub { answer_headers(signed_body => $_[0], timestamp => $now) };
+	my $refund = sub {
+		my ($status, %o) = @_;
+		return qq({"refund_id":"50000000382019052709732678859","out_refund_no":"$o{id}",)
+		  . qq("transaction_id":"1217752501201407033233368018","out_trade_no":"T1","channel":"ORIGINAL",)
+		  . qq("status":"$status","create_time":"2026-11-26T10:34:56+08:00",)
+		  . qq("amount":{"total":200,"refund":$o{refund},"payer_total":200,"payer_refund":$o{refund},"currency":"CNY"}});
+	};
+	my $r = sub {
+		my ($id, $status, $headers, $body) = @_;
+		return test_interpret($node, driver => 'wechatpay', options => options_sql(),
+			kind => 'refund', status => $status, headers => $headers, body => $body,
+			payment_id => $id);
+	};
+
+	# the request: signed as the payment query, no mchid for a direct merchant
+	my $req = test_fields(test_request($node, driver => 'wechatpay', options => options_sql(),
+		base_url => 'http://127.0.0.1:1/proxy/', payment_id => 'T1', refund_id => 'R 1/x~S',
+		kind => 'refund'));
+	is("$req->{method} $req->{url}",
+		'GET http://127.0.0.1:1/proxy/v3/refund/domestic/refunds/R%201%2Fx~S',
+		'refund query: GET /v3/refund/domestic/refunds/{out_refund_no}, URL-encoded, no mchid');
+	my %h = map { /^([^:]+): (.*)$/ ? ($1, $2) : () } @{ $req->{header} };
+	my $f = auth_fields($h{Authorization} // '');
+	ok( $f && openssl_verifies("$dir/merchant.pub",
+			"GET\n/proxy/v3/refund/domestic/refunds/R%201%2Fx~S\n$f->{timestamp}\n$f->{nonce_str}\n\n",
+			$f->{signature}),
+		'... signed over the path as sent, verified by openssl with the merchant public key');
+	is(join(',', $f->{mchid} // '', $f->{serial_no} // ''), "$MCHID,$MERCHANT_SERIAL",
+		'... with mchid and the merchant serial');
+
+	for my $case ([ 'SUCCESS', 'succeeded' ], [ 'ABNORMAL', 'failed' ], [ 'CLOSED', 'closed' ],
+		[ 'PROCESSING', 'pending' ])
+	{
+		my ($word, $status) = @$case;
+		my $body = $refund->($word, id => 'R1', refund => 100);
+		is($r->('R1', 200, $signed->($body), $body),
+			"status=$status\nchannel_status=$word\npaid_amount=100\npaid_currency=CNY",
+			"refund $word, signed: $status, amount.refund the refunded amount");
+	}
+	my $body = $refund->('SUCCESS', id => 'R1', refund => 150);
+	is($r->('R1', 200, $signed->($body), $body),
+		"status=succeeded\nchannel_status=SUCCESS\npaid_amount=150\npaid_currency=CNY",
+		'another amount.refund is carried as it is, for the amount check');
+	$body = $refund->('REFUNDING', id => 'R1', refund => 100);
+	like($r->('R1', 200, $signed->($body), $body), qr/^error=unknown refund status "REFUNDING"$/,
+		'an unknown refund status: an error');
+	$body = $refund->('SUCCESS', id => 'R2', refund => 100);
+	like($r->('R1', 200, $signed->($body), $body),
+		qr/^error=the answer is about out_refund_no "R2", not the refund asked about$/,
+		'a signed answer about another refund: an error');
+	$body = $refund->('SUCCESS', id => 'R1', refund => '"100"');
+	like($r->('R1', 200, $signed->($body), $body), qr/^error=the answer's amount.refund "100" is not a whole number/,
+		'amount.refund as a string: an error');
+	$body = $refund->('SUCCESS', id => 'R1', refund => 100);
+	like($r->('R1', 200, answer_headers(signed_body => $body, key => 'other.key', timestamp => $now), $body),
+		qr/^error=.*does not verify with platform_public_key/, 'a refund answer signed with another key: an error');
+	like($r->('R1', 200, answer_headers(signed_body => $body, drop => ['Wechatpay-Signature']), $body),
+		qr/^error=the answer is not signed/, 'an unsigned refund answer: an error');
+	(my $tampered = $body) =~ s/"status":"SUCCESS"/"status":"CLOSED"/;
+	like($r->('R1', 200, $signed->($body), $tampered), qr/^error=.*does not verify/,
+		'a tampered refund answer: an error');
+	my $missing = '{"code":"RESOURCE_NOT_EXISTS","message":"退款单不存在"}';
+	is($r->('R1', 404, $signed->($missing), $missing),
+		'error=WeChat Pay has no such refund (HTTP 404 RESOURCE_NOT_EXISTS)',
+		'404 RESOURCE_NOT_EXISTS, signed: an error (never an end)');
+	is($r->('R1', 404, undef, $missing),
+		'error=WeChat Pay has no such refund (HTTP 404 RESOURCE_NOT_EXISTS)', '... unsigned alike');
+	like($r->('R1', 401, undef, '{"code":"SIGN_ERROR","message":"x"}'),
+		qr/^error=HTTP 401 from the channel: SIGN_ERROR/, '401 SIGN_ERROR: an error');
+
+	# against the mock, which verifies the request and signs its answers
+	my %want = (
+		'M1~S' => "status=succeeded\nchannel_status=SUCCESS\npaid_amount=100\npaid_currency=CNY",
+		'M2~P' => "status=pending\nchannel_status=PROCESSING\npaid_amount=100\npaid_currency=CNY",
+		'M3~B' => "status=failed\nchannel_status=ABNORMAL\npaid_amount=100\npaid_currency=CNY",
+		'M4~C' => "status=closed\nchannel_status=CLOSED\npaid_amount=100\npaid_currency=CNY",
+		'M5~A' => "status=succeeded\nchannel_status=SUCCESS\npaid_amount=101\npaid_currency=CNY",
+	);
+	my %bad = (
+		'M6~Q' => qr/^error=unknown refund status "BRAND_NEW"$/,
+		'M7~W' => qr/^error=the answer is about out_refund_no "R-ANOTHER-REFUND"/,
+		'M8~O' => qr/^error=WeChat Pay has no such refund/,
+		'M9~St' => qr/^error=.*does not verify/,
+		'M10~Sk' => qr/^error=.*does not verify/,
+		'M11~Sh' => qr/^error=the answer is not signed/,
+		'M12~Sz' => qr/^error=.*off the clock/,
+		'M13~E500' => qr/^error=HTTP 500 from the channel$/,
+	);
+	for my $id (sort(keys %want), sort(keys %bad))
+	{
+		my ($status, $headers, $answer) = send_request(test_fields(test_request($node,
+			driver => 'wechatpay', options => options_sql(), base_url => "http://127.0.0.1:$mock->{port}",
+			payment_id => 'T1', refund_id => $id, kind => 'refund')));
+		my $got = $r->($id, $status, $headers, $answer);
+		if ($want{$id})
+		{
+			is($got, $want{$id}, "mock_wechatpay: refund $id as the driver built and read it");
+		}
+		else
+		{
+			like($got, $bad{$id}, "mock_wechatpay: refund $id is an error");
+		}
+	}
+	my @lines = mock_lines($mock, 'M1~S');
+	is(join(' ', map { "$_->[1] $_->[2] $_->[4]" } @lines), 'GET /v3/refund/domestic/refunds/M1~S 200',
+		'... the mock verified the request signature (a bad one is answered 401)');
+	my $bad_req = test_fields(test_request($node, driver => 'wechatpay',
+		options => options_sql(merchant_private_key => file_sql('other.key')),
+		base_url => "http://127.0.0.1:$mock->{port}", payment_id => 'T1', refund_id => 'M1~S',
+		kind => 'refund'));
+	my ($status) = send_request($bad_req);
+	is($status, 401, 'mock_wechatpay: a refund query signed with another key is answered 401');
+}
+
+# Refund callbacks: REFUND.SUCCESS / ABNORMAL / CLOSED, signed and sealed
+# as payment callbacks, the resource saying refund_status.
+{
+	my $api_v3_key = 'a' x 16 . 'B' x 16;
+	my $opts = options_sql(api_v3_key => lit($api_v3_key));
+	my $n = 0;
+	my $callback = sub {
+		my (%o) = @_;
+		my $resource = qq({"mchid":"$MCHID","out_trade_no":"T1","transaction_id":"42000","out_refund_no":"$o{id}",)
+		  . qq("refund_id":"5000","refund_status":"$o{status}","success_time":"2026-11-26T10:35:56+08:00",)
+		  . qq("user_received_account":"x","amount":{"total":200,"refund":$o{refund},"payer_total":200,"payer_refund":$o{refund}}});
+		my $nonce = sprintf('r%011d', ++$n);
+		my ($ciphertext, $err) = ('', '');
+		IPC::Run::run([ "$FindBin::Bin/mock/mock_seal", $o{key} // $api_v3_key, $nonce, 'refund' ],
+			'<', \$resource, '>', \$ciphertext, '2>', \$err)
+		  or die "mock_seal: $err";
+		chomp $ciphertext;
+		my $body = qq({"id":"EV-R$n","create_time":"2026-11-26T10:36:00+08:00","resource_type":"encrypt-resource",)
+		  . qq("event_type":"$o{event}","summary":"退款成功","resource":{"original_type":"refund",)
+		  . qq("algorithm":"AEAD_AES_256_GCM","ciphertext":"$ciphertext","associated_data":"refund","nonce":"$nonce"}});
+		my $headers = answer_headers(signed_body => $body, timestamp => $o{time} // int(time),
+			key => $o{signer} // 'platform.key');
+		return ($headers, $body);
+	};
+	for my $case ([ 'REFUND.SUCCESS', 'SUCCESS', 'succeeded' ], [ 'REFUND.ABNORMAL', 'ABNORMAL', 'failed' ],
+		[ 'REFUND.CLOSED', 'CLOSED', 'closed' ])
+	{
+		my ($event, $word, $status) = @$case;
+		my ($headers, $body) = $callback->(id => 'R7', status => $word, event => $event, refund => 100);
+		my ($text, $err) = test_notification($node, driver => 'wechatpay', options => $opts,
+			headers => $headers, body => $body);
+		is($text, "verified=true\npayment_id=T1\nrefund_id=R7\nstatus=$status\nchannel_status=$word\n"
+			  . "paid_amount=100\npaid_currency=\nreply_status=204",
+			"$event: verified, refund R7 of T1 $status with its amount") or diag($err);
+	}
+	for my $forged (
+		[ 'signed with another key', [ signer => 'other.key' ], qr/does not verify/ ],
+		[ 'sealed with another key', [ key => 'c' x 32 ], qr/does not decrypt with api_v3_key/ ],
+		[ 'ten minutes old', [ time => int(time) - 600 ], qr/off the clock/ ],
+		[ 'with an unknown refund_status', [ status => 'REFUNDING' ], qr/unknown refund status "REFUNDING"/ ])
+	{
+		my ($what, $args, $expected) = @$forged;
+		my ($headers, $body) = $callback->(id => 'R7', status => 'SUCCESS', event => 'REFUND.SUCCESS',
+			refund => 100, @$args);
+		my ($text, $err) = test_notification($node, driver => 'wechatpay', options => $opts,
+			headers => $headers, body => $body);
+		ok(!defined $text, "a refund callback $what is refused");
+		like($err, qr/28000: notification for channel "test" refused.*DETAIL:  .*$expected/s,
+			'... with SQLSTATE 28000 saying why');
+	}
+	my ($headers, $body) = $callback->(id => 'R7', status => 'SUCCESS', event => 'REFUND.SUCCESS', refund => 100);
+	(my $tampered = $body) =~ s/EV-R/EV-X/;
+	my ($text, $err) = test_notification($node, driver => 'wechatpay', options => $opts,
+		headers => $headers, body => $tampered);
+	like($err, qr/28000: .*does not verify/s, 'a tampered refund callback is refused');
+}
 
 # ---------------------------------------------------------------- secrets
 

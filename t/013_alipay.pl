@@ -20,6 +20,12 @@
 # failed close retried); close_on_expiry off -> expired; amount mismatch
 # -> failed; every verification failure an error, never a status; keys
 # nowhere in the server log or paysync's tables but paysync.channels.
+#
+# Refunds (0.4): alipay.trade.fastpay.refund.query signed as the payment
+# query, REFUND_SUCCESS and the answer without refund_status, amounts,
+# another refund, forged answers; the same against mock_alipay in key and
+# certificate modes; trade notifications naming a refund (out_biz_no)
+# checked, forged ones refused with SQLSTATE 28000.
 use strict;
 use warnings;
 
@@ -662,6 +668,168 @@ wait_for_sql($node, q{SELECT errors >= 1 FROM paysync.payments WHERE payment_id 
 	'key mode against an application in certificate mode: an error');
 like(payment_row($node, 'cm2~S', 'last_error'), qr/isv\.invalid-app-cert-sn/,
 	'... the gateway wants app_cert_sn');
+# ---------------------------------------------------------------- refunds
+
+{
+	my $RQ = 'alipay_trade_fastpay_refund_query_response';
+	my $refund_node = sub {
+		my ($status, %o) = @_;
+		my $id = $o{id} // 'R-1';
+		my $amount = $o{amount} // '10.00';
+		return qq({"code": "10000", "msg": "Success"}) unless defined $status;
+		return qq({"code" : "10000", "msg": "Success", "out_request_no": "$id", "out_trade_no": "T-1", )
+		  . qq("refund_amount": "$amount", "refund_status": "$status", "total_amount": "88.88", "trade_no": "2024"});
+	};
+	my $ri = sub {
+		my ($id, $body, %o) = @_;
+		return test_interpret($node, driver => 'alipay',
+			options => $o{options} // q{opts('app_priv_pem', 'ali_pub_pem')},
+			kind => 'refund', status => $o{http} // 200, body => $body, payment_id => $id);
+	};
+
+	# the request: alipay.trade.fastpay.refund.query, signed as the payment query
+	my $req = test_fields(test_request($node, driver => 'alipay',
+		options => q{opts('app_priv_bare', 'ali_pub_bare')}, base_url => $GATEWAY,
+		payment_id => qq{T-1 "q"}, refund_id => 'R-1/\\x', kind => 'refund'));
+	my ($base, $query) = split /\?/, $req->{url}, 2;
+	my %p;
+	for my $pair (split(/&/, $query), split(/&/, $req->{body}))
+	{
+		my ($k, $v) = split /=/, $pair, 2;
+		$p{ form_decode($k) } = form_decode($v // '');
+	}
+	is($p{method}, 'alipay.trade.fastpay.refund.query', 'refund query: alipay.trade.fastpay.refund.query');
+	is_deeply(JSON::PP->new->decode($p{biz_content}), { out_trade_no => qq{T-1 "q"}, out_request_no => 'R-1/\\x' },
+		'... biz_content: out_trade_no the payment, out_request_no the refund, JSON-escaped');
+	ok(request_verifies(\%p, "$tmp/app.pub"), '... signed with the application key (openssl verifies)');
+	ok(!request_verifies({ %p, biz_content => '{"out_trade_no":"T-1","out_request_no":"R-2"}' }, "$tmp/app.pub"),
+		'... over biz_content');
+
+	is($ri->('R-1', answer($RQ, $refund_node->('REFUND_SUCCESS'))),
+		"status=succeeded\nchannel_status=REFUND_SUCCESS\npaid_amount=1000\npaid_currency=CNY",
+		'REFUND_SUCCESS: succeeded, refund_amount 10.00 yuan as 1000 CNY');
+	is($ri->('R-1', answer($RQ, $refund_node->('REFUND_SUCCESS', amount => '0.01'))),
+		"status=succeeded\nchannel_status=REFUND_SUCCESS\npaid_amount=1\npaid_currency=CNY",
+		'another refund_amount is carried as it is, for the amount check');
+	is($ri->('R-1', answer($RQ, $refund_node->(undef))), 'status=pending',
+		'a success answer without refund_status (not received, not yet, or failed): pending');
+	like($ri->('R-1', answer($RQ, $refund_node->('REFUND_PROCESSING'))),
+		qr/^error=unknown Alipay refund_status "REFUND_PROCESSING"$/, 'another refund_status: an error');
+	like($ri->('R-1', answer($RQ, $refund_node->('REFUND_SUCCESS', id => 'R-2'))),
+		qr/^error=the Alipay answer is about another out_request_no than the refund asked about$/,
+		'a signed answer about another refund: an error');
+	like($ri->('R-1', answer($RQ, $refund_node->('REFUND_SUCCESS', amount => '10.001'))),
+		qr/^error=.*amount "10\.001" is not a valid CNY amount/, 'a refund_amount with three decimals: an error');
+	like($ri->('R-1', answer($RQ, $refund_node->('REFUND_SUCCESS'), key => "$tmp/other_ali.key")),
+		qr/^error=.*signature does not verify with alipay_public_key/, 'a refund answer signed by another key: an error');
+	like($ri->('R-1', answer($RQ, $refund_node->(undef), sent => $refund_node->('REFUND_SUCCESS'))),
+		qr/^error=.*signature does not verify/, 'a tampered refund answer: an error');
+	like($ri->('R-1', answer($RQ, $refund_node->('REFUND_SUCCESS'), nosign => 1)),
+		qr/^error=the Alipay answer is not signed$/, 'an unsigned refund answer: an error');
+	like($ri->('R-1', answer($RQ, error_node('40004', 'ACQ.TRADE_NOT_EXIST'))),
+		qr/^error=Alipay refused the refund query: code 40004 \(ACQ\.TRADE_NOT_EXIST\)/,
+		'ACQ.TRADE_NOT_EXIST: an error (never an end)');
+	like($ri->('R-1', answer($Q, query_node('TRADE_SUCCESS'))),
+		qr/^error=the Alipay answer has no alipay_trade_fastpay_refund_query_response$/,
+		'a trade query answer in place of a refund query answer: an error');
+
+	# against the mock, which verifies requests and signs its answers
+	my %want = (
+		'M1~S' => "status=succeeded\nchannel_status=REFUND_SUCCESS\npaid_amount=1000\npaid_currency=CNY",
+		'M2~N' => 'status=pending',
+		'M3~A' => "status=succeeded\nchannel_status=REFUND_SUCCESS\npaid_amount=100\npaid_currency=CNY",
+	);
+	my %bad = (
+		'M4~X' => qr/^error=unknown Alipay refund_status "REFUND_WEIRD"$/,
+		'M5~O' => qr/^error=the Alipay answer is about another out_request_no/,
+		'M6~T' => qr/^error=.*signature does not verify/,
+		'M7~K' => qr/^error=.*signature does not verify/,
+		'M8~U' => qr/^error=the Alipay answer is not signed$/,
+		'M9~Q' => qr/^error=Alipay refused the refund query: code 40004 \(ACQ\.TRADE_NOT_EXIST\)/,
+		'M10~E' => qr/^error=HTTP 500 from the channel$/,
+	);
+	for my $id (sort(keys %want), sort(keys %bad))
+	{
+		my ($status, $headers, $answer) = send_request(test_fields(test_request($node,
+			driver => 'alipay', options => q{opts('app_priv_pem', 'ali_pub_pem')},
+			base_url => $GATEWAY, payment_id => 'T-1', refund_id => $id, kind => 'refund')));
+		my $got = $ri->($id, $answer, http => $status);
+		if ($want{$id})
+		{
+			is($got, $want{$id}, "mock_alipay: refund $id as the driver built and read it");
+		}
+		else
+		{
+			like($got, $bad{$id}, "mock_alipay: refund $id is an error");
+		}
+	}
+	my ($status, $headers, $answer) = send_request(test_fields(test_request($node,
+		driver => 'alipay', options => q{opts('other_priv_pem', 'ali_pub_pem')},
+		base_url => $GATEWAY, payment_id => 'T-1', refund_id => 'M1~S', kind => 'refund')));
+	like($ri->('M1~S', $answer, http => $status),
+		qr/^error=Alipay refused the refund query: code 40002 \(isv\.invalid-signature\)/,
+		'mock_alipay: a refund query signed with another key is refused');
+
+	# certificate mode: the refund query carries the SNs, answers verify with alipay_cert
+	($status, $headers, $answer) = send_request(test_fields(test_request($node,
+		driver => 'alipay', options => q{cert_opts('app_cert', 'ali_cert', 'root_chain')},
+		base_url => $CERT_GATEWAY, payment_id => 'T-1', refund_id => 'C1~S', kind => 'refund')));
+	is($ri->('C1~S', $answer, http => $status, options => q{cert_opts('app_cert', 'ali_cert', 'root_chain')}),
+		"status=succeeded\nchannel_status=REFUND_SUCCESS\npaid_amount=1000\npaid_currency=CNY",
+		'certificate mode: the refund query is accepted by the gateway and its answer verifies with alipay_cert');
+	($status, $headers, $answer) = send_request(test_fields(test_request($node,
+		driver => 'alipay', options => q{cert_opts('app_cert', 'ali_cert', 'root_chain')},
+		base_url => $CERT_GATEWAY, payment_id => 'T-1', refund_id => 'C2~K', kind => 'refund')));
+	like($ri->('C2~K', $answer, http => $status, options => q{cert_opts('app_cert', 'ali_cert', 'root_chain')}),
+		qr/^error=.*signature does not verify with alipay_cert/, '... and one signed by another key does not');
+}
+
+# Notifications naming a refund (out_biz_no): verified, then not believed
+# but checked (verified false, refund_id set).
+{
+	my $pct = sub { my ($v) = @_; $v =~ s/([^A-Za-z0-9\-_.~])/sprintf('%%%02X', ord $1)/ge; $v };
+	my $notification = sub {
+		my (%o) = @_;
+		my %p = (notify_type => 'trade_status_sync', notify_id => 'ac05099524730693a8b330c5ecf72da9786',
+			notify_time => '2024-11-26 15:45:58', charset => 'utf-8', version => '1.0',
+			app_id => $APP_ID, out_trade_no => 'T-1', trade_no => '2024112622001404500000000001',
+			trade_status => $o{trade_status} // 'TRADE_SUCCESS', total_amount => '88.88',
+			gmt_refund => '2024-11-27 10:00:00.123', refund_fee => '10.00',
+			defined $o{out_biz_no} ? (out_biz_no => $o{out_biz_no}) : ());
+		my $content = join '&', map { "$_=$p{$_}" } sort keys %p;
+		my $sign = openssl_sign($o{key} // "$tmp/ali.key", $content);
+		$p{out_biz_no} = $o{forge_biz_no} if defined $o{forge_biz_no};
+		return join('&', map { "$_=" . $pct->($p{$_}) } sort keys %p)
+		  . '&sign_type=RSA2&sign=' . $pct->($sign);
+	};
+	my ($text, $err) = test_notification($node, driver => 'alipay',
+		options => q{opts('app_priv_pem', 'ali_pub_pem')}, body => $notification->(out_biz_no => 'R-1'));
+	is($text, "verified=false\npayment_id=T-1\nrefund_id=R-1\nreply_status=200",
+		'a signed trade notification naming out_biz_no: unverified (checking), about refund R-1 of T-1')
+	  or diag($err);
+	($text, $err) = test_notification($node, driver => 'alipay',
+		options => q{opts('app_priv_pem', 'ali_pub_pem')},
+		body => $notification->(out_biz_no => 'R-1', trade_status => 'TRADE_CLOSED'));
+	is($text, "verified=false\npayment_id=T-1\nrefund_id=R-1\nreply_status=200",
+		'... also for a full refund (TRADE_CLOSED): the trade status is never read as the refund\'s');
+	($text, $err) = test_notification($node, driver => 'alipay',
+		options => q{opts('app_priv_pem', 'ali_pub_pem')}, body => $notification->());
+	is($text, "verified=true\npayment_id=T-1\nstatus=succeeded\nchannel_status=TRADE_SUCCESS\npaid_amount=8888\npaid_currency=CNY\nreply_status=200",
+		'(one without out_biz_no is the payment\'s notification, as before)');
+	for my $forged (
+		[ 'signed by another key', [ key => "$tmp/other_ali.key" ] ],
+		[ 'naming another refund than it was signed for', [ forge_biz_no => 'R-2' ] ])
+	{
+		my ($what, $args) = @$forged;
+		($text, $err) = test_notification($node, driver => 'alipay',
+			options => q{opts('app_priv_pem', 'ali_pub_pem')},
+			body => $notification->(out_biz_no => 'R-1', @$args));
+		ok(!defined $text, "a refund notification $what is refused");
+		like($err, qr/28000: notification for channel "test" refused.*sign does not verify/s,
+			'... with SQLSTATE 28000');
+	}
+}
+
 stop_mock($certmock);
 
 # ---------------------------------------------------------------- secrets

@@ -9,6 +9,10 @@
 # (expired or revoked token) with the payment still completing; a bad client
 # secret makes every check an error, never a status; the secret, its Basic
 # encoding and the tokens never show in the server log or in last_error.
+#
+# Refunds (0.4): GET /v2/payments/refunds/{id} with the bearer token, every
+# refund status, amounts, 404, another refund; the same against mock_paypal
+# with a token it issued; refund webhooks naming the refund to check.
 use strict;
 use warnings;
 
@@ -539,6 +543,118 @@ method=GET
 url=http://127.0.0.1:9/api/v2/checkout/orders/ord%20a%2Fb~1%2C%C3%A4
 header=Accept: application/json
 header=Authorization: Bearer A21AAtok", 'the token request and the order query, as sent');
+
+# ---------------------------------------------------------------- refunds
+
+{
+	my $refund = sub {
+		my ($id, $status, $value, $currency) = @_;
+		my $amount = defined $value ? qq(,"amount":{"currency_code":"$currency","value":"$value"}) : '';
+		return qq({"id":"$id","status":"$status"$amount,"seller_payable_breakdown":{"gross_amount":{"currency_code":"USD","value":"99.99"}},)
+		  . qq("links":[{"href":"https://api-m.paypal.com/v2/payments/captures/2GG","rel":"up","method":"GET"}]});
+	};
+	my $ri = sub {
+		my ($id, $status, $body) = @_;
+		return test_interpret($node, driver => 'paypal', options => $UNIT_OPTIONS, kind => 'refund',
+			status => $status, body => $body, payment_id => $id);
+	};
+	is(test_request($node, driver => 'paypal', options => $UNIT_OPTIONS, base_url => 'http://127.0.0.1:9/api/',
+			kind => 'refund', payment_id => 'ORD1', refund_id => '1JU0 8/9', token => 'A21AAtok'),
+		"method=GET
+url=http://127.0.0.1:9/api/v2/payments/refunds/1JU0%208%2F9
+header=Accept: application/json
+header=Authorization: Bearer A21AAtok", 'refund query: GET /v2/payments/refunds/{refund_id} with the bearer token');
+
+	is($ri->('1JU', 200, $refund->('1JU', 'COMPLETED', '10.99', 'USD')),
+		"status=succeeded\nchannel_status=COMPLETED\npaid_amount=1099\npaid_currency=USD",
+		'refund COMPLETED: succeeded with its amount');
+	is($ri->('1JU', 200, $refund->('1JU', 'PENDING', '10.99', 'USD')),
+		"status=pending\nchannel_status=PENDING\npaid_amount=1099\npaid_currency=USD", 'refund PENDING: pending');
+	is($ri->('1JU', 200, $refund->('1JU', 'FAILED', '10.99', 'USD')),
+		"status=failed\nchannel_status=FAILED\npaid_amount=1099\npaid_currency=USD", 'refund FAILED: failed');
+	is($ri->('1JU', 200, $refund->('1JU', 'CANCELLED')), "status=cancelled\nchannel_status=CANCELLED",
+		'refund CANCELLED: cancelled');
+	is($ri->('1JU', 200, $refund->('1JU', 'COMPLETED', '1000', 'JPY')),
+		"status=succeeded\nchannel_status=COMPLETED\npaid_amount=1000\npaid_currency=JPY",
+		'another amount and currency are carried as they are, for the amount check');
+	like($ri->('1JU', 200, $refund->('1JU', 'COMPLETED')),
+		qr/^error=the refund has no amount.value or amount.currency_code$/, 'COMPLETED without an amount: an error');
+	like($ri->('1JU', 200, $refund->('1JU', 'REVERSED', '1.00', 'USD')),
+		qr/^error=unknown PayPal refund status "REVERSED"$/, 'an unknown refund status: an error');
+	like($ri->('1JU', 200, $refund->('2XY', 'COMPLETED', '1.00', 'USD')),
+		qr/^error=PayPal's answer is about refund "2XY", not the refund asked about$/,
+		'an answer about another refund: an error');
+	like($ri->('1JU', 200, $refund->('1JU', 'COMPLETED', '1.00', 'usd')),
+		qr/^error=the refund's currency_code "usd" is not an ISO 4217 code$/, 'a lower-case currency: an error');
+	like($ri->('1JU', 404, '{"name":"RESOURCE_NOT_FOUND","details":[{"issue":"INVALID_RESOURCE_ID"}],"message":"x"}'),
+		qr/^error=HTTP 404 from PayPal \(RESOURCE_NOT_FOUND\): no such refund$/,
+		'404 RESOURCE_NOT_FOUND: an error (an unknown refund never ends one)');
+	like($ri->('1JU', 401, '{"name":"AUTHENTICATION_FAILURE"}'),
+		qr/^error=HTTP 401 from PayPal \(AUTHENTICATION_FAILURE\).*\ncredentials_rejected=true$/,
+		'401: an error, the token dropped');
+	like($ri->('1JU', 200, '<html/>'), qr/^error=.*not a JSON object/, 'not JSON: an error');
+
+	# against the mock, with a token it issued
+	my $tok = test_fields(test_request($node, driver => 'paypal',
+		options => "jsonb_build_object('client_id', '$CLIENT_ID', 'client_secret', $SECRET_SQL)",
+		base_url => "http://127.0.0.1:$good->{port}", kind => 'token'));
+	my ($tstatus, $theaders, $tbody) = send_request($tok);
+	my $token = test_fields(test_interpret($node, driver => 'paypal', options => $UNIT_OPTIONS,
+		kind => 'token', status => $tstatus, body => $tbody))->{token};
+	ok(defined $token && $token ne '', '(a token from mock_paypal)');
+	my %want = (
+		'RF1~C' => "status=succeeded\nchannel_status=COMPLETED\npaid_amount=1000\npaid_currency=USD",
+		'RF2~P' => "status=pending\nchannel_status=PENDING\npaid_amount=1000\npaid_currency=USD",
+		'RF3~F' => "status=failed\nchannel_status=FAILED\npaid_amount=1000\npaid_currency=USD",
+		'RF4~X' => "status=cancelled\nchannel_status=CANCELLED\npaid_amount=1000\npaid_currency=USD",
+		'RF5~C~12.34EUR' => "status=succeeded\nchannel_status=COMPLETED\npaid_amount=1234\npaid_currency=EUR",
+	);
+	my %bad = (
+		'RF6~U' => qr/^error=unknown PayPal refund status "WEIRD"$/,
+		'RF7~W' => qr/^error=PayPal's answer is about refund "1JU08902781691411"/,
+		'RF8~N' => qr/^error=HTTP 404 from PayPal \(RESOURCE_NOT_FOUND\): no such refund$/,
+		'RF9~E500' => qr/^error=HTTP 500 from the channel$/,
+	);
+	for my $id (sort(keys %want), sort(keys %bad))
+	{
+		my ($status, $headers, $body) = send_request(test_fields(test_request($node, driver => 'paypal',
+			options => $UNIT_OPTIONS, base_url => "http://127.0.0.1:$good->{port}",
+			kind => 'refund', payment_id => 'ORD1', refund_id => $id, token => $token)));
+		my $got = $ri->($id, $status, $body);
+		if ($want{$id})
+		{
+			is($got, $want{$id}, "mock_paypal: refund $id as the driver built and read it");
+		}
+		else
+		{
+			like($got, $bad{$id}, "mock_paypal: refund $id is an error");
+		}
+	}
+	my ($status, $headers, $body) = send_request(test_fields(test_request($node, driver => 'paypal',
+		options => $UNIT_OPTIONS, base_url => "http://127.0.0.1:$good->{port}",
+		kind => 'refund', payment_id => 'ORD1', refund_id => 'RF1~C', token => 'A21AAnotissued')));
+	like($ri->('RF1~C', $status, $body), qr/^error=HTTP 401 from PayPal \(AUTHENTICATION_FAILURE\).*\ncredentials_rejected=true$/,
+		'mock_paypal: a token it did not issue is refused for refunds too');
+
+	# webhooks: never believed; a refund resource names the refund to check
+	my $hook = sub {
+		my ($event, $type, $resource) = @_;
+		return qq({"id":"WH-1","event_version":"1.0","event_type":"$event","resource_type":"$type","resource":$resource});
+	};
+	my ($text, $err) = test_notification($node, driver => 'paypal', options => $UNIT_OPTIONS,
+		body => $hook->('PAYMENT.CAPTURE.REFUNDED', 'refund', $refund->('1JU', 'COMPLETED', '1.00', 'USD')));
+	is($text, "verified=false\nrefund_id=1JU\nreply_status=200",
+		'PAYMENT.CAPTURE.REFUNDED: unverified (checking), the refund resource.id names') or diag($err);
+	($text, $err) = test_notification($node, driver => 'paypal', options => $UNIT_OPTIONS,
+		body => $hook->('PAYMENT.CAPTURE.REVERSED', 'refund',
+			'{"id":"1JV","status":"COMPLETED","supplementary_data":{"related_ids":{"order_id":"ORD7"}}}'));
+	is($text, "verified=false\npayment_id=ORD7\nrefund_id=1JV\nreply_status=200",
+		'... with the order too when its related ids name it');
+	($text, $err) = test_notification($node, driver => 'paypal', options => $UNIT_OPTIONS,
+		body => $hook->('PAYMENT.CAPTURE.COMPLETED', 'capture',
+			'{"id":"3C6","status":"COMPLETED","supplementary_data":{"related_ids":{"order_id":"ORD7"}}}'));
+	is($text, "verified=false\npayment_id=ORD7\nreply_status=200", '(a capture event names no refund)');
+}
 
 stop_mock($_) for ($good, $renew, $expire, $revoke, $badcred);
 $node->stop;

@@ -206,8 +206,11 @@ track('st_other', 'st', 100, 'CNY');
 ($h, $b) = wx_notification('st_other');
 is(receive('wx', $h, $b), 'st_other||unknown|204|',
 	"wechatpay: a payment of another channel is unknown to this one");
+# a REFUND.* callback is a refund's (0.4): one whose resource names no
+# refund (here a transaction) is refused as a transaction without
+# out_trade_no is
 ($h, $b) = wx_notification('wx2', event_type => 'REFUND.SUCCESS');
-is(receive('wx', $h, $b), '||unknown|204|', 'wechatpay: a refund event is about no payment');
+refused('wechatpay refund event naming no refund', 'wx', $h, $b, qr/the notification's refund has no out_refund_no/);
 track('wx3', 'wx_nokey', 100, 'CNY');
 ($h, $b) = wx_notification('wx3');
 is(receive('wx_nokey', $h, $b), '||checking|204|', 'wechatpay without api_v3_key: checking');

@@ -10,6 +10,7 @@ use warnings;
 use Exporter 'import';
 use File::Basename qw(basename);
 use FindBin;
+use HTTP::Tiny;
 use IPC::Run;
 use MIME::Base64 qw(encode_base64 decode_base64);
 use Time::HiRes qw(time usleep);
@@ -22,7 +23,8 @@ our @EXPORT = qw(lit payment_row wait_payment_status
   mock_log mock_stats new_paysync_node create_mock_channel wait_for_sql
   status_of make_rsa_key spew_file STATUS_MAP
   sql wait_true events_of run_openssl openssl_sign openssl_verifies
-  create_test_functions test_request test_interpret test_fields);
+  create_test_functions test_request test_interpret test_fields
+  test_notification send_request);
 
 # The status words the mock answers with, mapped to paysync statuses.
 use constant STATUS_MAP =>
@@ -284,18 +286,21 @@ sub events_of
 # ---------------------------------------------------------------- drivers
 
 # Creates the drivers' test interface (src/driver_test.c, in the library
-# but in no install script) in database postgres: paysync_test_request()
-# and paysync_test_interpret().
+# but in no install script) in database postgres: paysync_test_request(),
+# paysync_test_interpret() and paysync_test_notification().
 sub create_test_functions
 {
 	my ($node) = @_;
 	sql($node, q{
 CREATE FUNCTION paysync_test_request(driver text, options jsonb, base_url text,
-		payment_id text, kind text, token text)
+		payment_id text, kind text, token text, refund_id text DEFAULT NULL)
 	RETURNS text AS '$libdir/paysync', 'paysync_test_request' LANGUAGE C;
 CREATE FUNCTION paysync_test_interpret(driver text, options jsonb, kind text,
 		http_status int, headers text, body text, payment_id text)
 	RETURNS text AS '$libdir/paysync', 'paysync_test_interpret' LANGUAGE C;
+CREATE FUNCTION paysync_test_notification(driver text, options jsonb,
+		headers text, body text, now bigint DEFAULT NULL)
+	RETURNS text AS '$libdir/paysync', 'paysync_test_notification' LANGUAGE C;
 });
 }
 
@@ -308,14 +313,31 @@ sub lit_or_null
 
 # The request a driver builds (paysync_test_request's text: "name=value"
 # lines).  Options: driver, options (an SQL jsonb expression, so that keys
-# can come from files), base_url, payment_id, kind (default query), token.
+# can come from files), base_url, payment_id, kind (default query), token,
+# refund_id (for kind refund).
 sub test_request
 {
 	my ($node, %o) = @_;
 	return sql($node,
 		'SELECT paysync_test_request(' . join(', ',
 			lit($o{driver}), $o{options}, lit($o{base_url}), lit_or_null($o{payment_id}),
-			lit($o{kind} // 'query'), lit_or_null($o{token})) . ')');
+			lit($o{kind} // 'query'), lit_or_null($o{token}),
+			lit_or_null($o{refund_id})) . ')');
+}
+
+# What a driver's verify_notification makes of a notification
+# (paysync_test_notification's text).  Options: driver, options (an SQL
+# jsonb expression), headers ("Name: value" lines), body, now (Unix
+# seconds; default the clock).  Returns (text, stderr): text is undef and
+# stderr holds the SQLSTATE and message when the driver refused it.
+sub test_notification
+{
+	my ($node, %o) = @_;
+	my ($ret, $out, $err) = $node->psql('postgres',
+		"\\set VERBOSITY verbose\nSELECT paysync_test_notification(" . join(', ',
+			lit($o{driver}), $o{options}, lit_or_null($o{headers}), lit($o{body} // ''),
+			defined $o{now} ? $o{now} : 'NULL') . ')');
+	return ($ret == 0 ? $out : undef, $err);
 }
 
 # What a driver makes of an answer (paysync_test_interpret's text:
@@ -354,6 +376,22 @@ sub test_fields
 		}
 	}
 	return \%fields;
+}
+
+# Sends a request a driver built (test_fields() of paysync_test_request's
+# text) as the HTTP engine would, to a mock on 127.0.0.1; returns (HTTP
+# status, the answer's headers as "Name: value" lines, body), ready for
+# test_interpret().
+sub send_request
+{
+	my ($r) = @_;
+	my %headers = map { /^([^:]+):\s*(.*)$/ ? (lc $1, $2) : () } @{ $r->{header} };
+	my $answer = HTTP::Tiny->new(timeout => 30)->request($r->{method}, $r->{url},
+		{ headers => \%headers, defined $r->{body} ? (content => $r->{body}) : () });
+	my $lines = join "\n",
+	  map { my $v = $answer->{headers}{$_}; "$_: " . (ref $v ? $v->[0] : $v) }
+	  sort keys %{ $answer->{headers} };
+	return ($answer->{status}, $lines, $answer->{content} // '');
 }
 
 1;

@@ -2,7 +2,8 @@
  * alipay_response_fuzz.c
  *		libFuzzer harness of the Alipay driver's answer reading
  *		(src/driver_alipay.c, included here to reach its static functions
- *		unchanged): the input is an answer body.
+ *		unchanged): the input is an answer body, read as the answer to a
+ *		query, a close and a refund query (0.4).
  *
  *		parse_answer() must find the signed response object's raw text
  *		exactly: inside the body, one object from "{" to "}", and holding the
@@ -47,11 +48,13 @@ check_node(const char *body, size_t len, const char *const *wanted,
 {
 	const char *believed[] = {
 		a->code, a->msg, a->sub_code, a->sub_msg, a->trade_status,
-		a->out_trade_no, a->total_amount, a->trans_currency
+		a->out_trade_no, a->total_amount, a->trans_currency,
+		a->out_request_no, a->refund_status, a->refund_amount
 	};
 	JsonField	again[lengthof(node_fields)];
 	char	   *raw;
 
+	StaticAssertStmt(lengthof(believed) == lengthof(node_fields), "one value per node field");
 	if (a->node_name != wanted[0] && a->node_name != wanted[1])
 		abort();
 	if (a->node_start < body || a->node_len < 2 ||
@@ -96,22 +99,24 @@ check_answer(const CheckAnswer *answer, CheckKind kind)
 		abort();
 }
 
-/* One input: an answer body, read as a query's and as a close's answer. */
+/* One input: an answer body, read as a query's, a close's and a refund query's answer. */
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static const char *const query_nodes[] = {ALIPAY_QUERY_NODE, ALIPAY_ERROR_NODE};
 	static const char *const close_nodes[] = {ALIPAY_CLOSE_NODE, ALIPAY_ERROR_NODE};
-	static const char *const *const lists[] = {query_nodes, close_nodes};
+	static const char *const refund_nodes[] = {ALIPAY_REFUND_NODE, ALIPAY_ERROR_NODE};
+	static const char *const *const lists[] = {query_nodes, close_nodes, refund_nodes};
+	static const CheckKind kinds[] = {CHECK_QUERY, CHECK_CLOSE, CHECK_REFUND};
 	AlipayConfig config = {.app_id = "2014072300007148"};
 	char	   *body = malloc(size + 1);
 
 	memcpy(body, data, size);
 	body[size] = '\0';
 	fuzz_database_encoding = PG_UTF8;
-	for (int k = 0; k < 2; k++)
+	for (int k = 0; k < (int) lengthof(kinds); k++)
 	{
-		CheckKind	kind = k == 0 ? CHECK_QUERY : CHECK_CLOSE;
+		CheckKind	kind = kinds[k];
 		AlipayAnswer a;
 		CheckAnswer answer;
 		HttpResult	result;
@@ -130,7 +135,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		result.retry_after_s = -1;
 		memset(&answer, 0, sizeof(answer));
 		answer.retry_after_s = -1;
-		alipay_interpret(&config, kind, size % 2 ? "6823789339978248" : NULL,
+		alipay_interpret(&config, kind,
+						 size % 2 ? (kind == CHECK_REFUND ? "R6823789339978248" : "6823789339978248") : NULL,
 						 &result, &answer);
 		check_answer(&answer, kind);
 		fuzz_memory_reset();

@@ -50,6 +50,22 @@
  *			e	40004 ACQ.SYSTEM_ERROR (nothing changes)
  *			n	40004 ACQ.TRADE_NOT_EXIST (the trade never existed)
  *
+ *		alipay.trade.fastpay.refund.query (biz_content out_trade_no and
+ *		out_request_no, both required) answers about the refund, scripted
+ *		in its out_request_no the same way (no "~": "S"; the Nth query of
+ *		a refund does the Nth letter):
+ *
+ *			S	refund_status REFUND_SUCCESS, refund_amount 10.00
+ *			N	code 10000 and no refund data (not received, or not yet)
+ *			A	REFUND_SUCCESS, refund_amount 1.00 (another amount)
+ *			X	refund_status REFUND_WEIRD (unknown)
+ *			O	REFUND_SUCCESS of another out_request_no (replayed)
+ *			T	tampered: N signed, S sent
+ *			K	REFUND_SUCCESS signed with a key that is not Alipay's
+ *			U	REFUND_SUCCESS without a sign
+ *			Q	40004 ACQ.TRADE_NOT_EXIST
+ *			E	HTTP 500
+ *
  *		Certificate mode (--app-cert-sn SN --alipay-root-cert-sn SN, the SNs
  *		the test computed for the certificates it made): every request must
  *		carry those app_cert_sn and alipay_root_cert_sn (signed like every
@@ -488,6 +504,93 @@ answer_query(struct MHD_Connection *conn, Trade *t)
 	return ret;
 }
 
+/*
+ * The refund query response object for refund request_no of trade id:
+ * refund_status status (NULL: no refund data at all) and amount.
+ */
+static char *
+refund_node(const char *id, const char *request_no, const char *status, const char *amount)
+{
+	char	   *node;
+	char	   *esc = mock_json_escape_dup(id);
+	char	   *req = mock_json_escape_dup(request_no);
+
+	if (status == NULL)
+		node = strdup("{\"code\": \"10000\", \"msg\": \"Success\"}");
+	else
+		node = mock_format("{\"code\": \"10000\", \"msg\": \"Success\", \"out_request_no\": \"%s\", "
+						   "\"out_trade_no\": \"%s\", \"refund_amount\": \"%s\", "
+						   "\"refund_status\": \"%s\", \"total_amount\": \"%s\", "
+						   "\"trade_no\": \"2024112622001404500000000001\"}",
+						   req, esc, amount, status, PAID_AMOUNT);
+	free(esc);
+	free(req);
+	if (node == NULL)
+		mock_die("out of memory", NULL);
+	return node;
+}
+
+/*
+ * Answers alipay.trade.fastpay.refund.query for refund r (its id is
+ * "<out_trade_no>\n<out_request_no>") of trade out_trade_no.
+ */
+static enum MHD_Result
+answer_refund(struct MHD_Connection *conn, Trade *r, const char *out_trade_no,
+			  const char *request_no)
+{
+	const char *tilde = strrchr(request_no, '~');
+	const char *letters = tilde ? tilde + 1 : "S";
+	char		letter = script_letter(letters, strlen(letters), r->queries++, 'S');
+	const char *node_name = "alipay_trade_fastpay_refund_query_response";
+	char	   *node = NULL;
+	char	   *sent = NULL;
+	EVP_PKEY   *key = alipay_private_key;
+	enum MHD_Result ret;
+
+	switch (letter)
+	{
+		case 'S':
+			node = refund_node(out_trade_no, request_no, "REFUND_SUCCESS", "10.00");
+			break;
+		case 'N':
+			node = refund_node(out_trade_no, request_no, NULL, NULL);
+			break;
+		case 'A':
+			node = refund_node(out_trade_no, request_no, "REFUND_SUCCESS", "1.00");
+			break;
+		case 'X':
+			node = refund_node(out_trade_no, request_no, "REFUND_WEIRD", "10.00");
+			break;
+		case 'O':
+			node = refund_node(out_trade_no, "R-ANOTHER-REFUND", "REFUND_SUCCESS", "10.00");
+			break;
+		case 'T':
+			node = refund_node(out_trade_no, request_no, NULL, NULL);
+			sent = refund_node(out_trade_no, request_no, "REFUND_SUCCESS", "10.00");
+			break;
+		case 'K':
+			node = refund_node(out_trade_no, request_no, "REFUND_SUCCESS", "10.00");
+			key = wrong_private_key;
+			break;
+		case 'U':
+			node = refund_node(out_trade_no, request_no, "REFUND_SUCCESS", "10.00");
+			key = NULL;
+			break;
+		case 'Q':
+			return send_error(conn, node_name, "40004", "Business Failed",
+							  "ACQ.TRADE_NOT_EXIST", "交易不存在", NULL);
+		case 'E':
+			return send_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "{\"error\": \"scripted\"}");
+		default:
+			return send_error(conn, node_name, "40004", "Business Failed",
+							  "ACQ.INVALID_PARAMETER", "bad script letter", NULL);
+	}
+	ret = send_signed(conn, node_name, node, key, sent);
+	free(node);
+	free(sent);
+	return ret;
+}
+
 /* Answers alipay.trade.close for trade t. */
 static enum MHD_Result
 answer_close(struct MHD_Connection *conn, Trade *t)
@@ -553,6 +656,7 @@ handle_gateway(struct MHD_Connection *conn, const char *url, const char *http_me
 	char		node_buf[64];
 	json_t	   *biz_json = NULL;
 	const char *id = NULL;
+	const char *request_no = NULL;
 	char	   *content;
 	enum MHD_Result ret;
 
@@ -567,6 +671,9 @@ handle_gateway(struct MHD_Connection *conn, const char *url, const char *http_me
 		if (json_is_object(biz_json) &&
 			json_is_string(json_object_get(biz_json, "out_trade_no")))
 			id = json_string_value(json_object_get(biz_json, "out_trade_no"));
+		if (json_is_object(biz_json) &&
+			json_is_string(json_object_get(biz_json, "out_request_no")))
+			request_no = json_string_value(json_object_get(biz_json, "out_request_no"));
 	}
 	log_request(http_method, url, id, method);
 
@@ -587,7 +694,8 @@ handle_gateway(struct MHD_Connection *conn, const char *url, const char *http_me
 						 "isv.missing-method", "缺少方法名参数", NULL);
 		goto done;
 	}
-	if (strcmp(method, "alipay.trade.query") != 0 && strcmp(method, "alipay.trade.close") != 0)
+	if (strcmp(method, "alipay.trade.query") != 0 && strcmp(method, "alipay.trade.close") != 0 &&
+		strcmp(method, "alipay.trade.fastpay.refund.query") != 0)
 	{
 		ret = send_error(conn, node_name, "40002", "Invalid Arguments",
 						 "isv.invalid-method", "不存在的方法名", NULL);
@@ -663,6 +771,19 @@ handle_gateway(struct MHD_Connection *conn, const char *url, const char *http_me
 		else if (id == NULL || id[0] == '\0')
 			ret = send_error(conn, node_name, "40004", "Business Failed",
 							 "ACQ.INVALID_PARAMETER", "参数无效", NULL);
+		else if (strcmp(method, "alipay.trade.fastpay.refund.query") == 0)
+		{
+			if (request_no == NULL || request_no[0] == '\0')
+				ret = send_error(conn, node_name, "40004", "Business Failed",
+								 "ACQ.INVALID_PARAMETER", "参数无效", NULL);
+			else
+			{
+				char	   *key = mock_format("%s\n%s", id, request_no);
+
+				ret = answer_refund(conn, trade_get(key), id, request_no);
+				free(key);
+			}
+		}
 		else if (strcmp(method, "alipay.trade.query") == 0)
 			ret = answer_query(conn, trade_get(id));
 		else

@@ -46,6 +46,19 @@
  *		J	200, a body that is not JSON
  *		E<code>	that HTTP status, {"name":"INTERNAL_SERVER_ERROR",...}
  *
+ *	  GET /v2/payments/refunds/{id}
+ *		A refund, authorised like an order request, its answer scripted in
+ *		its id the same way (no steps: "C"), with these steps:
+ *
+ *		C	200, status COMPLETED with the amount
+ *		P	200, status PENDING (status_details.reason ECHECK)
+ *		F	200, status FAILED			X	200, status CANCELLED
+ *		U	200, status WEIRD (not a PayPal refund status)
+ *		W	200, COMPLETED, but the refund of another id (replayed)
+ *		N	404 {"name":"RESOURCE_NOT_FOUND",...}
+ *		J	200, a body that is not JSON
+ *		E<code>	that HTTP status, {"name":"INTERNAL_SERVER_ERROR",...}
+ *
  *	  The answers are not signed: PayPal's REST answers are not (TLS only).
  *
  *	  GET /_stats answers {"token_requests":N,"tokens_issued":N,
@@ -293,10 +306,11 @@ bearer_ok(const char *header)
  */
 static bool
 script_step(const char *id, long n, char *letter, long *code, char *value,
-			size_t value_len, char *currency)
+			size_t value_len, char *currency, bool refund)
 {
 	const char *tilde = strchr(id, '~');
-	const char *steps = tilde ? tilde + 1 : "P";
+	const char *steps = tilde ? tilde + 1 : refund ? "C" : "P";
+	const char *letters = refund ? "CPFXUWNJ" : "CSARVPHDFBZMUNJ";
 	const char *amount = strchr(steps, '~');
 	size_t		steps_len = amount ? (size_t) (amount - steps) : strlen(steps);
 	const char *p = steps;
@@ -334,7 +348,7 @@ script_step(const char *id, long n, char *letter, long *code, char *value,
 				return false;
 			p = q;
 		}
-		else if (l == '\0' || strchr("CSARVPHDFBZMUNJ", l) == NULL)
+		else if (l == '\0' || strchr(letters, l) == NULL)
 			return false;
 		if (p > steps + steps_len)
 			return false;
@@ -447,7 +461,8 @@ handle_order(struct MHD_Connection *conn, MockRequest *req, const char *url)
 	}
 
 	if (id[0] == '\0' ||
-		!script_step(id, (long) mock_next_attempt(id), &letter, &code, value, sizeof(value), currency))
+		!script_step(id, (long) mock_next_attempt(id), &letter, &code, value, sizeof(value), currency,
+					 false))
 	{
 		log_line(req, "GET", url, id[0] ? id : "-", 400, NULL);
 		return answer_json(conn, 400, json_pack("{s:s, s:s}", "name", "INVALID_REQUEST",
@@ -525,6 +540,103 @@ handle_order(struct MHD_Connection *conn, MockRequest *req, const char *url)
 	return answer_json(conn, status, body);
 }
 
+/* A refund as PayPal shows it, with status (and its reason, or NULL). */
+static json_t *
+refund_json(const char *id, const char *status, const char *reason,
+			const char *value, const char *currency)
+{
+	json_t	   *refund = json_object();
+
+	json_object_set_new(refund, "id", json_string(id));
+	json_object_set_new(refund, "amount", amount_json(value, currency));
+	json_object_set_new(refund, "note_to_payer", json_string("Defective product"));
+	json_object_set_new(refund, "seller_payable_breakdown",
+						json_pack("{s:o, s:o}", "gross_amount", amount_json(value, currency),
+								  "net_amount", amount_json(value, currency)));
+	json_object_set_new(refund, "status", json_string(status));
+	if (reason)
+		json_object_set_new(refund, "status_details", json_pack("{s:s}", "reason", reason));
+	json_object_set_new(refund, "create_time", json_string("2025-01-02T00:00:00Z"));
+	json_object_set_new(refund, "update_time", json_string("2025-01-02T00:00:05Z"));
+	return refund;
+}
+
+/* GET /v2/payments/refunds/{id} */
+static enum MHD_Result
+handle_refund(struct MHD_Connection *conn, MockRequest *req, const char *url)
+{
+	const char *encoded = url + strlen("/v2/payments/refunds/");
+	char		id[1024];
+	char		letter = 0;
+	long		code = 0;
+	char		value[64];
+	char		currency[4];
+	unsigned int status = 200;
+	json_t	   *body = NULL;
+
+	if (strlen(encoded) >= sizeof(id))
+		return answer_text(conn, 414, "too long");
+	mock_percent_decode(id, encoded, strlen(encoded), false);
+	if (!bearer_ok(MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization")))
+	{
+		pthread_mutex_lock(&lock);
+		stat_unauthorized++;
+		pthread_mutex_unlock(&lock);
+		log_line(req, "GET", url, id[0] ? id : "-", 401, NULL);
+		return answer_json(conn, 401,
+						   json_pack("{s:s, s:s}", "name", "AUTHENTICATION_FAILURE",
+									 "message", "Authentication failed due to invalid authentication credentials or a missing Authorization header."));
+	}
+	if (id[0] == '\0' ||
+		!script_step(id, (long) mock_next_attempt(id), &letter, &code, value, sizeof(value),
+					 currency, true))
+	{
+		log_line(req, "GET", url, id[0] ? id : "-", 400, NULL);
+		return answer_json(conn, 400, json_pack("{s:s, s:s}", "name", "INVALID_REQUEST",
+												"message", "bad mock script"));
+	}
+	switch (letter)
+	{
+		case 'C':
+			body = refund_json(id, "COMPLETED", NULL, value, currency);
+			break;
+		case 'P':
+			body = refund_json(id, "PENDING", "ECHECK", value, currency);
+			break;
+		case 'F':
+			body = refund_json(id, "FAILED", NULL, value, currency);
+			break;
+		case 'X':
+			body = refund_json(id, "CANCELLED", NULL, value, currency);
+			break;
+		case 'U':
+			body = refund_json(id, "WEIRD", NULL, value, currency);
+			break;
+		case 'W':
+			body = refund_json("1JU08902781691411", "COMPLETED", NULL, value, currency);
+			break;
+		case 'N':
+			status = 404;
+			body = json_pack("{s:s, s:[{s:s, s:s}], s:s, s:s}",
+							 "name", "RESOURCE_NOT_FOUND",
+							 "details", "issue", "INVALID_RESOURCE_ID",
+							 "description", "Specified resource ID does not exist. Please check the resource ID and try again.",
+							 "message", "The specified resource does not exist.",
+							 "debug_id", "f7e8d9c0b1a3");
+			break;
+		case 'J':
+			log_line(req, "GET", url, id, 200, NULL);
+			return answer_text(conn, 200, "<html>not json</html>");
+		default:				/* 'E' */
+			status = (unsigned int) code;
+			body = json_pack("{s:s, s:s}", "name", "INTERNAL_SERVER_ERROR",
+							 "message", "An internal server error occurred.");
+			break;
+	}
+	log_line(req, "GET", url, id, status, NULL);
+	return answer_json(conn, status, body);
+}
+
 /* GET /_stats */
 static enum MHD_Result
 handle_stats(struct MHD_Connection *conn)
@@ -569,6 +681,8 @@ handle_request(void *cls, struct MHD_Connection *conn, const char *url,
 		return handle_token(conn, req);
 	if (strncmp(url, "/v2/checkout/orders/", 20) == 0 && strcmp(method, "GET") == 0)
 		return handle_order(conn, req, url);
+	if (strncmp(url, "/v2/payments/refunds/", 21) == 0 && strcmp(method, "GET") == 0)
+		return handle_refund(conn, req, url);
 	log_line(req, method, url, "-", 404, NULL);
 	return answer_json(conn, 404, json_pack("{s:s, s:s}", "name", "NOT_FOUND",
 											"message", "no such endpoint"));

@@ -47,6 +47,20 @@
  *
  * A script that does not parse answers 400 invalid_request_error.
  *
+ * GET /v1/refunds/{id} answers a Refund, authenticated and scripted the
+ * same way ("re_anything~STEPS"; no "~": 404 "No such refund"), the
+ * letters meaning:
+ *
+ *	P	200, status pending			A	200, status requires_action
+ *	S[amount][cur]	200, status succeeded, amount (default 1000) in cur
+ *	F	200, status failed (failure_reason expired_or_canceled_card)
+ *	X	200, status canceled		U	200, status "unheard_of"
+ *	Z	200, a Refund without status
+ *	W	200, status succeeded, the Refund of another id (replayed)
+ *	J, R[secs], E, N	as above (N: "No such refund")
+ *
+ * Every Refund but S's carries amount 1000 usd.
+ *
  * Log (--log): one line per request to a payment_intents URL, written at
  * arrival with a single write():
  *
@@ -77,6 +91,7 @@
 #include "mock_common.h"
 
 #define PI_PREFIX "/v1/payment_intents/"
+#define REFUND_PREFIX "/v1/refunds/"
 #define MAX_STEPS 256
 #define DEFAULT_VERSION "2024-06-20"
 
@@ -144,7 +159,7 @@ parse_script(const char *script, Action *actions, int max)
 
 		memset(&a, 0, sizeof(a));
 		a.letter = *p++;
-		if (strchr("MFAPKSXUZJRENGQ", a.letter) == NULL || a.letter == '\0')
+		if (strchr("MFAPKSXUZJRENGQW", a.letter) == NULL || a.letter == '\0')
 			return -1;
 		if (a.letter == 'S' || a.letter == 'R')
 		{
@@ -476,6 +491,62 @@ payment_intent_body(const char *id, const Action *a, bool livemode)
 }
 
 /*
+ * Builds a Refund for id as the action describes it (malloc'd).
+ */
+static char *
+refund_body(const char *id, const Action *a)
+{
+	json_t	   *re = json_object();
+	const char *status;
+	char	   *text;
+
+	switch (a->letter)
+	{
+		case 'P':
+			status = "pending";
+			break;
+		case 'A':
+			status = "requires_action";
+			break;
+		case 'S':
+		case 'W':
+			status = "succeeded";
+			break;
+		case 'F':
+			status = "failed";
+			break;
+		case 'X':
+			status = "canceled";
+			break;
+		case 'U':
+			status = "unheard_of";
+			break;
+		default:
+			status = NULL;
+			break;
+	}
+	json_object_set_new(re, "id", json_string(a->letter == 'W' ? "re_3MockAnotherRefund" : id));
+	json_object_set_new(re, "object", json_string("refund"));
+	json_object_set_new(re, "amount", json_integer(a->letter == 'S' ? a->amount : 1000));
+	json_object_set_new(re, "balance_transaction", json_null());
+	json_object_set_new(re, "charge", json_string("ch_3MockCharge"));
+	json_object_set_new(re, "created", json_integer((json_int_t) time(NULL)));
+	json_object_set_new(re, "currency", json_string(a->letter == 'S' ? a->currency : "usd"));
+	json_object_set_new(re, "metadata", json_object());
+	json_object_set_new(re, "payment_intent", json_string("pi_3MockIntent"));
+	json_object_set_new(re, "reason", json_string("requested_by_customer"));
+	if (a->letter == 'F')
+		json_object_set_new(re, "failure_reason", json_string("expired_or_canceled_card"));
+	if (status)
+		json_object_set_new(re, "status", json_string(status));
+	text = json_dumps(re, JSON_INDENT(2));
+	json_decref(re);
+	if (text == NULL)
+		mock_die("out of memory", NULL);
+	return text;
+}
+
+/*
  * Answers one request.
  */
 static enum MHD_Result
@@ -496,6 +567,8 @@ handle_request(void *cls, struct MHD_Connection *conn, const char *url,
 	char		message[600];
 	char	   *body;
 	enum MHD_Result ret;
+	bool		is_refund;
+	const char *object_name;
 
 	(void) cls;
 	(void) version_http;
@@ -513,6 +586,9 @@ handle_request(void *cls, struct MHD_Connection *conn, const char *url,
 	account = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Stripe-Account");
 	auth = check_auth(conn, &presented);
 	id = strncmp(url, PI_PREFIX, strlen(PI_PREFIX)) == 0 ? url + strlen(PI_PREFIX) : NULL;
+	is_refund = id == NULL && strncmp(url, REFUND_PREFIX, strlen(REFUND_PREFIX)) == 0;
+	if (is_refund)
+		id = url + strlen(REFUND_PREFIX);
 	if (id)
 		log_request(method, url, id, version, account, auth);
 
@@ -550,6 +626,7 @@ handle_request(void *cls, struct MHD_Connection *conn, const char *url,
 						  version, "false", NULL);
 	}
 
+	object_name = is_refund ? "refund" : "payment_intent";
 	tilde = strrchr(id, '~');
 	attempt = (long) mock_next_attempt(id);
 	n = tilde ? parse_script(tilde + 1, actions, MAX_STEPS) : 0;
@@ -560,9 +637,10 @@ handle_request(void *cls, struct MHD_Connection *conn, const char *url,
 						  version, "false", NULL);
 	if (n == 0)
 	{
-		snprintf(message, sizeof(message), "No such payment_intent: '%.200s'", id);
+		snprintf(message, sizeof(message), "No such %s: '%.200s'", object_name, id);
 		return send_error(conn, 404,
-						  error_body("invalid_request_error", "resource_missing", message, "intent"),
+						  error_body("invalid_request_error", "resource_missing", message,
+									 is_refund ? "id" : "intent"),
 						  version, "false", NULL);
 	}
 	a = &actions[attempt <= n ? attempt - 1 : n - 1];
@@ -587,9 +665,10 @@ handle_request(void *cls, struct MHD_Connection *conn, const char *url,
 										 NULL),
 							  version, "true", NULL);
 		case 'N':
-			snprintf(message, sizeof(message), "No such payment_intent: '%.200s'", id);
+			snprintf(message, sizeof(message), "No such %s: '%.200s'", object_name, id);
 			return send_error(conn, 404,
-							  error_body("invalid_request_error", "resource_missing", message, "intent"),
+							  error_body("invalid_request_error", "resource_missing", message,
+										 is_refund ? "id" : "intent"),
 							  version, "false", NULL);
 		case 'J':
 			return send_answer(conn, 200, "<html>this is not json</html>", "text/html",
@@ -598,8 +677,11 @@ handle_request(void *cls, struct MHD_Connection *conn, const char *url,
 			break;
 	}
 
-	body = payment_intent_body(id, a, strncmp(opt_secret_key, "sk_live_", 8) == 0 ||
-							   strncmp(opt_secret_key, "rk_live_", 8) == 0);
+	if (is_refund)
+		body = refund_body(id, a);
+	else
+		body = payment_intent_body(id, a, strncmp(opt_secret_key, "sk_live_", 8) == 0 ||
+								   strncmp(opt_secret_key, "rk_live_", 8) == 0);
 	ret = send_answer(conn, 200, body, "application/json", version, NULL);
 	free(body);
 	return ret;

@@ -68,6 +68,17 @@
  *		b  Wechatpay-Signature-Type of bytes that are not text: invalid
  *		   UTF-8, a control character, a cut multibyte character
  *
+ *	  refunds: GET /v3/refund/domestic/refunds/{out_refund_no} (no mchid
+ *	  parameter, as for a direct merchant), signed and answered the same
+ *	  way, the script in the out_refund_no, letters (no "~": "S"):
+ *		S SUCCESS		P PROCESSING	B ABNORMAL		C CLOSED
+ *		Q BRAND_NEW (unknown)
+ *		A SUCCESS, amount.refund one more than --amount
+ *		W SUCCESS of another out_refund_no (a replayed answer), signed
+ *		O 404 {"code":"RESOURCE_NOT_EXISTS",...} (no such refund)
+ *		E<code>, and the modifiers, as above; other letters 400
+ *		INVALID_REQUEST.  amount.refund is --amount, amount.total twice it.
+ *
  *	  e.g. "T1~N,N,S" NOTPAY twice then SUCCESS; "T2~N,X" NOTPAY then a
  *	  close that succeeds; "T3~St" a SUCCESS whose signature is over other
  *	  bytes.
@@ -100,6 +111,7 @@
 
 #define MAX_BODY		(64 * 1024)
 #define QUERY_PREFIX	"/v3/pay/transactions/out-trade-no/"
+#define REFUND_PREFIX	"/v3/refund/domestic/refunds/"
 #define SCHEME			"WECHATPAY2-SHA256-RSA2048"
 #define MAX_SKEW_S		300
 #define STALE_S			600
@@ -320,6 +332,88 @@ trade_answer(const char *id, const char *state, long total, const char *currency
 	}
 	a.body = json_dumps(o, JSON_COMPACT);
 	json_decref(o);
+	return a;
+}
+
+/* A refund query answer with status for out_refund_no id, refunding refund. */
+static Answer
+refund_answer(const char *id, const char *status, long refund)
+{
+	Answer		a = {200, NULL, true, ""};
+	json_t	   *amount = json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:s,s:[]}",
+								   "total", (json_int_t) (2 * opt_amount),
+								   "refund", (json_int_t) refund,
+								   "payer_total", (json_int_t) (2 * opt_amount),
+								   "payer_refund", (json_int_t) refund,
+								   "settlement_refund", (json_int_t) refund,
+								   "settlement_total", (json_int_t) (2 * opt_amount),
+								   "discount_refund", (json_int_t) 0,
+								   "currency", "CNY", "from");
+	json_t	   *o;
+
+	o = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:o,s:[]}",
+				  "refund_id", "50000000382019052709732678859",
+				  "out_refund_no", id,
+				  "transaction_id", "1217752501201407033233368018",
+				  "out_trade_no", "T-REFUNDED-TRADE",
+				  "channel", "ORIGINAL",
+				  "user_received_account", "招商银行信用卡0403",
+				  "create_time", "2026-11-26T10:34:56+08:00",
+				  "status", status,
+				  "funds_account", "AVAILABLE",
+				  "amount", amount,
+				  "promotion_detail");
+	if (o == NULL)
+		return error_answer(400, "PARAM_ERROR", "out_refund_no is not valid UTF-8", true);
+	if (strcmp(status, "SUCCESS") == 0)
+		json_object_set_new(o, "success_time", json_string("2026-11-26T10:35:56+08:00"));
+	a.body = json_dumps(o, JSON_COMPACT);
+	json_decref(o);
+	return a;
+}
+
+/* The answer the script gives to a refund query. */
+static Answer
+scripted_refund_answer(const char *id, const Step *step)
+{
+	Answer		a;
+
+	switch (step->letter)
+	{
+		case 'E':
+			a = error_answer((unsigned int) step->code,
+							 step->code >= 500 ? "SYSTEM_ERROR" : "PARAM_ERROR",
+							 "scripted error", true);
+			break;
+		case 'S':
+			a = refund_answer(id, "SUCCESS", opt_amount);
+			break;
+		case 'A':
+			a = refund_answer(id, "SUCCESS", opt_amount + 1);
+			break;
+		case 'P':
+			a = refund_answer(id, "PROCESSING", opt_amount);
+			break;
+		case 'B':
+			a = refund_answer(id, "ABNORMAL", opt_amount);
+			break;
+		case 'C':
+			a = refund_answer(id, "CLOSED", opt_amount);
+			break;
+		case 'Q':
+			a = refund_answer(id, "BRAND_NEW", opt_amount);
+			break;
+		case 'W':
+			a = refund_answer("R-ANOTHER-REFUND", "SUCCESS", opt_amount);
+			break;
+		case 'O':
+			a = error_answer(404, "RESOURCE_NOT_EXISTS", "退款单不存在", true);
+			break;
+		default:
+			a = error_answer(400, "INVALID_REQUEST", "mock script: not a refund letter", true);
+			break;
+	}
+	a.modifiers = step->modifiers;
 	return a;
 }
 
@@ -569,6 +663,7 @@ answer_request(struct MHD_Connection *conn, const char *method, MockRequest *req
 	size_t		path_len = strcspn(uri, "?");
 	bool		is_post = strcmp(method, "POST") == 0;
 	bool		is_close = false;
+	bool		is_refund = false;
 	char	   *id = NULL;
 	const char *why;
 	const char *accept = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Accept");
@@ -591,6 +686,16 @@ answer_request(struct MHD_Connection *conn, const char *method, MockRequest *req
 		if (len > 0 && memchr(start, '/', len) == NULL)
 			id = mock_percent_decode_dup(start, len, false);
 	}
+	else if (strncmp(uri, REFUND_PREFIX, strlen(REFUND_PREFIX)) == 0 &&
+			 path_len == strlen(uri))
+	{
+		const char *start = uri + strlen(REFUND_PREFIX);
+		size_t		len = path_len - strlen(REFUND_PREFIX);
+
+		is_refund = true;
+		if (len > 0 && memchr(start, '/', len) == NULL)
+			id = mock_percent_decode_dup(start, len, false);
+	}
 
 	if ((why = check_authorization(conn, method, req)) != NULL)
 		a = error_answer(401, "SIGN_ERROR", why, false);
@@ -604,6 +709,16 @@ answer_request(struct MHD_Connection *conn, const char *method, MockRequest *req
 	else if (id == NULL || (strcmp(method, "GET") != 0 && !is_close) ||
 			 (is_post && !is_close) || req->body.overflow)
 		a = error_answer(404, "NOT_FOUND", "no such API", true);
+	else if (is_refund)
+	{
+		const char *tilde = strrchr(id, '~');
+		Step		step;
+
+		if (!script_step(tilde ? tilde + 1 : "S", next_attempt(id), &step))
+			a = error_answer(400, "PARAM_ERROR", "mock script does not parse", true);
+		else
+			a = scripted_refund_answer(id, &step);
+	}
 	else
 	{
 		bool		mchid_ok;
