@@ -57,6 +57,17 @@
  */
 #define RAMP_INITIAL 16
 
+/*
+ * HTTP/2: the streams paysync puts on one connection (libcurl's default
+ * CURLMOPT_MAX_CONCURRENT_STREAMS; servers allow 100 to 250), and the most
+ * connections it opens to one endpoint.  libcurl opens a new connection
+ * for every request that finds the known ones full, so past each multiple
+ * of H2_STREAMS one request alone (the opener) goes ahead and the others
+ * wait here until its connection is up.
+ */
+#define H2_STREAMS 100
+#define H2_MAX_CONNECTIONS 4
+
 /* An endpoint idle this long is cold again (its connections likely closed). */
 #define RAMP_IDLE_RESET_MS 30000
 
@@ -92,6 +103,8 @@ typedef struct Transfer
 	long		timeout_ms;
 	struct Endpoint *endpoint;	/* where it goes */
 	bool		waiting;		/* queued here, not yet handed to libcurl */
+	bool		opener;			/* may open its endpoint's next HTTP/2
+								 * connection */
 	long		queue_ms;		/* how long it may wait */
 	int64		queue_deadline_ms;	/* when waiting, fails past this */
 	CURLcode	result;
@@ -120,6 +133,9 @@ typedef struct Endpoint
 	int			in_curl;		/* its requests handed to libcurl */
 	int			window;			/* the most at once */
 	int64		idle_since_ms;	/* when in_curl last fell to 0 */
+	bool		multiplexed;	/* it answered over HTTP/2 */
+	int			h2_capacity;	/* then: streams on the connections open */
+	bool		opener_out;		/* an opener is in flight */
 	Transfer   *wait_head;		/* waiting for the window, oldest first */
 	Transfer   *wait_tail;
 	struct Endpoint *next;		/* in its bucket */
@@ -429,6 +445,26 @@ endpoint_of(const HttpRequest *request, uint64 tls_id)
 	return ep;
 }
 
+/*
+ * May one more request of ep go to libcurl now?  Within its window, and
+ * over HTTP/2 within the streams of its connections, or as the one opener
+ * of the next connection.  Sets t->opener for the latter.
+ */
+static bool
+endpoint_has_room(Endpoint *ep, Transfer *t)
+{
+	t->opener = false;
+	if (ep->in_curl >= ep->window)
+		return false;
+	if (!ep->multiplexed || ep->in_curl < ep->h2_capacity)
+		return true;
+	if (ep->opener_out || ep->h2_capacity >= H2_STREAMS * H2_MAX_CONNECTIONS)
+		return false;
+	t->opener = true;
+	ep->opener_out = true;
+	return true;
+}
+
 /* Creates the multi handle and the epoll set, once per process. */
 void
 http_engine_init(void)
@@ -488,6 +524,7 @@ transfer_get(void)
 	t->tag = NULL;
 	t->endpoint = NULL;
 	t->waiting = false;
+	t->opener = false;
 	t->headers = NULL;
 	t->body = NULL;
 	t->body_len = t->body_cap = 0;
@@ -546,9 +583,10 @@ http_submit(const HttpRequest *request, void *tag, char *error, size_t errlen)
 
 	if (https)
 	{
-		if (!system_tls_loaded)
-			load_system_trust();
 		tls = request->tls ? (HttpTls *) request->tls : &system_tls;
+		/* the system store: parsed at the first request that trusts it */
+		if (!system_tls_loaded && !tls_has_trust(tls->material))
+			load_system_trust();
 		share = tls_share(tls);
 		if (share == NULL)
 		{
@@ -608,9 +646,15 @@ http_submit(const HttpRequest *request, void *tag, char *error, size_t errlen)
 
 	if (https)
 	{
-		/* no CA file for libcurl to parse: ssl_ctx_callback sets the store */
+		/*
+		 * No CA file for libcurl to parse: ssl_ctx_callback sets the store.
+		 * Nor libcurl's own CA cache: it keeps one store per multi handle,
+		 * and libcurl 7.87 to 8.2 put it on the SSL_CTX after the callback,
+		 * so the first channel's store would be every channel's.
+		 */
 		curl_easy_setopt(e, CURLOPT_CAINFO, NULL);
 		curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
+		curl_easy_setopt(e, CURLOPT_CA_CACHE_TIMEOUT, 0L);
 		curl_easy_setopt(e, CURLOPT_SSL_CTX_FUNCTION, ssl_ctx_callback);
 		curl_easy_setopt(e, CURLOPT_SSL_CTX_DATA, tls);
 		curl_easy_setopt(e, CURLOPT_SHARE, share);
@@ -623,8 +667,11 @@ http_submit(const HttpRequest *request, void *tag, char *error, size_t errlen)
 	t->endpoint = endpoint;
 	if (endpoint->in_curl == 0 && endpoint->wait_head == NULL &&
 		monotonic_ms() - endpoint->idle_since_ms > RAMP_IDLE_RESET_MS)
+	{
 		endpoint->window = RAMP_INITIAL;
-	if (endpoint->in_curl >= endpoint->window || endpoint->wait_head != NULL)
+		endpoint->multiplexed = false;
+	}
+	if (endpoint->wait_head != NULL || !endpoint_has_room(endpoint, t))
 	{
 		/* past the window: waits here, its timeout not running */
 		t->waiting = true;
@@ -673,7 +720,7 @@ transfer_fail_unsent(Transfer *t, CURLcode code, const char *message)
 static void
 endpoint_admit(Endpoint *ep)
 {
-	while (ep->wait_head != NULL && ep->in_curl < ep->window)
+	while (ep->wait_head != NULL && endpoint_has_room(ep, ep->wait_head))
 	{
 		Transfer   *t = ep->wait_head;
 		CURLMcode	mc;
@@ -794,8 +841,27 @@ collect_finished(void)
 		{
 			Endpoint   *ep = t->endpoint;
 
+			long		version = 0;
+			long		connects = 0;
+
 			Assert(ep->in_curl > 0);
 			ep->in_curl--;
+			curl_easy_getinfo(t->easy, CURLINFO_HTTP_VERSION, &version);
+			if (t->result == CURLE_OK && version == CURL_HTTP_VERSION_2_0 &&
+				!ep->multiplexed)
+			{
+				ep->multiplexed = true;
+				ep->h2_capacity = H2_STREAMS;
+				ep->opener_out = false;
+			}
+			if (t->opener)
+			{
+				/* its connection is up (or it found a free stream) */
+				ep->opener_out = false;
+				curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &connects);
+				if (t->result == CURLE_OK && connects > 0)
+					ep->h2_capacity += H2_STREAMS;
+			}
 			/* an answer: one more at once (doubling every round trip) */
 			if (t->result == CURLE_OK && ep->window < 1000000)
 				ep->window++;
@@ -907,6 +973,10 @@ tls_failure(const Transfer *t, char *error, size_t errlen)
 		"alert certificate revoked", "alert certificate expired",
 		"alert unsupported certificate", "alert access denied", NULL
 	};
+	static const char *const host_mismatch[] = {
+		"target host name", "does not match target host", "hostname mismatch",
+		"IP address mismatch", NULL
+	};
 	static const char *const no_common[] = {
 		"alert protocol version", "unsupported protocol", "no protocols available",
 		"no shared cipher", "alert handshake failure", "no suitable", NULL
@@ -920,6 +990,12 @@ tls_failure(const Transfer *t, char *error, size_t errlen)
 	{
 		case CURLE_PEER_FAILED_VERIFICATION:
 			curl_easy_getinfo(t->easy, CURLINFO_SSL_VERIFYRESULT, &verify);
+			/* libcurl checks the host name itself, after OpenSSL */
+			if (error_says(said, host_mismatch))
+			{
+				problem = "the channel's certificate does not name its host";
+				break;
+			}
 			switch (verify == 0 ? TLS_VERIFY_OTHER : tls_verify_class(verify))
 			{
 				case TLS_VERIFY_EXPIRED:
