@@ -6,7 +6,12 @@ use strict;
 use warnings;
 
 use FindBin;
+use lib $FindBin::Bin;
+# loaded here, at compile time, so that their INIT blocks run
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
 
-$ENV{PAYSYNC_FAULTS_TLS} = 1;
-my $ran = do "$FindBin::Bin/040_faults.pl";
+BEGIN { $ENV{PAYSYNC_FAULTS_TLS} = 1; }
+do "$FindBin::Bin/040_faults.pl";
 die $@ if $@;
