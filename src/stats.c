@@ -488,6 +488,25 @@ stats_worker_stopped(void)
 	SpinLockRelease(&slot->mutex);
 }
 
+/*
+ * The worker process exits once its successor is started (see
+ * wait_for_database): nobody is to wake this process any more, but
+ * worker_status() goes on showing the slot as it was until the successor
+ * takes it, rather than "not running" for a moment.
+ */
+void
+stats_worker_handed_over(void)
+{
+	WorkerSlot *slot = my_slot();
+
+	if (slot == NULL)
+		return;
+	pg_atomic_write_u64(&shared->sleep_until[my_worker - 1], (uint64) DT_NOBEGIN);
+	SpinLockAcquire(&slot->mutex);
+	slot->latch = NULL;
+	SpinLockRelease(&slot->mutex);
+}
+
 /* The worker says what it is doing. */
 void
 stats_worker_state(WorkerState state, int in_flight)

@@ -68,6 +68,7 @@ extern void stats_worker_connecting(bool connecting);
 extern bool stats_worker_connect_failed(void);
 extern void stats_worker_started(void);
 extern void stats_worker_stopped(void);
+extern void stats_worker_handed_over(void);
 extern void stats_worker_state(WorkerState state, int in_flight);
 extern void stats_worker_error(const char *message);
 extern void stats_worker_sleeps_until(TimestampTz wake_at);

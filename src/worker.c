@@ -59,6 +59,8 @@
 #define IDLE_RECHECK_MS 10000
 /* How often to look again at what the worker waits for. */
 #define WAITING_RECHECK_MS 5000
+/* How often to look for paysync.database while it does not exist. */
+#define DATABASE_RECHECK_MS 1000
 /* At most one WARNING about skipped notifications this often. */
 #define NOTIFY_WARNING_INTERVAL_MS 60000
 /* Sessions named in that WARNING. */
@@ -99,6 +101,9 @@ static TimestampTz skipped_warned_at = 0;
 static bool skipping_warned = false;	/* warned, not yet told they resumed */
 static TimestampTz plans_made_at = 0;	/* the cached plans were dropped then */
 
+/* This process started its successor, connected to the database, and exits. */
+static bool handed_over = false;
+
 /*
  * Forgets the worker in shared memory as it exits, and gives back the
  * slots in flight and probes it held, which the other workers share.
@@ -107,7 +112,10 @@ static void
 worker_detach(int code, Datum arg)
 {
 	checker_release_shared();
-	stats_worker_stopped();
+	if (handed_over)
+		stats_worker_handed_over();
+	else
+		stats_worker_stopped();
 }
 
 /*
@@ -528,12 +536,38 @@ database_problem(const char *name)
 }
 
 /*
+ * Starts this worker's successor at once: a dynamic background worker with
+ * the same entry point, number and restart time, which connects to the
+ * database.  False if it cannot be registered (no free slot of
+ * max_worker_processes).
+ */
+static bool
+start_successor(void)
+{
+	BackgroundWorker successor;
+	BackgroundWorkerHandle *handle;
+
+	memcpy(&successor, MyBgworkerEntry, sizeof(successor));
+	successor.bgw_notify_pid = 0;
+	return RegisterDynamicBackgroundWorker(&successor, &handle);
+}
+
+/*
  * Waits, connected to no database, until paysync.database exists and
- * accepts connections, then exits so that the postmaster starts the worker
- * again, a second later, into the ordinary connect (a process connects to
- * a database once in its life).  Used when the last worker died connecting:
- * instead of a FATAL every second, one LOG line and a look every
- * WAITING_RECHECK_MS.
+ * accepts connections; a process connects to a database once in its life,
+ * so another one must then connect.  Used when the last worker died
+ * connecting: instead of a FATAL every second, one LOG line.  It looks
+ * every DATABASE_RECHECK_MS, and at once when a commit wakes it (a track()
+ * in the new database).
+ *
+ * Once the database is there, it starts its successor as a dynamic worker
+ * and exits 0, which tells the postmaster to forget this registration:
+ * the successor connects within milliseconds, where a restart of this one
+ * would wait for bgw_restart_time.  The successor is restarted after an
+ * error like the worker it replaces.  Without a free worker slot, this
+ * process exits 1 and the postmaster starts it again a second later.
+ * worker_status() goes on showing it waiting until the successor starts,
+ * never "not running".
  */
 static void
 wait_for_database(void)
@@ -548,6 +582,8 @@ wait_for_database(void)
 	{
 		const char *problem;
 
+		/* a commit anywhere that makes work due wakes the worker */
+		stats_worker_sleeps_until(DT_NOEND);
 		reload_settings_if_asked();
 		problem = database_problem(paysync_database);
 		if (problem == NULL)
@@ -560,15 +596,24 @@ wait_for_database(void)
 		told = problem;
 		report_waiting(WORKER_WAITING_FOR_EXTENSION, "paysync: waiting for its database");
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 WAITING_RECHECK_MS, PG_WAIT_EXTENSION);
+						 DATABASE_RECHECK_MS, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}
 
 	stats_worker_connecting(false);
+	if (start_successor())
+	{
+		ereport(LOG,
+				(errmsg("paysync worker found database \"%s\" and starts a worker connected to it",
+						paysync_database)));
+		handed_over = true;
+		proc_exit(0);
+	}
 	ereport(LOG,
 			(errmsg("paysync worker found database \"%s\" and restarts to connect to it",
-					paysync_database)));
+					paysync_database),
+			 errdetail("No background worker slot was free to connect at once.")));
 	proc_exit(1);
 }
 
