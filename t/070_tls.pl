@@ -102,7 +102,7 @@ END
 my $ngx = "$dir/nginx";
 mkdir $ngx;
 my %port = map { $_ => PostgreSQL::Test::Cluster::get_free_port() }
-  qw(http_json stripe wechatpay alipay paypal expired wronghost stranger mtls h2 h1 s_server);
+  qw(http_json stripe wechatpay alipay paypal expired wronghost stranger mtls h2 h1 s_server plain);
 
 # A TLS server block: $name's port, certificate $cert, then @lines.
 sub server_block
@@ -145,6 +145,8 @@ $conf .= server_block('mtls', 'server', 1, "ssl_client_certificate $dir/client_c
 $conf .= server_block('h2', 'server', 1, $paid);
 # HTTP/1.1 only, one request per connection: every check a new handshake
 $conf .= server_block('h1', 'server', 0, 'keepalive_requests 1;', $paid);
+# plain HTTP (nginx answers a TLS hello with a 400 in plain HTTP)
+$conf .= "	server { listen 127.0.0.1:$port{plain}; $paid }\n";
 $conf .= "}\n";
 spew_file("$ngx/nginx.conf", $conf);
 system('nginx', '-p', $ngx, '-c', "$ngx/nginx.conf", '-e', "$ngx/error.log") == 0
@@ -305,7 +307,7 @@ my @failing = (
 	  qr/^TLS: the channel's certificate has expired/, 'an expired certificate' ],
 	[ 'wronghost', "https://127.0.0.1:$port{wronghost}", "jsonb_build_object('ca_cert', $CA)",
 	  qr/^TLS: the channel's certificate does not name its host/, 'a certificate for another host' ],
-	[ 'plain', "https://127.0.0.1:$mock{http_json}{port}", "jsonb_build_object('ca_cert', $CA)",
+	[ 'plain', "https://127.0.0.1:$port{plain}", "jsonb_build_object('ca_cert', $CA)",
 	  qr/^TLS: the channel does not speak TLS on this port/, 'plain HTTP on the TLS port' ],
 	[ 'no_client_cert', "https://127.0.0.1:$port{mtls}", "jsonb_build_object('ca_cert', $CA)",
 	  qr/^unexpected HTTP 400/, 'nginx with ssl_verify_client: without the client certificate' ],
