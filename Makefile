@@ -23,6 +23,7 @@ OBJS = \
 	src/driver_paypal.o \
 	src/driver_test.o \
 	src/crypto.o \
+	src/tls.o \
 	src/stats.o \
 	src/politeness.o \
 	src/functions.o \
@@ -39,7 +40,7 @@ PG_CONFIG ?= pg_config
 # Warnings are shown, never fatal here: a packager's newer compiler may find
 # new ones.  CI makes them errors (make PG_CFLAGS=-Werror, see .ci/run).
 PG_CPPFLAGS = -Wall -Wextra -Wno-unused-parameter -I$(srcdir)/src
-SHLIB_LINK = -lcurl -lcrypto
+SHLIB_LINK = -lcurl -lssl -lcrypto
 EXTRA_CLEAN = tmp_check_regress t/unit/crypto_test
 
 # No LLVM bitcode: JIT inlining of this code is not worth a clang dependency.

@@ -18,7 +18,7 @@ paysync_install_deps()
 		make gcc pkg-config curl ca-certificates perl \
 		postgresql-15 postgresql-server-dev-15 postgresql-15-cron libpq-dev \
 		libcurl4-openssl-dev libmicrohttpd-dev libjansson-dev libssl-dev openssl \
-		libipc-run-perl python3-psycopg >/dev/null
+		libipc-run-perl python3-psycopg nginx-light >/dev/null
 	# node for the JavaScript example; never Debian's npm over another nodejs
 	if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
 		apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null

@@ -3,9 +3,10 @@
  *		Channel definitions: channel_compile() checks a channel row (driver,
  *		base_url, options) and compiles it for the checker.  The options
  *		every channel takes whatever its driver are read here (timeout_ms,
- *		max_inflight, schedule, close_on_expiry, proxy, and the politeness
- *		options max_rps and pause_after_errors); the driver's own options by
- *		its compile callback.
+ *		max_inflight, schedule, close_on_expiry, proxy, the politeness
+ *		options max_rps and pause_after_errors, and the TLS options ca_cert,
+ *		client_cert and client_key, parsed here once for all the channel's
+ *		connections); the driver's own options by its compile callback.
  *
  *		This file also owns schedules: the checks of a schedule (channel
  *		option or track()'s argument), a channel's schedule as an interval[]
@@ -26,7 +27,7 @@
 /* Options any channel takes, handled here rather than by its driver. */
 static const char *const common_option_names[] = {
 	"timeout_ms", "max_inflight", "schedule", "close_on_expiry", "proxy",
-	"max_rps", "pause_after_errors", NULL
+	"max_rps", "pause_after_errors", "ca_cert", "client_cert", "client_key", NULL
 };
 
 /* Error answers in a row that pause a channel, without the option. */
@@ -266,6 +267,100 @@ channel_schedule(Jsonb *options, const char *channel)
 						   TYPALIGN_DOUBLE);
 }
 
+/* Frees a channel's TLS material with the memory context it was made in. */
+static void
+tls_release_callback(void *arg)
+{
+	http_tls_free((HttpTls *) arg);
+}
+
+/*
+ * Reads the TLS options: ca_cert (PEM CA certificates trusted instead of
+ * the system store) and client_cert with client_key (mutual TLS; both or
+ * neither), each parsed once here.  Returns the material for the HTTP
+ * engine, freed when the current memory context goes, or NULL if the
+ * channel has none of them.  Errors name the option, never show
+ * client_key.
+ */
+static HttpTls *
+option_tls(Jsonb *options, const char *channel)
+{
+	char	   *ca_cert = NULL;
+	char	   *client_cert = NULL;
+	char	   *client_key = NULL;
+	bool		has_cert;
+	bool		has_key;
+	TlsMaterial *material;
+	HttpTls    *tls;
+	MemoryContextCallback *callback;
+	char		error[256];
+
+	(void) option_string(options, "ca_cert", &ca_cert, channel);
+	has_cert = option_string(options, "client_cert", &client_cert, channel);
+	has_key = option_string(options, "client_key", &client_key, channel);
+	if (has_cert != has_key)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("option \"%s\" of channel \"%s\" needs option \"%s\"",
+						has_cert ? "client_cert" : "client_key", channel,
+						has_cert ? "client_key" : "client_cert"),
+				 errhint("Mutual TLS takes both: client_cert, the PEM certificate, and client_key, its PEM private key.")));
+	if (ca_cert == NULL && !has_cert)
+		return NULL;
+
+	material = tls_material_new();
+	if (material == NULL)
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+	if (ca_cert != NULL)
+	{
+		int			n = tls_trust_from_pem(material, ca_cert, error, sizeof(error));
+
+		if (n < 0)
+		{
+			tls_material_free(material);
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid value for option \"ca_cert\" of channel \"%s\"", channel),
+					 errdetail("The value is not PEM CA certificates: %s.", error),
+					 errhint("Give the PEM text of the certificate(s) of the CA that issued the channel's certificate.")));
+		}
+		elog(DEBUG1, "paysync: channel \"%s\": ca_cert loaded, %d certificate%s",
+			 channel, n, n == 1 ? "" : "s");
+	}
+	if (has_cert)
+	{
+		TlsIdentityProblem problem = tls_identity_from_pem(material, client_cert, client_key,
+														   error, sizeof(error));
+
+		/* the key's text is needed no more */
+		explicit_bzero(client_key, strlen(client_key));
+		if (problem != TLS_IDENTITY_OK)
+		{
+			tls_material_free(material);
+			if (problem == TLS_IDENTITY_MISMATCH)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("option \"client_key\" of channel \"%s\" is not the key of its client_cert", channel),
+						 errhint("Give the private key the client certificate was issued for.")));
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid value for option \"%s\" of channel \"%s\"",
+							problem == TLS_IDENTITY_BAD_CERT ? "client_cert" : "client_key",
+							channel),
+					 errdetail("The value is %s.", error)));
+		}
+	}
+
+	tls = http_tls_new(material);
+	if (tls == NULL)
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+	callback = palloc(sizeof(MemoryContextCallback));
+	callback->func = tls_release_callback;
+	callback->arg = tls;
+	MemoryContextRegisterResetCallback(CurrentMemoryContext, callback);
+	return tls;
+}
+
 /* The option names a channel of driver may have, for a hint: "a, b, c". */
 static char *
 option_names_text(const PaysyncDriver *driver)
@@ -355,6 +450,8 @@ channel_compile(const char *name, const char *driver_name, const char *base_url,
 				 errmsg("invalid value for option \"proxy\" of channel \"%s\"", name),
 				 errdetail("%s", urlerr),
 				 errhint("Give a proxy URL such as http://proxy.internal:3128 or socks5h://127.0.0.1:1080.")));
+
+	config->tls = option_tls(options, name);
 
 	config->name = pstrdup(name);
 	config->base_url = pstrdup(base_url);

@@ -3,7 +3,8 @@
  *		A channel definition: its driver, base_url and options, checked and
  *		compiled once into a ChannelConfig; the options every channel takes
  *		whatever its driver (timeout_ms, max_inflight, schedule,
- *		close_on_expiry, proxy, max_rps, pause_after_errors); and the one
+ *		close_on_expiry, proxy, max_rps, pause_after_errors, and its TLS:
+ *		ca_cert, client_cert, client_key); and the one
  *		owner of schedules: their checks, the channel's schedule option and
  *		the built-in default.
  */
@@ -17,6 +18,7 @@
 #include "utils/jsonb.h"
 
 #include "driver.h"
+#include "http.h"
 
 /* A channel row, compiled: what the checker needs to talk to it. */
 typedef struct ChannelConfig
@@ -34,6 +36,9 @@ typedef struct ChannelConfig
 	bool		close_on_expiry;	/* close the trade before expiring */
 	char	   *proxy;			/* proxy URL, or NULL: none, whatever the
 								 * environment says */
+	HttpTls    *tls;			/* ca_cert and client certificate, parsed;
+								 * NULL: the system store, none; freed with
+								 * the memory context it was compiled in */
 } ChannelConfig;
 
 /* The most delays a schedule has, and the longest delay, in days. */

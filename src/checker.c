@@ -153,6 +153,7 @@ start_token_request(ChannelState *channel, CompiledChannel *compiled)
 												  compiled->config->base_url, &request);
 	request.timeout_ms = channel_timeout_ms(compiled);
 	request.proxy = compiled->config->proxy;
+	request.tls = compiled->config->tls;
 	MemoryContextSwitchTo(old);
 	if (!http_submit(&request, fetch, error, sizeof(error)))
 	{
@@ -296,6 +297,10 @@ checker_start_claimed(void)
 													token, &request);
 		request.timeout_ms = channel_timeout_ms(compiled);
 		request.proxy = compiled->config->proxy;
+		request.tls = compiled->config->tls;
+		/* it may wait for a connection as long as its claim allows */
+		request.queue_ms = Max((check->claimed_until - now) / 1000 -
+							   (channel_timeout_ms(compiled) + RECORD_ALLOWANCE_MS), 1);
 		if (!http_submit(&request, check, error, sizeof(error)))
 		{
 			answer_error(&answer, "%s", error);

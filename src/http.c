@@ -7,6 +7,24 @@
  *		ever ignores an interrupt.  Connections are kept alive and reused per
  *		host by the multi handle's connection cache.
  *
+ *		HTTPS: libcurl is given no CA file; the SSL_CTX it makes for a new
+ *		connection gets the trust store and client certificate parsed once
+ *		(src/tls.c: a channel's ca_cert when its channel is compiled, the
+ *		system store once per process).  Each HttpTls has its own libcurl
+ *		share of connections and TLS sessions, so that a connection or a
+ *		session verified with one channel's trust is never used by a channel
+ *		trusting something else; a new connection resumes the session of an
+ *		earlier one.  HTTP/2 is asked for through ALPN, and a request waits
+ *		for a connection that may multiplex (PIPEWAIT) rather than open its
+ *		own.
+ *
+ *		Connections are opened progressively: each endpoint (host, port,
+ *		proxy and TLS material) has a window of requests handed to libcurl
+ *		at once, RAMP_INITIAL when it is cold, one more for each request
+ *		answered.  A request past the window waits here, where its timeout
+ *		does not run (libcurl's runs from the moment it is handed over), for
+ *		at most its queue_ms.
+ *
  *		This file never calls SPI and never throws from inside a libcurl
  *		callback: buffers filled by callbacks are malloc'd.  It knows
  *		nothing of paysync but the User-Agent it sends (version.h).
@@ -31,6 +49,43 @@
  */
 #define HTTP_MAX_HEADER_BYTES (64 * 1024)
 
+/*
+ * Requests handed to libcurl at once for an endpoint with no connection
+ * open: the most new connections (and TLS handshakes) a burst opens at
+ * once.  Each request answered widens the window by one, so it doubles
+ * every round trip.
+ */
+#define RAMP_INITIAL 16
+
+/*
+ * HTTP/2: the streams paysync puts on one connection (libcurl's default
+ * CURLMOPT_MAX_CONCURRENT_STREAMS; servers allow 100 to 250), and the most
+ * connections it opens to one endpoint.  libcurl opens a new connection
+ * for every request that finds the known ones full, so past each multiple
+ * of H2_STREAMS one request alone (the opener) goes ahead and the others
+ * wait here until its connection is up.
+ */
+#define H2_STREAMS 100
+#define H2_MAX_CONNECTIONS 4
+
+/* An endpoint idle this long is cold again (its connections likely closed). */
+#define RAMP_IDLE_RESET_MS 30000
+
+/* Buckets of the endpoint table. */
+#define ENDPOINT_BUCKETS 256
+
+struct Endpoint;
+
+/* A channel's TLS material, with the connections and sessions made with it. */
+struct HttpTls
+{
+	TlsMaterial *material;		/* NULL: the system store, no client cert */
+	CURLSH	   *share;			/* connections, TLS sessions, DNS; made at
+								 * first use */
+	uint64		id;				/* tells endpoints of different material
+								 * apart */
+};
+
 /* One request on its way, or a finished one waiting to be collected. */
 typedef struct Transfer
 {
@@ -46,9 +101,15 @@ typedef struct Transfer
 	bool		too_large;		/* the body passed max_response_bytes */
 	bool		header_too_large;	/* headers passed HTTP_MAX_HEADER_BYTES */
 	long		timeout_ms;
+	struct Endpoint *endpoint;	/* where it goes */
+	bool		waiting;		/* queued here, not yet handed to libcurl */
+	bool		opener;			/* may open its endpoint's next HTTP/2
+								 * connection */
+	long		queue_ms;		/* how long it may wait */
+	int64		queue_deadline_ms;	/* when waiting, fails past this */
 	CURLcode	result;
 	char		errbuf[CURL_ERROR_SIZE];
-	struct Transfer *next;		/* in the done list or the free list */
+	struct Transfer *next;		/* in the done, free or waiting list */
 	struct Transfer *active_prev;	/* in the list of requests in flight */
 	struct Transfer *active_next;
 } Transfer;
@@ -63,6 +124,30 @@ static Transfer *done_head = NULL;
 static Transfer *done_tail = NULL;
 static Transfer *free_transfers = NULL;
 static Transfer *active_head = NULL;
+
+/* Where requests go: their window and those waiting for it. */
+typedef struct Endpoint
+{
+	char	   *key;			/* tls id, proxy and scheme://host:port */
+	uint32		hash;
+	int			in_curl;		/* its requests handed to libcurl */
+	int			window;			/* the most at once */
+	int64		idle_since_ms;	/* when in_curl last fell to 0 */
+	bool		multiplexed;	/* it answered over HTTP/2 */
+	int			h2_capacity;	/* then: streams on the connections open */
+	bool		opener_out;		/* an opener is in flight */
+	Transfer   *wait_head;		/* waiting for the window, oldest first */
+	Transfer   *wait_tail;
+	struct Endpoint *next;		/* in its bucket */
+} Endpoint;
+
+static Endpoint *endpoints[ENDPOINT_BUCKETS];
+static int	transfers_waiting = 0;	/* in all endpoints' waiting lists */
+
+/* The system store: loaded at the first HTTPS request of the process. */
+static HttpTls system_tls;
+static bool system_tls_loaded = false;
+static uint64 next_tls_id = 1;
 
 /* Links t into the list of requests in flight. */
 static void
@@ -206,6 +291,180 @@ header_callback(char *data, size_t size, size_t nitems, void *userp)
 	return n;
 }
 
+/*
+ * libcurl made the SSL_CTX of a new connection: it gets the trust store
+ * and client certificate of the request's material, shared, not parsed
+ * again.  A channel without ca_cert trusts the system store.
+ */
+static CURLcode
+ssl_ctx_callback(CURL *easy, void *ssl_ctx, void *userp)
+{
+	const HttpTls *tls = (const HttpTls *) userp;
+	const TlsMaterial *trust = tls_has_trust(tls->material) ?
+		tls->material : system_tls.material;
+
+	(void) easy;
+	if (!tls_apply(ssl_ctx, trust, tls->material))
+		return CURLE_SSL_CERTPROBLEM;
+	return CURLE_OK;
+}
+
+/*
+ * Loads the system trust store, once per process: the CA bundle libcurl
+ * was built to use (Debian: /etc/ssl/certs/ca-certificates.crt), else
+ * OpenSSL's default file.  If it cannot be read, HTTPS to channels
+ * without ca_cert fails as untrusted, and a WARNING says why.
+ */
+static void
+load_system_trust(void)
+{
+	const curl_version_info_data *info = curl_version_info(CURLVERSION_NOW);
+	const char *path = info->cainfo;
+	char		error[200];
+	int			n;
+
+	system_tls_loaded = true;
+	system_tls.id = next_tls_id++;
+	system_tls.material = tls_material_new();
+	if (system_tls.material == NULL)
+		return;
+	n = tls_trust_from_file(system_tls.material, path, error, sizeof(error));
+	if (n < 0)
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIG_FILE_ERROR),
+				 errmsg("paysync could not load the system trust store: %s", error),
+				 errhint("HTTPS to channels without a ca_cert option fails until it can be read; install ca-certificates.")));
+	else
+		elog(DEBUG1, "paysync: system trust store loaded: %d certificates from %s",
+			 n, path ? path : "OpenSSL's default file");
+}
+
+/*
+ * The TLS material of a channel for the engine, taking ownership of
+ * material (NULL: the system store and no client certificate).
+ */
+HttpTls *
+http_tls_new(TlsMaterial *material)
+{
+	HttpTls    *tls = calloc(1, sizeof(HttpTls));
+
+	if (tls == NULL)
+	{
+		tls_material_free(material);
+		return NULL;
+	}
+	tls->material = material;
+	tls->id = ++next_tls_id;
+	return tls;
+}
+
+/*
+ * Frees a channel's TLS material, closing its connections.  No request
+ * made with it may still be in flight (the checker's compiled channel
+ * lives until its last one is over).
+ */
+void
+http_tls_free(HttpTls *tls)
+{
+	if (tls == NULL)
+		return;
+	if (tls->share != NULL &&
+		curl_share_cleanup(tls->share) != CURLSHE_OK)
+		elog(LOG, "paysync: a TLS connection share was still in use when its channel was freed");
+	tls_material_free(tls->material);
+	free(tls);
+}
+
+/*
+ * The share of a channel's connections, TLS sessions and host names,
+ * made at its first HTTPS request; NULL if out of memory.
+ */
+static CURLSH *
+tls_share(HttpTls *tls)
+{
+	if (tls->share == NULL)
+	{
+		CURLSH	   *share = curl_share_init();
+
+		if (share == NULL)
+			return NULL;
+		if (curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT) != CURLSHE_OK ||
+			curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK ||
+			curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS) != CURLSHE_OK)
+		{
+			curl_share_cleanup(share);
+			return NULL;
+		}
+		tls->share = share;
+	}
+	return tls->share;
+}
+
+/* The endpoint of a request (made on first use). */
+static Endpoint *
+endpoint_of(const HttpRequest *request, uint64 tls_id)
+{
+	const char *url = request->url;
+	const char *authority = strstr(url, "://");
+	size_t		len;
+	char	   *key;
+	uint32		hash = 2166136261u;
+	Endpoint   *ep;
+	int			keylen;
+
+	authority = authority ? authority + 3 : url;
+	len = strcspn(authority, "/?#");
+	len += authority - url;
+	keylen = snprintf(NULL, 0, "%llu|%s|%.*s", (unsigned long long) tls_id,
+					  request->proxy ? request->proxy : "", (int) len, url);
+	key = malloc(keylen + 1);
+	if (key == NULL)
+		return NULL;
+	snprintf(key, keylen + 1, "%llu|%s|%.*s", (unsigned long long) tls_id,
+			 request->proxy ? request->proxy : "", (int) len, url);
+	for (const char *p = key; *p; p++)
+		hash = (hash ^ (unsigned char) *p) * 16777619u;
+	for (ep = endpoints[hash % ENDPOINT_BUCKETS]; ep; ep = ep->next)
+		if (ep->hash == hash && strcmp(ep->key, key) == 0)
+		{
+			free(key);
+			return ep;
+		}
+	ep = calloc(1, sizeof(Endpoint));
+	if (ep == NULL)
+	{
+		free(key);
+		return NULL;
+	}
+	ep->key = key;
+	ep->hash = hash;
+	ep->window = RAMP_INITIAL;
+	ep->idle_since_ms = monotonic_ms();
+	ep->next = endpoints[hash % ENDPOINT_BUCKETS];
+	endpoints[hash % ENDPOINT_BUCKETS] = ep;
+	return ep;
+}
+
+/*
+ * May one more request of ep go to libcurl now?  Within its window, and
+ * over HTTP/2 within the streams of its connections, or as the one opener
+ * of the next connection.  Sets t->opener for the latter.
+ */
+static bool
+endpoint_has_room(Endpoint *ep, Transfer *t)
+{
+	t->opener = false;
+	if (ep->in_curl >= ep->window)
+		return false;
+	if (!ep->multiplexed || ep->in_curl < ep->h2_capacity)
+		return true;
+	if (ep->opener_out || ep->h2_capacity >= H2_STREAMS * H2_MAX_CONNECTIONS)
+		return false;
+	t->opener = true;
+	ep->opener_out = true;
+	return true;
+}
+
 /* Creates the multi handle and the epoll set, once per process. */
 void
 http_engine_init(void)
@@ -263,6 +522,9 @@ transfer_get(void)
 		}
 	}
 	t->tag = NULL;
+	t->endpoint = NULL;
+	t->waiting = false;
+	t->opener = false;
 	t->headers = NULL;
 	t->body = NULL;
 	t->body_len = t->body_cap = 0;
@@ -287,6 +549,8 @@ transfer_put(Transfer *t)
 	t->body = NULL;
 	free(t->headers_raw);
 	t->headers_raw = NULL;
+	/* no longer holding a channel's share: it may be freed */
+	curl_easy_setopt(t->easy, CURLOPT_SHARE, NULL);
 	t->next = free_transfers;
 	free_transfers = t;
 }
@@ -301,6 +565,10 @@ http_submit(const HttpRequest *request, void *tag, char *error, size_t errlen)
 	Transfer   *t = transfer_get();
 	CURL	   *e;
 	CURLMcode	mc;
+	bool		https = pg_strncasecmp(request->url, "https:", 6) == 0;
+	HttpTls    *tls = NULL;
+	CURLSH	   *share = NULL;
+	Endpoint   *endpoint;
 
 	Assert(multi != NULL);
 	Assert(request->n_headers == 0 || request->headers != NULL);
@@ -312,6 +580,28 @@ http_submit(const HttpRequest *request, void *tag, char *error, size_t errlen)
 	e = t->easy;
 	t->tag = tag;
 	t->timeout_ms = request->timeout_ms;
+
+	if (https)
+	{
+		tls = request->tls ? (HttpTls *) request->tls : &system_tls;
+		/* the system store: parsed at the first request that trusts it */
+		if (!system_tls_loaded && !tls_has_trust(tls->material))
+			load_system_trust();
+		share = tls_share(tls);
+		if (share == NULL)
+		{
+			transfer_put(t);
+			snprintf(error, errlen, "out of memory starting a request");
+			return false;
+		}
+	}
+	endpoint = endpoint_of(request, https ? tls->id : 0);
+	if (endpoint == NULL)
+	{
+		transfer_put(t);
+		snprintf(error, errlen, "out of memory starting a request");
+		return false;
+	}
 
 	for (int i = 0; i < request->n_headers; i++)
 	{
@@ -354,6 +644,48 @@ http_submit(const HttpRequest *request, void *tag, char *error, size_t errlen)
 		curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, request->body ? request->body : "");
 	}
 
+	if (https)
+	{
+		/*
+		 * No CA file for libcurl to parse: ssl_ctx_callback sets the store.
+		 * Nor libcurl's own CA cache: it keeps one store per multi handle,
+		 * and libcurl 7.87 to 8.2 put it on the SSL_CTX after the callback,
+		 * so the first channel's store would be every channel's.
+		 */
+		curl_easy_setopt(e, CURLOPT_CAINFO, NULL);
+		curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
+		curl_easy_setopt(e, CURLOPT_CA_CACHE_TIMEOUT, 0L);
+		curl_easy_setopt(e, CURLOPT_SSL_CTX_FUNCTION, ssl_ctx_callback);
+		curl_easy_setopt(e, CURLOPT_SSL_CTX_DATA, tls);
+		curl_easy_setopt(e, CURLOPT_SHARE, share);
+		curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_2TLS);
+		curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+	}
+	else
+		curl_easy_setopt(e, CURLOPT_SHARE, NULL);
+
+	t->endpoint = endpoint;
+	if (endpoint->in_curl == 0 && endpoint->wait_head == NULL &&
+		monotonic_ms() - endpoint->idle_since_ms > RAMP_IDLE_RESET_MS)
+	{
+		endpoint->window = RAMP_INITIAL;
+		endpoint->multiplexed = false;
+	}
+	if (endpoint->wait_head != NULL || !endpoint_has_room(endpoint, t))
+	{
+		/* past the window: waits here, its timeout not running */
+		t->waiting = true;
+		t->queue_ms = request->queue_ms > 0 ? request->queue_ms : request->timeout_ms;
+		t->queue_deadline_ms = monotonic_ms() + t->queue_ms;
+		t->next = NULL;
+		if (endpoint->wait_tail)
+			endpoint->wait_tail->next = t;
+		else
+			endpoint->wait_head = t;
+		endpoint->wait_tail = t;
+		transfers_waiting++;
+		return true;
+	}
 	mc = curl_multi_add_handle(multi, e);
 	if (mc != CURLM_OK)
 	{
@@ -361,9 +693,108 @@ http_submit(const HttpRequest *request, void *tag, char *error, size_t errlen)
 		snprintf(error, errlen, "could not start request: %s", curl_multi_strerror(mc));
 		return false;
 	}
+	endpoint->in_curl++;
 	transfers_running++;
 	active_link(t);
 	return true;
+}
+
+/* Puts t, which never reached libcurl, in the done list with message. */
+static void
+transfer_fail_unsent(Transfer *t, CURLcode code, const char *message)
+{
+	t->result = code;
+	strlcpy(t->errbuf, message, sizeof(t->errbuf));
+	t->next = NULL;
+	if (done_tail)
+		done_tail->next = t;
+	else
+		done_head = t;
+	done_tail = t;
+}
+
+/*
+ * Hands an endpoint's waiting requests to libcurl while its window has
+ * room.
+ */
+static void
+endpoint_admit(Endpoint *ep)
+{
+	while (ep->wait_head != NULL && endpoint_has_room(ep, ep->wait_head))
+	{
+		Transfer   *t = ep->wait_head;
+		CURLMcode	mc;
+
+		ep->wait_head = t->next;
+		if (ep->wait_head == NULL)
+			ep->wait_tail = NULL;
+		t->next = NULL;
+		t->waiting = false;
+		transfers_waiting--;
+		mc = curl_multi_add_handle(multi, t->easy);
+		if (mc != CURLM_OK)
+		{
+			char		message[CURL_ERROR_SIZE];
+
+			snprintf(message, sizeof(message), "could not start request: %s",
+					 curl_multi_strerror(mc));
+			transfer_fail_unsent(t, CURLE_FAILED_INIT, message);
+			continue;
+		}
+		ep->in_curl++;
+		transfers_running++;
+		active_link(t);
+	}
+}
+
+/*
+ * Fails the waiting requests whose queue_ms ran out; returns the earliest
+ * deadline of those left (-1: none).
+ */
+static int64
+expire_waiting(int64 now)
+{
+	int64		earliest = -1;
+
+	if (transfers_waiting == 0)
+		return -1;
+	for (int b = 0; b < ENDPOINT_BUCKETS; b++)
+		for (Endpoint *ep = endpoints[b]; ep; ep = ep->next)
+		{
+			Transfer   *prev = NULL;
+			Transfer   *t = ep->wait_head;
+
+			while (t != NULL)
+			{
+				Transfer   *next = t->next;
+
+				if (t->queue_deadline_ms <= now)
+				{
+					char		message[CURL_ERROR_SIZE];
+
+					if (prev)
+						prev->next = next;
+					else
+						ep->wait_head = next;
+					if (ep->wait_tail == t)
+						ep->wait_tail = prev;
+					t->waiting = false;
+					transfers_waiting--;
+					snprintf(message, sizeof(message),
+							 "no connection to the channel became free within %ld ms (%d requests in flight to it)",
+							 t->queue_ms, ep->in_curl);
+					transfer_fail_unsent(t, CURLE_COULDNT_CONNECT, message);
+				}
+				else
+				{
+					if (earliest < 0 || t->queue_deadline_ms < earliest)
+						earliest = t->queue_deadline_ms;
+					prev = t;
+				}
+				t = next;
+			}
+		}
+	return earliest;
 }
 
 /* Milliseconds until libcurl needs a call without socket activity; -1: none. */
@@ -372,9 +803,17 @@ http_timeout_ms(void)
 {
 	int64		left;
 
-	if (timer_deadline_ms < 0)
+	int64		deadline = timer_deadline_ms;
+	int64		waiting = expire_waiting(monotonic_ms());
+
+	/* a request waiting for a connection fails at its deadline */
+	if (done_head != NULL)
+		return 0;
+	if (waiting >= 0 && (deadline < 0 || waiting < deadline))
+		deadline = waiting;
+	if (deadline < 0)
 		return -1;
-	left = timer_deadline_ms - monotonic_ms();
+	left = deadline - monotonic_ms();
 	return left < 0 ? 0 : (long) left;
 }
 
@@ -398,6 +837,38 @@ collect_finished(void)
 		curl_multi_remove_handle(multi, msg->easy_handle);
 		transfers_running--;
 		active_unlink(t);
+		if (t->endpoint)
+		{
+			Endpoint   *ep = t->endpoint;
+
+			long		version = 0;
+			long		connects = 0;
+
+			Assert(ep->in_curl > 0);
+			ep->in_curl--;
+			curl_easy_getinfo(t->easy, CURLINFO_HTTP_VERSION, &version);
+			if (t->result == CURLE_OK && version == CURL_HTTP_VERSION_2_0 &&
+				!ep->multiplexed)
+			{
+				ep->multiplexed = true;
+				ep->h2_capacity = H2_STREAMS;
+				ep->opener_out = false;
+			}
+			if (t->opener)
+			{
+				/* its connection is up (or it found a free stream) */
+				ep->opener_out = false;
+				curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &connects);
+				if (t->result == CURLE_OK && connects > 0)
+					ep->h2_capacity += H2_STREAMS;
+			}
+			/* an answer: one more at once (doubling every round trip) */
+			if (t->result == CURLE_OK && ep->window < 1000000)
+				ep->window++;
+			if (ep->in_curl == 0)
+				ep->idle_since_ms = monotonic_ms();
+			endpoint_admit(ep);
+		}
 		t->next = NULL;
 		if (done_tail)
 			done_tail->next = t;
@@ -441,6 +912,7 @@ http_perform(void)
 		curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
 	}
 	collect_finished();
+	(void) expire_waiting(monotonic_ms());
 }
 
 /* Copies text into dest (size bytes), cut on a character boundary. */
@@ -471,6 +943,106 @@ header_refused(const Transfer *t)
 		return true;
 #endif
 	return t->result == CURLE_OUT_OF_MEMORY;
+}
+
+/* Does text (libcurl's error for a transfer) hold any of words? */
+static bool
+error_says(const char *text, const char *const *words)
+{
+	for (int i = 0; words[i]; i++)
+		if (strstr(text, words[i]) != NULL)
+			return true;
+	return false;
+}
+
+/*
+ * If t failed in TLS, writes what went wrong into error, the problem
+ * first (certificate not trusted, expired, not naming the host, client
+ * certificate refused, no TLS on the port, no protocol in common), then
+ * libcurl's words, which hold neither a header nor key material.
+ */
+static bool
+tls_failure(const Transfer *t, char *error, size_t errlen)
+{
+	static const char *const plain_http[] = {
+		"wrong version number", "packet length too long", "http request", NULL
+	};
+	static const char *const client_refused[] = {
+		"alert certificate required", "alert bad certificate",
+		"alert unknown ca", "alert certificate unknown",
+		"alert certificate revoked", "alert certificate expired",
+		"alert unsupported certificate", "alert access denied", NULL
+	};
+	static const char *const host_mismatch[] = {
+		"target host name", "does not match target host", "hostname mismatch",
+		"IP address mismatch", NULL
+	};
+	static const char *const no_common[] = {
+		"alert protocol version", "unsupported protocol", "no protocols available",
+		"no shared cipher", "alert handshake failure", "no suitable", NULL
+	};
+	const char *said = t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->result);
+	const char *problem = NULL;
+	char		detail[CURL_ERROR_SIZE];
+	long		verify = 0;
+
+	switch (t->result)
+	{
+		case CURLE_PEER_FAILED_VERIFICATION:
+			curl_easy_getinfo(t->easy, CURLINFO_SSL_VERIFYRESULT, &verify);
+			/* libcurl checks the host name itself, after OpenSSL */
+			if (error_says(said, host_mismatch))
+			{
+				problem = "the channel's certificate does not name its host";
+				break;
+			}
+			switch (verify == 0 ? TLS_VERIFY_OTHER : tls_verify_class(verify))
+			{
+				case TLS_VERIFY_EXPIRED:
+					problem = "the channel's certificate has expired";
+					break;
+				case TLS_VERIFY_NOT_YET_VALID:
+					problem = "the channel's certificate is not valid yet";
+					break;
+				case TLS_VERIFY_UNTRUSTED:
+					problem = "the channel's certificate is not trusted (not issued by its ca_cert or the system store)";
+					break;
+				case TLS_VERIFY_OTHER:
+					problem = verify == 0 ?
+						"the channel's certificate does not name its host" :
+						"the channel's certificate does not verify";
+					break;
+			}
+			break;
+		case CURLE_SSL_CONNECT_ERROR:
+		case CURLE_RECV_ERROR:
+		case CURLE_SEND_ERROR:
+			if (error_says(said, plain_http))
+				problem = "the channel does not speak TLS on this port (plain HTTP?)";
+			else if (error_says(said, client_refused))
+				problem = "the channel refused the client certificate";
+			else if (error_says(said, no_common))
+				problem = "no TLS version or cipher in common with the channel";
+			else if (t->result == CURLE_SSL_CONNECT_ERROR)
+				problem = "TLS handshake failed";
+			break;
+		case CURLE_SSL_CERTPROBLEM:
+			problem = "the client certificate could not be used";
+			break;
+		case CURLE_SSL_CACERT_BADFILE:
+		case CURLE_SSL_CIPHER:
+		case CURLE_SSL_ENGINE_INITFAILED:
+			problem = "TLS could not be set up";
+			break;
+		default:
+			break;
+	}
+	if (problem == NULL)
+		return false;
+	snprintf(detail, sizeof(detail), "TLS: %s: %s", problem, said);
+	/* cut on a character boundary */
+	copy_clipped(error, errlen, detail);
+	return true;
 }
 
 /*
@@ -525,6 +1097,8 @@ http_next_done(void **tag, HttpResult *result)
 	else if (t->result == CURLE_OPERATION_TIMEDOUT)
 		snprintf(result->error, sizeof(result->error),
 				 "timeout after %ld ms", t->timeout_ms);
+	else if (tls_failure(t, result->error, sizeof(result->error)))
+		 /* named */ ;
 	else
 		copy_clipped(result->error, sizeof(result->error),
 					 t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->result));
@@ -548,6 +1122,20 @@ http_cancel_all(void)
 		transfer_put(t);
 	}
 	transfers_running = 0;
+	for (int b = 0; b < ENDPOINT_BUCKETS; b++)
+		for (Endpoint *ep = endpoints[b]; ep; ep = ep->next)
+		{
+			while (ep->wait_head)
+			{
+				Transfer   *t = ep->wait_head;
+
+				ep->wait_head = t->next;
+				transfer_put(t);
+			}
+			ep->wait_tail = NULL;
+			ep->in_curl = 0;
+		}
+	transfers_waiting = 0;
 	while (done_head)
 	{
 		Transfer   *t = done_head;

@@ -11,6 +11,11 @@
 # still runs.  2,000 refunds of those payments go through the same faults
 # on the same state machine: none lost, none doubled.  The counts are
 # printed with diag.
+#
+# t/041_faults_tls.pl runs this file again over HTTPS (PAYSYNC_FAULTS_TLS
+# set): nginx with a certificate of a CA made here, trusted by the
+# channel's ca_cert, in front of the mock (down, it answers 502), with
+# fewer payments and shorter faults (10 s of SIGKILLs, 15 s of outage).
 use strict;
 use warnings;
 
@@ -26,8 +31,17 @@ use Time::HiRes qw(time usleep);
 
 my $started_at = time;
 
-# Payments per class.
-my $PER_CLASS = 1000;
+# Over HTTPS (t/041_faults_tls.pl), a shorter run.
+my $TLS = $ENV{PAYSYNC_FAULTS_TLS} ? 1 : 0;
+
+# Payments per class; seconds of SIGKILLs; seconds the channel is down and
+# when in them the second immediate restart comes; seconds the first
+# checks are spread over.
+my $PER_CLASS = $TLS ? 300 : 1000;
+my $KILL_SECONDS = $TLS ? 10 : 20;
+my $OUTAGE_SECONDS = $TLS ? 15 : 30;
+my $RESTART_IN_OUTAGE = $TLS ? 6 : 12;
+my $SPREAD_SECONDS = $TLS ? 20 : 40;
 
 # The classes: name (the payment ids' prefix), the mock script (see
 # t/mock/README.md) and the status it must end in, 'pending' for a script
@@ -53,10 +67,10 @@ my @CLASSES = (
 	[ 'garbtail', 'P,J',                'pending' ],
 );
 
-# Refunds per class, and their classes as above: two refunds of each
-# payment of the class pendpaid, their scripts in their refund ids (the
+# Refunds per class (as many as payments per class), and their classes as
+# above: two refunds of each payment of the class pendpaid, their scripts in their refund ids (the
 # last segment of the refund's path).
-my $REFUNDS_PER_CLASS = 1000;
+my $REFUNDS_PER_CLASS = $PER_CLASS;
 my @REFUND_CLASSES = (
 	[ 'rpaid', 'P,E503,S', 'succeeded' ],
 	[ 'rfail', 'R1,J,P,F', 'failed' ],
@@ -70,8 +84,9 @@ my %CHANNEL_WORD = (succeeded => 'PAID', failed => 'FAILED',
 
 # One log for both runs of the mock: the second run continues the attempt
 # counts from it (--resume), and its lines are every request received.
-my $mock_log = "$PostgreSQL::Test::Utils::tmp_check/mock_040_faults.log";
-my $mock_stderr = "$PostgreSQL::Test::Utils::tmp_check/mock_040_faults.stderr";
+my $mock_name = $TLS ? 'mock_040_faults_tls' : 'mock_040_faults';
+my $mock_log = "$PostgreSQL::Test::Utils::tmp_check/$mock_name.log";
+my $mock_stderr = "$PostgreSQL::Test::Utils::tmp_check/$mock_name.stderr";
 
 # A free TCP port on 127.0.0.1 below the ephemeral range, so that while the
 # mock is down no outgoing connection of paysync's takes it.
@@ -119,6 +134,65 @@ sub start_fault_mock
 	}
 }
 
+# nginx serving TLS in front of the mock on $mock_port (a CA and a
+# certificate for 127.0.0.1 made here); returns the channel's base_url.
+my $tls_dir;
+my $nginx_pid_file;
+sub start_tls_front
+{
+	my ($mock_port) = @_;
+	$tls_dir = PostgreSQL::Test::Utils::tempdir;
+	my $d = $tls_dir;
+	make_rsa_key($d, $_) for qw(ca server);
+	run_openssl([ 'req', '-x509', '-new', '-key', "$d/ca.key", '-days', '2',
+		'-subj', '/CN=paysync faults CA', '-out', "$d/ca.crt" ]);
+	run_openssl([ 'req', '-new', '-key', "$d/server.key", '-subj', '/CN=127.0.0.1',
+		'-out', "$d/server.csr" ]);
+	spew_file("$d/server.ext", "subjectAltName = IP:127.0.0.1\n");
+	run_openssl([ 'x509', '-req', '-in', "$d/server.csr", '-CA', "$d/ca.crt", '-CAkey',
+		"$d/ca.key", '-set_serial', '1', '-days', '2', '-extfile', "$d/server.ext",
+		'-out', "$d/server.crt" ]);
+	my $port = free_port();
+	spew_file("$d/nginx.conf", "worker_processes 1;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 4096; }
+http {
+	access_log off;
+	client_body_temp_path $d/tmp_body;
+	proxy_temp_path $d/tmp_proxy;
+	fastcgi_temp_path $d/tmp_fastcgi;
+	uwsgi_temp_path $d/tmp_uwsgi;
+	scgi_temp_path $d/tmp_scgi;
+	keepalive_requests 1000000;
+	server {
+		listen 127.0.0.1:$port ssl http2;
+		ssl_certificate $d/server.crt;
+		ssl_certificate_key $d/server.key;
+		location / { proxy_pass http://127.0.0.1:$mock_port; }
+	}
+}
+");
+	system('nginx', '-p', $d, '-c', "$d/nginx.conf", '-e', "$d/error.log") == 0
+	  or die 'nginx did not start';
+	$nginx_pid_file = "$d/nginx.pid";
+	for (1 .. 100)
+	{
+		last if -s $nginx_pid_file;
+		usleep(50_000);
+	}
+	return "https://127.0.0.1:$port";
+}
+END
+{
+	if ($nginx_pid_file && -e $nginx_pid_file)
+	{
+		my $pid = slurp_file($nginx_pid_file);
+		chomp $pid;
+		kill 'TERM', $pid if $pid;
+	}
+}
+
 # --------------------------------------------------------------- database
 
 my $port = free_port();
@@ -131,7 +205,18 @@ my $node = new_paysync_node('faults',
 # outage its probes take the oldest due payments, which the nudges below
 # make those whose scripts answer 5xx; two such probes in a row stretch the
 # pause to 60 s, past this test's settling window.
-create_mock_channel($node, 'mock', $mock, '{"pause_after_errors": 0}');
+if ($TLS)
+{
+	my $url = start_tls_front($port);
+	$node->safe_psql('postgres',
+		"SELECT paysync.create_channel('mock', 'http_json', '$url', jsonb_build_object("
+		  . q{'path', '/pay/{payment_id}', 'status_map', '} . STATUS_MAP . q{'::jsonb, }
+		  . "'pause_after_errors', 0, 'ca_cert', pg_read_file('$tls_dir/ca.crt')))");
+}
+else
+{
+	create_mock_channel($node, 'mock', $mock, '{"pause_after_errors": 0}');
+}
 
 # Runs query; its output, or undef if it failed (the server may be down or
 # restarting at any moment of the fault phase).
@@ -175,18 +260,18 @@ my $REFUND_CLASS_JOIN = q{JOIN fault_refund_class c ON c.name = split_part(r.ref
 my $payment_count = $PER_CLASS * @CLASSES;
 my $refund_count = $REFUNDS_PER_CLASS * @REFUND_CLASSES;
 my $tracked_at = time;
-# First checks spread over 40 s, so that every fault meets payments at
+# First checks spread over 40 s (20 s over TLS), so that every fault meets payments at
 # every stage of their scripts.
 $node->safe_psql('postgres', qq{
 	SELECT count(paysync.track(c.name || '_' || g || '~' || c.script, 'mock',
-		schedule => ('{' || (1 + g % 40) || 's,1s,2s}')::interval[]))
+		schedule => ('{' || (1 + g % $SPREAD_SECONDS) || 's,1s,2s}')::interval[]))
 	FROM fault_class c, generate_series(1, $PER_CLASS) g});
 is($node->safe_psql('postgres', 'SELECT count(*) FROM paysync.payments'),
 	$payment_count, "$payment_count payments tracked");
 $node->safe_psql('postgres', qq{
 	SELECT count(paysync.track_refund(c.name || '_' || g || '~' || c.script,
 		'pendpaid_' || g || '~P,S',
-		schedule => ('{' || (1 + g % 40) || 's,1s,2s}')::interval[]))
+		schedule => ('{' || (1 + g % $SPREAD_SECONDS) || 's,1s,2s}')::interval[]))
 	FROM fault_refund_class c, generate_series(1, $REFUNDS_PER_CLASS) g});
 is($node->safe_psql('postgres', 'SELECT count(*) FROM paysync.refunds'),
 	$refund_count, "$refund_count refunds tracked");
@@ -198,7 +283,7 @@ is($node->safe_psql('postgres', 'SELECT count(*) FROM paysync.refunds'),
 my %worker_pids;
 my $kills = 0;
 my $kill_start = time;
-for my $second (1 .. 20)
+for my $second (1 .. $KILL_SECONDS)
 {
 	sleep_until($kill_start + $second);
 	my $deadline = time + 15;
@@ -209,7 +294,7 @@ for my $second (1 .. 20)
 	$kills++ if kill 'KILL', $pid;
 }
 note sprintf('SIGKILLed the worker %d times in %.1f s', $kills, time - $kill_start);
-is($kills, 20, 'the worker was there to be SIGKILLed 20 times');
+is($kills, $KILL_SECONDS, "the worker was there to be SIGKILLed $KILL_SECONDS times");
 
 # 2. An immediate restart, with the channel up.
 $node->stop('immediate');
@@ -220,10 +305,10 @@ $node->start;
 my %stats_before = %{ mock_stats($mock) };
 my $down_at = time;
 stop_mock($mock);
-sleep_until($down_at + 12);
+sleep_until($down_at + $RESTART_IN_OUTAGE);
 $node->stop('immediate');
 $node->start;
-sleep_until($down_at + 30);
+sleep_until($down_at + $OUTAGE_SECONDS);
 $mock = start_fault_mock($port);
 note sprintf('the channel was down for %.1f s', time - $down_at);
 
