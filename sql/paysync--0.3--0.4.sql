@@ -10,47 +10,10 @@
 /* ---- 0.3 follow-ups: the worker is woken whenever work becomes due sooner ---- */
 
 /*
- * check_now() as in 0.3, but it also wakes the worker when the payment is
- * already due (say a DBA set next_check_at by hand): the worker may be
- * sleeping towards an older due time.
+ * check_now() also wakes the worker when the payment is already due (say a
+ * DBA set next_check_at by hand): see paysync._check_now below, which
+ * check_now() and check_refund_now() share.
  */
-CREATE OR REPLACE FUNCTION paysync.check_now(payment_id text)
-RETURNS void
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	current		paysync.payments;
-	due_at		timestamptz;
-BEGIN
-	IF payment_id IS NULL THEN
-		RAISE EXCEPTION 'check_now: payment_id must not be null'
-			USING ERRCODE = 'null_value_not_allowed';
-	END IF;
-	SELECT * INTO current FROM paysync.payments p
-	WHERE p.payment_id = check_now.payment_id FOR UPDATE;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'unknown payment "%"', payment_id
-			USING ERRCODE = 'no_data_found';
-	END IF;
-	/* final: nothing to do; in flight: its answer is on the way */
-	IF current.status <> 'pending' OR current.claimed_until > now() THEN
-		RETURN;
-	END IF;
-	/* at most one check a second, and never before the channel's Retry-After */
-	due_at := greatest(now(), current.last_checked_at + interval '1 second',
-					   current.retry_after_until);
-	IF current.next_check_at > due_at THEN
-		UPDATE paysync.payments p
-		SET next_check_at = due_at, updated_at = now()
-		WHERE p.payment_id = check_now.payment_id;
-	ELSE
-		due_at := current.next_check_at;
-	END IF;
-	PERFORM paysync._wake_worker_at_commit(due_at);
-END
-$$;
 
 /*
  * Whatever moves a payment's next check earlier (an UPDATE by hand, a
@@ -894,18 +857,20 @@ BEGIN
 END
 $$;
 
--- Payment events only, as before 0.4.
-CREATE OR REPLACE FUNCTION paysync.events_since(after_event_id bigint,
-												max_rows integer DEFAULT 1000)
+/*
+ * Events after after_event_id, oldest first, at most max_rows: a refund's
+ * (refunds) or a payment's; what names the caller in errors.
+ */
+CREATE FUNCTION paysync._events_since(after_event_id bigint, max_rows integer,
+									  refunds boolean, what text)
 RETURNS SETOF paysync.events
 LANGUAGE plpgsql
 STABLE
-SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
 	IF after_event_id IS NULL THEN
-		RAISE EXCEPTION 'events_since: after_event_id must not be null'
+		RAISE EXCEPTION '%: after_event_id must not be null', what
 			USING ERRCODE = 'null_value_not_allowed',
 				  HINT = 'Pass 0 to read from the first event.';
 	END IF;
@@ -915,37 +880,34 @@ BEGIN
 	END IF;
 	RETURN QUERY
 		SELECT * FROM paysync.events e
-		WHERE e.event_id > after_event_id AND e.refund_id IS NULL
+		WHERE e.event_id > after_event_id AND (e.refund_id IS NOT NULL) = refunds
 		ORDER BY e.event_id
 		LIMIT max_rows;
 END
+$$;
+
+-- Payment events only, as before 0.4.
+CREATE OR REPLACE FUNCTION paysync.events_since(after_event_id bigint,
+												max_rows integer DEFAULT 1000)
+RETURNS SETOF paysync.events
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT * FROM paysync._events_since(after_event_id, max_rows, false, 'events_since')
 $$;
 
 -- Refund events only: how a refund listener catches up.
 CREATE FUNCTION paysync.refund_events_since(after_event_id bigint,
 											max_rows integer DEFAULT 1000)
 RETURNS SETOF paysync.events
-LANGUAGE plpgsql
+LANGUAGE sql
 STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-BEGIN
-	IF after_event_id IS NULL THEN
-		RAISE EXCEPTION 'refund_events_since: after_event_id must not be null'
-			USING ERRCODE = 'null_value_not_allowed',
-				  HINT = 'Pass 0 to read from the first event.';
-	END IF;
-	IF max_rows IS NULL OR max_rows < 1 THEN
-		RAISE EXCEPTION 'invalid max_rows %: it must be at least 1', coalesce(max_rows::text, 'null')
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	RETURN QUERY
-		SELECT * FROM paysync.events e
-		WHERE e.event_id > after_event_id AND e.refund_id IS NOT NULL
-		ORDER BY e.event_id
-		LIMIT max_rows;
-END
+	SELECT * FROM paysync._events_since(after_event_id, max_rows, true, 'refund_events_since')
 $$;
 
 /*
@@ -1268,6 +1230,7 @@ REVOKE ALL ON FUNCTION paysync._mismatch_error(bigint, text, bigint, text) FROM 
 REVOKE ALL ON FUNCTION paysync.report_refund(text, paysync.payment_status, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION paysync.check_refund_now(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION paysync.track_refund(text, text, bigint, text, interval[], timestamptz, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION paysync._events_since(bigint, integer, boolean, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION paysync.refund_events_since(bigint, integer) FROM PUBLIC;
 
 /* ---- End of Refunds ---- */
