@@ -210,7 +210,8 @@ psql_at($port{node1}, q{
 	CREATE EXTENSION paysync;
 	CREATE ROLE order_service LOGIN;
 	CREATE SCHEMA shop AUTHORIZATION order_service;
-	GRANT EXECUTE ON FUNCTION paysync.events_since(bigint, integer) TO order_service;})
+	GRANT EXECUTE ON FUNCTION paysync.events_since(bigint, integer) TO order_service;
+	GRANT EXECUTE ON FUNCTION paysync.refund_events_since(bigint, integer) TO order_service;})
   // die 'could not create the extension on node1';
 create_node('node2');
 ok(wait_state('node2', 'secondary', 90) && wait_state('node1', 'primary', 30),
