@@ -110,8 +110,10 @@ typedef struct PaysyncDriver
 	 * channel says it was paid meanwhile, "expired" if the channel has no
 	 * such trade (nothing to close), "pending" if the channel refused to
 	 * close without saying why or its answer cannot be trusted (the payment
-	 * is then queried again, after retry_after_s if set), else an error.  payment_id is the payment asked about (NULL in unit tests):
-	 * a signed answer about another payment must be an error.
+	 * is then queried again, after retry_after_s if set), else an error.
+	 * payment_id is the id asked about (NULL in unit tests): the payment's,
+	 * or for CHECK_REFUND the refund's; a signed answer about another one
+	 * must be an error.
 	 */
 	void		(*interpret) (const void *config, CheckKind kind,
 							  const char *payment_id, const HttpResult *result,
