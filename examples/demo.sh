@@ -109,7 +109,7 @@ FROM paysync.payments ORDER BY payment_id;
 SELECT event_id, payment_id, previous, status, channel_status, source
 FROM paysync.events_since(0);
 
-\echo == the refund, and a refund listener's catch-up
+\echo == the refund, and the catch-up of a listener of refunds
 SELECT refund_id, payment_id, status, channel_status, step, attempts
 FROM paysync.refunds;
 SELECT event_id, refund_id, payment_id, previous, status, source
