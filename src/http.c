@@ -319,19 +319,23 @@ ssl_ctx_callback(CURL *easy, void *ssl_ctx, void *userp)
 }
 
 /*
- * Loads the system trust store, once per process: the CA bundle libcurl
- * was built to use (Debian: /etc/ssl/certs/ca-certificates.crt), else
- * OpenSSL's default file.  If it cannot be read, HTTPS to channels
- * without ca_cert fails as untrusted, and a WARNING says why.
+ * Loads the system trust store, once per process until a reload: the file
+ * SSL_CERT_FILE names in the server's environment (OpenSSL's variable for
+ * its default file) if set, else the CA bundle libcurl was built to use
+ * (Debian: /etc/ssl/certs/ca-certificates.crt), else OpenSSL's default
+ * file.  If it cannot be read, HTTPS to channels without ca_cert fails as
+ * untrusted, and a WARNING says why.
  */
 static void
 load_system_trust(void)
 {
 	const curl_version_info_data *info = curl_version_info(CURLVERSION_NOW);
-	const char *path = info->cainfo;
+	const char *path = getenv("SSL_CERT_FILE");
 	char		error[200];
 	int			n;
 
+	if (path == NULL || path[0] == '\0')
+		path = info->cainfo;
 	system_tls_loaded = true;
 	system_tls.id = next_tls_id++;
 	system_tls.material = tls_material_new();
@@ -346,6 +350,22 @@ load_system_trust(void)
 	else
 		elog(DEBUG1, "paysync: system trust store loaded: %d certificates from %s",
 			 n, path ? path : "OpenSSL's default file");
+}
+
+/*
+ * Reads the system trust store again if it was loaded (after a
+ * configuration reload), so that a CA added to or taken from it counts for
+ * new connections without a restart.  Connections already open stay: each
+ * SSL_CTX holds its own reference to the store it was made with.
+ */
+void
+http_reload_system_trust(void)
+{
+	if (!system_tls_loaded)
+		return;
+	tls_material_free(system_tls.material);
+	system_tls.material = NULL;
+	load_system_trust();
 }
 
 /*
