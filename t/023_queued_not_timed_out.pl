@@ -64,7 +64,7 @@ my %port = map { $_ => PostgreSQL::Test::Cluster::get_free_port() } qw(h1 h2);
 my $conf = "worker_processes 1;
 pid $ngx/nginx.pid;
 error_log $ngx/error.log info;
-events { worker_connections 4096; }
+events { worker_connections 512; }
 http {
 	access_log off;
 	client_body_temp_path $ngx/tmp_body;
