@@ -451,6 +451,13 @@ checker_wait(long timeout_ms, uint32 wait_event_info)
 	return latch_set;
 }
 
+/* After a configuration reload: the system trust store is read again. */
+void
+checker_settings_reloaded(void)
+{
+	http_reload_system_trust();
+}
+
 /* Drops everything: queued checks, requests in flight, answers. */
 void
 checker_discard_all(void)

@@ -27,6 +27,7 @@ extern int	checker_free_slots(void);
 extern bool checker_slot_freed_for_capped(void);
 extern bool checker_next_start(TimestampTz *start_at);
 extern void checker_release_shared(void);
+extern void checker_settings_reloaded(void);
 extern void checker_discard_all(void);
 extern void checker_discard_failed_answers(void);
 

@@ -31,6 +31,7 @@
  */
 #include "postgres.h"
 
+#include <malloc.h>
 #include <sys/epoll.h>
 #include <time.h>
 #include <unistd.h>
@@ -73,6 +74,14 @@
 
 /* Buckets of the endpoint table. */
 #define ENDPOINT_BUCKETS 256
+
+/*
+ * libcurl's upload buffer per transfer (its minimum; requests are a few
+ * kB) and the worker's heap trim threshold: see http_engine_init.  256
+ * transfers in flight hold 4 MB of upload buffers between them.
+ */
+#define UPLOAD_BUFFER_BYTES 16384L
+#define HEAP_TRIM_THRESHOLD (8 * 1024 * 1024)
 
 struct Endpoint;
 
@@ -310,19 +319,23 @@ ssl_ctx_callback(CURL *easy, void *ssl_ctx, void *userp)
 }
 
 /*
- * Loads the system trust store, once per process: the CA bundle libcurl
- * was built to use (Debian: /etc/ssl/certs/ca-certificates.crt), else
- * OpenSSL's default file.  If it cannot be read, HTTPS to channels
- * without ca_cert fails as untrusted, and a WARNING says why.
+ * Loads the system trust store, once per process until a reload: the file
+ * SSL_CERT_FILE names in the server's environment (OpenSSL's variable for
+ * its default file) if set, else the CA bundle libcurl was built to use
+ * (Debian: /etc/ssl/certs/ca-certificates.crt), else OpenSSL's default
+ * file.  If it cannot be read, HTTPS to channels without ca_cert fails as
+ * untrusted, and a WARNING says why.
  */
 static void
 load_system_trust(void)
 {
 	const curl_version_info_data *info = curl_version_info(CURLVERSION_NOW);
-	const char *path = info->cainfo;
+	const char *path = getenv("SSL_CERT_FILE");
 	char		error[200];
 	int			n;
 
+	if (path == NULL || path[0] == '\0')
+		path = info->cainfo;
 	system_tls_loaded = true;
 	system_tls.id = next_tls_id++;
 	system_tls.material = tls_material_new();
@@ -337,6 +350,22 @@ load_system_trust(void)
 	else
 		elog(DEBUG1, "paysync: system trust store loaded: %d certificates from %s",
 			 n, path ? path : "OpenSSL's default file");
+}
+
+/*
+ * Reads the system trust store again if it was loaded (after a
+ * configuration reload), so that a CA added to or taken from it counts for
+ * new connections without a restart.  Connections already open stay: each
+ * SSL_CTX holds its own reference to the store it was made with.
+ */
+void
+http_reload_system_trust(void)
+{
+	if (!system_tls_loaded)
+		return;
+	tls_material_free(system_tls.material);
+	system_tls.material = NULL;
+	load_system_trust();
 }
 
 /*
@@ -465,12 +494,26 @@ endpoint_has_room(Endpoint *ep, Transfer *t)
 	return true;
 }
 
-/* Creates the multi handle and the epoll set, once per process. */
+/*
+ * Creates the multi handle and the epoll set, once per process (the
+ * worker's).
+ *
+ * And keeps freed heap memory: libcurl 7.88 copies every request it sends
+ * over TLS into an upload buffer (64 kB by default) that it allocates for
+ * the transfer and frees when it ends.  Freeing a chunk that large makes
+ * glibc give the top of the heap back to the kernel, and the next request
+ * takes it again, page faults and all: with 256 connections that was most
+ * of what a check over HTTPS cost more than one over plain HTTP (issue 18).
+ * A smaller buffer (UPLOAD_BUFFER_BYTES, what libcurl allows at least) and
+ * a trim threshold above what the transfers in flight hold between them
+ * keep the heap where it is.
+ */
 void
 http_engine_init(void)
 {
 	if (multi != NULL)
 		return;
+	mallopt(M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD);
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
 		elog(ERROR, "paysync: could not initialise libcurl");
 	epoll_fd = epoll_create1(EPOLL_CLOEXEC);
@@ -638,6 +681,8 @@ http_submit(const HttpRequest *request, void *tag, char *error, size_t errlen)
 	curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) max_response_bytes);
 	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf);
 	curl_easy_setopt(e, CURLOPT_PRIVATE, t);
+	/* see http_engine_init: libcurl's smallest upload buffer */
+	curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, UPLOAD_BUFFER_BYTES);
 	if (request->post)
 	{
 		curl_easy_setopt(e, CURLOPT_POST, 1L);

@@ -54,6 +54,7 @@ typedef struct HttpResult
 extern void http_engine_init(void);
 extern int	http_engine_fd(void);
 extern void http_engine_configure(int max_connections, size_t max_response_bytes);
+extern void http_reload_system_trust(void);
 extern bool http_submit(const HttpRequest *request, void *tag, char *error, size_t errlen);
 extern long http_timeout_ms(void);
 extern void http_perform(void);

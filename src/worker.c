@@ -468,7 +468,7 @@ refresh_plans_if_due(void)
 	}
 }
 
-/* Rereads the configuration file after a SIGHUP. */
+/* Rereads the configuration file (and the system trust store) after a SIGHUP. */
 static void
 reload_settings_if_asked(void)
 {
@@ -476,6 +476,7 @@ reload_settings_if_asked(void)
 	{
 		ConfigReloadPending = false;
 		ProcessConfigFile(PGC_SIGHUP);
+		checker_settings_reloaded();
 	}
 }
 

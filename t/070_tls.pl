@@ -14,6 +14,7 @@
 # - HTTP/2: 2,000 checks over at most 4 connections (nginx's $connection);
 # - the channel's CA is parsed once by the worker for 256 new connections
 #   (nginx closing each after one request), which resume TLS sessions;
+# - the system store (SSL_CERT_FILE here) is read again on a reload;
 # - client_key nowhere in the server log or paysync's tables but
 #   paysync.channels.
 use strict;
@@ -190,6 +191,11 @@ sub access_lines
 }
 
 # ---------------------------------------------------------------- the node
+
+# The system store: a file of the test's (SSL_CERT_FILE in the server's
+# environment), first with a CA that issued none of the servers' certificates.
+spew_file("$dir/system.pem", slurp_file("$dir/other_ca.crt"));
+$ENV{SSL_CERT_FILE} = "$dir/system.pem";
 
 # Every statement and debug1 message logged (a key logged anywhere shows),
 # with the process type, to tell the worker's lines apart.
@@ -402,6 +408,21 @@ wait_for_sql($node, q{SELECT last_error ~ '^TLS: the channel''s certificate is n
 	't', 'a changed ca_cert is loaded again: the old CA no longer trusted');
 like(substr(slurp_file($node->logfile), $log_offset),
 	qr/paysync worker .*channel "h1": ca_cert loaded/, 'the worker loaded the new ca_cert');
+
+# ---------------------------------------------------------------- the system store
+
+# the CA of the servers joins the system store: after a reload, a channel
+# without ca_cert trusts it (untrusted_system was refused above)
+spew_file("$dir/system.pem", slurp_file("$dir/other_ca.crt") . slurp_file("$dir/ca.crt"));
+$log_offset = -s $node->logfile;
+$node->reload;
+create('system', 'http_json', "https://127.0.0.1:$port{h2}", "jsonb_build_object($STATUS_OPTS)");
+$node->safe_psql('postgres', q{SELECT paysync.track('system-1', 'system', schedule => '{10ms,1h}')});
+wait_payment_status($node, 'system-1', 'succeeded',
+	'a CA added to the system store is trusted after a reload, without a restart');
+like(substr(slurp_file($node->logfile), $log_offset),
+	qr/paysync worker .*system trust store loaded: 2 certificates from \Q$dir\E\/system.pem/,
+	'the worker read the system store again (SSL_CERT_FILE)');
 
 # ---------------------------------------------------------------- secrets
 
