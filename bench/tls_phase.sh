@@ -9,7 +9,7 @@
 # paysync.request_timeout = 5s, counting timeouts; then a warm batch of
 # TLS_N (default 20000), reporting checks/s, worker CPU per check and the
 # connections nginx saw ($connection).  The warm batches run TLS_ROUNDS
-# times (default 2), in the reverse order every other round, and the best
+# times (default 3), in the reverse order every other round, and the best
 # of each is reported: on a shared 2-core machine one batch can lose half
 # its speed to whatever else runs.  pg_net over the same target: only
 # when Debian has a package for it (it has none for PostgreSQL 15 on
@@ -94,7 +94,7 @@ phase_tls() {
 	local -A RATE CPU CONNS PROTO CT CE CS PORT_OF
 	local round order
 	TLS_N=${TLS_N:-20000}
-	TLS_ROUNDS=${TLS_ROUNDS:-2}
+	TLS_ROUNDS=${TLS_ROUNDS:-3}
 	mkdir -p "$dir"
 	openssl req -x509 -newkey rsa:2048 -nodes -keyout "$dir/ca.key" -out "$dir/ca.crt" \
 		-days 2 -subj "/CN=paysync bench CA" 2>/dev/null || fail "openssl: no CA"
