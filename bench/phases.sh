@@ -51,10 +51,14 @@ free_port() {
 
 # The server log is checked for crashed processes at the end of the run; a
 # restart's own shutdown logs the worker's exit code 1, so the lines before
-# each restart are checked here and the log then starts afresh.
+# each restart are checked here and the log then starts afresh.  pg_net's
+# worker exiting on an error (the tls phase runs it, and counts those) is
+# not paysync's crash; one killed by a signal still counts, as it makes the
+# postmaster restart every process.
 check_log_for_crashes() {
 	[ -f "$TMP/server.log" ] || return 0
-	grep -E 'terminated by signal|PANIC|exited with exit code [^0]' "$TMP/server.log" >>"$TMP/crashes.phases" || true
+	grep -E 'terminated by signal|PANIC|exited with exit code [^0]' "$TMP/server.log" |
+		grep -vE 'background worker "pg_net[^"]*" \(PID [0-9]+\) exited with exit code' >>"$TMP/crashes.phases" || true
 }
 
 pg_restart() {
@@ -80,6 +84,18 @@ wait_workers() {
 		sleep 0.2
 	done
 	fail "only $have of $n paysync workers came up within 30 s"
+}
+
+# Voluntary context switches (each a sleep the process woke from), summed
+# over the given pids.
+wakeups() {
+	local pid sum=0 n
+	for pid in "$@"; do
+		n=$(awk '/^voluntary_ctxt_switches/ { print $2 }' "/proc/$pid/status" 2>/dev/null) || n=
+		[ -n "$n" ] || { echo "gone"; return; }
+		sum=$((sum + n))
+	done
+	echo "$sum"
 }
 
 # utime + stime, in clock ticks, summed over the given pids.
@@ -192,14 +208,15 @@ phases_cleanup() {
 # Tracks payments PREFIX1..PREFIXN in one transaction (channel and schedule
 # are SQL expressions of g, the number), waits until none is pending, and
 # sets MB_RATE (checks/s from the track commit to the last event commit),
-# MB_CPU_US (worker CPU per check, all workers), MB_SECS, MB_DONE (payments
-# final) and MB_TRACK_S (time the track statement took).  A batch that is
-# not done by the timeout sets MB_RATE from what was done so far.  First 20
-# warm-up payments (PREFIXw1..) on the same channels, so the workers are
-# polling.
+# MB_CPU_US (worker CPU per check, all workers), MB_WAKEUPS (the workers'
+# voluntary context switches per check: how often they slept), MB_SECS,
+# MB_DONE (payments final) and MB_TRACK_S (time the track statement took).
+# A batch that is not done by the timeout sets MB_RATE from what was done
+# so far.  First 20 warm-up payments (PREFIXw1..) on the same channels, so
+# the workers are polling.
 measure_batch() {
 	local prefix=$1 n=$2 chan=$3 sched=$4 timeout_s=$5
-	local pids c0 c1 t0 xid left deadline row first_commit last_commit track_commit events ticks
+	local pids c0 c1 w0 w1 t0 xid left deadline row first_commit last_commit track_commit events ticks
 	"${PSQL[@]}" -Atc "SELECT count(*) FROM generate_series(1, 20) g,
 		LATERAL paysync.track('${prefix}w' || g, $chan, schedule => '{1ms}')" >/dev/null
 	for _ in $(seq 300); do
@@ -210,6 +227,7 @@ measure_batch() {
 	[ "$left" = 0 ] || fail "the warm-up payments '${prefix}w*' were not checked within 30 s"
 	mapfile -t pids < <(worker_pids)
 	c0=$(cpu_ticks "${pids[@]}")
+	w0=$(wakeups "${pids[@]}")
 	t0=$(now_us)
 	xid=$("${PSQL[@]}" -At <<EOF | tail -n 1
 BEGIN;
@@ -228,6 +246,7 @@ EOF
 		sleep 0.2
 	done
 	c1=$(cpu_ticks "${pids[@]}")
+	w1=$(wakeups "${pids[@]}")
 	row=$(sql "SELECT count(*),
 			(extract(epoch FROM min(pg_xact_commit_timestamp(e.xmin))) * 1e6)::bigint,
 			(extract(epoch FROM max(pg_xact_commit_timestamp(e.xmin))) * 1e6)::bigint,
@@ -240,13 +259,16 @@ EOF
 		say "  NOT DONE: $left of $n still pending after ${timeout_s} s; the rate below is of what was done"
 		last_commit=$(now_us)
 	fi
-	if [ "$c0" = gone ] || [ "$c1" = gone ]; then
+	if [ "$c0" = gone ] || [ "$c1" = gone ] || [ "$w0" = gone ] || [ "$w1" = gone ]; then
 		phase_problem "a paysync worker exited during '$prefix*' (pids ${pids[*]})"
 		MB_CPU_US=n/a
+		MB_WAKEUPS=n/a
 	else
 		ticks=$(getconf CLK_TCK)
 		MB_CPU_US=$(awk -v a="$c0" -v b="$c1" -v t="$ticks" -v n="$events" \
 			'BEGIN { if (n > 0) printf "%.1f", (b - a) / t / n * 1e6; else print "n/a" }')
+		MB_WAKEUPS=$(awk -v a="$w0" -v b="$w1" -v n="$events" \
+			'BEGIN { if (n > 0) printf "%.2f", (b - a) / n; else print "n/a" }')
 	fi
 	if [ -z "$track_commit" ] || [ -z "$last_commit" ]; then
 		MB_RATE=n/a
@@ -258,7 +280,7 @@ EOF
 	fi
 	MB_FIRST_MS=$(awk -v a="$track_commit" -v b="$first_commit" 'BEGIN { printf "%.0f", (b - a) / 1e3 }')
 	say "  $n tracked in $MB_TRACK_S s; $events events, the first ${MB_FIRST_MS} ms and the last $MB_SECS s after the track commit:" \
-		"$MB_RATE checks/s end to end; worker CPU $MB_CPU_US us/check (${#pids[@]} worker(s): ${pids[*]})"
+		"$MB_RATE checks/s end to end; worker CPU $MB_CPU_US us/check, $MB_WAKEUPS wakeups/check (${#pids[@]} worker(s): ${pids[*]})"
 }
 
 # nginx_requests NAME PREFIX: "requests distinct_ids" for PREFIX* (warm-up
@@ -654,6 +676,7 @@ phase_refunds() {
 	say " refunds beside payments:"
 	mapfile -t pids < <(worker_pids)
 	c0=$(cpu_ticks "${pids[@]}")
+	w0=$(wakeups "${pids[@]}")
 	t0=$(now_us)
 	xid=$("${PSQL[@]}" -At <<EOF | tail -n 1
 BEGIN;
@@ -674,6 +697,7 @@ EOF
 		sleep 0.2
 	done
 	c1=$(cpu_ticks "${pids[@]}")
+	w1=$(wakeups "${pids[@]}")
 	row=$(sql "SELECT count(*),
 			(extract(epoch FROM max(pg_xact_commit_timestamp(e.xmin))) * 1e6)::bigint,
 			(extract(epoch FROM pg_xact_commit_timestamp('$xid'::text::xid)) * 1e6)::bigint
