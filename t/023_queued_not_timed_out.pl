@@ -61,17 +61,7 @@ END
 my $ngx = "$dir/nginx";
 mkdir $ngx;
 my %port = map { $_ => PostgreSQL::Test::Cluster::get_free_port() } qw(h1 h2);
-my $conf = "worker_processes 1;
-pid $ngx/nginx.pid;
-error_log $ngx/error.log info;
-events { worker_connections 512; }
-http {
-	access_log off;
-	client_body_temp_path $ngx/tmp_body;
-	proxy_temp_path $ngx/tmp_proxy;
-	fastcgi_temp_path $ngx/tmp_fastcgi;
-	uwsgi_temp_path $ngx/tmp_uwsgi;
-	scgi_temp_path $ngx/tmp_scgi;
+my $conf = "	access_log off;
 	keepalive_requests 100000;
 	keepalive_timeout 300s;
 ";
@@ -85,19 +75,7 @@ for my $name (qw(h1 h2))
 		location / { proxy_pass http://127.0.0.1:$slow->{port}; }
 	}\n";
 }
-$conf .= "}\n";
-spew_file("$ngx/nginx.conf", $conf);
-system('nginx', '-p', $ngx, '-c', "$ngx/nginx.conf", '-e', "$ngx/error.log") == 0
-  or BAIL_OUT('nginx did not start: ' . (slurp_file("$ngx/error.log") // ''));
-END
-{
-	if (-e "$ngx/nginx.pid")
-	{
-		my $pid = slurp_file("$ngx/nginx.pid");
-		chomp $pid;
-		kill 'TERM', $pid if $pid;
-	}
-}
+start_nginx($ngx, $conf);
 # nginx is up when it answers (a control endpoint: not logged, not delayed)
 for (1 .. 100)
 {

@@ -137,7 +137,6 @@ sub start_fault_mock
 # nginx serving TLS in front of the mock on $mock_port (a CA and a
 # certificate for 127.0.0.1 made here); returns the channel's base_url.
 my $tls_dir;
-my $nginx_pid_file;
 sub start_tls_front
 {
 	my ($mock_port) = @_;
@@ -153,17 +152,7 @@ sub start_tls_front
 		"$d/ca.key", '-set_serial', '1', '-days', '2', '-extfile', "$d/server.ext",
 		'-out', "$d/server.crt" ]);
 	my $port = free_port();
-	spew_file("$d/nginx.conf", "worker_processes 1;
-pid $d/nginx.pid;
-error_log $d/error.log warn;
-events { worker_connections 4096; }
-http {
-	access_log off;
-	client_body_temp_path $d/tmp_body;
-	proxy_temp_path $d/tmp_proxy;
-	fastcgi_temp_path $d/tmp_fastcgi;
-	uwsgi_temp_path $d/tmp_uwsgi;
-	scgi_temp_path $d/tmp_scgi;
+	start_nginx($d, "	access_log off;
 	keepalive_requests 1000000;
 	server {
 		listen 127.0.0.1:$port ssl http2;
@@ -171,26 +160,8 @@ http {
 		ssl_certificate_key $d/server.key;
 		location / { proxy_pass http://127.0.0.1:$mock_port; }
 	}
-}
 ");
-	system('nginx', '-p', $d, '-c', "$d/nginx.conf", '-e', "$d/error.log") == 0
-	  or die 'nginx did not start';
-	$nginx_pid_file = "$d/nginx.pid";
-	for (1 .. 100)
-	{
-		last if -s $nginx_pid_file;
-		usleep(50_000);
-	}
 	return "https://127.0.0.1:$port";
-}
-END
-{
-	if ($nginx_pid_file && -e $nginx_pid_file)
-	{
-		my $pid = slurp_file($nginx_pid_file);
-		chomp $pid;
-		kill 'TERM', $pid if $pid;
-	}
 }
 
 # --------------------------------------------------------------- database

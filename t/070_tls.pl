@@ -119,18 +119,8 @@ sub server_block
 	}\n";
 }
 my $paid = q{location / { return 200 '{"status":"PAID"}'; }};
-my $conf = "worker_processes 1;
-pid $ngx/nginx.pid;
-error_log $ngx/error.log info;
-events { worker_connections 4096; }
-http {
-	log_format tls '\$server_port \$connection \$connection_requests \$server_protocol \$ssl_session_reused \$status \$request_uri';
+my $conf = "	log_format tls '\$server_port \$connection \$connection_requests \$server_protocol \$ssl_session_reused \$status \$request_uri';
 	access_log $ngx/access.log tls;
-	client_body_temp_path $ngx/tmp_body;
-	proxy_temp_path $ngx/tmp_proxy;
-	fastcgi_temp_path $ngx/tmp_fastcgi;
-	uwsgi_temp_path $ngx/tmp_uwsgi;
-	scgi_temp_path $ngx/tmp_scgi;
 	keepalive_requests 100000;
 	keepalive_timeout 300s;
 	ssl_session_cache shared:tls:1m;
@@ -148,19 +138,7 @@ $conf .= server_block('h2', 'server', 1, $paid);
 $conf .= server_block('h1', 'server', 0, 'keepalive_requests 1;', $paid);
 # plain HTTP (nginx answers a TLS hello with a 400 in plain HTTP)
 $conf .= "	server { listen 127.0.0.1:$port{plain}; $paid }\n";
-$conf .= "}\n";
-spew_file("$ngx/nginx.conf", $conf);
-system('nginx', '-p', $ngx, '-c', "$ngx/nginx.conf", '-e', "$ngx/error.log") == 0
-  or BAIL_OUT('nginx did not start: ' . (slurp_file("$ngx/error.log") // ''));
-END
-{
-	if (-e "$ngx/nginx.pid")
-	{
-		my $pid = slurp_file("$ngx/nginx.pid");
-		chomp $pid;
-		kill 'TERM', $pid if $pid;
-	}
-}
+start_nginx($ngx, $conf);
 # openssl's own server, refusing a handshake without a client certificate
 # (nginx completes it and answers 400)
 my $s_server = IPC::Run::start(

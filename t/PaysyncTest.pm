@@ -1,5 +1,5 @@
 # PaysyncTest.pm: what the TAP tests share: a cluster with paysync
-# preloaded, the mock channels on 127.0.0.1, RSA keys and openssl
+# preloaded, the mock channels on 127.0.0.1, nginx, RSA keys and openssl
 # signatures, queries and waiting helpers, and the drivers' test interface
 # (paysync_test_request and paysync_test_interpret, src/driver_test.c).
 package PaysyncTest;
@@ -24,7 +24,7 @@ our @EXPORT = qw(lit payment_row wait_payment_status
   status_of make_rsa_key spew_file STATUS_MAP
   sql wait_true events_of run_openssl openssl_sign openssl_verifies
   create_test_functions test_request test_interpret test_fields
-  test_notification send_request);
+  test_notification send_request start_nginx);
 
 # The status words the mock answers with, mapped to paysync statuses.
 use constant STATUS_MAP =>
@@ -173,6 +173,46 @@ sub spew_file
 	open my $fh, '>:raw', $path or die "$path: $!";
 	print $fh $data;
 	close $fh or die "$path: $!";
+}
+
+my @nginx_pid_files;
+
+# Starts Debian's nginx (one worker process) with its pid, logs and
+# temporary files in $dir, and $http, the lines of its http block (access
+# log, keepalive, servers); waits up to 5 s for its pid file.  Dies with
+# nginx's error log if it does not start.  It is stopped when the test
+# ends.
+sub start_nginx
+{
+	my ($dir, $http) = @_;
+	my $temp_paths = join '', map { "\t${_}_temp_path $dir/tmp_$_;\n" }
+	  qw(client_body proxy fastcgi uwsgi scgi);
+	spew_file("$dir/nginx.conf", "worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/error.log info;
+events { worker_connections 4096; }
+http {
+$temp_paths$http}
+");
+	system('nginx', '-p', $dir, '-c', "$dir/nginx.conf", '-e', "$dir/error.log") == 0
+	  or die 'nginx did not start: ' . (slurp_file("$dir/error.log") // '');
+	push @nginx_pid_files, "$dir/nginx.pid";
+	for (1 .. 100)
+	{
+		last if -s "$dir/nginx.pid";
+		usleep(50_000);
+	}
+}
+
+END
+{
+	for my $pid_file (@nginx_pid_files)
+	{
+		next unless -e $pid_file;
+		my $pid = slurp_file($pid_file);
+		chomp $pid;
+		kill 'TERM', $pid if $pid;
+	}
 }
 
 # Runs openssl with the arguments in the list ref $args, $stdin (if given)
