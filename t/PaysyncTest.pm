@@ -181,7 +181,8 @@ my @nginx_pid_files;
 # temporary files in $dir, and $http, the lines of its http block (access
 # log, keepalive, servers); waits up to 5 s for its pid file.  Dies with
 # nginx's error log if it does not start.  It is stopped when the test
-# ends.
+# ends.  1000 connections: room for 256 proxied requests (two each), and
+# below the usual limit of 1024 open files, which nginx would warn of.
 sub start_nginx
 {
 	my ($dir, $http) = @_;
@@ -190,7 +191,7 @@ sub start_nginx
 	spew_file("$dir/nginx.conf", "worker_processes 1;
 pid $dir/nginx.pid;
 error_log $dir/error.log info;
-events { worker_connections 4096; }
+events { worker_connections 1000; }
 http {
 $temp_paths$http}
 ");
