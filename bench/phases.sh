@@ -676,7 +676,6 @@ phase_refunds() {
 	say " refunds beside payments:"
 	mapfile -t pids < <(worker_pids)
 	c0=$(cpu_ticks "${pids[@]}")
-	w0=$(wakeups "${pids[@]}")
 	t0=$(now_us)
 	xid=$("${PSQL[@]}" -At <<EOF | tail -n 1
 BEGIN;
@@ -697,7 +696,6 @@ EOF
 		sleep 0.2
 	done
 	c1=$(cpu_ticks "${pids[@]}")
-	w1=$(wakeups "${pids[@]}")
 	row=$(sql "SELECT count(*),
 			(extract(epoch FROM max(pg_xact_commit_timestamp(e.xmin))) * 1e6)::bigint,
 			(extract(epoch FROM pg_xact_commit_timestamp('$xid'::text::xid)) * 1e6)::bigint

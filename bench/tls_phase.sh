@@ -69,6 +69,12 @@ tls_better() {
 	awk -v a="$1" -v b="$2" -v op="$3" 'BEGIN { exit !(op == ">" ? a + 0 > b + 0 : a + 0 < b + 0) }'
 }
 
+# tls_ratio A B [DIGITS]: A / B with DIGITS decimals (default 2), n/a if
+# B is not positive.
+tls_ratio() {
+	awk -v a="$1" -v b="$2" -v d="${3:-2}" 'BEGIN { if (b + 0 > 0 && a != "n/a") printf "%.*f\n", d, a / b; else print "n/a" }'
+}
+
 # tls_median LIST: the median of the figures in LIST (n/a ignored).
 tls_median() {
 	printf '%s\n' $1 | grep -v '^n/a$' | sort -g |
@@ -97,8 +103,8 @@ tls_cold() {
 }
 
 phase_tls() {
-	local dir=$TMP/nginx-tls plain h1 h2 name url port conns proto ratio_h1 ratio_h2 med_ratio_h1 med_ratio_h2 cpu_plain
-	local -A RATE CPU WAKE ALL_RATES ALL_CPUS MED_RATE MED_CPU CONNS PROTO CT CE CS PORT_OF
+	local dir=$TMP/nginx-tls plain h1 h2 name url port conns proto cpu_delta
+	local -A RATE CPU WAKE ALL_RATES ALL_CPUS MED_RATE MED_CPU RATIO MED_RATIO CONNS PROTO CT CE CS PORT_OF
 	local round order
 	TLS_N=${TLS_N:-20000}
 	TLS_ROUNDS=${TLS_ROUNDS:-5}
@@ -164,16 +170,15 @@ SQL
 		MED_RATE[$name]=$(tls_median "${ALL_RATES[$name]}")
 		MED_CPU[$name]=$(tls_median "${ALL_CPUS[$name]}")
 	done
-	ratio_h1=$(awk -v a="${RATE[h1]}" -v b="${RATE[plain]}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
-	ratio_h2=$(awk -v a="${RATE[h2]}" -v b="${RATE[plain]}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
-	med_ratio_h1=$(awk -v a="${MED_RATE[h1]}" -v b="${MED_RATE[plain]}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
-	med_ratio_h2=$(awk -v a="${MED_RATE[h2]}" -v b="${MED_RATE[plain]}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
-	cpu_plain=${MED_CPU[plain]}
+	for name in h1 h2; do
+		RATIO[$name]=$(tls_ratio "${RATE[$name]}" "${RATE[plain]}")
+		MED_RATIO[$name]=$(tls_ratio "${MED_RATE[$name]}" "${MED_RATE[plain]}")
+	done
 	say ""
 	printf '%-24s%-16s%-20s%s\n' "" "plain HTTP" "HTTPS HTTP/1.1" "HTTPS HTTP/2"
 	say "warm: the best and the median of $TLS_ROUNDS rounds for each (checks/s and CPU separately; wakeups: the lowest-CPU round's); connections: the most in a round"
-	printf '%-24s%-16s%-20s%s\n' "warm checks/s, best" "${RATE[plain]}" "${RATE[h1]} (${ratio_h1}x)" "${RATE[h2]} (${ratio_h2}x)"
-	printf '%-24s%-16s%-20s%s\n' "  median" "${MED_RATE[plain]}" "${MED_RATE[h1]} (${med_ratio_h1}x)" "${MED_RATE[h2]} (${med_ratio_h2}x)"
+	printf '%-24s%-16s%-20s%s\n' "warm checks/s, best" "${RATE[plain]}" "${RATE[h1]} (${RATIO[h1]}x)" "${RATE[h2]} (${RATIO[h2]}x)"
+	printf '%-24s%-16s%-20s%s\n' "  median" "${MED_RATE[plain]}" "${MED_RATE[h1]} (${MED_RATIO[h1]}x)" "${MED_RATE[h2]} (${MED_RATIO[h2]}x)"
 	printf '%-24s%-16s%-20s%s\n' "worker CPU/check (us)" "${CPU[plain]}" "${CPU[h1]}" "${CPU[h2]}"
 	printf '%-24s%-16s%-20s%s\n' "  median" "${MED_CPU[plain]}" "${MED_CPU[h1]}" "${MED_CPU[h2]}"
 	printf '%-24s%-16s%-20s%s\n' "  wakeups/check" "${WAKE[plain]}" "${WAKE[h1]}" "${WAKE[h2]}"
@@ -182,7 +187,8 @@ SQL
 	printf '%-24s%-16s%-20s%s\n' "cold 256: all answered" "${CS[plain]} s" "${CS[h1]} s" "${CS[h2]} s"
 	# the targets are judged on the medians: a best round can be luck
 	for name in h1 h2; do
-		summary "tls $name warm vs plain" "median $(awk -v a="${MED_RATE[$name]}" -v b="${MED_RATE[plain]}" 'BEGIN { printf "%.2f", (b > 0) ? a / b : 0 }')x ($(meets "$(awk -v a="${MED_RATE[$name]}" -v b="${MED_RATE[plain]}" 'BEGIN { printf "%.3f", (b > 0) ? a / b : 0 }')" '>=' 0.9) vs >= 0.9x; best $(awk -v a="${RATE[$name]}" -v b="${RATE[plain]}" 'BEGIN { printf "%.2f", (b > 0) ? a / b : 0 }')x), CPU median $(awk -v a="${MED_CPU[$name]}" -v b="$cpu_plain" 'BEGIN { printf "%+.1f", a - b }') us/check vs plain ($(meets "$(awk -v a="${MED_CPU[$name]}" -v b="$cpu_plain" 'BEGIN { printf "%.1f", a - b }')" '<=' 20) vs <= +20)"
+		cpu_delta=$(awk -v a="${MED_CPU[$name]}" -v b="${MED_CPU[plain]}" 'BEGIN { printf "%+.1f", a - b }')
+		summary "tls $name warm vs plain" "median ${MED_RATIO[$name]}x ($(meets "$(tls_ratio "${MED_RATE[$name]}" "${MED_RATE[plain]}" 3)" '>=' 0.9) vs >= 0.9x; best ${RATIO[$name]}x), CPU median $cpu_delta us/check vs plain ($(meets "$cpu_delta" '<=' 20) vs <= +20)"
 		summary "tls $name cold 256" "${CT[$name]} timeouts ($(meets "${CT[$name]}" '<=' 0) vs 0)"
 	done
 	summary "tls h1 connections" "${CONNS[h1]} for $TLS_N checks ($(meets "${CONNS[h1]}" '<=' "$(sql 'SHOW paysync.max_inflight')") vs <= max_inflight)"
@@ -193,7 +199,7 @@ SQL
 # pg_net_exits: how many times a pg_net worker has ended with an error or
 # a signal in this cluster's logs so far.
 pg_net_exits() {
-	cat "$TMP"/server.log* 2>/dev/null |
+	cat "$TMP"/server.log* |
 		grep -cE 'background worker "pg_net[^"]*" \(PID [0-9]+\) (exited with exit code [1-9]|was terminated by signal)' || true
 }
 
@@ -290,8 +296,8 @@ tls_pg_net() {
 	done
 	printf '%-24s%-16s%-20s%s\n' "pg_net requests/s" "plain HTTP" "HTTPS HTTP/1.1" "HTTPS HTTP/2"
 	printf '%s\n' "${table[@]}"
-	cat "$TMP"/server.log* | grep -h ' pg_net [^ ]* worker \(ERROR\|FATAL\|PANIC\):' |
-		sed 's/.* worker \(ERROR\|FATAL\|PANIC\): *//' | sort | uniq -c | sort -rn | head -n 3 |
+	{ grep -h ' pg_net [^ ]* worker \(ERROR\|FATAL\|PANIC\):' "$TMP"/server.log* || true; } |
+		sed 's/.* worker \(ERROR\|FATAL\|PANIC\): *//' | sort | uniq -c | sort -rn | awk 'NR <= 3' |
 		while read -r count message; do say "  pg_net worker error, $count times: $message"; done
 	sql "DROP EXTENSION pg_net" >/dev/null
 	sql "ALTER SYSTEM RESET pg_net.batch_size" >/dev/null
