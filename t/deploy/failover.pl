@@ -109,6 +109,9 @@ sub wait_state
 		usleep(200_000);
 	}
 	diag('states: ' . states());
+	my @log = split /\n/, slurp_file("$dir/$node.log");
+	diag("the last lines of $node.log:\n" . join("\n", @log[ -30 .. -1 ]))
+	  if @log >= 30;
 	return 0;
 }
 
@@ -195,9 +198,15 @@ sub create_node
 		'--pgctl', "$bindir/pg_ctl", '--pgport', $port{$node}, '--listen', '127.0.0.1',
 		'--hostname', '127.0.0.1', '--name', $node, '--auth', 'trust', '--no-ssl',
 		'--monitor', $monitor_uri);
+	# checkpoint_timeout: when pg_rewind fails (pg_auto_failover 2.0 now
+	# and then runs it while the crash recovery it started is still
+	# stopping), pg_autoctl falls back to a pg_basebackup without
+	# --checkpoint=fast, which waits for a spread checkpoint on the primary:
+	# up to 4.5 min with the default 5 min, under 30 s with this.
 	open my $conf, '>>', "$dir/$node/postgresql.conf" or die $!;
 	print $conf "shared_preload_libraries = 'pg_stat_statements,paysync'\n"
-	  . "paysync.request_timeout = '2s'\n";
+	  . "paysync.request_timeout = '2s'\n"
+	  . "checkpoint_timeout = '30s'\n";
 	close $conf;
 	run_node($node);
 }
@@ -369,8 +378,11 @@ check_outcome($port{node2}, 'after the kill');
 
 # --- the old primary rejoins as the secondary, its worker idle ---------------------------
 run_node('node1');
-ok(wait_state('node1', 'secondary', 90) && wait_state('node2', 'primary', 30),
+ok(wait_state('node1', 'secondary', 150) && wait_state('node2', 'primary', 30),
 	'node1 rejoins as the secondary');
+my $rewound = slurp_file("$dir/node1.log") !~ /trying pg_basebackup instead/;
+note($rewound ? 'node1 was rewound with pg_rewind'
+	: 'pg_rewind failed on node1; pg_autoctl made a base backup instead');
 is(psql_at($port{node1}, 'SELECT pg_is_in_recovery()'), 't', 'node1 is in recovery');
 wait_at($port{node1}, q{SELECT query FROM pg_stat_activity WHERE backend_type = 'paysync worker'},
 	'paysync: standby, waiting for promotion', 30, "node1's worker waits as a standby");
