@@ -110,8 +110,8 @@ sub wait_state
 	}
 	diag('states: ' . states());
 	my @log = split /\n/, slurp_file("$dir/$node.log");
-	diag("the last lines of $node.log:\n" . join("\n", @log[ -30 .. -1 ]))
-	  if @log >= 30;
+	@log = @log[ -30 .. -1 ] if @log > 30;
+	diag("the last lines of $node.log:\n" . join("\n", @log));
 	return 0;
 }
 
